@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite (fast by default; slow and GPU tests are opt-in with -m slow / -m gpu),
+# plus the lint and type checks, in the project's own virtual environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-venv.sh dev
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,42 @@
+"""The fixed parts of every lmforge tokenizer: special tokens, the chat template, the
+pre-tokenizer pattern. Kept apart from training so inference, SFT and export read one source.
+"""
+
+from __future__ import annotations
+
+BOS = "<|bos|>"
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [EOS, BOS, PAD, IM_START, IM_END]
+CHAT_ROLES = ("system", "user", "assistant")
+
+# ChatML. Every turn ends with <|im_end|>, which is also an end-of-generation token for chat.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
+# The GPT-2/Llama-3 style split with two changes for mixed Chinese/English text: runs of CJK
+# characters form their own pieces (never glued to Latin letters as plain \p{L}+ would), and
+# every digit is its own piece (numbers, dates and amounts tokenise consistently).
+CJK_PRETOKENIZE_PATTERN = (
+    rf"[{_CJK}]+"
+    r"|(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?(?:(?![{_CJK}])\p{{L}})+"
+    r"|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+"
+    r"|\s+(?!\S)"
+    r"|\s+"
+)
+
+
+def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The chat template in Python, for code paths that do not run Jinja (tested to agree)."""
+    text = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+    return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
