@@ -1,4 +1,4 @@
-"""Atomic file and folder writes: a killed process leaves the old version or the new one, never half.
+"""Atomic file and folder writes: a killed process leaves the old version or the new, never half.
 
 Every artifact lmforge writes that a later run trusts (shards, indexes, tokenizers, checkpoints,
 reports) goes through here. The recipe is the usual POSIX one: write beside the target under a
@@ -38,9 +38,9 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-    kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+    encoding, newline = (None, None) if "b" in mode else ("utf-8", "\n")
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

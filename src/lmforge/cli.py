@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
              cmd_tokenizer_train)
     _recipe_args(p)
     p = _add(tok_sub, "encode", "show how a tokenizer splits a text",
-             "lmforge tokenizer encode --tokenizer runs/insurance-zh/tokenizer '被保险人的保险金额'",
+             "lmforge tokenizer encode --tokenizer runs/insurance-zh/tokenizer '被保险人'",
              cmd_tokenizer_encode)
     p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
     p.add_argument("text", help="text to encode")

@@ -24,5 +24,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def write_report_pair(folder: Path, report: dict[str, Any], markdown: str) -> None:
-    atomic_write_text(folder / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    atomic_write_text(folder / "report.json", text + "\n")
     atomic_write_text(folder / "report.md", markdown.rstrip() + "\n")

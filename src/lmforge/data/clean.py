@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 
 from lmforge.config import CleanConfig
 
@@ -117,11 +118,14 @@ _PHONE = re.compile(
 )
 
 
+Validator = Callable[[str], bool]
+
+
 def scrub_pii(text: str, placeholder: str = "<{kind}>") -> tuple[str, Counter[str]]:
     """Replace emails, ID card numbers, bank card numbers and phone numbers; count each kind."""
     counts: Counter[str] = Counter()
 
-    def replace(kind: str, valid=None):  # type: ignore[no-untyped-def]
+    def replace(kind: str, valid: Validator | None = None) -> Callable[[re.Match[str]], str]:
         def sub(match: re.Match[str]) -> str:
             digits = re.sub(r"[ -]", "", match.group(0))
             if valid is not None and not valid(digits):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from lmforge.config import DedupConfig
 
@@ -45,7 +46,7 @@ class Deduplicator:
         self._seed = seed
         self._count = 0
 
-    def _signature(self, text: str):  # type: ignore[no-untyped-def]
+    def _signature(self, text: str) -> Any:
         m = self._minhash(num_perm=self.config.num_perm, seed=self._seed)
         m.update_batch(list(shingles(text, self.config.shingle_chars)))
         return m

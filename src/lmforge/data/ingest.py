@@ -114,7 +114,7 @@ class Reader:
         return Problem(self.source.name, where, reason)
 
     def read_file(self, path: Path) -> Iterator[Item]:
-        fmt = self.source.format
+        fmt: str = self.source.format
         if fmt == "auto":
             fmt = SUFFIX_FORMATS.get(path.suffix.lower(), "")
         if not fmt:
@@ -240,6 +240,9 @@ class Reader:
             return
         reader = PdfReader(path)
         pages = [page.extract_text() or "" for page in reader.pages]
+        if not any(p.strip() for p in pages):
+            yield self._problem(str(path), "no extractable text (scanned or empty pdf), skipped")
+            return
         yield self._doc("\n\n".join(pages), self._name(path), {"pages": str(len(pages))})
 
     def _read_docx(self, path: Path) -> Iterator[Item]:

@@ -107,7 +107,8 @@ def prepare(config: DataConfig, out_dir: Path, seed: int) -> dict[str, Any]:
     log: list[str] = []
     docs, tallies = collect(config, seed, log)
     by_name = {s.name: s for s in config.sources}
-    train, val = [], []
+    train: list[Document] = []
+    val: list[Document] = []
     for doc in docs:
         (val if in_heldout(doc, by_name[doc.source], config.split, seed) else train).append(doc)
     train_chars: dict[str, int] = defaultdict(int)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ class ShardSet:
         docs = np.load(self.folder / entry["docs_file"], allow_pickle=False)
         return Shard(tokens, docs)
 
-    def documents(self, split: str):  # type: ignore[no-untyped-def]
+    def documents(self, split: str) -> Iterator[tuple[np.ndarray, str]]:
         """Yield (token array, source name) for every document of a split."""
         for shard in self.shards(split):
             for start, length, source in shard.docs:

@@ -43,6 +43,8 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, config: ShardConfig) ->
     """Write ``data_dir/shards`` from ``data_dir/corpus``; return the shard index."""
     tok = load_tokenizer(tokenizer_dir)
     eos_id = tok.token_to_id(EOS)
+    if eos_id is None:
+        raise ValueError(f"{tokenizer_dir}: tokenizer has no {EOS} token")
     dtype = token_dtype(tok.get_vocab_size())
     report_path = data_dir / "report.json"
     if not report_path.exists():

@@ -66,6 +66,8 @@ def write_report(report: dict[str, Any], folder: Path) -> None:
         for name, r in report["held_out"].items()
     ]
     t = report["terms"]
+    baseline_terms = (f" (baseline: {t['single_token_baseline']})"
+                      if "single_token_baseline" in t else "")
     md = [
         "# Tokenizer report", "",
         f"Vocabulary {report['vocab_size']:,}, trained on {report['train_chars']:,} characters "
@@ -77,8 +79,7 @@ def write_report(report: dict[str, Any], folder: Path) -> None:
                        rows), "",
         "## Domain terms",
         f"{t['forced']} terms forced in as whole tokens ({t['too_long']} too long, "
-        f"{t['absent']} absent from the corpus, {t['fragments']} fragments, left out); {t['single_token']} encode to one "
-        f"token" + (f" (baseline: {t['single_token_baseline']})." if "single_token_baseline" in t
-                    else "."),
+        f"{t['absent']} absent from the corpus, {t['fragments']} fragments, left out); "
+        f"{t['single_token']} encode to one token{baseline_terms}.",
     ]
     write_report_pair(folder, report, "\n".join(md))

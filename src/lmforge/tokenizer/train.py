@@ -35,13 +35,13 @@ from lmforge.tokenizer.vocab import (
 def build_untrained(pretokenizer: str) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     if pretokenizer == "cjk":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([  # type: ignore[assignment]
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(CJK_PRETOKENIZE_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
     else:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
-    tok.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     return tok
 
 
@@ -55,7 +55,8 @@ def read_terms(path: Path, field: str) -> list[str]:
             try:
                 terms.append(str(json.loads(line)[field]).strip())
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{path}:{lineno}: expected a JSON object with '{field}'") from None
+                message = f"{path}:{lineno}: expected a JSON object with '{field}'"
+                raise ConfigError(message) from None
         else:
             terms.append(line.strip())
     return terms
@@ -157,7 +158,8 @@ def train_tokenizer(config: TokenizerConfig, corpus_dir: Path, out_dir: Path) ->
     sample = "\n".join(docs)
     terms: dict[str, Any] = {"kept": [], "too_long": 0, "absent": 0, "fragments": 0}
     if config.terms_file:
-        terms = select_terms(read_terms(Path(config.terms_file), config.terms_field), sample, config)
+        listed = read_terms(Path(config.terms_file), config.terms_field)
+        terms = select_terms(listed, sample, config)
     tok = train_bpe(docs, config, config.pretokenizer, terms["kept"], length=len(docs))
     baseline = None
     if config.compare_baseline:

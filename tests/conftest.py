@@ -1,0 +1,76 @@
+"""Shared fixtures: the tiny bundled data and a tiny recipe that runs the data stages in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "data" / "tiny"
+
+
+def tiny_recipe_text(out_dir: Path) -> str:
+    return f"""
+[run]
+name = "tiny"
+out_dir = "{out_dir.as_posix()}"
+seed = 7
+
+[data.split]
+val_fraction = 0.1
+
+[data.mix]
+domain_fraction = 0.4
+max_repeat = 3.0
+
+[data.shards]
+shard_tokens = 4096
+
+[[data.sources]]
+name = "insurance"
+path = "{(TINY / 'rag_passages.jsonl').as_posix()}"
+id_field = "pid"
+group_field = "contract"
+language = "zh"
+domain = true
+
+[[data.sources]]
+name = "zh"
+path = "{(TINY / 'pretrain_zh.txt').as_posix()}"
+unit = "paragraph"
+max_doc_chars = 800
+language = "zh"
+
+[[data.sources]]
+name = "en"
+path = "{(TINY / 'pretrain_en.txt').as_posix()}"
+unit = "paragraph"
+max_doc_chars = 800
+language = "en"
+
+[tokenizer]
+vocab_size = 800
+terms_file = "{(ROOT / 'data/insurance/glossary_terms.jsonl').as_posix()}"
+compare_baseline = false
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny_recipe_text(tmp_path / "run"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run with data prepared, tokenizer trained and shards written, shared by tests."""
+    from lmforge.cli import main
+
+    base = tmp_path_factory.mktemp("tiny-run")
+    recipe = base / "tiny.toml"
+    recipe.write_text(tiny_recipe_text(base / "run"), encoding="utf-8")
+    for command in (["data", "prepare"], ["tokenizer", "train"], ["data", "tokenize"]):
+        assert main([*command, "--recipe", str(recipe)]) == 0
+    return base / "run"

@@ -1,0 +1,77 @@
+"""The command line: help with examples, a full tiny data run, errors that name the field."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import build_parser, main
+
+COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "tokenize"], ["tokenizer"],
+            ["tokenizer", "train"], ["tokenizer", "encode"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: lmforge" in out
+    if len(command) != 1:
+        assert "example" in out
+
+
+def test_console_script_runs() -> None:
+    out = subprocess.run([sys.executable, "-m", "lmforge.cli", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.startswith("lmforge ")
+
+
+def test_tiny_run_outputs(tiny_run: Path) -> None:
+    data = tiny_run / "data"
+    report = json.loads((data / "report.json").read_text(encoding="utf-8"))
+    assert report["sources"]["insurance"]["rate"] != report["sources"]["zh"]["rate"]
+    assert report["domain_fraction_actual"] == pytest.approx(0.4, abs=0.1)
+    assert report["tokens"]["splits"]["train"]["tokens"] > 0
+    assert "## Mix" in (data / "report.md").read_text(encoding="utf-8")
+    for stage in (data, tiny_run / "tokenizer", data / "shards"):
+        resolved = json.loads((stage / "config.json").read_text(encoding="utf-8"))
+        assert resolved["run"]["seed"] == 7
+    val = [json.loads(line) for line in (data / "corpus" / "val.jsonl").open(encoding="utf-8")]
+    train = [json.loads(line) for line in (data / "corpus" / "train.jsonl").open(encoding="utf-8")]
+    held_contracts = {r["contract"] for r in val if r["source"] == "insurance"}
+    assert not held_contracts & {r.get("contract") for r in train}
+
+
+def test_prepare_is_deterministic(tiny_recipe: Path, tmp_path: Path) -> None:
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["data", "prepare", "--recipe", str(tiny_recipe),
+                     "--set", f"run.out_dir={out.as_posix()!r}"]) == 0
+        outputs.append((out / "data" / "corpus" / "train.jsonl").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_bad_override_exits_with_the_field_named(tiny_recipe: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    code = main(["data", "prepare", "--recipe", str(tiny_recipe),
+                 "--set", "data.dedup.jaccard_threshold=2"])
+    assert code == 2
+    assert "data.dedup.jaccard_threshold" in capsys.readouterr().err
+
+
+def test_tokenize_before_prepare_says_what_to_run(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["tokenizer", "train", "--set", f"run.out_dir={str(tmp_path)!r}"]) == 2
+    assert "lmforge data prepare" in capsys.readouterr().err
+
+
+def test_encode_command(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = str(tiny_run / "tokenizer")
+    assert main(["tokenizer", "encode", "--tokenizer", folder, "保险2024"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pieces"][-4:] == ["2", "0", "2", "4"]

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from lmforge.config import (
+    ConfigError,
+    DataConfig,
+    RecipeConfig,
+    SourceConfig,
+    from_dict,
+    load_config,
+    write_resolved,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bundled_recipes_validate() -> None:
+    for recipe in (ROOT / "recipes").glob("*.toml"):
+        config = load_config(RecipeConfig, recipe)
+        assert config.data.sources, recipe
+        for source in config.data.sources:
+            assert Path(ROOT / source.path).exists(), source.path
+
+
+def test_override_sets_nested_fields(tiny_recipe: Path) -> None:
+    config = load_config(RecipeConfig, tiny_recipe,
+                         ["data.mix.domain_fraction=0.25", "tokenizer.pretokenizer=gpt2",
+                          "run.name=renamed"])
+    assert config.data.mix.domain_fraction == 0.25
+    assert config.tokenizer.pretokenizer == "gpt2"
+    assert config.run.name == "renamed"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"data": {"mix": {"domain_fraction": 1.5}}}, "data.mix.domain_fraction"),
+        ({"data": {"mix": {"domain_fracton": 0.5}}}, "did you mean 'domain_fraction'"),
+        ({"tokenizer": {"vocab_size": "big"}}, "tokenizer.vocab_size: expected an integer"),
+        ({"tokenizer": {"pretokenizer": "bert"}}, "one of 'cjk', 'gpt2'"),
+        ({"data": {"sources": [{"name": "a"}]}}, "data.sources[0].path: required"),
+        ({"data": {"sources": [{"name": "a", "path": "x", "weight": -1}]}},
+         "data.sources[0].weight"),
+    ],
+)
+def test_bad_values_name_the_field(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        from_dict(RecipeConfig, values)
+
+
+def test_duplicate_source_names_rejected() -> None:
+    with pytest.raises(ConfigError, match="unique source names"):
+        DataConfig(sources=[SourceConfig("a", "x"), SourceConfig("a", "y")])
+
+
+def test_bad_toml_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(RecipeConfig, bad)
+
+
+def test_resolved_config_round_trips(tmp_path: Path, tiny_recipe: Path) -> None:
+    import json
+
+    config = load_config(RecipeConfig, tiny_recipe, ["data.quality.min_chars=12"])
+    path = write_resolved(config, tmp_path)
+    again = from_dict(RecipeConfig, json.loads(path.read_text(encoding="utf-8")))
+    assert again == config
+    assert again.data.quality.min_chars == 12
