@@ -78,6 +78,62 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
                      ensure_ascii=False))
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from lmforge.train.stages import pretrain
+
+    config = _load(args)
+    report = pretrain(config, resume=args.resume)
+    if report:
+        out = _stage_dir(config, "pretrain")
+        final = ", ".join(f"{k} {v:.4f}" for k, v in report["final"].items())
+        print(f"model: {out / 'model'} ({report['parameters']:,} parameters; {final}; "
+              f"{report['tokens_per_second']:,.0f} tokens/s); report: {out / 'report.md'}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import torch
+
+    from lmforge.infer import stream_generate
+    from lmforge.model import load_model
+    from lmforge.tokenizer import load_tokenizer, render_chat
+
+    config = _load(args)
+    sampling = dataclasses.replace(config.sampling, **{
+        k: v for k, v in (("max_new_tokens", args.max_new_tokens),
+                          ("temperature", args.temperature), ("top_k", args.top_k),
+                          ("top_p", args.top_p), ("repetition_penalty", args.repetition_penalty),
+                          ("seed", args.seed)) if v is not None},
+        stop=args.stop or config.sampling.stop)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(args.model, device=device).eval()
+    tok = load_tokenizer(args.model)
+    texts = [render_chat([{"role": "user", "content": p}], add_generation_prompt=True)
+             if args.chat else p for p in args.prompt]
+    prompts = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    if len(prompts) == 1:  # stream one prompt to the terminal as it is generated
+        sys.stdout.write(args.prompt[0] if not args.chat else "")
+        for delta in stream_generate(model, tok, prompts, sampling):
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    outputs = [""] * len(prompts)
+    for delta in stream_generate(model, tok, prompts, sampling):
+        outputs[delta.row] += delta.text
+    for prompt, output in zip(args.prompt, outputs, strict=True):
+        print(json.dumps({"prompt": prompt, "completion": output}, ensure_ascii=False))
+
+
+def cmd_export_hf(args: argparse.Namespace) -> None:
+    from lmforge.export import export_hf
+
+    out = export_hf(args.model, args.out, dtype=args.dtype,
+                    max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    print(f"Hugging Face folder: {out} (load with transformers.AutoModelForCausalLM)")
+
+
 def _add(sub: argparse._SubParsersAction, name: str, summary: str, example: str,
          func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=summary, description=summary,
@@ -124,6 +180,45 @@ def build_parser() -> argparse.ArgumentParser:
              cmd_tokenizer_encode)
     p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
     p.add_argument("text", help="text to encode")
+    p = stages.add_parser("pretrain", help="pretrain a base model on the tokenised corpus",
+                          description="Pretrain a Llama-style base model on the run's shards.",
+                          epilog=f"example:\n  lmforge pretrain --recipe {EXAMPLE_RECIPE}\n"
+                                 f"  torchrun --nproc_per_node 2 -m lmforge.cli pretrain "
+                                 f"--recipe {EXAMPLE_RECIPE}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_pretrain)
+    _recipe_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's last complete checkpoint")
+
+    p = stages.add_parser("generate", help="generate text from a model folder",
+                          description="Sample continuations (or chat answers with --chat).",
+                          epilog="example:\n  lmforge generate --model runs/insurance-zh/pretrain/"
+                                 "model '被保险人' --temperature 0.7 --top-p 0.9",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_generate)
+    _recipe_args(p)
+    p.add_argument("--model", type=Path, required=True, help="model folder (ours or HF)")
+    p.add_argument("prompt", nargs="+", help="one or more prompts (several are batched)")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float, help="0 for greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+    export = stages.add_parser("export", help="export a model to other tools' formats",
+                               description="Export a model folder.")
+    export_sub = export.add_subparsers(dest="action", required=True, metavar="FORMAT")
+    p = _add(export_sub, "hf", "write a Hugging Face folder (transformers, vLLM, llama.cpp)",
+             "lmforge export hf --model runs/insurance-zh/pretrain/model --out export/hf",
+             cmd_export_hf)
+    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--max-shard-gb", type=float, default=2.0, help="shard weights above this")
     return parser
 
 
@@ -133,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ShardError) as err:
+    except (ConfigError, FileNotFoundError, ShardError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

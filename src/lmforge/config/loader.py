@@ -102,6 +102,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 
 def _build(cls: type[T], values: dict[str, Any], path: str) -> T:
+    expand = getattr(cls, "expand_raw", None)
+    if expand is not None:  # e.g. a named preset filling in defaults
+        try:
+            values = expand(values)
+        except ConfigError as err:
+            raise ConfigError(f"{path}.{err}" if path else str(err)) from None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}

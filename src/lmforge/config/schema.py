@@ -8,9 +8,10 @@ lives here: stages import these types, never each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lmforge.config.loader import ConfigError
+from lmforge.config.presets import expand_model_preset
 
 DocFormat = Literal["auto", "txt", "md", "jsonl", "json", "html", "pdf", "docx"]
 
@@ -214,6 +215,122 @@ class TokenizerConfig:
         _check(self.max_term_chars >= 1, "max_term_chars", "at least 1", self.max_term_chars)
 
 
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder; ``preset`` fills in a named size (see config/presets.py) and any
+    field given next to it overrides the preset."""
+
+    preset: str = ""
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    ffn_dim: int = 0  # 0: 8/3 * dim rounded up to a multiple of 64 (the SwiGLU convention)
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    rope_scaling: Literal["none", "linear", "ntk"] = "none"
+    rope_factor: float = 1.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    n_experts: int = 0  # 0: dense MLP; >1: mixture of experts
+    experts_per_token: int = 2
+    moe_aux_weight: float = 0.01
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check(self.dim > 0 and self.n_layers > 0, "dim", "positive dim and n_layers", self.dim)
+        _check(self.n_heads > 0 and self.dim % self.n_heads == 0, "n_heads",
+               f"a divisor of dim ({self.dim})", self.n_heads)
+        _check(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
+               f"a divisor of n_heads ({self.n_heads})", self.n_kv_heads)
+        _check((self.dim // self.n_heads) % 2 == 0, "n_heads", "an even head size", self.n_heads)
+        _check(self.rope_factor >= 1.0, "rope_factor", "at least 1", self.rope_factor)
+        _check(self.n_experts == 0 or self.n_experts > 1, "n_experts", "0 or at least 2",
+               self.n_experts)
+        if self.n_experts:
+            _check(0 < self.experts_per_token <= self.n_experts, "experts_per_token",
+                   f"between 1 and n_experts ({self.n_experts})", self.experts_per_token)
+        if self.ffn_dim == 0:
+            self.ffn_dim = -(-int(8 * self.dim / 3) // 64) * 64
+
+    @staticmethod
+    def expand_raw(values: dict[str, Any]) -> dict[str, Any]:
+        return expand_model_preset(values)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    """One training run of the shared loop (pretraining, SFT, reward model or DPO)."""
+
+    steps: int = 1000
+    batch_size: int = 16  # sequences per optimizer step, across all processes
+    micro_batch_size: int = 0  # per process and forward pass; 0: batch_size / processes
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    doc_mask: bool = False  # packed documents do not attend to each other
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5
+    init_from: str = ""  # a model folder to start from (SFT, DPO); empty: random init
+    threads: int = 0  # CPU threads for torch; 0: leave torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "log_every", "save_every"):
+            _check(getattr(self, name) > 0, name, "a positive integer", getattr(self, name))
+        _check(self.lr > 0, "lr", "a positive number", self.lr)
+        _fraction("min_lr_ratio", self.min_lr_ratio)
+        _fraction("decay_fraction", self.decay_fraction)
+        _check(0 <= self.warmup_steps < self.steps, "warmup_steps", "fewer than steps",
+               self.warmup_steps)
+        _check(self.micro_batch_size >= 0, "micro_batch_size", "0 or more",
+               self.micro_batch_size)
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", "at least 1",
+               self.keep_checkpoints)
+
+
+@dataclass
+class SamplingConfig:
+    """How tokens are drawn; shared by ``lmforge generate``, chat and the server."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "at least 1", self.max_new_tokens)
+        _check(0.0 <= self.temperature <= 2.0, "temperature", "a number in [0, 2]",
+               self.temperature)
+        _check(self.top_k >= 0, "top_k", "0 (off) or more", self.top_k)
+        _check(0.0 < self.top_p <= 1.0, "top_p", "a number in (0, 1]", self.top_p)
+        _check(self.repetition_penalty > 0, "repetition_penalty", "a positive number",
+               self.repetition_penalty)
+
+
 @dataclass
 class RecipeConfig:
     """A whole recipe: one section per stage."""
@@ -221,3 +338,6 @@ class RecipeConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -16,4 +17,16 @@ def load_tokenizer(folder: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-__all__ = ["BOS", "EOS", "IM_END", "IM_START", "PAD", "load_tokenizer", "render_chat"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja")
+
+
+def copy_tokenizer_files(source: Path, target: Path) -> None:
+    """Put the tokenizer beside a model so the folder is self-contained."""
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).exists():
+            shutil.copy2(Path(source) / name, Path(target) / name)
+
+
+__all__ = ["BOS", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES", "copy_tokenizer_files",
+           "load_tokenizer", "render_chat"]

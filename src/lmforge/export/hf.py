@@ -1,0 +1,81 @@
+"""``lmforge export hf``: a model folder -> a Hugging Face folder that transformers, vLLM and
+llama.cpp's converter read.
+
+The weights are a rename (``model.`` prefix; our names are HF's), sharded with an index above a
+size; the config carries both the current ``rope_parameters`` and the legacy
+``rope_theta``/``torch_dtype`` keys; the tokenizer files come along with the chat template, and
+eos is set to both ``<|endoftext|>`` and ``<|im_end|>`` so that every consumer stops generating
+at the end of a chat turn.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from lmforge.atomic import atomic_dir
+from lmforge.model import load_model
+from lmforge.model.weights import HF_INDEX_NAME, WEIGHTS_NAME, hf_config, model_state
+from lmforge.tokenizer import BOS, EOS, IM_END, PAD, copy_tokenizer_files, load_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {(k if k == "lm_head.weight" else f"model.{k}"): v.to(dtype).contiguous()
+            for k, v in state.items()}
+
+
+def shard_state(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
+
+
+def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int) -> None:
+    shards = shard_state(state, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / HF_INDEX_NAME).write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+def generation_config(bos: int | None, eos: list[int], pad: int | None) -> dict[str, Any]:
+    return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad, "do_sample": True,
+            "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1,
+            "transformers_version": "4.45.0"}
+
+
+def export_hf(model_dir: Path, out_dir: Path, dtype: str = "float32",
+              max_shard_bytes: int = 2 * 1024**3) -> Path:
+    model = load_model(model_dir)
+    tok = load_tokenizer(model_dir)
+    bos, pad = tok.token_to_id(BOS), tok.token_to_id(PAD)
+    eos = [i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None]
+    config = hf_config(model.config, bos, eos, pad)
+    config["torch_dtype"] = config["dtype"] = dtype
+    with atomic_dir(out_dir) as tmp:
+        write_weights(hf_state(model_state(model), DTYPES[dtype]), tmp, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (tmp / "generation_config.json").write_text(
+            json.dumps(generation_config(bos, eos, pad), indent=2), encoding="utf-8")
+        copy_tokenizer_files(model_dir, tmp)
+    return out_dir

@@ -1,0 +1,45 @@
+"""Choosing the next token from logits: repetition penalty, temperature, top-k, top-p.
+
+Kept free of any model or HTTP code so the terminal, the server and evaluation share it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmforge.config import SamplingConfig
+
+
+def apply_repetition_penalty(logits: Tensor, history: Tensor, penalty: float) -> Tensor:
+    """CTRL-style: divide positive logits of tokens already seen by ``penalty``, multiply
+    negative ones. ``history`` is [b, n] token ids (pads may be included by the caller)."""
+    if penalty == 1.0 or history.numel() == 0:
+        return logits
+    seen = torch.gather(logits, 1, history)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, history, seen)
+
+
+def filter_top_k_top_p(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def next_tokens(logits: Tensor, history: Tensor, config: SamplingConfig,
+                generator: torch.Generator | None) -> Tensor:
+    """[b] next token ids from [b, vocab] logits."""
+    logits = apply_repetition_penalty(logits.float(), history, config.repetition_penalty)
+    if config.temperature == 0.0:
+        return logits.argmax(-1)
+    logits = filter_top_k_top_p(logits / config.temperature, config.top_k, config.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

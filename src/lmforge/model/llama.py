@@ -1,0 +1,287 @@
+"""The lmforge model: a Llama-style decoder-only transformer, top to bottom in one file.
+
+Token embedding -> N x [RMSNorm -> grouped-query attention with rotary positions -> residual,
+RMSNorm -> SwiGLU MLP (or a mixture of SwiGLU experts) -> residual] -> RMSNorm -> output head.
+
+Written for one device and left alone: LoRA, DDP/FSDP, compile and quantisation wrap it from
+outside. Parameter names are Hugging Face's (``layers.0.self_attn.q_proj``...) and RoPE uses the
+``rotate_half`` convention, so exporting to ``LlamaForCausalLM``/``MixtralForCausalLM`` is a rename
+with a ``model.`` prefix, checked by a logits test against transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 like the reference implementations."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_frequencies(config: ModelConfig) -> Tensor:
+    """Inverse frequencies, with linear (position interpolation) or NTK-aware scaling."""
+    dim = config.head_dim
+    base = config.rope_theta
+    if config.rope_scaling == "ntk":  # stretch the base so low frequencies cover longer contexts
+        base = base * config.rope_factor ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    if config.rope_scaling == "linear":
+        inv_freq = inv_freq / config.rope_factor
+    return inv_freq
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys and values for incremental decoding: [layers, batch, kv_heads, len, hd]."""
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        shape = (config.n_layers, batch, config.n_kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far (the same for every row)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > {self.max_len}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = (config.n_heads, config.n_kv_heads,
+                                                        config.head_dim)
+        self.q_proj = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None, layer: int) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is None:  # plain causal attention over the whole (uncached) sequence
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Expert(nn.Module):
+    """One SwiGLU expert, with Mixtral's parameter names (w1 gate, w3 up, w2 down)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class SparseMoE(nn.Module):
+    """Top-k routed experts (Mixtral): softmax router, renormalised top-k weights, and the
+    Switch-Transformer load-balancing loss (n_experts * sum_i fraction_i * mean_prob_i)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.top_k = config.experts_per_token
+        self.gate = nn.Linear(config.dim, config.n_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(config.dim, config.ffn_dim)
+                                     for _ in range(config.n_experts))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        probs = F.softmax(self.gate(flat), dim=-1, dtype=torch.float32)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == e)
+            if token.numel():
+                out.index_add_(0, token, expert(flat[token]) * weights[token, slot, None])
+        n = len(self.experts)
+        fraction = F.one_hot(chosen, n).sum(1).float().mean(0) / self.top_k
+        aux = n * (fraction * probs.mean(0)).sum()
+        return out.view(shape), aux
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.moe = config.n_experts > 0
+        if self.moe:
+            self.block_sparse_moe = SparseMoE(config)
+        else:
+            self.mlp = MLP(config.dim, config.ffn_dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None, layer: int) -> tuple[Tensor, Tensor | None]:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        h = self.post_attention_layernorm(x)
+        if self.moe:
+            out, aux = self.block_sparse_moe(h)
+            return x + out, aux
+        return x + self.mlp(h), None
+
+
+@dataclass
+class Output:
+    logits: Tensor
+    aux_loss: Tensor | None  # the MoE load-balancing loss, already weighted; None when dense
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (from the tokenizer) before building")
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.inv_freq: Tensor
+        self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, std) weights; output projections scaled by 1/sqrt(2 * layers) (GPT-2)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # [b, t, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [b, 1, t, hd]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None,
+                mask: Tensor | None = None, cache: KVCache | None = None) -> Output:
+        """Logits for ``tokens`` [b, t].
+
+        ``positions`` [b, t] default to 0.. (continuing after the cache). ``mask`` is a boolean
+        [b, 1, t, keys] attention mask (True = may attend) for packed documents, padding or
+        cached decoding; None means plain causal attention.
+        """
+        b, t = tokens.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + t, device=tokens.device).expand(b, t)
+        if mask is None and cache is not None and start > 0 and t > 1:
+            mask = causal_mask(t, start + t, tokens.device)[None, None].expand(b, 1, t, start + t)
+        x = self.embed_tokens(tokens)
+        cos, sin = self.rope(positions, x.dtype)
+        aux_total = None
+        for i, layer in enumerate(self.layers):
+            x, aux = layer(x, cos, sin, mask, cache, i)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+        if cache is not None:
+            cache.length += t
+        logits = self.lm_head(self.norm(x))
+        if aux_total is not None:
+            aux_total = aux_total * self.config.moe_aux_weight / self.config.n_layers
+        return Output(logits, aux_total)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.embed_tokens.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 * active params + attention."""
+        c = self.config
+        # every parameter but the embedding lookup does a multiply-add per token; a tied head
+        # shares its weight with the embedding but still costs a full matmul.
+        active = self.num_parameters(exclude_embeddings=True)
+        if c.tie_embeddings:
+            active += c.vocab_size * c.dim
+        if c.n_experts:
+            expert = 3 * c.dim * c.ffn_dim
+            active -= c.n_layers * expert * (c.n_experts - c.experts_per_token)
+        attention = 12 * c.n_layers * c.dim * seq_len  # QK^T and AV, forward and backward
+        return 6 * active + attention
+
+
+def causal_mask(queries: int, keys: int, device: torch.device) -> Tensor:
+    """[queries, keys] boolean mask for the last ``queries`` positions of ``keys``."""
+    offset = keys - queries
+    q = torch.arange(queries, device=device)[:, None] + offset
+    return torch.arange(keys, device=device)[None, :] <= q
+
+
+def document_mask(doc_ids: Tensor) -> Tensor:
+    """Causal mask that also keeps packed documents apart: [b, 1, t, t] from doc ids [b, t]."""
+    t = doc_ids.shape[1]
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (same & causal_mask(t, t, doc_ids.device))[:, None]

@@ -1,0 +1,66 @@
+"""The run's metrics: one JSON line per logged step or evaluation, and the loss curve as PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmforge.atomic import atomic_write_text
+
+
+class MetricsLog:
+    """Append-only JSONL; on resume, rows past the checkpoint's step are dropped so the curve
+    of a resumed run is exactly the curve of an uninterrupted one."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled  # only the main process of a distributed run writes
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = self.rows() if resume_step is not None else []
+        kept = [r for r in rows if r["step"] <= (resume_step or 0)]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def plot_losses(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    bpb = [(r["step"], r["val_bpb"]) for r in rows if "val_bpb" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="val loss", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    if bpb:
+        right = ax.twinx()
+        right.plot(*zip(*bpb, strict=True), "s--", color="tab:green", label="val bits/byte", ms=3)
+        right.set_ylabel("bits per byte")
+        right.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,146 @@
+"""Pretraining: next-token prediction on packed token shards.
+
+The training split is cut into windows of ``seq_len + 1`` tokens that run across document
+boundaries (documents end with EOS, so nothing is padded). Each epoch visits the windows in a
+seeded permutation; sample ``g`` of the run is window ``perm_epoch[g % n]``, so the data position
+is a function of the step alone. With ``doc_mask`` the windows also carry document ids and
+attention stays inside each document, with positions restarting at each document start.
+
+Bits per byte on the held-out split uses each token's exact byte length, so it compares across
+tokenizers and with other models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from lmforge.data import ShardSet
+from lmforge.model import Transformer, document_mask
+from lmforge.train.distributed import DistInfo, all_reduce_sum
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for: byte-level pieces map one character per byte;
+    added terms count their text; special tokens count nothing."""
+    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for token, index in tok.get_vocab(with_added_tokens=False).items():
+        lengths[index] = len(token)
+    for index, added in tok.get_added_tokens_decoder().items():
+        lengths[index] = 0 if added.special else len(added.content.encode("utf-8"))
+    return lengths
+
+
+@dataclass
+class Windows:
+    """Fixed-length windows over the tokens of one split, shard by shard."""
+
+    shards: list[Any]
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        counts = [max(0, (len(s.tokens) - 1) // self.seq_len) for s in self.shards]
+        self.starts = np.cumsum([0, *counts])
+        if self.starts[-1] == 0:
+            raise ValueError(f"not enough tokens for one window of {self.seq_len + 1}")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [seq_len + 1], document ids [seq_len + 1]) of window ``index``."""
+        shard_index = int(np.searchsorted(self.starts, index, side="right") - 1)
+        shard = self.shards[shard_index]
+        begin = (index - int(self.starts[shard_index])) * self.seq_len
+        tokens = np.asarray(shard.tokens[begin : begin + self.seq_len + 1], dtype=np.int64)
+        doc_starts = shard.docs[:, 0]
+        positions = np.arange(begin, begin + self.seq_len + 1)
+        docs = np.searchsorted(doc_starts, positions, side="right") - 1
+        return tokens, docs
+
+
+def positions_within_documents(doc_ids: Tensor) -> Tensor:
+    """Positions that restart at 0 where the document id changes, per row."""
+    b, t = doc_ids.shape
+    index = torch.arange(t, device=doc_ids.device).expand(b, t)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
+class PretrainTask:
+    name = "pretrain"
+
+    def __init__(self, shards_dir: Path, tokenizer: Tokenizer, seq_len: int, seed: int,
+                 doc_mask: bool, eval_batches: int, eval_batch_size: int) -> None:
+        shard_set = ShardSet(shards_dir)
+        self.train = Windows(shard_set.shards("train"), seq_len)
+        self.val = Windows(shard_set.shards("val"), seq_len)
+        self.seed, self.doc_mask = seed, doc_mask
+        self.eval_batches, self.eval_batch_size = eval_batches, eval_batch_size
+        self.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def _window_index(self, sample: int) -> int:
+        epoch, offset = divmod(sample, len(self.train))
+        if self._perm is None or self._perm[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = (epoch, rng.permutation(len(self.train)))
+        return int(self._perm[1][offset])
+
+    def _stack(self, windows: Windows, indices: list[int], device: torch.device
+               ) -> dict[str, Tensor]:
+        tokens, docs = zip(*(windows.get(i) for i in indices), strict=True)
+        batch = torch.from_numpy(np.stack(tokens)).to(device)
+        out = {"inputs": batch[:, :-1], "targets": batch[:, 1:]}
+        if self.doc_mask:
+            doc_ids = torch.from_numpy(np.stack(docs)[:, :-1]).to(device)
+            out["mask"] = document_mask(doc_ids)
+            out["positions"] = positions_within_documents(doc_ids)
+        return out
+
+    def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
+              dist: DistInfo) -> dict[str, Tensor]:
+        global_batch = micro_batches * dist.world * micro_size
+        first = step * global_batch + (micro * dist.world + dist.rank) * micro_size
+        indices = [self._window_index(first + j) for j in range(micro_size)]
+        return self._stack(self.train, indices, dist.device)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+        out = model(batch["inputs"], positions=batch.get("positions"), mask=batch.get("mask"))
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), batch["targets"].flatten())
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss
+        return loss, batch["targets"].numel()
+
+    def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
+        return batch["inputs"].numel()
+
+    def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
+        """Validation loss and bits per byte over a fixed, evenly spread set of windows."""
+        total = self.eval_batches * self.eval_batch_size
+        count = min(total, len(self.val))
+        chosen = np.linspace(0, len(self.val) - 1, count).astype(int).tolist()
+        mine = chosen[dist.rank :: dist.world]
+        sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # nats, tokens, bytes
+        for i in range(0, len(mine), self.eval_batch_size):
+            batch = self._stack(self.val, mine[i : i + self.eval_batch_size], dist.device)
+            logits = model(batch["inputs"], positions=batch.get("positions"),
+                           mask=batch.get("mask")).logits
+            nats = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
+                                   reduction="sum")
+            sums[0] += nats.double()
+            sums[1] += batch["targets"].numel()
+            sums[2] += self.token_bytes[batch["targets"].cpu()].sum().item()
+        all_reduce_sum(sums)
+        return {"val_loss": (sums[0] / sums[1]).item(),
+                "val_bpb": (sums[0] / (math.log(2) * sums[2])).item()}
