@@ -22,10 +22,12 @@ from lmforge.tokenizer import EOS, IM_END, PAD
 
 @dataclass
 class Delta:
-    """New text for one prompt; ``finished`` carries the reason on the row's last delta."""
+    """One generated token of one prompt and the text it makes visible (may be empty while a
+    character or a possible stop string is incomplete); ``finished`` is set on the last one."""
 
     row: int
     text: str
+    token: int
     finished: str | None = None  # "stop" (eos or stop string) or "length"
 
 
@@ -112,8 +114,7 @@ def stream_generate(model: Transformer, tok: Tokenizer, prompts: list[list[int]]
                 row.done = "length"
             piece = text[row.sent:] if row.done else row.streamable(text)
             row.sent += len(piece)
-            if piece or row.done:
-                yield Delta(i, piece, row.done)
+            yield Delta(i, piece, token, row.done)
         if all(row.done for row in rows):
             return
         history = torch.cat([history, chosen[:, None]], dim=1)

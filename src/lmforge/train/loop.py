@@ -181,6 +181,8 @@ class Trainer:
         started = time.time()
         tokens_seen = 0
         last: dict[str, float] = {}
+        if start == 0:  # the untrained baseline, so every report shows how far training got
+            log.write({"step": 0, **self.evaluate()})
         for step in range(start, config.steps):
             loss, grad_norm, tokens = self.train_step(step)
             tokens_seen += tokens
