@@ -49,6 +49,19 @@ unit = "paragraph"
 max_doc_chars = 800
 language = "en"
 
+[model]
+preset = "tiny"
+
+[pretrain]
+steps = 20
+batch_size = 4
+seq_len = 32
+warmup_steps = 2
+eval_every = 10
+eval_batches = 2
+save_every = 10
+threads = 1
+
 [tokenizer]
 vocab_size = 800
 terms_file = "{(ROOT / 'data/insurance/glossary_terms.jsonl').as_posix()}"
@@ -65,12 +78,13 @@ def tiny_recipe(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run with data prepared, tokenizer trained and shards written, shared by tests."""
+    """A tiny run through data, tokenizer, shards and pretraining, shared by tests."""
     from lmforge.cli import main
 
     base = tmp_path_factory.mktemp("tiny-run")
     recipe = base / "tiny.toml"
     recipe.write_text(tiny_recipe_text(base / "run"), encoding="utf-8")
-    for command in (["data", "prepare"], ["tokenizer", "train"], ["data", "tokenize"]):
+    for command in (["data", "prepare"], ["tokenizer", "train"], ["data", "tokenize"],
+                    ["pretrain"]):
         assert main([*command, "--recipe", str(recipe)]) == 0
     return base / "run"

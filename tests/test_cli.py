@@ -10,7 +10,8 @@ import pytest
 from lmforge.cli import build_parser, main
 
 COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "tokenize"], ["tokenizer"],
-            ["tokenizer", "train"], ["tokenizer", "encode"]]
+            ["tokenizer", "train"], ["tokenizer", "encode"], ["pretrain"], ["generate"],
+            ["export"], ["export", "hf"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -75,3 +76,32 @@ def test_encode_command(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["tokenizer", "encode", "--tokenizer", folder, "保险2024"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["pieces"][-4:] == ["2", "0", "2", "4"]
+
+
+def test_generate_command_streams_and_batches(tiny_run: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    model = str(tiny_run / "pretrain" / "model")
+    assert main(["generate", "--model", model, "被保险人", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("被保险人")
+    assert main(["generate", "--model", model, "保险", "To be", "--max-new-tokens", "4",
+                 "--chat"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["保险", "To be"]
+
+
+def test_export_command_writes_a_hf_folder(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    assert main(["export", "hf", "--model", str(tiny_run / "pretrain" / "model"),
+                 "--out", str(out), "--dtype", "bfloat16"]) == 0
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    generation = json.loads((out / "generation_config.json").read_text(encoding="utf-8"))
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    assert config["torch_dtype"] == "bfloat16"
+    assert len(generation["eos_token_id"]) == 2 == len(config["eos_token_id"])
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja", "model.safetensors"):
+        assert (out / name).exists(), name
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert "im_start" in tokenizer_config["chat_template"]

@@ -1,0 +1,101 @@
+"""Sampling and generation: filters, penalties, stops across token boundaries, UTF-8 streaming,
+and batching that changes nothing."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig, SamplingConfig
+from lmforge.infer import generate, next_tokens, stream_generate
+from lmforge.infer.sampling import apply_repetition_penalty, filter_top_k_top_p
+from lmforge.model import Transformer
+from lmforge.tokenizer import load_tokenizer
+
+FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
+
+
+@pytest.fixture(scope="module")
+def tok():  # noqa: ANN201
+    return load_tokenizer(FIXTURE_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def model(tok) -> Transformer:  # noqa: ANN001
+    torch.manual_seed(3)
+    config = ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=4,
+                         n_kv_heads=2, max_seq_len=128)
+    return Transformer(config).eval()
+
+
+def test_top_k_and_top_p() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_top_k_top_p(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
+    # nucleus 0.7: 0.5 alone is not enough, 0.5 + 0.3 crosses it -> keep two
+    assert torch.isinf(filter_top_k_top_p(logits, 0, 0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_top_k_top_p(logits, 0, 0.4)).tolist() == [[False, True, True, True]]
+
+
+def test_repetition_penalty_matches_the_ctrl_rule() -> None:
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    out = apply_repetition_penalty(logits, torch.tensor([[0, 1]]), 2.0)
+    assert out.tolist() == [[1.0, -4.0, 1.0]]
+
+
+def test_greedy_and_seeded_sampling() -> None:
+    logits = torch.tensor([[0.1, 3.0, 0.2]])
+    greedy = SamplingConfig(temperature=0.0)
+    assert next_tokens(logits, torch.empty(1, 0, dtype=torch.long), greedy, None).item() == 1
+    config = SamplingConfig(temperature=1.0, seed=5)
+    draws = [next_tokens(torch.zeros(1, 50), torch.empty(1, 0, dtype=torch.long), config,
+                         torch.Generator().manual_seed(5)).item() for _ in range(2)]
+    assert draws[0] == draws[1]
+
+
+def test_batched_generation_equals_one_by_one(model: Transformer, tok) -> None:  # noqa: ANN001
+    prompts = ["被保险人", "To be, or not to be", "保"]
+    config = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    batched = generate(model, tok, prompts, config)
+    alone = [generate(model, tok, [p], config)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_stop_string_across_token_boundaries(model: Transformer, tok) -> None:  # noqa: ANN001
+    free = generate(model, tok, ["To be"], SamplingConfig(max_new_tokens=20, temperature=0.0))[0]
+    assert len(free) > 4
+    stop = free[2:5]  # three characters that likely span a token boundary
+    deltas = list(stream_generate(model, tok, [tok.encode("To be").ids],
+                                  SamplingConfig(max_new_tokens=20, temperature=0.0,
+                                                 stop=[stop])))
+    text = "".join(d.text for d in deltas)
+    assert text == free[: free.find(stop)]
+    assert deltas[-1].finished == "stop"
+
+
+def test_streaming_never_splits_a_character(tok) -> None:  # noqa: ANN001
+    from lmforge.infer.generate import _Row
+
+    row = _Row([])
+    text = "保险"
+    pieces = []
+    for token in tok.encode(text).ids:
+        row.ids.append(token)
+        visible, _ = row.visible(tok)
+        piece = row.streamable(visible)
+        row.sent += len(piece)
+        pieces.append(piece)
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    byte_tokens = [tok.token_to_id(c) for c in tok.pre_tokenizer.pre_tokenize_str("险")[0][0]]
+    row = _Row([])
+    row.ids = byte_tokens[:1]
+    assert row.streamable(row.visible(tok)[0]) == ""  # the first byte of a 3-byte character
+
+
+def test_length_limit_and_context_guard(model: Transformer, tok) -> None:  # noqa: ANN001
+    deltas = list(stream_generate(model, tok, [[5, 6]], SamplingConfig(max_new_tokens=3,
+                                                                      temperature=0.0)))
+    assert deltas[-1].finished in ("length", "stop")
+    assert len(deltas) <= 3
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        list(stream_generate(model, tok, [[5] * 100], SamplingConfig(max_new_tokens=64)))
