@@ -69,3 +69,15 @@ def test_resolved_config_round_trips(tmp_path: Path, tiny_recipe: Path) -> None:
     again = from_dict(RecipeConfig, json.loads(path.read_text(encoding="utf-8")))
     assert again == config
     assert again.data.quality.min_chars == 12
+
+
+def test_recipe_extends_a_base(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text('[run]\nname = "base"\nseed = 3\n[pretrain]\nlr = 0.1\n',
+                                        encoding="utf-8")
+    (tmp_path / "top.toml").write_text('extends = "base.toml"\n[run]\nname = "top"\n',
+                                       encoding="utf-8")
+    config = load_config(RecipeConfig, tmp_path / "top.toml")
+    assert (config.run.name, config.run.seed, config.pretrain.lr) == ("top", 3, 0.1)
+    (tmp_path / "loop.toml").write_text('extends = "loop.toml"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(RecipeConfig, tmp_path / "loop.toml")

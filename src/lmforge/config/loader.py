@@ -175,9 +175,34 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
 
 
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, table by table; lists (e.g. sources) are replaced whole."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe with its ``extends = "base.toml"`` chain resolved (relative to the recipe)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: recipe extends itself (through {seen[-1]})")
+    values = read_toml(path)
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected a recipe path, got {base!r}")
+    return deep_merge(read_recipe(path.parent / base, (*seen, path)), values)
+
+
 def load_config(cls: type[T], recipe: Path | None, overrides: list[str] | None = None) -> T:
     """Load a recipe (or the defaults), apply overrides, validate once."""
-    values = read_toml(recipe) if recipe is not None else {}
+    values = read_recipe(recipe) if recipe is not None else {}
     values = apply_overrides(values, overrides or [])
     try:
         return from_dict(cls, values)

@@ -179,12 +179,15 @@ class Trainer:
         bar = tqdm(total=config.steps, initial=start, desc=self.task.name, unit="step",
                    disable=not self.show_progress, dynamic_ncols=True)
         started = time.time()
+        train_seconds = 0.0  # time in optimizer steps only: evaluation and saving excluded
         tokens_seen = 0
         last: dict[str, float] = {}
         if start == 0:  # the untrained baseline, so every report shows how far training got
             log.write({"step": 0, **self.evaluate()})
         for step in range(start, config.steps):
+            step_started = time.time()
             loss, grad_norm, tokens = self.train_step(step)
+            train_seconds += time.time() - step_started
             tokens_seen += tokens
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 bad_total += 1
@@ -198,8 +201,7 @@ class Trainer:
                 continue
             bad_run = 0
             done = step + 1
-            elapsed = time.time() - started
-            rate = tokens_seen / max(elapsed, 1e-9)
+            rate = tokens_seen / max(train_seconds, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
             if done % config.log_every == 0 or done == config.steps:
@@ -224,4 +226,4 @@ class Trainer:
             save_model(self.model, self.out_dir / "model")
             plot_losses(history, self.out_dir / "loss.png", self.task.name)
         return TrainResult(config.steps, last, bad_total, seconds,
-                           tokens_seen / max(seconds, 1e-9), history)
+                           tokens_seen / max(train_seconds, 1e-9), history)

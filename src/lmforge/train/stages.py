@@ -90,13 +90,15 @@ def training_report(model: Transformer, result: TrainResult, seq_len: int, world
         "bad_steps": result.bad_steps, "processes": world, "device": device,
         "final": result.final_metrics,
         "first_eval": next((r for r in result.history if "val_loss" in r), {}),
+        "best_eval": min((r for r in result.history if "val_loss" in r),
+                         key=lambda r: r["val_loss"], default={}),
         "model_config": dataclasses.asdict(model.config),
     }
 
 
 def write_training_report(out: Path, title: str, report: dict[str, Any]) -> None:
-    first, final = report["first_eval"], report["final"]
-    rows = [[k, first.get(k, "-"), v] for k, v in final.items()]
+    first, final, best = report["first_eval"], report["final"], report["best_eval"]
+    rows = [[k, first.get(k, "-"), v, best.get(k, "-")] for k, v in final.items()]
     md = [
         f"# {title} report", "",
         f"{report['parameters']:,} parameters ({report['non_embedding_parameters']:,} without "
@@ -104,7 +106,8 @@ def write_training_report(out: Path, title: str, report: dict[str, Any]) -> None
         f"{report['steps']:,} steps in {report['seconds']:,} s on {report['processes']} x "
         f"{report['device']}: {report['tokens_per_second']:,.0f} tokens/s; "
         f"{report['bad_steps']} steps skipped for non-finite loss.", "",
-        markdown_table(["metric", "first evaluation", "final"], rows), "",
+        markdown_table(["metric", "before training", "final",
+                        f"best (step {best.get('step', '-')})"], rows), "",
         "![loss curve](loss.png)",
     ]
     write_report_pair(out, report, "\n".join(md))
