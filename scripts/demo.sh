@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The main job: build the demo insurance assistant from the bundled data.
-# So far: prepare the corpus, train the tokenizer, tokenise the corpus into shards.
+# The main job: build the demo insurance model from the bundled data on this machine.
+# So far: prepare the corpus, train the tokenizer, write token shards, pretrain a base model
+# (~10 minutes on 2 CPU cores), export it to Hugging Face format, and show a sample.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh docs
 recipe="${RECIPE:-recipes/insurance-zh.toml}"
+run_dir=$(.venv/bin/python -c "import sys; from lmforge.config import RecipeConfig, load_config; from pathlib import Path; print(load_config(RecipeConfig, Path(sys.argv[1])).run.out_dir)" "$recipe")
 .venv/bin/lmforge data prepare --recipe "$recipe" "$@"
 .venv/bin/lmforge tokenizer train --recipe "$recipe" "$@"
 .venv/bin/lmforge data tokenize --recipe "$recipe" "$@"
+.venv/bin/lmforge pretrain --recipe "$recipe" "$@"
+.venv/bin/lmforge export hf --model "$run_dir/pretrain/model" --out "$run_dir/export/hf"
+echo "--- a sample from the base model:"
+.venv/bin/lmforge generate --recipe "$recipe" --model "$run_dir/pretrain/model" "被保险人在保险期间内"

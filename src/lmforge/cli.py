@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND")
 
     data = stages.add_parser("data", help="ingest, clean, deduplicate, mix and tokenise a corpus",
-                             description="The data pipeline: raw documents to token shards.")
+                             description="The data pipeline: raw documents to token shards.",
+                             epilog=f"example:\n  lmforge data prepare --recipe {EXAMPLE_RECIPE}",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _add(data_sub, "prepare", "ingest, clean, filter, deduplicate, split and mix the sources",
              f"lmforge data prepare --recipe {EXAMPLE_RECIPE} --set data.mix.domain_fraction=0.4",
@@ -169,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the run's)")
 
     tokenizer = stages.add_parser("tokenizer", help="train and inspect the BPE tokenizer",
-                                  description="Byte-level BPE for mixed Chinese/English text.")
+                                  description="Byte-level BPE for mixed Chinese/English text.",
+                                  epilog=f"example:\n  lmforge tokenizer train --recipe "
+                                         f"{EXAMPLE_RECIPE}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     tok_sub = tokenizer.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _add(tok_sub, "train", "train a byte-level BPE tokenizer on the prepared corpus",
              f"lmforge tokenizer train --recipe {EXAMPLE_RECIPE} --set tokenizer.vocab_size=8000",
@@ -210,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
 
     export = stages.add_parser("export", help="export a model to other tools' formats",
-                               description="Export a model folder.")
+                               description="Export a model folder.",
+                               epilog="example:\n  lmforge export hf --model "
+                                      "runs/insurance-zh/pretrain/model --out export/hf",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     export_sub = export.add_subparsers(dest="action", required=True, metavar="FORMAT")
     p = _add(export_sub, "hf", "write a Hugging Face folder (transformers, vLLM, llama.cpp)",
              "lmforge export hf --model runs/insurance-zh/pretrain/model --out export/hf",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,6 +172,9 @@ class Trainer:
         start, state = self._resume() if resume else (0, {})
         if not resume:
             seed_everything(self.seed)
+            if self.dist.is_main and self.checkpoints.exists():  # a fresh run starts clean
+                shutil.rmtree(self.checkpoints)
+            barrier()
         log = MetricsLog(self.out_dir / "metrics.jsonl", start if resume else None,
                          enabled=self.dist.is_main)
         bad_total = state.get("bad_steps", 0)
