@@ -62,6 +62,59 @@ eval_batches = 2
 save_every = 10
 threads = 1
 
+[sft]
+method = "lora"
+chat_files = ["{(TINY / 'sft_zh.jsonl').as_posix()}"]
+identity_file = "{(ROOT / 'data/chat/identity.json').as_posix()}"
+assistant_name = "保小助"
+assistant_owner = "测试公司"
+qa_queries = "{(TINY / 'rag_queries.jsonl').as_posix()}"
+qa_passages = "{(TINY / 'rag_passages.jsonl').as_posix()}"
+val_fraction = 0.15
+
+[sft.lora]
+rank = 4
+alpha = 8.0
+
+[sft.train]
+steps = 12
+batch_size = 4
+seq_len = 384
+lr = 0.003
+warmup_steps = 2
+eval_every = 6
+eval_batches = 2
+save_every = 6
+threads = 1
+
+[dpo]
+pair_files = ["{(TINY / 'dpo_zh.jsonl').as_posix()}"]
+val_fraction = 0.3
+
+[dpo.train]
+steps = 8
+batch_size = 2
+seq_len = 384
+lr = 0.003
+warmup_steps = 1
+eval_every = 4
+save_every = 4
+threads = 1
+
+[rm]
+pair_files = ["{(TINY / 'dpo_zh.jsonl').as_posix()}"]
+val_fraction = 0.3
+
+[rm.train]
+steps = 8
+batch_size = 2
+seq_len = 384
+lr = 0.003
+warmup_steps = 1
+eval_every = 4
+save_every = 4
+threads = 1
+
 [tokenizer]
 vocab_size = 800
 terms_file = "{(ROOT / 'data/insurance/glossary_terms.jsonl').as_posix()}"

@@ -90,6 +90,20 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
               f"{report['tokens_per_second']:,.0f} tokens/s); report: {out / 'report.md'}")
 
 
+def _post_training(stage: str) -> Callable[[argparse.Namespace], None]:
+    def command(args: argparse.Namespace) -> None:
+        from lmforge.train import post
+
+        config = _load(args)
+        report = getattr(post, stage)(config, resume=args.resume)
+        out = _stage_dir(config, stage)
+        final = ", ".join(f"{k} {v:.4f}" for k, v in report["final"].items())
+        print(f"model: {out / 'model'} ({report['method']}; {final}); "
+              f"report: {out / 'report.md'}")
+
+    return command
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -195,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from the run's last complete checkpoint")
+
+    for stage, summary in (("sft", "supervised fine-tuning (full, freeze or LoRA) on chat data"),
+                           ("dpo", "direct preference optimisation against the SFT model"),
+                           ("rm", "train a Bradley-Terry reward model on preference pairs")):
+        p = _add(stages, stage, summary, f"lmforge {stage} --recipe {EXAMPLE_RECIPE}",
+                 _post_training(stage))
+        _recipe_args(p)
+        p.add_argument("--resume", action="store_true",
+                       help="continue from the stage's last complete checkpoint")
 
     p = stages.add_parser("generate", help="generate text from a model folder",
                           description="Sample continuations (or chat answers with --chat).",

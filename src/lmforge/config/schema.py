@@ -332,6 +332,71 @@ class SamplingConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters on the frozen model's linear layers (PEFT-compatible)."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "rank", "at least 1", self.rank)
+        _check(0.0 <= self.dropout < 1.0, "dropout", "a fraction in [0, 1)", self.dropout)
+        _check(bool(self.targets), "targets", "module names or ['all-linear']", self.targets)
+
+
+def _post_training_defaults() -> TrainConfig:
+    return TrainConfig(steps=200, batch_size=8, seq_len=512, lr=2e-4, warmup_steps=10,
+                       eval_every=50, eval_batches=8, save_every=100)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on chat data and domain question answering."""
+
+    method: Literal["full", "freeze", "lora"] = "lora"
+    trainable_blocks: int = 2  # freeze: only the last N blocks (and the final norm) train
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    qlora: bool = False  # the frozen base in 4-bit through bitsandbytes (CUDA only)
+    chat_files: list[str] = field(default_factory=list)
+    identity_file: str = ""
+    assistant_name: str = "lmforge"
+    assistant_owner: str = "lmforge"
+    qa_queries: str = ""  # domain QA: {question, answer, gold_pid, contract} per line
+    qa_passages: str = ""  # and the passages they cite: {pid, contract, text}
+    rag_distractors: int = 2
+    pack: bool = True
+    val_fraction: float = 0.05
+    train: TrainConfig = field(default_factory=_post_training_defaults)
+
+    def __post_init__(self) -> None:
+        _check(self.trainable_blocks >= 1, "trainable_blocks", "at least 1",
+               self.trainable_blocks)
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
+               self.val_fraction)
+        _check(self.rag_distractors >= 0, "rag_distractors", "0 or more", self.rag_distractors)
+
+
+@dataclass
+class PreferenceConfig:
+    """Preference training: DPO, or a Bradley-Terry reward model."""
+
+    method: Literal["full", "lora"] = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    pair_files: list[str] = field(default_factory=list)
+    qa_pairs: bool = True  # also build domain pairs from sft.qa_queries / sft.qa_passages
+    beta: float = 0.1
+    val_fraction: float = 0.1
+    train: TrainConfig = field(default_factory=_post_training_defaults)
+
+    def __post_init__(self) -> None:
+        _check(self.beta > 0, "beta", "a positive number", self.beta)
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
+               self.val_fraction)
+
+
+@dataclass
 class RecipeConfig:
     """A whole recipe: one section per stage."""
 
@@ -341,3 +406,6 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rm: PreferenceConfig = field(default_factory=PreferenceConfig)

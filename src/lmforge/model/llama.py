@@ -188,8 +188,9 @@ class Block(nn.Module):
 
 @dataclass
 class Output:
-    logits: Tensor
+    logits: Tensor | None  # None when only hidden states were asked for
     aux_loss: Tensor | None  # the MoE load-balancing loss, already weighted; None when dense
+    hidden: Tensor | None = None  # final normed hidden states, when asked for
 
 
 class Transformer(nn.Module):
@@ -225,7 +226,8 @@ class Transformer(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None,
-                mask: Tensor | None = None, cache: KVCache | None = None) -> Output:
+                mask: Tensor | None = None, cache: KVCache | None = None,
+                return_hidden: bool = False) -> Output:
         """Logits for ``tokens`` [b, t].
 
         ``positions`` [b, t] default to 0.. (continuing after the cache). ``mask`` is a boolean
@@ -247,10 +249,12 @@ class Transformer(nn.Module):
                 aux_total = aux if aux_total is None else aux_total + aux
         if cache is not None:
             cache.length += t
-        logits = self.lm_head(self.norm(x))
         if aux_total is not None:
             aux_total = aux_total * self.config.moe_aux_weight / self.config.n_layers
-        return Output(logits, aux_total)
+        hidden = self.norm(x)
+        if return_hidden:  # e.g. a reward head: skip the vocabulary projection
+            return Output(None, aux_total, hidden)
+        return Output(self.lm_head(hidden), aux_total)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())

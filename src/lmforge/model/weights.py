@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
+from torch import nn
 
 from lmforge.atomic import atomic_open, atomic_write_text
 from lmforge.config import ModelConfig, from_dict
@@ -27,31 +28,38 @@ WEIGHTS_NAME = "model.safetensors"
 HF_INDEX_NAME = "model.safetensors.index.json"
 
 
-def model_state(model: Transformer) -> dict[str, torch.Tensor]:
+def model_config(model: nn.Module) -> ModelConfig:
+    """The ModelConfig of a Transformer or of a module wrapping one (e.g. a reward model)."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"{type(model).__name__} carries no ModelConfig")
+    return config
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters to save: contiguous, with a tied head stored once (as the embedding)."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    return state
+    tied = model_config(model).tie_embeddings  # wrapped (reward model): backbone.lm_head
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if not (tied and k.endswith("lm_head.weight"))}
 
 
-def save_model(model: Transformer, folder: Path) -> None:
+def save_model(model: nn.Module, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_open(folder / WEIGHTS_NAME) as f:
         f.write(_safetensors_bytes(model_state(model)))
     atomic_write_text(folder / CONFIG_NAME,
-                      json.dumps(dataclasses.asdict(model.config), indent=2) + "\n")
+                      json.dumps(dataclasses.asdict(model_config(model)), indent=2) + "\n")
 
 
 def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return save(state, metadata={"format": "pt"})
 
 
-def load_state(model: Transformer, state: dict[str, torch.Tensor], source: Path) -> None:
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    tied = model_config(model).tie_embeddings
+    state = {k: v for k, v in state.items() if not (tied and k.endswith("lm_head.weight"))}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+    missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
     if missing or unexpected:
         raise ValueError(f"{source}: weights do not match the config "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -1,10 +1,10 @@
 """Pretraining: next-token prediction on packed token shards.
 
 The training split is cut into windows of ``seq_len + 1`` tokens that run across document
-boundaries (documents end with EOS, so nothing is padded). Each epoch visits the windows in a
-seeded permutation; sample ``g`` of the run is window ``perm_epoch[g % n]``, so the data position
-is a function of the step alone. With ``doc_mask`` the windows also carry document ids and
-attention stays inside each document, with positions restarting at each document start.
+boundaries (documents end with EOS, so nothing is padded), visited in the seeded order of
+``EpochSampler``, so the data position is a function of the step alone. With ``doc_mask`` the
+windows also carry document ids and attention stays inside each document, with positions
+restarting at each document start.
 
 Bits per byte on the held-out split uses each token's exact byte length, so it compares across
 tokenizers and with other models.
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from lmforge.data import ShardSet
 from lmforge.model import Transformer, document_mask
 from lmforge.train.distributed import DistInfo, all_reduce_sum
+from lmforge.train.sampler import EpochSampler
 
 
 def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
@@ -88,14 +89,7 @@ class PretrainTask:
         self.seed, self.doc_mask = seed, doc_mask
         self.eval_batches, self.eval_batch_size = eval_batches, eval_batch_size
         self.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def _window_index(self, sample: int) -> int:
-        epoch, offset = divmod(sample, len(self.train))
-        if self._perm is None or self._perm[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm = (epoch, rng.permutation(len(self.train)))
-        return int(self._perm[1][offset])
+        self.sampler = EpochSampler(len(self.train), seed)
 
     def _stack(self, windows: Windows, indices: list[int], device: torch.device
                ) -> dict[str, Tensor]:
@@ -110,9 +104,7 @@ class PretrainTask:
 
     def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
               dist: DistInfo) -> dict[str, Tensor]:
-        global_batch = micro_batches * dist.world * micro_size
-        first = step * global_batch + (micro * dist.world + dist.rank) * micro_size
-        indices = [self._window_index(first + j) for j in range(micro_size)]
+        indices = self.sampler.micro_batch(step, micro, micro_batches, micro_size, dist)
         return self._stack(self.train, indices, dist.device)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:

@@ -1,0 +1,123 @@
+"""Domain supervision from question-answer data tied to passages (the bundled insurance set:
+``{question, answer, gold_pid, contract}`` queries and ``{pid, contract, text}`` passages).
+
+SFT examples come in two forms: the bare question, and the question after retrieved passages
+(the gold passage among distractors, in exactly the RAG prompt format of ``lmforge.prompts``)
+with the answer citing the gold passage as ``[n]``.
+
+Preference pairs (there are none in the data, so we build them): the prompt is the RAG form;
+chosen is the reference answer with its citation; rejected alternates between (a) the answer to
+another question whose gold passage is one of the distractors, cited as that passage -- an
+answer grounded in the wrong passage -- and (b) an evasive non-answer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.data.chat import Conversation, Message, PreferencePair
+from lmforge.prompts import Passage, rag_user_message
+
+EVASIVE = ["这个问题比较复杂，建议您咨询保险公司客服。", "我无法确定，请参考具体合同条款。",
+           "保险条款因产品而异，具体以合同约定为准。"]
+
+
+@dataclass
+class QA:
+    qid: str
+    question: str
+    answer: str
+    gold_pid: str
+    contract: str
+
+
+def load_qa(queries: Path, passages: Path, exclude_contracts: set[str]
+            ) -> tuple[list[QA], dict[str, dict[str, str]]]:
+    """Queries (minus held-out contracts) and passages by id."""
+    by_pid = {}
+    for line in passages.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_pid[record["pid"]] = record
+    items = []
+    for line in queries.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r["contract"] in exclude_contracts or r["gold_pid"] not in by_pid:
+            continue
+        items.append(QA(r["qid"], r["question"], r["answer"], r["gold_pid"], r["contract"]))
+    return items, by_pid
+
+
+def _context(item: QA, by_pid: dict[str, dict[str, str]], distractors: int,
+             rng: random.Random) -> tuple[list[str], int]:
+    """Passage ids shown for ``item`` (gold among distractors) and the gold's 1-based number."""
+    same = [p for p, r in by_pid.items() if r["contract"] == item.contract and p != item.gold_pid]
+    others = [p for p in by_pid if p != item.gold_pid and p not in same]
+    chosen = rng.sample(same, min(1, len(same), distractors))
+    chosen += rng.sample(others, distractors - len(chosen))
+    pids = [item.gold_pid, *chosen]
+    rng.shuffle(pids)
+    return pids, pids.index(item.gold_pid) + 1
+
+
+def _passages(pids: list[str], by_pid: dict[str, dict[str, str]]) -> list[Passage]:
+    return [Passage(by_pid[p]["text"], by_pid[p]["contract"]) for p in pids]
+
+
+def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
+                      distractors: int, seed: int) -> list[Conversation]:
+    rng = random.Random(seed)
+    out = []
+    for item in items:
+        head: list[Message] = [{"role": "system", "content": system}] if system else []
+        out.append(Conversation([*head, {"role": "user", "content": item.question},
+                                 {"role": "assistant", "content": item.answer}],
+                                f"qa:{item.qid}:bare"))
+        pids, gold = _context(item, by_pid, distractors, rng)
+        user = rag_user_message(item.question, _passages(pids, by_pid))
+        out.append(Conversation([*head, {"role": "user", "content": user},
+                                 {"role": "assistant", "content": f"{item.answer}[{gold}]"}],
+                                f"qa:{item.qid}:rag"))
+    return out
+
+
+def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
+                     distractors: int, seed: int) -> list[PreferencePair]:
+    rng = random.Random(seed + 1)
+    by_gold: dict[str, list[QA]] = {}
+    for item in items:
+        by_gold.setdefault(item.gold_pid, []).append(item)
+    pairs = []
+    for n, item in enumerate(items):
+        pids, gold = _context(item, by_pid, distractors, rng)
+        head: list[Message] = [{"role": "system", "content": system}] if system else []
+        prompt = [*head, {"role": "user",
+                          "content": rag_user_message(item.question, _passages(pids, by_pid))}]
+        wrong = [(i + 1, q) for i, p in enumerate(pids) if p != item.gold_pid
+                 for q in by_gold.get(p, [])]
+        if n % 2 == 0 and wrong:
+            number, other = rng.choice(wrong)
+            rejected = f"{other.answer}[{number}]"
+        else:
+            rejected = rng.choice(EVASIVE)
+        pairs.append(PreferencePair(prompt, f"{item.answer}[{gold}]", rejected,
+                                    f"qa:{item.qid}:pair"))
+    return pairs
+
+
+def heldout_contracts(corpus_dir: Path) -> set[str]:
+    """Contracts the data stage held out: never trained on by any stage, evaluated on."""
+    path = corpus_dir / "val.jsonl"
+    if not path.exists():
+        return set()
+    contracts = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("contract"):
+            contracts.add(record["contract"])
+    return contracts

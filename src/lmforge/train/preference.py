@@ -1,0 +1,188 @@
+"""Preference training on (prompt, chosen, rejected) pairs: DPO, and a Bradley-Terry reward model.
+
+DPO (Rafailov et al. 2023, sigmoid loss): -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))
+with sequence log-probabilities summed over answer tokens. The reference is the starting model;
+its log-probabilities are computed once before training (with LoRA: the adapters disabled), so no
+second copy of the weights is ever held.
+
+Pairs are right-padded rows [chosen; rejected]: with causal attention, padding after the answer
+changes nothing before it, so no mask is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from lmforge.data.chat import PreferencePair
+from lmforge.model import Transformer
+from lmforge.tokenizer import IM_END, PAD
+from lmforge.train.distributed import DistInfo, all_reduce_sum
+from lmforge.train.sampler import EpochSampler
+from lmforge.train.sft import IGNORE, prompt_ids
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
+             ref_rejected: Tensor, beta: float) -> Tensor:
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin)
+
+
+def encode_pair(tok: Tokenizer, pair: PreferencePair, max_len: int
+                ) -> tuple[list[int], list[int], list[int], list[int], bool] | None:
+    """(chosen ids, chosen labels, rejected ids, rejected labels, prompt truncated?)."""
+    prompt = prompt_ids(tok, pair.prompt)
+    end = tok.encode(IM_END, add_special_tokens=False).ids
+    answers = [tok.encode(a, add_special_tokens=False).ids + end
+               for a in (pair.chosen, pair.rejected)]
+    longest = max(len(a) for a in answers)
+    if longest >= max_len:
+        return None
+    truncated = len(prompt) + longest > max_len
+    prompt = prompt[-(max_len - longest):] if truncated else prompt
+    rows = [(prompt + a, [IGNORE] * len(prompt) + a) for a in answers]
+    return rows[0][0], rows[0][1], rows[1][0], rows[1][1], truncated
+
+
+def sequence_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """Sum of log-probabilities of the labelled next tokens, per row."""
+    mask = targets != IGNORE
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+class PairData:
+    """Encoded pairs as padded tensors: ids [n, 2, T] and next-token targets [n, 2, T]."""
+
+    def __init__(self, tok: Tokenizer, pairs: list[PreferencePair], max_len: int) -> None:
+        encoded = [e for e in (encode_pair(tok, p, max_len) for p in pairs) if e is not None]
+        self.dropped = len(pairs) - len(encoded)
+        self.truncated = sum(1 for e in encoded if e[4])
+        if not encoded:
+            raise ValueError("no preference pair fits the sequence length")
+        width = max(max(len(e[0]), len(e[2])) for e in encoded)
+        pad = tok.token_to_id(PAD) or 0
+        self.ids = torch.full((len(encoded), 2, width), pad, dtype=torch.long)
+        self.targets = torch.full((len(encoded), 2, width), IGNORE, dtype=torch.long)
+        for n, (c_ids, c_lab, r_ids, r_lab, _) in enumerate(encoded):
+            for side, (ids, labels) in enumerate(((c_ids, c_lab), (r_ids, r_lab))):
+                self.ids[n, side, : len(ids)] = torch.tensor(ids)
+                self.targets[n, side, : len(labels) - 1] = torch.tensor(labels[1:])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, index: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+        return (self.ids[index].flatten(0, 1).to(device),
+                self.targets[index].flatten(0, 1).to(device))
+
+
+@torch.no_grad()
+def all_logps(model: nn.Module, data: PairData, batch: int, device: torch.device) -> Tensor:
+    """[n, 2] sequence log-probs (chosen, rejected) of every pair under ``model``."""
+    out = []
+    for i in range(0, len(data), batch):
+        ids, targets = data.rows(list(range(i, min(i + batch, len(data)))), device)
+        out.append(sequence_logps(model(ids).logits, targets).view(-1, 2).cpu())
+    return torch.cat(out)
+
+
+class DPOTask:
+    name = "dpo"
+
+    def __init__(self, train: PairData, val: PairData, ref_train: Tensor, ref_val: Tensor,
+                 beta: float, seed: int, eval_batch_size: int) -> None:
+        self.train, self.val, self.ref_train, self.ref_val = train, val, ref_train, ref_val
+        self.beta, self.eval_batch_size = beta, eval_batch_size
+        self.sampler = EpochSampler(len(train), seed)
+
+    def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
+              dist: DistInfo) -> dict[str, Tensor]:
+        index = self.sampler.micro_batch(step, micro, micro_batches, micro_size, dist)
+        ids, targets = self.train.rows(index, dist.device)
+        return {"inputs": ids, "targets": targets, "ref": self.ref_train[index].to(dist.device)}
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+        logps = sequence_logps(model(batch["inputs"]).logits, batch["targets"]).view(-1, 2)
+        ref = batch["ref"]
+        losses = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.beta)
+        return losses.mean(), len(losses)
+
+    def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["inputs"].numel())
+
+    def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
+        """Held-out: reward accuracy and margin, the policy's own preference accuracy (at step
+        0 that is the starting model's), and the mean per-token log-ratio to the reference."""
+        logps = all_logps(model, self.val, self.eval_batch_size, dist.device)
+        rewards = self.beta * (logps - self.ref_val)
+        tokens = (self.val.targets != IGNORE).sum(-1).clamp(min=1).float()
+        stats = torch.tensor([
+            float((rewards[:, 0] > rewards[:, 1]).float().mean()),
+            float((rewards[:, 0] - rewards[:, 1]).mean()),
+            float((logps[:, 0] / tokens[:, 0] > logps[:, 1] / tokens[:, 1]).float().mean()),
+            float(((logps - self.ref_val) / tokens).mean()),
+            float(dpo_loss(logps[:, 0], logps[:, 1], self.ref_val[:, 0], self.ref_val[:, 1],
+                           self.beta).mean()),
+        ], dtype=torch.float64, device=dist.device)
+        if dist.world > 1:
+            stats = all_reduce_sum(stats) / dist.world
+        names = ["reward_accuracy", "reward_margin", "preference_accuracy", "log_ratio",
+                 "val_loss"]
+        return dict(zip(names, stats.tolist(), strict=True))
+
+
+class RewardModel(nn.Module):
+    """A scalar head on the transformer's last hidden state of each sequence."""
+
+    def __init__(self, backbone: Transformer) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        self.score = nn.Linear(backbone.config.dim, 1, bias=False)
+        nn.init.normal_(self.score.weight, std=1.0 / backbone.config.dim**0.5)
+
+    def forward(self, ids: Tensor, last: Tensor) -> Tensor:
+        hidden = self.backbone(ids, return_hidden=True).hidden
+        return self.score(hidden[torch.arange(len(ids)), last]).squeeze(-1)
+
+
+class RewardTask:
+    name = "rm"
+
+    def __init__(self, train: PairData, val: PairData, seed: int, eval_batch_size: int) -> None:
+        self.train, self.val, self.eval_batch_size = train, val, eval_batch_size
+        self.sampler = EpochSampler(len(train), seed)
+
+    @staticmethod
+    def _last(targets: Tensor) -> Tensor:
+        """Index of each row's last answer position (its closing <|im_end|>)."""
+        positions = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)
+        return torch.where(targets != IGNORE, positions, 0).max(-1).values + 1
+
+    def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
+              dist: DistInfo) -> dict[str, Tensor]:
+        index = self.sampler.micro_batch(step, micro, micro_batches, micro_size, dist)
+        ids, targets = self.train.rows(index, dist.device)
+        return {"inputs": ids, "last": self._last(targets)}
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+        rewards = model(batch["inputs"], batch["last"]).view(-1, 2)
+        losses = -F.logsigmoid(rewards[:, 0] - rewards[:, 1])
+        return losses.mean(), len(losses)
+
+    def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["inputs"].numel())
+
+    def evaluate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
+        correct = total = 0.0
+        for i in range(0, len(self.val), self.eval_batch_size):
+            ids, targets = self.val.rows(list(range(i, min(i + self.eval_batch_size,
+                                                           len(self.val)))), dist.device)
+            rewards = model(ids, self._last(targets)).view(-1, 2)
+            correct += float((rewards[:, 0] > rewards[:, 1]).sum())
+            total += len(rewards)
+        return {"pair_accuracy": correct / max(total, 1)}

@@ -1,0 +1,187 @@
+"""Supervised fine-tuning: conversations -> token rows with loss only on assistant tokens.
+
+Each message is tokenised as its chat-template segments (``<|im_start|>role\\n``, content,
+``<|im_end|>\\n``); labels are the assistant contents and their closing ``<|im_end|>`` (so the
+model learns to stop), everything else is ignored. Long conversations lose their oldest
+exchanges first; a final answer that cannot fit is never cut, the conversation is dropped, and
+both cases are counted in the report.
+
+Short conversations are packed into rows of ``seq_len`` with document ids, so attention stays
+inside each conversation and positions restart (the model's document mask), with no padding
+waste.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from lmforge.data.chat import Conversation, Message
+from lmforge.model import Transformer, document_mask
+from lmforge.tokenizer import IM_END, IM_START, PAD
+from lmforge.train.distributed import DistInfo, all_reduce_sum
+from lmforge.train.pretrain import positions_within_documents
+from lmforge.train.sampler import EpochSampler
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+
+
+def _segments(tok: Tokenizer, message: Message) -> list[tuple[list[int], bool]]:
+    """(token ids, trained?) for one message in the ChatML layout."""
+    def enc(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False).ids
+
+    answer = message["role"] == "assistant"
+    return [(enc(f"{IM_START}{message['role']}\n"), False), (enc(message["content"]), answer),
+            (enc(IM_END), answer), (enc("\n"), False)]
+
+
+def encode_messages(tok: Tokenizer, messages: list[Message]) -> Example:
+    ids: list[int] = []
+    labels: list[int] = []
+    for message in messages:
+        for piece, trained in _segments(tok, message):
+            ids += piece
+            labels += piece if trained else [IGNORE] * len(piece)
+    return Example(ids, labels)
+
+
+def encode_conversation(tok: Tokenizer, messages: list[Message], max_len: int
+                        ) -> tuple[Example | None, str]:
+    """The example and ``"ok"``, ``"truncated"`` (oldest turns dropped) or ``"too_long"``."""
+    head = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(head):]
+    status = "ok"
+    while True:
+        example = encode_messages(tok, head + turns)
+        if len(example.ids) <= max_len:
+            return example, status
+        if len(turns) <= 2:
+            return None, "too_long"
+        turns = turns[2:]  # drop the oldest user/assistant exchange
+        status = "truncated"
+
+
+def prompt_ids(tok: Tokenizer, prompt: list[Message]) -> list[int]:
+    """A conversation up to and including the assistant header (generation prompt)."""
+    return encode_messages(tok, prompt).ids + tok.encode(f"{IM_START}assistant\n",
+                                                         add_special_tokens=False).ids
+
+
+def pack(examples: list[Example], seq_len: int, pad_id: int, seed: int
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy packing in a seeded order: (ids, labels, doc ids), each [rows, seq_len]."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    rows: list[list[Example]] = []
+    used = seq_len + 1
+    for i in order:
+        example = examples[i]
+        if used + len(example.ids) > seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append(example)
+        used += len(example.ids)
+    ids = np.full((len(rows), seq_len), pad_id, dtype=np.int64)
+    labels = np.full((len(rows), seq_len), IGNORE, dtype=np.int64)
+    docs = np.zeros((len(rows), seq_len), dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for d, example in enumerate(row):
+            n = len(example.ids)
+            ids[r, at:at + n], labels[r, at:at + n], docs[r, at:at + n] = (example.ids,
+                                                                           example.labels, d)
+            at += n
+        docs[r, at:] = len(row)  # padding forms its own document
+    return ids, labels, docs
+
+
+def shifted(ids: np.ndarray, labels: np.ndarray, docs: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, next-token targets and doc ids, aligned for the loss."""
+    targets = np.concatenate([labels[:, 1:], np.full((len(labels), 1), IGNORE)], axis=1)
+    return ids, targets, docs
+
+
+class SFTTask:
+    name = "sft"
+
+    def __init__(self, tok: Tokenizer, train: list[Example], val: list[Example], seq_len: int,
+                 seed: int, packed: bool, eval_batch_size: int) -> None:
+        pad = tok.token_to_id(PAD) or 0
+        size = seq_len if packed else max(len(e.ids) for e in train + val)
+        self.packed = packed
+        self.train = self._rows(train, size, pad, seed, packed)
+        self.val = self._rows(val, size, pad, seed, packed)
+        self.sampler = EpochSampler(len(self.train[0]), seed)
+        self.eval_batch_size = eval_batch_size
+
+    @staticmethod
+    def _rows(examples: list[Example], size: int, pad: int, seed: int, packed: bool
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if packed:
+            return shifted(*pack(examples, size, pad, seed))
+        ids = np.full((len(examples), size), pad, dtype=np.int64)
+        labels = np.full((len(examples), size), IGNORE, dtype=np.int64)
+        for r, e in enumerate(examples):
+            ids[r, : len(e.ids)], labels[r, : len(e.ids)] = e.ids, e.labels
+        return shifted(ids, labels, np.zeros_like(ids))
+
+    def _batch(self, rows: tuple[np.ndarray, np.ndarray, np.ndarray], index: list[int],
+               device: torch.device) -> dict[str, Tensor]:
+        ids, targets, docs = (torch.from_numpy(a[index]).to(device) for a in rows)
+        batch = {"inputs": ids, "targets": targets}
+        if self.packed:
+            batch["mask"] = document_mask(docs)
+            batch["positions"] = positions_within_documents(docs)
+        return batch
+
+    def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
+              dist: DistInfo) -> dict[str, Tensor]:
+        index = self.sampler.micro_batch(step, micro, micro_batches, micro_size, dist)
+        return self._batch(self.train, index, dist.device)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+        logits = model(batch["inputs"], positions=batch.get("positions"),
+                       mask=batch.get("mask")).logits
+        total = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
+                                ignore_index=IGNORE, reduction="sum")
+        count = int((batch["targets"] != IGNORE).sum())
+        return total / max(count, 1), count
+
+    def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
+        return batch["inputs"].numel()
+
+    def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
+        sums = torch.zeros(2, dtype=torch.float64, device=dist.device)
+        rows = list(range(len(self.val[0])))[dist.rank :: dist.world]
+        for i in range(0, len(rows), self.eval_batch_size):
+            batch = self._batch(self.val, rows[i : i + self.eval_batch_size], dist.device)
+            loss, count = self.loss(model, batch)
+            sums += torch.tensor([loss.item() * count, count], dtype=torch.float64,
+                                 device=dist.device)
+        all_reduce_sum(sums)
+        return {"val_loss": (sums[0] / sums[1].clamp(min=1)).item()}
+
+
+def encode_all(tok: Tokenizer, conversations: list[Conversation], max_len: int
+               ) -> tuple[list[Example], Counter[str]]:
+    examples: list[Example] = []
+    counts: Counter[str] = Counter()
+    for conversation in conversations:
+        example, status = encode_conversation(tok, conversation.messages, max_len)
+        counts[status] += 1
+        if example is not None:
+            examples.append(example)
+    return examples, counts
