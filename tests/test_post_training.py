@@ -1,0 +1,174 @@
+"""SFT masks, truncation and packing; LoRA equivalence and PEFT compatibility; the DPO loss;
+the SFT/DPO/RM stages end to end on the tiny run."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.config import LoraConfig, ModelConfig
+from lmforge.model import Transformer, save_model
+from lmforge.model.lora import adapters_disabled, apply_lora, load_adapter, merge_lora, save_adapter
+from lmforge.tokenizer import IM_END, load_tokenizer, render_chat
+from lmforge.train.preference import dpo_loss, sequence_logps
+from lmforge.train.sft import IGNORE, encode_conversation, pack
+
+FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
+CHAT = [{"role": "system", "content": "你是保险助手。"},
+        {"role": "user", "content": "什么是犹豫期？"}, {"role": "assistant", "content": "犹豫期是十五天。"},
+        {"role": "user", "content": "能退保吗？"}, {"role": "assistant", "content": "可以，全额退还。"}]
+
+
+@pytest.fixture(scope="module")
+def tok():  # noqa: ANN201
+    return load_tokenizer(FIXTURE_TOKENIZER)
+
+
+def test_loss_mask_covers_exactly_the_assistant_answers(tok) -> None:  # noqa: ANN001
+    example, status = encode_conversation(tok, CHAT, 512)
+    assert status == "ok" and example is not None
+    assert tok.decode(example.ids, skip_special_tokens=False) == render_chat(CHAT)
+    trained = [i for i, label in zip(example.ids, example.labels, strict=True) if label != IGNORE]
+    end = tok.token_to_id(IM_END)
+    answers = tok.decode(trained, skip_special_tokens=False).split(IM_END)
+    assert answers == ["犹豫期是十五天。", "可以，全额退还。", ""]
+    assert trained.count(end) == 2
+
+
+def test_truncation_drops_oldest_turns_and_never_cuts_an_answer(tok) -> None:  # noqa: ANN001
+    full, _ = encode_conversation(tok, CHAT, 512)
+    assert full is not None
+    short, status = encode_conversation(tok, CHAT, len(full.ids) - 1)
+    assert status == "truncated" and short is not None
+    assert "犹豫期" not in tok.decode(short.ids) and "全额退还" in tok.decode(short.ids)
+    none, status = encode_conversation(tok, CHAT, 10)
+    assert none is None and status == "too_long"
+
+
+def test_packing_keeps_examples_whole_and_apart(tok) -> None:  # noqa: ANN001
+    examples = [encode_conversation(tok, CHAT[:3], 512)[0], encode_conversation(tok, CHAT, 512)[0]]
+    examples = [e for e in examples if e is not None] * 3
+    ids, labels, docs = pack(examples, 256, 2, seed=0)
+    assert ids.shape[1] == 256
+    assert (labels != IGNORE).sum() == sum(sum(1 for x in e.labels if x != IGNORE)
+                                           for e in examples)
+    for row_ids, row_docs in zip(ids, docs, strict=True):
+        for d in set(row_docs.tolist()):
+            segment = row_ids[row_docs == d].tolist()
+            if segment[0] != 2:  # not padding
+                assert any(segment == e.ids for e in examples)
+
+
+def _model(seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                   tie_embeddings=False)).eval()
+
+
+def _randomise_lora(model: Transformer) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+
+
+def test_lora_starts_at_the_base_and_merges_exactly() -> None:
+    model, tokens = _model(), torch.randint(0, 320, (2, 16))
+    with torch.no_grad():
+        base = model(tokens).logits
+        names = apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.0))
+        assert len(names) == 2 * 7  # q, k, v, o, gate, up, down per block
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable and all(".lora_" in n for n in trainable)
+        assert torch.equal(model(tokens).logits, base)
+        _randomise_lora(model)
+        adapted = model(tokens).logits
+        assert not torch.allclose(adapted, base)
+        with adapters_disabled(model):
+            assert torch.equal(model(tokens).logits, base)
+        merge_lora(model)
+        assert torch.allclose(model(tokens).logits, adapted, atol=1e-5)
+
+
+def test_adapter_loads_in_peft_with_the_same_logits(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from lmforge.export import export_hf
+    from lmforge.tokenizer import copy_tokenizer_files
+
+    model = _model()
+    save_model(model, tmp_path / "base")
+    copy_tokenizer_files(FIXTURE_TOKENIZER, tmp_path / "base")
+    export_hf(tmp_path / "base", tmp_path / "hf")
+    config = LoraConfig(rank=4, alpha=8, dropout=0.0)
+    apply_lora(model, config)
+    _randomise_lora(model)
+    save_adapter(model, config, tmp_path / "adapter", str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    peft_model = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
+    tokens = torch.randint(0, 320, (2, 16))
+    with torch.no_grad():
+        ours, theirs = model(tokens).logits, peft_model(tokens).logits
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    again = _model()
+    load_adapter(again, tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(again(tokens).logits, ours, atol=1e-6)
+
+
+def test_dpo_loss_matches_a_hand_computed_value() -> None:
+    loss = dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
+                    torch.tensor([-11.0]), beta=0.1)
+    # margin = (-10 + 11) - (-12 + 11) = 2; loss = -log sigmoid(0.1 * 2) = log(1 + e^-0.2)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.2)), abs=1e-6)
+
+
+def test_sequence_logps_sum_only_labelled_tokens() -> None:
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]]]))
+    targets = torch.tensor([[IGNORE, 1, 0]])
+    assert sequence_logps(logits, targets).item() == pytest.approx(math.log(0.75) + math.log(0.9))
+
+
+def test_post_training_stages_end_to_end(tiny_run: Path) -> None:
+    from lmforge.config import RecipeConfig, load_config
+    from lmforge.train.post import dpo, rm, sft
+
+    recipe_path = tiny_run.parent / "tiny.toml"
+    recipe = load_config(RecipeConfig, recipe_path)
+    report = sft(recipe, show_progress=False)
+    assert report["final"]["val_loss"] < report["before"]["val_loss"]
+    assert report["encoding"]["ok"] > 0 and report["heldout_contracts"] >= 1
+    assert (tiny_run / "sft" / "adapter" / "adapter_config.json").exists()
+    config = json.loads((tiny_run / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    report = dpo(recipe, show_progress=False)
+    assert report["before"]["reward_accuracy"] == 0.0  # policy == reference at the start
+    assert report["final"]["reward_accuracy"] > 0.5
+    assert report["before"]["val_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    report = rm(recipe, show_progress=False)
+    assert "pair_accuracy" in report["final"]
+    assert (tiny_run / "rm" / "model" / "reward_head.safetensors").exists()
+
+
+def test_reward_model_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa: ANN001
+    from lmforge.config import TrainConfig
+    from lmforge.data.chat import PreferencePair
+    from lmforge.train.distributed import DistInfo
+    from lmforge.train.loop import Trainer
+    from lmforge.train.preference import PairData, RewardModel, RewardTask
+
+    questions = [f"第{i}个问题：保险{i}怎么办？" for i in range(40)]
+    pairs = [PreferencePair([{"role": "user", "content": q}], "好的，可以办理。", "不行。", q)
+             for q in questions]
+    train, val = PairData(tok, pairs[:32], 128), PairData(tok, pairs[32:], 128)
+    torch.manual_seed(0)
+    model = RewardModel(Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32,
+                                                n_layers=1, n_heads=4, n_kv_heads=2)))
+    task = RewardTask(train, val, seed=0, eval_batch_size=8)
+    config = TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=30,
+                         save_every=30)
+    result = Trainer(config, model, task, tmp_path, DistInfo(0, 1, 0, torch.device("cpu")), 0,
+                     show_progress=False).fit()
+    assert result.final_metrics["pair_accuracy"] == 1.0
