@@ -17,8 +17,10 @@ from lmforge.train.sft import IGNORE, encode_conversation, pack
 
 FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
 CHAT = [{"role": "system", "content": "你是保险助手。"},
-        {"role": "user", "content": "什么是犹豫期？"}, {"role": "assistant", "content": "犹豫期是十五天。"},
-        {"role": "user", "content": "能退保吗？"}, {"role": "assistant", "content": "可以，全额退还。"}]
+        {"role": "user", "content": "什么是犹豫期？"},
+        {"role": "assistant", "content": "犹豫期是十五天。"},
+        {"role": "user", "content": "能退保吗？"},
+        {"role": "assistant", "content": "可以，全额退还。"}]
 
 
 @pytest.fixture(scope="module")
