@@ -96,6 +96,8 @@ class Trainer:
                                                                        out_dir, dist)
         self.seed = seed
         self.show_progress = show_progress and dist.is_main
+        if config.threads:
+            torch.set_num_threads(config.threads)
         micro = config.micro_batch_size or config.batch_size // dist.world
         if config.batch_size % (micro * dist.world):
             raise ValueError(f"train.batch_size ({config.batch_size}) must be a multiple of "

@@ -161,26 +161,27 @@ def preference_data(recipe: RecipeConfig, config: PreferenceConfig, run_dir: Pat
     return pairs, stats
 
 
-def _pairs(recipe: RecipeConfig, config: PreferenceConfig, run_dir: Path, tok: Any,
-           seq_len: int) -> tuple[PairData, PairData, dict[str, Any]]:
+def _preference_inputs(recipe: RecipeConfig, config: PreferenceConfig, run_dir: Path
+                       ) -> tuple[Transformer, Path, PairData, PairData, dict[str, Any]]:
+    """The starting model (the SFT model by default), its folder, and encoded pairs."""
+    seed_everything(recipe.run.seed)
+    model, base = start_model(config.train, run_dir / "sft" / "model")
+    tok = load_tokenizer(base)
+    seq_len = min(config.train.seq_len, model.config.max_seq_len)
     pairs, stats = preference_data(recipe, config, run_dir)
     train_pairs, val_pairs = split(pairs, config.val_fraction, recipe.run.seed)
     train, val = PairData(tok, train_pairs, seq_len), PairData(tok, val_pairs, seq_len)
     stats.update(pairs={"train": len(train), "val": len(val)},
                  dropped_too_long=train.dropped + val.dropped,
                  prompt_truncated=train.truncated + val.truncated)
-    return train, val, stats
+    return model, base, train, val, stats
 
 
 def dpo(recipe: RecipeConfig, resume: bool = False, show_progress: bool = True
         ) -> dict[str, Any]:
     config, run_dir = recipe.dpo, Path(recipe.run.out_dir)
     out = run_dir / "dpo"
-    seed_everything(recipe.run.seed)
-    model, base = start_model(config.train, run_dir / "sft" / "model")
-    tok = load_tokenizer(base)
-    seq_len = min(config.train.seq_len, model.config.max_seq_len)
-    train, val, stats = _pairs(recipe, config, run_dir, tok, seq_len)
+    model, base, train, val, stats = _preference_inputs(recipe, config, run_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     batch = config.train.micro_batch_size or config.train.batch_size
@@ -197,11 +198,7 @@ def rm(recipe: RecipeConfig, resume: bool = False, show_progress: bool = True
        ) -> dict[str, Any]:
     config, run_dir = recipe.rm, Path(recipe.run.out_dir)
     out = run_dir / "rm"
-    seed_everything(recipe.run.seed)
-    backbone, base = start_model(config.train, run_dir / "sft" / "model")
-    tok = load_tokenizer(base)
-    seq_len = min(config.train.seq_len, backbone.config.max_seq_len)
-    train, val, stats = _pairs(recipe, config, run_dir, tok, seq_len)
+    backbone, base, train, val, stats = _preference_inputs(recipe, config, run_dir)
     model = RewardModel(backbone)
     if config.method == "lora":
         apply_lora(backbone, config.lora)

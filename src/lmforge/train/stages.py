@@ -9,8 +9,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmforge.config import ModelConfig, RecipeConfig, write_resolved
 from lmforge.data import ShardSet
 from lmforge.model import Transformer, load_model
@@ -50,8 +48,6 @@ def pretrain(recipe: RecipeConfig, resume: bool = False, show_progress: bool = T
     tok = load_tokenizer(tokenizer_dir)
     check_shards_match(shards_dir, tokenizer_dir)
     train = recipe.pretrain
-    if train.threads:
-        torch.set_num_threads(train.threads)
     dist = setup()
     try:
         seed_everything(recipe.run.seed)
