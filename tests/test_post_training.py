@@ -174,3 +174,65 @@ def test_reward_model_learns_a_separable_preference(tok, tmp_path: Path) -> None
     result = Trainer(config, model, task, tmp_path, DistInfo(0, 1, 0, torch.device("cpu")), 0,
                      show_progress=False).fit()
     assert result.final_metrics["pair_accuracy"] == 1.0
+
+
+def test_nf4_round_trip_error_is_small_and_memory_is_cut() -> None:
+    from lmforge.model.quant import NF4_LEVELS, dequantize_nf4, quantize_linears, quantize_nf4
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64) * 0.02
+    packed, absmax = quantize_nf4(weight)
+    restored = dequantize_nf4(packed, absmax, weight.shape)
+    assert packed.dtype == torch.uint8 and packed.numel() == weight.numel() // 2
+    assert (restored - weight).norm() / weight.norm() < 0.12  # NF4's typical ~0.1
+    exact = NF4_LEVELS.repeat(4).view(1, 64) * 3.0  # values on the grid come back exactly
+    assert torch.equal(dequantize_nf4(*quantize_nf4(exact), exact.shape), exact)
+    model = _model()
+    before, after = quantize_linears(model)
+    assert after / before == pytest.approx((0.5 + 4 / 64) / 4, rel=0.01)  # 4.5 of 32 bits
+
+
+def test_qlora_trains_adapters_over_a_4bit_base(tok, tmp_path: Path) -> None:  # noqa: ANN001
+    from lmforge.model.quant import NF4Linear, quantize_linears
+
+    model = _model()
+    tokens = torch.randint(0, 320, (2, 16))
+    with torch.no_grad():
+        full = model(tokens).logits
+    quantize_linears(model)
+    apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.0))
+    assert any(isinstance(m, NF4Linear) for m in model.modules())
+    with torch.no_grad():
+        quantized = model(tokens).logits
+    assert (quantized - full).abs().mean() < 0.1 * full.abs().mean()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    targets = torch.randint(0, 320, (2, 16))
+    losses = []
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(model(tokens).logits.flatten(0, 1),
+                                                 targets.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+    merge_lora(model)
+    assert not any(isinstance(m, NF4Linear) for m in model.modules())
+    with torch.no_grad():
+        merged = model(tokens).logits
+    loss = torch.nn.functional.cross_entropy(merged.flatten(0, 1), targets.flatten())
+    assert loss.item() == pytest.approx(losses[-1], abs=0.3)
+
+
+def test_qlora_sft_stage_reports_memory_saved(tiny_run: Path, tmp_path: Path) -> None:
+    from lmforge.config import RecipeConfig, load_config
+    from lmforge.train.post import sft
+
+    for stage in ("data", "tokenizer", "pretrain"):
+        (tmp_path / stage).symlink_to(tiny_run / stage)
+    recipe = load_config(RecipeConfig, tiny_run.parent / "tiny.toml",
+                         [f"run.out_dir={str(tmp_path)!r}", "sft.qlora=true",
+                          "sft.train.steps=4", "sft.train.eval_every=4"])
+    report = sft(recipe, show_progress=False)
+    assert report["qlora_linear_bytes"]["saved"] > 0.8
+    assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").exists()

@@ -358,7 +358,7 @@ class SFTConfig:
     method: Literal["full", "freeze", "lora"] = "lora"
     trainable_blocks: int = 2  # freeze: only the last N blocks (and the final norm) train
     lora: LoraConfig = field(default_factory=LoraConfig)
-    qlora: bool = False  # the frozen base in 4-bit through bitsandbytes (CUDA only)
+    qlora: bool = False  # the frozen base in 4-bit NF4 under the LoRA adapters
     chat_files: list[str] = field(default_factory=list)
     identity_file: str = ""
     assistant_name: str = "lmforge"
@@ -376,6 +376,8 @@ class SFTConfig:
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
                self.val_fraction)
         _check(self.rag_distractors >= 0, "rag_distractors", "0 or more", self.rag_distractors)
+        _check(not self.qlora or self.method == "lora", "qlora", 'method = "lora" with it',
+               self.method)
 
 
 @dataclass

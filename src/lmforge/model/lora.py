@@ -21,16 +21,19 @@ from torch import Tensor, nn
 
 from lmforge.atomic import atomic_write_text
 from lmforge.config import LoraConfig
+from lmforge.model.quant import NF4Linear
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float) -> None:
+    def __init__(self, base: nn.Linear | NF4Linear, rank: int, alpha: float,
+                 dropout: float) -> None:
         super().__init__()
         self.base = base
-        self.base.weight.requires_grad_(False)
+        for p in base.parameters():
+            p.requires_grad_(False)
         self.lora_A = nn.Linear(base.in_features, rank, bias=False)
         self.lora_B = nn.Linear(rank, base.out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
@@ -46,15 +49,18 @@ class LoRALinear(nn.Module):
         return out
 
     def merged(self) -> nn.Linear:
+        """The base with the update folded in (a 4-bit base comes back dequantized)."""
+        base = self.base.to_linear() if isinstance(self.base, NF4Linear) else self.base
         with torch.no_grad():
-            self.base.weight += (self.lora_B.weight @ self.lora_A.weight) * self.scaling
-        return self.base
+            base.weight += (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        return base
 
 
 def _targets(model: nn.Module, targets: list[str]) -> list[str]:
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or name == "lm_head" or name.endswith(".gate"):
+        if not isinstance(module, nn.Linear | NF4Linear) or name == "lm_head" or \
+                name.endswith(".gate"):
             continue  # PEFT's all-linear also leaves the output head (and MoE routers) alone
         leaf = name.rsplit(".", 1)[-1]
         if "all-linear" in targets or leaf in targets:
@@ -76,9 +82,10 @@ def apply_lora(model: nn.Module, spec: LoraConfig) -> list[str]:
     names = _targets(model, spec.targets)
     for name in names:
         base = model.get_submodule(name)
-        assert isinstance(base, nn.Linear)
+        assert isinstance(base, nn.Linear | NF4Linear)
+        device = next(iter(base.buffers() if isinstance(base, NF4Linear) else base.parameters()))
         wrapper = LoRALinear(base, spec.rank, spec.alpha, spec.dropout)
-        _set(model, name, wrapper.to(base.weight.device))
+        _set(model, name, wrapper.to(device.device))
     return names
 
 

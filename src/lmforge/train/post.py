@@ -20,6 +20,7 @@ from lmforge.data.chat import Conversation, PreferencePair, load_conversations, 
 from lmforge.data.domain_qa import heldout_contracts, load_qa, preference_pairs, sft_conversations
 from lmforge.model import Transformer, load_model, save_model
 from lmforge.model.lora import apply_lora, merge_lora, save_adapter
+from lmforge.model.quant import quantize_linears
 from lmforge.prompts import system_message
 from lmforge.reporting import markdown_table, write_report_pair
 from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
@@ -53,19 +54,6 @@ def choose_trainable(model: Transformer, method: str, config: SFTConfig | Prefer
                                                model.config.n_layers)}
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(tuple(keep)) or name.startswith("norm."))
-
-
-def check_qlora(enabled: bool) -> None:
-    if not enabled:
-        return
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ValueError("sft.qlora needs bitsandbytes and a CUDA GPU: pip install "
-                         "'lmforge[qlora]', or set sft.qlora = false") from None
-    if not torch.cuda.is_available():
-        raise ValueError("sft.qlora needs a CUDA GPU (bitsandbytes 4-bit kernels)")
-    raise ValueError("sft.qlora: 4-bit base weights are not implemented yet; use LoRA")
 
 
 def start_model(train: TrainConfig, default: Path) -> tuple[Transformer, Path]:
@@ -120,7 +108,6 @@ def sft(recipe: RecipeConfig, resume: bool = False, show_progress: bool = True
         ) -> dict[str, Any]:
     config, run_dir = recipe.sft, Path(recipe.run.out_dir)
     out = run_dir / "sft"
-    check_qlora(config.qlora)
     seed_everything(recipe.run.seed)
     model, base = start_model(config.train, run_dir / "pretrain" / "model")
     tok = load_tokenizer(base)
@@ -129,6 +116,10 @@ def sft(recipe: RecipeConfig, resume: bool = False, show_progress: bool = True
     seq_len = min(config.train.seq_len, model.config.max_seq_len)
     train_ex, counts = encode_all(tok, train_conv, seq_len)
     val_ex, val_counts = encode_all(tok, val_conv, seq_len)
+    if config.qlora:  # the frozen base in NF4, adapters on top
+        before, after = quantize_linears(model)
+        stats["qlora_linear_bytes"] = {"fp32": before, "nf4": after,
+                                       "saved": round(1 - after / before, 4)}
     choose_trainable(model, config.method, config)
     task = SFTTask(tok, train_ex, val_ex, seq_len, recipe.run.seed, config.pack,
                    config.train.micro_batch_size or config.train.batch_size)

@@ -1,0 +1,88 @@
+"""Weight-only 4-bit NormalFloat (NF4) linear layers: the frozen base of QLoRA.
+
+QLoRA (Dettmers et al. 2023) stores the frozen weights as 4-bit indices into the 16 NF4 levels
+(quantiles of a normal distribution), with one absmax scale per block of 64 weights, and
+dequantizes on the fly for each matmul; LoRA adapters train in full precision on top. We write
+it in plain PyTorch rather than depend on bitsandbytes: it runs on CPU and any GPU, it is ~100
+lines, and the same container serves the weights' 4.5 bits per value on every device.
+bitsandbytes' fused CUDA kernels are faster; this is the portable path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The 16 NF4 levels from the QLoRA paper (normal quantiles, exact zero included), ascending.
+NF4_LEVELS = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+])
+BLOCK = 64
+
+
+def quantize_nf4(weight: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
+    """(packed uint8 codes, two per byte; per-block absmax scales) for a weight tensor."""
+    flat = weight.detach().float().flatten()
+    pad = (-flat.numel()) % block
+    flat = F.pad(flat, (0, pad)).view(-1, block)
+    absmax = flat.abs().amax(dim=1).clamp(min=1e-12)
+    normalised = flat / absmax[:, None]
+    levels = NF4_LEVELS.to(flat.device)
+    midpoints = (levels[1:] + levels[:-1]) / 2
+    codes = torch.bucketize(normalised, midpoints).to(torch.uint8).flatten()
+    packed = codes[0::2] << 4 | codes[1::2]
+    return packed, absmax
+
+
+def dequantize_nf4(packed: Tensor, absmax: Tensor, shape: torch.Size, block: int = BLOCK,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    codes = torch.stack([packed >> 4, packed & 0x0F], dim=1).flatten().long()
+    values = NF4_LEVELS.to(packed.device)[codes].view(-1, block) * absmax[:, None]
+    return values.flatten()[: shape.numel()].view(shape).to(dtype)
+
+
+class NF4Linear(nn.Module):
+    """A frozen linear layer held in NF4; the output dtype follows the input."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.shape = linear.weight.shape
+        packed, absmax = quantize_nf4(linear.weight)
+        self.packed: Tensor
+        self.absmax: Tensor
+        self.register_buffer("packed", packed)
+        self.register_buffer("absmax", absmax)
+        self.bias = linear.bias
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return dequantize_nf4(self.packed, self.absmax, self.shape, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+    def to_linear(self) -> nn.Linear:
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.packed.device)
+        with torch.no_grad():
+            linear.weight.copy_(self.dequantized())
+        return linear
+
+
+def quantize_linears(model: nn.Module) -> tuple[int, int]:
+    """Replace every linear layer but the output head (and MoE routers) with NF4; returns the
+    bytes of those weights before and after."""
+    before = after = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or name == "lm_head" or name.endswith(".gate"):
+            continue
+        quantized = NF4Linear(module)
+        before += module.weight.numel() * module.weight.element_size()
+        after += quantized.packed.numel() + quantized.absmax.numel() * 4
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, quantized)
+    return before, after
