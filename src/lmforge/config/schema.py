@@ -366,6 +366,7 @@ class SFTConfig:
     qa_queries: str = ""  # domain QA: {question, answer, gold_pid, contract} per line
     qa_passages: str = ""  # and the passages they cite: {pid, contract, text}
     rag_distractors: int = 2
+    rag_passage_chars: int = 300  # passages shown in RAG-form examples are cut to this (chunks)
     pack: bool = True
     val_fraction: float = 0.05
     train: TrainConfig = field(default_factory=_post_training_defaults)

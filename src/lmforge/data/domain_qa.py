@@ -65,12 +65,14 @@ def _context(item: QA, by_pid: dict[str, dict[str, str]], distractors: int,
     return pids, pids.index(item.gold_pid) + 1
 
 
-def _passages(pids: list[str], by_pid: dict[str, dict[str, str]]) -> list[Passage]:
-    return [Passage(by_pid[p]["text"], by_pid[p]["contract"]) for p in pids]
+def _passages(pids: list[str], by_pid: dict[str, dict[str, str]], max_chars: int
+              ) -> list[Passage]:
+    """Passages as retrieval will show them: chunks of at most ``max_chars``."""
+    return [Passage(by_pid[p]["text"][:max_chars], by_pid[p]["contract"]) for p in pids]
 
 
 def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
-                      distractors: int, seed: int) -> list[Conversation]:
+                      distractors: int, max_chars: int, seed: int) -> list[Conversation]:
     rng = random.Random(seed)
     out = []
     for item in items:
@@ -79,7 +81,7 @@ def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system
                                  {"role": "assistant", "content": item.answer}],
                                 f"qa:{item.qid}:bare"))
         pids, gold = _context(item, by_pid, distractors, rng)
-        user = rag_user_message(item.question, _passages(pids, by_pid))
+        user = rag_user_message(item.question, _passages(pids, by_pid, max_chars))
         out.append(Conversation([*head, {"role": "user", "content": user},
                                  {"role": "assistant", "content": f"{item.answer}[{gold}]"}],
                                 f"qa:{item.qid}:rag"))
@@ -87,7 +89,7 @@ def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system
 
 
 def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
-                     distractors: int, seed: int) -> list[PreferencePair]:
+                     distractors: int, max_chars: int, seed: int) -> list[PreferencePair]:
     rng = random.Random(seed + 1)
     by_gold: dict[str, list[QA]] = {}
     for item in items:
@@ -97,7 +99,8 @@ def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system:
         pids, gold = _context(item, by_pid, distractors, rng)
         head: list[Message] = [{"role": "system", "content": system}] if system else []
         prompt = [*head, {"role": "user",
-                          "content": rag_user_message(item.question, _passages(pids, by_pid))}]
+                          "content": rag_user_message(item.question,
+                                                      _passages(pids, by_pid, max_chars))}]
         wrong = [(i + 1, q) for i, p in enumerate(pids) if p != item.gold_pid
                  for q in by_gold.get(p, [])]
         if n % 2 == 0 and wrong:

@@ -87,7 +87,7 @@ def sft_data(recipe: RecipeConfig, run_dir: Path) -> tuple[list[Conversation], d
         items, passages = load_qa(Path(config.qa_queries), Path(config.qa_passages), held)
         system = system_message(config.assistant_name, config.assistant_owner)
         domain = sft_conversations(items, passages, system, config.rag_distractors,
-                                   recipe.run.seed)
+                                   config.rag_passage_chars, recipe.run.seed)
         conversations += domain
         stats["sources"][config.qa_queries] = len(domain)
         stats["heldout_contracts"] = len(held)
@@ -146,7 +146,7 @@ def preference_data(recipe: RecipeConfig, config: PreferenceConfig, run_dir: Pat
                                   held)
         system = system_message(recipe.sft.assistant_name, recipe.sft.assistant_owner)
         domain = preference_pairs(items, passages, system, recipe.sft.rag_distractors,
-                                  recipe.run.seed)
+                                  recipe.sft.rag_passage_chars, recipe.run.seed)
         pairs += domain
         stats["sources"][recipe.sft.qa_queries] = len(domain)
     return pairs, stats
@@ -176,7 +176,9 @@ def dpo(recipe: RecipeConfig, resume: bool = False, show_progress: bool = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     batch = config.train.micro_batch_size or config.train.batch_size
-    ref_train, ref_val = (all_logps(model, data, batch, device) for data in (train, val))
+    ref_train, ref_val = (all_logps(model, data, batch, device, f"reference log-probs ({name})"
+                                    if show_progress else "")
+                          for name, data in (("train", train), ("val", val)))
     choose_trainable(model, config.method, config)  # after the reference: it is the start
     task = DPOTask(train, val, ref_train, ref_val, config.beta, recipe.run.seed, batch)
     result = run_stage(recipe, config.train, model, task, out, resume, show_progress)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from lmforge.data.chat import PreferencePair
 from lmforge.model import Transformer
@@ -81,10 +82,11 @@ class PairData:
 
 
 @torch.no_grad()
-def all_logps(model: nn.Module, data: PairData, batch: int, device: torch.device) -> Tensor:
+def all_logps(model: nn.Module, data: PairData, batch: int, device: torch.device,
+              desc: str = "") -> Tensor:
     """[n, 2] sequence log-probs (chosen, rejected) of every pair under ``model``."""
     out = []
-    for i in range(0, len(data), batch):
+    for i in tqdm(range(0, len(data), batch), desc=desc, disable=not desc, unit="batch"):
         ids, targets = data.rows(list(range(i, min(i + batch, len(data)))), device)
         out.append(sequence_logps(model(ids).logits, targets).view(-1, 2).cpu())
     return torch.cat(out)
