@@ -117,14 +117,16 @@ class DPOTask:
         return int(batch["inputs"].numel())
 
     def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
-        """Held-out: reward accuracy and margin, the policy's own preference accuracy (at step
-        0 that is the starting model's), and the mean per-token log-ratio to the reference."""
+        """Held-out: reward accuracy and margin; the policy's own preference accuracy by summed
+        and by per-token log-probability (at step 0 these are the starting model's); the mean
+        per-token log-ratio to the reference (a KL estimate on these answers)."""
         logps = all_logps(model, self.val, self.eval_batch_size, dist.device)
         rewards = self.beta * (logps - self.ref_val)
         tokens = (self.val.targets != IGNORE).sum(-1).clamp(min=1).float()
         stats = torch.tensor([
             float((rewards[:, 0] > rewards[:, 1]).float().mean()),
             float((rewards[:, 0] - rewards[:, 1]).mean()),
+            float((logps[:, 0] > logps[:, 1]).float().mean()),
             float((logps[:, 0] / tokens[:, 0] > logps[:, 1] / tokens[:, 1]).float().mean()),
             float(((logps - self.ref_val) / tokens).mean()),
             float(dpo_loss(logps[:, 0], logps[:, 1], self.ref_val[:, 0], self.ref_val[:, 1],
@@ -132,8 +134,8 @@ class DPOTask:
         ], dtype=torch.float64, device=dist.device)
         if dist.world > 1:
             stats = all_reduce_sum(stats) / dist.world
-        names = ["reward_accuracy", "reward_margin", "preference_accuracy", "log_ratio",
-                 "val_loss"]
+        names = ["reward_accuracy", "reward_margin", "preference_accuracy",
+                 "preference_accuracy_per_token", "log_ratio", "val_loss"]
         return dict(zip(names, stats.tolist(), strict=True))
 
 
