@@ -147,8 +147,8 @@ def test_post_training_stages_end_to_end(tiny_run: Path) -> None:
     assert config["peft_type"] == "LORA" and config["r"] == 4
     report = dpo(recipe, show_progress=False)
     assert report["before"]["reward_accuracy"] == 0.0  # policy == reference at the start
-    assert report["final"]["reward_accuracy"] > 0.5
     assert report["before"]["val_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert report["final"]["log_ratio"] != 0.0  # the policy moved away from the reference
     report = rm(recipe, show_progress=False)
     assert "pair_accuracy" in report["final"]
     assert (tiny_run / "rm" / "model" / "reward_head.safetensors").exists()
@@ -236,3 +236,29 @@ def test_qlora_sft_stage_reports_memory_saved(tiny_run: Path, tmp_path: Path) ->
     report = sft(recipe, show_progress=False)
     assert report["qlora_linear_bytes"]["saved"] > 0.8
     assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_dpo_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa: ANN001
+    from lmforge.config import TrainConfig
+    from lmforge.data.chat import PreferencePair
+    from lmforge.train.distributed import DistInfo
+    from lmforge.train.loop import Trainer
+    from lmforge.train.preference import DPOTask, PairData, all_logps
+
+    pairs = [PreferencePair([{"role": "user", "content": f"第{i}个问题：保险{i}怎么办？"}],
+                            "好的，可以办理。", "不行。", str(i)) for i in range(40)]
+    train, val = PairData(tok, pairs[:32], 128), PairData(tok, pairs[32:], 128)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=1,
+                                    n_heads=4, n_kv_heads=2)).eval()
+    cpu = torch.device("cpu")
+    ref_train, ref_val = all_logps(model, train, 8, cpu), all_logps(model, val, 8, cpu)
+    task = DPOTask(train, val, ref_train, ref_val, beta=0.1, seed=0, eval_batch_size=8)
+    config = TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=30,
+                         save_every=30)
+    result = Trainer(config, model, task, tmp_path, DistInfo(0, 1, 0, cpu), 0,
+                     show_progress=False).fit()
+    before, after = result.history[0], result.final_metrics
+    assert before["reward_accuracy"] == 0.0 and after["reward_accuracy"] == 1.0
+    assert after["val_loss"] < before["val_loss"] - 0.3
+    assert after["preference_accuracy_per_token"] == 1.0  # summed log-probs favour the short one
