@@ -155,3 +155,35 @@ def test_two_processes_match_one(tiny_run: Path, tmp_path: Path) -> None:
     assert [s for s, _ in single] == [s for s, _ in double]
     for (_, a), (_, b) in zip(single, double, strict=True):
         assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_run: Path,
+                                                                  tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from lmforge.model import load_model
+
+    recipe_in(tiny_run, tmp_path)
+    args = [sys.executable, "-m", "lmforge.cli", "pretrain", "--set",
+            f"run.out_dir={str(tmp_path)!r}", "--set", "run.seed=7",
+            *[a for item in PRETRAIN for a in ("--set", item)],
+            "--set", "pretrain.steps=150", "--set", "pretrain.save_every=1",
+            "--set", "pretrain.keep_checkpoints=3"]
+    folder = tmp_path / "pretrain" / "checkpoints"
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(folder)) < 3:
+        time.sleep(0.05)
+    time.sleep(0.37)  # somewhere in the middle of writing the next ones
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    found = list_checkpoints(folder)
+    assert found, "no complete checkpoint before the kill"
+    load_model(found[-1])  # complete and loadable, whatever the kill interrupted
+    assert all((p / "optimizer.safetensors").exists() for p in found)
+    killed_at = int(found[-1].name.split("-")[1])
+    assert killed_at < 150
+    result = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list_checkpoints(folder)[-1].name == "step-000150"

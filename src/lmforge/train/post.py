@@ -19,7 +19,7 @@ from lmforge.config import PreferenceConfig, RecipeConfig, SFTConfig, TrainConfi
 from lmforge.data.chat import Conversation, PreferencePair, load_conversations, load_preferences
 from lmforge.data.domain_qa import heldout_contracts, load_qa, preference_pairs, sft_conversations
 from lmforge.model import Transformer, load_model, save_model
-from lmforge.model.lora import apply_lora, merge_lora, save_adapter
+from lmforge.model.lora import adapters_disabled, apply_lora, merge_lora, save_adapter
 from lmforge.model.quant import quantize_linears
 from lmforge.prompts import system_message
 from lmforge.reporting import markdown_table, write_report_pair
@@ -176,10 +176,11 @@ def dpo(recipe: RecipeConfig, resume: bool = False, show_progress: bool = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     batch = config.train.micro_batch_size or config.train.batch_size
-    ref_train, ref_val = (all_logps(model, data, batch, device, f"reference log-probs ({name})"
-                                    if show_progress else "")
-                          for name, data in (("train", train), ("val", val)))
-    choose_trainable(model, config.method, config)  # after the reference: it is the start
+    choose_trainable(model, config.method, config)
+    with adapters_disabled(model):  # the reference is the starting model (LoRA: adapters off)
+        ref_train, ref_val = (all_logps(model, data, batch, device,
+                                        f"reference log-probs ({name})" if show_progress else "")
+                              for name, data in (("train", train), ("val", val)))
     task = DPOTask(train, val, ref_train, ref_val, config.beta, recipe.run.seed, batch)
     result = run_stage(recipe, config.train, model, task, out, resume, show_progress)
     finish(model, config.method, config, base, out)
