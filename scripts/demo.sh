@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: build the demo insurance model from the bundled data on this machine.
-# So far: prepare the corpus, train the tokenizer, write token shards, pretrain a base model
-# (~10 minutes on 2 CPU cores), export it to Hugging Face format, and show a sample.
+# So far: prepare the corpus, train the tokenizer, write token shards, pretrain a base model,
+# fine-tune it (SFT, then DPO), export the assistant to Hugging Face format, and ask it a question.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh docs
@@ -11,6 +11,10 @@ run_dir=$(.venv/bin/python -c "import sys; from lmforge.config import RecipeConf
 .venv/bin/lmforge tokenizer train --recipe "$recipe" "$@"
 .venv/bin/lmforge data tokenize --recipe "$recipe" "$@"
 .venv/bin/lmforge pretrain --recipe "$recipe" "$@"
-.venv/bin/lmforge export hf --model "$run_dir/pretrain/model" --out "$run_dir/export/hf"
-echo "--- a sample from the base model:"
+.venv/bin/lmforge sft --recipe "$recipe" "$@"
+.venv/bin/lmforge dpo --recipe "$recipe" "$@"
+.venv/bin/lmforge export hf --model "$run_dir/dpo/model" --out "$run_dir/export/hf"
+echo "--- the base model continues a clause:"
 .venv/bin/lmforge generate --recipe "$recipe" --model "$run_dir/pretrain/model" "被保险人在保险期间内"
+echo "--- the assistant answers:"
+.venv/bin/lmforge generate --recipe "$recipe" --model "$run_dir/dpo/model" --chat "什么是犹豫期？"

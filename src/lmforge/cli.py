@@ -111,6 +111,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from lmforge.infer import stream_generate
     from lmforge.model import load_model
+    from lmforge.prompts import system_message
     from lmforge.tokenizer import load_tokenizer, render_chat
 
     config = _load(args)
@@ -123,7 +124,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(args.model, device=device).eval()
     tok = load_tokenizer(args.model)
-    texts = [render_chat([{"role": "user", "content": p}], add_generation_prompt=True)
+    system = args.system if args.system is not None else system_message(
+        config.sft.assistant_name, config.sft.assistant_owner)
+    head = [{"role": "system", "content": system}] if system else []
+    texts = [render_chat([*head, {"role": "user", "content": p}], add_generation_prompt=True)
              if args.chat else p for p in args.prompt]
     prompts = [tok.encode(t, add_special_tokens=False).ids for t in texts]
     if len(prompts) == 1:  # stream one prompt to the terminal as it is generated
@@ -229,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="model folder (ours or HF)")
     p.add_argument("prompt", nargs="+", help="one or more prompts (several are batched)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument("--system", help="system prompt for --chat (default: the recipe's "
+                                    "assistant; '' for none)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float, help="0 for greedy")
     p.add_argument("--top-k", type=int)
