@@ -10,6 +10,26 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "tiny"
 
 
+def preference_sections() -> str:
+    """The same small preference-training setup for DPO and the reward model."""
+    pairs = (TINY / "dpo_zh.jsonl").as_posix()
+    return "\n".join(f"""
+[{stage}]
+pair_files = ["{pairs}"]
+val_fraction = 0.3
+
+[{stage}.train]
+steps = 8
+batch_size = 2
+seq_len = 384
+lr = 0.003
+warmup_steps = 1
+eval_every = 4
+save_every = 4
+threads = 1
+""" for stage in ("dpo", "rm"))
+
+
 def tiny_recipe_text(out_dir: Path) -> str:
     return f"""
 [run]
@@ -87,34 +107,7 @@ eval_batches = 2
 save_every = 6
 threads = 1
 
-[dpo]
-pair_files = ["{(TINY / 'dpo_zh.jsonl').as_posix()}"]
-val_fraction = 0.3
-
-[dpo.train]
-steps = 8
-batch_size = 2
-seq_len = 384
-lr = 0.003
-warmup_steps = 1
-eval_every = 4
-save_every = 4
-threads = 1
-
-[rm]
-pair_files = ["{(TINY / 'dpo_zh.jsonl').as_posix()}"]
-val_fraction = 0.3
-
-[rm.train]
-steps = 8
-batch_size = 2
-seq_len = 384
-lr = 0.003
-warmup_steps = 1
-eval_every = 4
-save_every = 4
-threads = 1
-
+{preference_sections()}
 [tokenizer]
 vocab_size = 800
 terms_file = "{(ROOT / 'data/insurance/glossary_terms.jsonl').as_posix()}"
