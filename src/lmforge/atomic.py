@@ -52,11 +52,6 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
