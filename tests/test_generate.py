@@ -73,9 +73,9 @@ def test_stop_string_across_token_boundaries(model: Transformer, tok) -> None:  
 
 
 def test_streaming_never_splits_a_character(tok) -> None:  # noqa: ANN001
-    from lmforge.infer.generate import _Row
+    from lmforge.infer.generate import RowText
 
-    row = _Row([])
+    row = RowText([])
     text = "保险"
     pieces = []
     for token in tok.encode(text).ids:
@@ -87,7 +87,7 @@ def test_streaming_never_splits_a_character(tok) -> None:  # noqa: ANN001
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
     byte_tokens = [tok.token_to_id(c) for c in tok.pre_tokenizer.pre_tokenize_str("险")[0][0]]
-    row = _Row([])
+    row = RowText([])
     row.ids = byte_tokens[:1]
     assert row.streamable(row.visible(tok)[0]) == ""  # the first byte of a 3-byte character
 

@@ -35,7 +35,10 @@ def stop_ids(tok: Tokenizer) -> set[int]:
     return {i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None}
 
 
-class _Row:
+class RowText:
+    """One sequence's generated ids and how much of its text has been streamed; applies stop
+    strings and holds back incomplete UTF-8 characters and possible stop-string prefixes."""
+
     def __init__(self, stops: list[str]) -> None:
         self.ids: list[int] = []
         self.sent = 0  # characters already streamed
@@ -94,7 +97,7 @@ def stream_generate(model: Transformer, tok: Tokenizer, prompts: list[list[int]]
     eye = torch.eye(t, dtype=torch.bool, device=device)
     mask = (causal_mask(t, t, device) & valid[:, None, :]) | eye  # pads attend to themselves
     logits = model(tokens, positions=positions, mask=mask[:, None], cache=cache).logits[:, -1]
-    rows = [_Row(config.stop) for _ in range(b)]
+    rows = [RowText(config.stop) for _ in range(b)]
     stops = stop_ids(tok)
     history = torch.where(valid, tokens, tokens[:, -1:])  # pads stand in as a seen token
     next_pos = positions[:, -1] + 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,16 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+class Cache(Protocol):
+    """What attention needs from a key/value cache; the inference engine brings its own."""
+
+    length: int
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new keys/values of ``layer``; return all keys/values to attend to."""
+        ...
+
+
 class KVCache:
     """Preallocated keys and values for incremental decoding: [layers, batch, kv_heads, len, hd]."""
 
@@ -92,7 +103,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None, layer: int) -> Tensor:
+                cache: Cache | None, layer: int) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -177,7 +188,7 @@ class Block(nn.Module):
             self.mlp = MLP(config.dim, config.ffn_dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None, layer: int) -> tuple[Tensor, Tensor | None]:
+                cache: Cache | None, layer: int) -> tuple[Tensor, Tensor | None]:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         h = self.post_attention_layernorm(x)
         if self.moe:
@@ -226,7 +237,7 @@ class Transformer(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None,
-                mask: Tensor | None = None, cache: KVCache | None = None,
+                mask: Tensor | None = None, cache: Cache | None = None,
                 return_hidden: bool = False) -> Output:
         """Logits for ``tokens`` [b, t].
 

@@ -1,0 +1,73 @@
+"""The continuous-batching engine: requests joining and leaving mid-flight change nothing."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig, SamplingConfig
+from lmforge.infer import generate
+from lmforge.infer.engine import Engine
+from lmforge.model import Transformer
+from lmforge.tokenizer import load_tokenizer
+
+FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
+PROMPTS = ["被保险人", "To be, or not to be", "保", "第一回 甄士隐梦幻识通灵"]
+
+
+@pytest.fixture(scope="module")
+def tok():  # noqa: ANN201
+    return load_tokenizer(FIXTURE_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def model(tok) -> Transformer:  # noqa: ANN001
+    torch.manual_seed(3)
+    return Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
+                                   n_heads=4, n_kv_heads=2, max_seq_len=128)).eval()
+
+
+def collect(engine: Engine, arrivals: dict[int, list[tuple[str, str]]], tok,  # noqa: ANN001
+            config: SamplingConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+    step = 0
+    while engine.busy or any(s >= step for s in arrivals):
+        for name, prompt in arrivals.pop(step, []):
+            engine.submit(tok.encode(prompt).ids, config, name)
+            out[name] = ""
+        for event in engine.step():
+            out[event.request] += event.text
+        step += 1
+    return out
+
+
+def test_staggered_requests_match_one_by_one(model: Transformer, tok) -> None:  # noqa: ANN001
+    config = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    alone = {p: generate(model, tok, [p], config)[0] for p in PROMPTS}
+    engine = Engine(model, tok, max_batch=2)  # fewer slots than requests: some must wait
+    arrivals = {0: [("a", PROMPTS[0])], 3: [("b", PROMPTS[1]), ("c", PROMPTS[2])],
+                5: [("d", PROMPTS[3])]}
+    out = collect(engine, arrivals, tok, config)
+    assert out == {"a": alone[PROMPTS[0]], "b": alone[PROMPTS[1]], "c": alone[PROMPTS[2]],
+                   "d": alone[PROMPTS[3]]}
+    assert not engine.active and len(engine.free) == 2
+
+
+def test_seeded_sampling_is_per_request(model: Transformer, tok) -> None:  # noqa: ANN001
+    config = SamplingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=11)
+    first = collect(Engine(model, tok, max_batch=4), {0: [("x", PROMPTS[0])]}, tok, config)
+    crowded = collect(Engine(model, tok, max_batch=4),
+                      {0: [("y", PROMPTS[1]), ("x", PROMPTS[0])], 1: [("z", PROMPTS[2])]},
+                      tok, config)
+    assert crowded["x"] == first["x"]
+
+
+def test_events_finish_every_request_once(model: Transformer, tok) -> None:  # noqa: ANN001
+    engine = Engine(model, tok, max_batch=3, max_len=32)
+    engine.submit(tok.encode("保险").ids, SamplingConfig(max_new_tokens=5, temperature=0.0), "ok")
+    engine.submit(tok.encode("保险" * 20).ids, SamplingConfig(max_new_tokens=20), "long")
+    finished = [e for e in engine.run() if e.finished]
+    reasons = {e.request: e.finished for e in finished}
+    assert len(finished) == 2
+    assert reasons["long"] == "context_length_exceeded"
+    assert reasons["ok"] in ("length", "stop")
