@@ -73,7 +73,7 @@ def test_stop_string_across_token_boundaries(model: Transformer, tok) -> None:  
 
 
 def test_streaming_never_splits_a_character(tok) -> None:  # noqa: ANN001
-    from lmforge.infer.generate import RowText
+    from lmforge.infer.text import RowText
 
     row = RowText([])
     text = "保险"
@@ -99,3 +99,24 @@ def test_length_limit_and_context_guard(model: Transformer, tok) -> None:  # noq
     assert len(deltas) <= 3
     with pytest.raises(ValueError, match="exceeds the model's context"):
         list(stream_generate(model, tok, [[5] * 100], SamplingConfig(max_new_tokens=64)))
+
+
+def test_min_p_and_openai_penalties() -> None:
+    from lmforge.infer.sampling import apply_presence_frequency, filter_min_p
+
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.06, 0.04]]))
+    assert torch.isinf(filter_min_p(logits, 0.1)).tolist() == [[False, False, True, True]]
+    out = apply_presence_frequency(torch.zeros(1, 4), torch.tensor([[1, 1, 3]]), 0.5, 0.25)
+    assert out.tolist() == [[0.0, -1.0, 0.0, -0.75]]  # token 1: 0.5 + 2 x 0.25; token 3: 0.75
+
+
+def test_stop_token_ids_end_a_row(model: Transformer, tok) -> None:  # noqa: ANN001
+    free = list(stream_generate(model, tok, [tok.encode("To be").ids],
+                                SamplingConfig(max_new_tokens=10, temperature=0.0)))
+    stopper = free[3].token
+    assert stopper is not None
+    stopped = list(stream_generate(model, tok, [tok.encode("To be").ids],
+                                   SamplingConfig(max_new_tokens=10, temperature=0.0,
+                                                  stop_token_ids=[stopper])))
+    first = next(i for i, d in enumerate(free) if d.token == stopper)
+    assert len(stopped) == first + 1 and stopped[-1].finished == "stop"

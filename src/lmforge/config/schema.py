@@ -317,9 +317,14 @@ class SamplingConfig:
     temperature: float = 0.8
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI-style: subtracted once from every seen token
+    frequency_penalty: float = 0.0  # and per occurrence
     stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
     seed: int = 0
+    logprobs: int = 0  # how many top alternatives to report with each token (0: none)
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "max_new_tokens", "at least 1", self.max_new_tokens)
@@ -329,6 +334,11 @@ class SamplingConfig:
         _check(0.0 < self.top_p <= 1.0, "top_p", "a number in (0, 1]", self.top_p)
         _check(self.repetition_penalty > 0, "repetition_penalty", "a positive number",
                self.repetition_penalty)
+        _fraction("min_p", self.min_p)
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check(-2.0 <= getattr(self, name) <= 2.0, name, "a number in [-2, 2]",
+                   getattr(self, name))
+        _check(0 <= self.logprobs <= 20, "logprobs", "0 to 20", self.logprobs)
 
 
 @dataclass

@@ -20,8 +20,8 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from lmforge.config import SamplingConfig
-from lmforge.infer.generate import RowText, stop_ids
 from lmforge.infer.sampling import next_tokens
+from lmforge.infer.text import RowText, stop_ids
 from lmforge.model import Transformer
 
 
@@ -111,7 +111,7 @@ class Engine:
 
     def _emit(self, row: _Active, token: int, last_step: bool) -> Event:
         """Advance one sequence by ``token`` and say what became visible."""
-        hit_eos = token in self.stops
+        hit_eos = token in self.stops or token in row.config.stop_token_ids
         if not hit_eos:
             row.text.ids.append(token)
             row.history.append(token)
@@ -123,7 +123,8 @@ class Engine:
 
     def _sample(self, row: _Active, logits: Tensor) -> int:
         history = torch.tensor([row.history], device=self.device)
-        return int(next_tokens(logits[None], history, row.config, row.generator)[0])
+        generated = torch.tensor([row.text.ids], dtype=torch.long, device=self.device)
+        return int(next_tokens(logits[None], history, row.config, row.generator, generated)[0])
 
     def _admit(self) -> list[Event]:
         events = []

@@ -21,6 +21,26 @@ def apply_repetition_penalty(logits: Tensor, history: Tensor, penalty: float) ->
     return logits.scatter(1, history, seen)
 
 
+def apply_presence_frequency(logits: Tensor, generated: Tensor, presence: float,
+                             frequency: float) -> Tensor:
+    """OpenAI's penalties over generated tokens [b, n]: logit -= presence * seen +
+    frequency * count."""
+    if (presence == 0.0 and frequency == 0.0) or generated.numel() == 0:
+        return logits
+    counts = torch.zeros_like(logits).scatter_add_(1, generated, torch.ones_like(
+        generated, dtype=logits.dtype))
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
+
+
+def filter_min_p(logits: Tensor, min_p: float) -> Tensor:
+    """Keep tokens whose probability is at least ``min_p`` times the top token's."""
+    if min_p <= 0.0:
+        return logits
+    probs = logits.softmax(-1)
+    floor = probs.max(-1, keepdim=True).values * min_p
+    return logits.masked_fill(probs < floor, float("-inf"))
+
+
 def filter_top_k_top_p(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     """Set logits outside the top-k and outside the top-p nucleus to -inf."""
     if top_k > 0 and top_k < logits.shape[-1]:
@@ -36,10 +56,15 @@ def filter_top_k_top_p(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 
 
 def next_tokens(logits: Tensor, history: Tensor, config: SamplingConfig,
-                generator: torch.Generator | None) -> Tensor:
-    """[b] next token ids from [b, vocab] logits."""
+                generator: torch.Generator | None, generated: Tensor | None = None) -> Tensor:
+    """[b] next token ids from [b, vocab] logits; ``history`` (prompt and output) feeds the
+    repetition penalty, ``generated`` (output only) the presence/frequency penalties."""
     logits = apply_repetition_penalty(logits.float(), history, config.repetition_penalty)
+    if generated is not None:
+        logits = apply_presence_frequency(logits, generated, config.presence_penalty,
+                                          config.frequency_penalty)
     if config.temperature == 0.0:
         return logits.argmax(-1)
     logits = filter_top_k_top_p(logits / config.temperature, config.top_k, config.top_p)
+    logits = filter_min_p(logits, config.min_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
