@@ -84,7 +84,7 @@ def test_generate_command_streams_and_batches(tiny_run: Path,
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("被保险人")
     assert main(["generate", "--model", model, "保险", "To be", "--max-new-tokens", "4",
-                 "--chat"]) == 0
+                 "--chat", "--quantize", "int8"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in rows] == ["保险", "To be"]
 

@@ -71,3 +71,24 @@ def test_events_finish_every_request_once(model: Transformer, tok) -> None:  # n
     assert len(finished) == 2
     assert reasons["long"] == "context_length_exceeded"
     assert reasons["ok"] in ("length", "stop")
+
+
+def test_int8_weights_keep_logits_close_and_cut_memory(tok) -> None:  # noqa: ANN001
+    import torch.nn.functional as F
+
+    from lmforge.model.quant import quantize_linears
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tok.get_vocab_size(), dim=64, n_layers=2, n_heads=4,
+                         n_kv_heads=2)
+    model = Transformer(config).eval()
+    tokens = torch.randint(0, config.vocab_size, (2, 24))
+    with torch.no_grad():
+        full = model(tokens).logits
+        before, after = quantize_linears(model, "int8")
+        quantized = model(tokens).logits
+    assert after / before < 0.27  # int8 + one fp32 scale per row, against fp32
+    nll = [F.cross_entropy(x[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).item()
+           for x in (full, quantized)]
+    assert abs(nll[0] - nll[1]) < 0.01  # perplexity changes by well under 1%
+    assert (quantized.argmax(-1) == full.argmax(-1)).float().mean() > 0.95

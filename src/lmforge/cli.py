@@ -123,6 +123,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
         stop=args.stop or config.sampling.stop)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(args.model, device=device).eval()
+    if args.quantize == "int8":
+        from lmforge.model.quant import quantize_linears
+
+        quantize_linears(model, "int8")
     tok = load_tokenizer(args.model)
     system = args.system if args.system is not None else system_message(
         config.sft.assistant_name, config.sft.assistant_owner)
@@ -242,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="weight-only int8 (per channel) for a smaller memory footprint")
 
     export = stages.add_parser("export", help="export a model to other tools' formats",
                                description="Export a model folder.",

@@ -1,4 +1,8 @@
-"""Weight-only 4-bit NormalFloat (NF4) linear layers: the frozen base of QLoRA.
+"""Weight-only quantised linear layers: 4-bit NormalFloat (NF4), the frozen base of QLoRA, and
+per-channel int8 for serving.
+
+Int8: one scale per output channel (absmax / 127); the matmul runs on the int8 weights cast to
+the activation dtype and the scale is applied to the output, so memory is a quarter of fp32.
 
 QLoRA (Dettmers et al. 2023) stores the frozen weights as 4-bit indices into the 16 NF4 levels
 (quantiles of a normal distribution), with one absmax scale per block of 64 weights, and
@@ -73,16 +77,47 @@ class NF4Linear(nn.Module):
         return linear
 
 
-def quantize_linears(model: nn.Module) -> tuple[int, int]:
-    """Replace every linear layer but the output head (and MoE routers) with NF4; returns the
-    bytes of those weights before and after."""
+class Int8Linear(nn.Module):
+    """A linear layer with per-output-channel int8 weights (weight-only quantisation)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.weight_int8: Tensor
+        self.scale: Tensor
+        self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.bias = linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.linear(x, self.weight_int8.to(x.dtype)) * self.scale.to(x.dtype)
+        return out + self.bias if self.bias is not None else out
+
+    def stored_bytes(self) -> int:
+        return self.weight_int8.numel() + self.scale.numel() * 4
+
+
+def _nf4_bytes(layer: NF4Linear) -> int:
+    return layer.packed.numel() + layer.absmax.numel() * 4
+
+
+def quantize_linears(model: nn.Module, kind: str = "nf4") -> tuple[int, int]:
+    """Replace every linear layer but the output head (and MoE routers) with NF4 or int8;
+    returns the bytes of those weights before and after."""
     before = after = 0
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or name == "lm_head" or name.endswith(".gate"):
             continue
-        quantized = NF4Linear(module)
+        quantized: NF4Linear | Int8Linear
+        if kind == "int8":
+            quantized = Int8Linear(module)
+            after += quantized.stored_bytes()
+        else:
+            quantized = NF4Linear(module)
+            after += _nf4_bytes(quantized)
         before += module.weight.numel() * module.weight.element_size()
-        after += quantized.packed.numel() + quantized.absmax.numel() * 4
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, quantized)
     return before, after
