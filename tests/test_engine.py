@@ -92,3 +92,38 @@ def test_int8_weights_keep_logits_close_and_cut_memory(tok) -> None:  # noqa: AN
            for x in (full, quantized)]
     assert abs(nll[0] - nll[1]) < 0.01  # perplexity changes by well under 1%
     assert (quantized.argmax(-1) == full.argmax(-1)).float().mean() > 0.95
+
+
+def test_logprobs_and_echo_match_a_full_forward(model: Transformer, tok) -> None:  # noqa: ANN001
+    prompt = tok.encode("被保险人在保险期间内").ids
+    engine = Engine(model, tok, max_batch=1)
+    engine.submit(prompt, SamplingConfig(max_new_tokens=4, temperature=0.0, logprobs=3), "r",
+                  echo=True)
+    events = list(engine.run())
+    generated = [e.token for e in events if e.token is not None]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + generated])).logits[0]
+    logp = torch.log_softmax(logits, -1)
+    expected_prompt = [logp[i, prompt[i + 1]].item() for i in range(len(prompt) - 1)]
+    assert events[0].prompt_logprobs is not None
+    assert events[0].prompt_logprobs[0] is None
+    assert events[0].prompt_logprobs[1:] == pytest.approx(expected_prompt, abs=1e-4)
+    for i, event in enumerate(events):
+        position = len(prompt) - 1 + i
+        assert event.logprob == pytest.approx(logp[position, generated[i]].item(), abs=1e-4)
+        assert len(event.top_logprobs) == 3
+        assert event.top_logprobs[0][0] == generated[i]  # greedy picks the top token
+
+
+def test_overflowing_prompts_are_rejected_or_truncated(model: Transformer, tok) -> None:  # noqa: ANN001
+    long_prompt = tok.encode("保险合同" * 100).ids
+    assert len(long_prompt) > 48
+    config = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    rejecting = Engine(model, tok, max_len=48)
+    rejecting.submit(long_prompt, config, "r")
+    assert [e.finished for e in rejecting.run()] == ["context_length_exceeded"]
+    truncating = Engine(model, tok, max_len=48, overflow="truncate")
+    truncating.submit(long_prompt, config, "t", echo=True)
+    events = list(truncating.run())
+    assert events[0].prompt_logprobs is not None and len(events[0].prompt_logprobs) == 40
+    assert events[-1].finished in ("length", "stop")

@@ -33,6 +33,9 @@ class Event:
     text: str
     token: int | None
     finished: str | None = None  # "stop", "length" or "context_length_exceeded"
+    logprob: float | None = None  # of the chosen token under the model
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+    prompt_logprobs: list[float | None] | None = None  # with echo, on the first event
 
 
 @dataclass
@@ -44,6 +47,7 @@ class _Active:
     generator: torch.Generator
     position: int = 0  # cache positions filled in this slot
     history: list[int] = field(default_factory=list)
+    echo: bool = False
 
 
 class SlotCache:
@@ -83,7 +87,12 @@ class SlotCache:
 
 class Engine:
     def __init__(self, model: Transformer, tok: Tokenizer, max_batch: int = 8,
-                 max_len: int | None = None) -> None:
+                 max_len: int | None = None, overflow: str = "reject") -> None:
+        """``overflow``: what to do with a prompt that leaves no room for max_new_tokens:
+        "reject" it (context_length_exceeded) or "truncate" it from the left."""
+        if overflow not in ("reject", "truncate"):
+            raise ValueError(f"overflow must be 'reject' or 'truncate', got {overflow!r}")
+        self.overflow = overflow
         self.model, self.tok = model.eval(), tok
         self.max_len = max_len or model.config.max_seq_len
         self.cache = SlotCache(model, max_batch, self.max_len)
@@ -94,15 +103,19 @@ class Engine:
         self._ids = itertools.count()
         self.device = next(model.parameters()).device
 
-    def submit(self, prompt: list[int], config: SamplingConfig, request: str | None = None
-               ) -> str:
-        """Queue a tokenised prompt; returns the request id its events will carry."""
+    def submit(self, prompt: list[int], config: SamplingConfig, request: str | None = None,
+               echo: bool = False) -> str:
+        """Queue a tokenised prompt; returns the request id its events will carry. With
+        ``echo`` the first event carries the log-probability of every prompt token."""
         if not prompt:
             raise ValueError("the prompt is empty")
+        room = self.max_len - config.max_new_tokens
+        if len(prompt) > room and self.overflow == "truncate" and room > 0:
+            prompt = prompt[-room:]
         name = request or f"req-{next(self._ids)}"
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.waiting.append(_Active(name, prompt, config, RowText(config.stop), generator,
-                                    history=list(prompt)))
+                                    history=list(prompt), echo=echo))
         return name
 
     @property
@@ -121,10 +134,18 @@ class Engine:
         row.text.sent += len(piece)
         return Event(row.request, piece, token, done)
 
-    def _sample(self, row: _Active, logits: Tensor) -> int:
+    def _sample(self, row: _Active, logits: Tensor, last_step: bool) -> Event:
         history = torch.tensor([row.history], device=self.device)
         generated = torch.tensor([row.text.ids], dtype=torch.long, device=self.device)
-        return int(next_tokens(logits[None], history, row.config, row.generator, generated)[0])
+        token = int(next_tokens(logits[None], history, row.config, row.generator, generated)[0])
+        event = self._emit(row, token, last_step)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        event.logprob = float(logp[token])
+        if row.config.logprobs:
+            top = logp.topk(row.config.logprobs)
+            event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(),
+                                          strict=True))
+        return event
 
     def _admit(self) -> list[Event]:
         events = []
@@ -136,9 +157,13 @@ class Engine:
             slot = self.free.pop()
             self.cache.select([slot], [0])
             tokens = torch.tensor([row.prompt], device=self.device)
-            logits = self.model(tokens, cache=self.cache).logits[0, -1]
+            logits = self.model(tokens, cache=self.cache).logits[0]
             row.position = len(row.prompt)
-            event = self._emit(row, self._sample(row, logits), row.config.max_new_tokens == 1)
+            event = self._sample(row, logits[-1], row.config.max_new_tokens == 1)
+            if row.echo:
+                logp = torch.log_softmax(logits[:-1].float(), dim=-1)
+                picked = logp.gather(1, tokens[0, 1:, None])[:, 0].tolist()
+                event.prompt_logprobs = [None, *picked]
             events.append(event)
             if event.finished:
                 self.free.append(slot)
@@ -160,8 +185,7 @@ class Engine:
         for i, (slot, row) in enumerate(zip(slots, rows, strict=True)):
             row.position += 1
             generated = len(row.text.ids) + 1
-            event = self._emit(row, self._sample(row, logits[i, -1]),
-                               generated >= row.config.max_new_tokens)
+            event = self._sample(row, logits[i, -1], generated >= row.config.max_new_tokens)
             events.append(event)
             if event.finished:
                 del self.active[slot]
