@@ -262,3 +262,21 @@ def test_dpo_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa
     assert before["reward_accuracy"] == 0.0 and after["reward_accuracy"] == 1.0
     assert after["val_loss"] < before["val_loss"] - 0.3
     assert after["preference_accuracy_per_token"] == 1.0  # summed log-probs favour the short one
+
+
+def test_model_loads_with_an_adapter_on_top(tmp_path: Path) -> None:
+    from lmforge.model import load_model
+
+    model = _model()
+    save_model(model, tmp_path / "base")
+    config = LoraConfig(rank=4, alpha=8, dropout=0.0)
+    apply_lora(model, config)
+    _randomise_lora(model)
+    save_adapter(model, config, tmp_path / "adapter", str(tmp_path / "base"))
+    loaded = load_model(tmp_path / "base", adapter=tmp_path / "adapter")
+    tokens = torch.randint(0, 320, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(loaded(tokens).logits, model(tokens).logits, atol=1e-6)
+        with adapters_disabled(loaded):
+            base = load_model(tmp_path / "base")
+            assert torch.equal(loaded(tokens).logits, base(tokens).logits)

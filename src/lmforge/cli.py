@@ -122,7 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                           ("seed", args.seed)) if v is not None},
         stop=args.stop or config.sampling.stop)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(args.model, device=device).eval()
+    model = load_model(args.model, device=device, adapter=args.adapter).eval()
     if args.quantize == "int8":
         from lmforge.model.quant import quantize_linears
 
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
     _recipe_args(p)
     p.add_argument("--model", type=Path, required=True, help="model folder (ours or HF)")
+    p.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply on top")
     p.add_argument("prompt", nargs="+", help="one or more prompts (several are batched)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
     p.add_argument("--system", help="system prompt for --chat (default: the recipe's "

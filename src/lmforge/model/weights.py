@@ -66,8 +66,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
 
 
 def load_model(folder: Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> Transformer:
-    """Load an lmforge model folder or a Hugging Face Llama/Mixtral folder."""
+               dtype: torch.dtype = torch.float32, adapter: Path | None = None) -> Transformer:
+    """Load an lmforge model folder or a Hugging Face Llama/Mixtral/Qwen3 folder, optionally
+    with a LoRA adapter (PEFT layout) on top, kept separate so it can be switched off."""
     folder = Path(folder)
     if (folder / CONFIG_NAME).exists():
         raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
@@ -80,6 +81,10 @@ def load_model(folder: Path, device: str | torch.device = "cpu",
         raise FileNotFoundError(f"{folder}: no {CONFIG_NAME} or config.json; not a model folder")
     model = Transformer(config)
     load_state(model, state, folder)
+    if adapter is not None:
+        from lmforge.model.lora import load_adapter
+
+        load_adapter(model, Path(adapter))
     return model.to(device=device, dtype=dtype)
 
 
