@@ -127,3 +127,38 @@ def test_overflowing_prompts_are_rejected_or_truncated(model: Transformer, tok) 
     events = list(truncating.run())
     assert events[0].prompt_logprobs is not None and len(events[0].prompt_logprobs) == 40
     assert events[-1].finished in ("length", "stop")
+
+
+def test_terminal_chat_commands_and_history(model: Transformer, tok) -> None:  # noqa: ANN001
+    import io
+
+    from lmforge.infer.chat import ChatSession, terminal_chat
+
+    session = ChatSession(model, tok, SamplingConfig(max_new_tokens=6, temperature=0.0),
+                          system="你是保险助手。")
+    lines = iter(["你好", "什么是犹豫期？", "/system 你是测试助手", "保险", "/reset", "/quit",
+                  "never read"])
+    out = io.StringIO()
+    terminal_chat(session, lambda prompt: next(lines), out)
+    text = out.getvalue()
+    assert text.count("assistant> ") == 3
+    assert "(system prompt set; new conversation)" in text and "(new conversation)" in text
+    assert session.system == "你是测试助手" and session.turns == []
+    assert next(lines) == "never read"  # /quit stopped reading
+
+    session.turns.clear()
+    first = "".join(session.reply("你好"))
+    assert [t["role"] for t in session.turns] == ["user", "assistant"]
+    assert session.turns[1]["content"] == first
+    "".join(session.reply("再说一遍"))
+    assert len(session.turns) == 4  # the history grows turn by turn
+
+
+def test_terminal_chat_keeps_to_the_context(model: Transformer, tok) -> None:  # noqa: ANN001
+    from lmforge.infer.chat import ChatSession
+
+    session = ChatSession(model, tok, SamplingConfig(max_new_tokens=8, temperature=0.0))
+    for _ in range(12):
+        "".join(session.reply("请详细解释一下保险合同中的犹豫期条款和退保规则。" * 2))
+    assert len(session.turns) < 24  # the oldest exchanges were dropped to fit the context
+    assert session.turns[0]["role"] == "user"

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lmforge import __version__
 from lmforge.config import ConfigError, RecipeConfig, load_config, write_resolved
@@ -104,15 +105,16 @@ def _post_training(stage: str) -> Callable[[argparse.Namespace], None]:
     return command
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+def _inference_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
+    """(model, tokenizer, sampling config, system prompt) from a model folder, the recipe and
+    the sampling flags shared by ``generate`` and ``chat``."""
     import dataclasses
 
     import torch
 
-    from lmforge.infer import stream_generate
     from lmforge.model import load_model
     from lmforge.prompts import system_message
-    from lmforge.tokenizer import load_tokenizer, render_chat
+    from lmforge.tokenizer import load_tokenizer
 
     config = _load(args)
     sampling = dataclasses.replace(config.sampling, **{
@@ -127,9 +129,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
         from lmforge.model.quant import quantize_linears
 
         quantize_linears(model, "int8")
-    tok = load_tokenizer(args.model)
     system = args.system if args.system is not None else system_message(
         config.sft.assistant_name, config.sft.assistant_owner)
+    return model, load_tokenizer(args.model), sampling, system
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from lmforge.infer.chat import ChatSession, terminal_chat
+
+    model, tok, sampling, system = _inference_setup(args)
+    terminal_chat(ChatSession(model, tok, sampling, system), input, sys.stdout)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from lmforge.infer import stream_generate
+    from lmforge.tokenizer import render_chat
+
+    model, tok, sampling, system = _inference_setup(args)
     head = [{"role": "system", "content": system}] if system else []
     texts = [render_chat([*head, {"role": "user", "content": p}], add_generation_prompt=True)
              if args.chat else p for p in args.prompt]
@@ -154,6 +170,23 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     out = export_hf(args.model, args.out, dtype=args.dtype,
                     max_shard_bytes=int(args.max_shard_gb * 1024**3))
     print(f"Hugging Face folder: {out} (load with transformers.AutoModelForCausalLM)")
+
+
+def _inference_args(parser: argparse.ArgumentParser) -> None:
+    _recipe_args(parser)
+    parser.add_argument("--model", type=Path, required=True, help="model folder (ours or HF)")
+    parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply on top")
+    parser.add_argument("--system", help="system prompt for chat (default: the recipe's "
+                                         "assistant; '' for none)")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--temperature", type=float, help="0 for greedy")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--stop", action="append", help="stop string (repeatable)")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="weight-only int8 (per channel) for a smaller memory footprint")
 
 
 def _add(sub: argparse._SubParsersAction, name: str, summary: str, example: str,
@@ -233,22 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  "model '被保险人' --temperature 0.7 --top-p 0.9",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_generate)
-    _recipe_args(p)
-    p.add_argument("--model", type=Path, required=True, help="model folder (ours or HF)")
-    p.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply on top")
+    _inference_args(p)
     p.add_argument("prompt", nargs="+", help="one or more prompts (several are batched)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
-    p.add_argument("--system", help="system prompt for --chat (default: the recipe's "
-                                    "assistant; '' for none)")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float, help="0 for greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="weight-only int8 (per channel) for a smaller memory footprint")
+
+    p = _add(stages, "chat", "talk to a model in the terminal (/reset, /system TEXT, /quit)",
+             "lmforge chat --model runs/insurance-zh/dpo/model --recipe "
+             f"{EXAMPLE_RECIPE}", cmd_chat)
+    _inference_args(p)
 
     export = stages.add_parser("export", help="export a model to other tools' formats",
                                description="Export a model folder.",

@@ -1,0 +1,82 @@
+"""Multi-turn chat over the engine: the conversation state, and the terminal loop of
+``lmforge chat`` (``/reset``, ``/system TEXT``, ``/quit``), with input and output passed in so
+the loop is tested without a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from tokenizers import Tokenizer
+
+from lmforge.config import SamplingConfig
+from lmforge.infer.engine import Engine
+from lmforge.model import Transformer
+from lmforge.tokenizer import render_chat
+
+HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /quit"
+
+
+@dataclass
+class ChatSession:
+    model: Transformer
+    tok: Tokenizer
+    sampling: SamplingConfig
+    system: str = ""
+    turns: list[dict[str, str]] = field(default_factory=list)
+
+    def messages(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.turns
+
+    def reply(self, user: str) -> Iterator[str]:
+        """Stream the assistant's answer to ``user``; the exchange joins the history. The
+        oldest exchanges are dropped when the conversation outgrows the context."""
+        self.turns.append({"role": "user", "content": user})
+        limit = self.model.config.max_seq_len - self.sampling.max_new_tokens
+        prompt = self._prompt()
+        while len(prompt) > limit and len(self.turns) > 1:
+            self.turns = self.turns[2:]
+            prompt = self._prompt()
+        engine = Engine(self.model, self.tok, max_batch=1, overflow="truncate")
+        engine.submit(prompt, self.sampling)
+        answer = ""
+        for event in engine.run():
+            answer += event.text
+            if event.text:
+                yield event.text
+        self.turns.append({"role": "assistant", "content": answer})
+
+    def _prompt(self) -> list[int]:
+        text = render_chat(self.messages(), add_generation_prompt=True)
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+
+def terminal_chat(session: ChatSession, read: Callable[[str], str], out: TextIO) -> None:
+    """The interactive loop; ``read`` is ``input`` in a terminal (EOF ends the chat)."""
+    out.write(HELP + "\n")
+    while True:
+        try:
+            line = read("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            out.write("\n")
+            return
+        if not line:
+            continue
+        if line == "/quit":
+            return
+        if line == "/reset":
+            session.turns.clear()
+            out.write("(new conversation)\n")
+            continue
+        if line.startswith("/system"):
+            session.system = line.removeprefix("/system").strip()
+            session.turns.clear()
+            out.write("(system prompt set; new conversation)\n")
+            continue
+        out.write("assistant> ")
+        for piece in session.reply(line):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
