@@ -120,3 +120,24 @@ def test_stop_token_ids_end_a_row(model: Transformer, tok) -> None:  # noqa: ANN
                                                   stop_token_ids=[stopper])))
     first = next(i for i, d in enumerate(free) if d.token == stopper)
     assert len(stopped) == first + 1 and stopped[-1].finished == "stop"
+
+
+def test_beam_search(model: Transformer, tok) -> None:  # noqa: ANN001
+    from lmforge.infer.beam import beam_search
+
+    prompt = tok.encode("被保险人").ids
+    greedy = [d.token for d in stream_generate(model, tok, [prompt],
+                                               SamplingConfig(max_new_tokens=6, temperature=0))]
+    one = beam_search(model, tok, prompt, beams=1, max_new_tokens=6, length_penalty=0.0)
+    assert one[0].tokens == greedy[: len(one[0].tokens)]
+    four = beam_search(model, tok, prompt, beams=4, max_new_tokens=6, length_penalty=0.0)
+    assert len(four) == 4
+    assert four[0].logprob >= one[0].logprob - 1e-5  # a wider search never finds worse
+
+    def logprob(tokens: list[int]) -> float:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + tokens])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        return sum(lp[len(prompt) - 1 + i, t].item() for i, t in enumerate(tokens))
+
+    assert four[0].logprob == pytest.approx(logprob(four[0].tokens), abs=1e-3)

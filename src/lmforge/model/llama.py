@@ -81,6 +81,11 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    def reorder(self, rows: Tensor) -> None:
+        """Keep rows ``rows`` (with repeats) of the batch: beam search's surviving beams."""
+        self.k = self.k[:, rows]
+        self.v = self.v[:, rows]
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
