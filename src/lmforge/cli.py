@@ -141,6 +141,23 @@ def cmd_chat(args: argparse.Namespace) -> None:
     terminal_chat(ChatSession(model, tok, sampling, system), input, sys.stdout)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    from lmforge.serve import ServeSettings, create_app
+
+    model, tok, _, _ = _inference_setup(args)
+    keys = args.api_key or [k for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k]
+    settings = ServeSettings(model_name=args.name or args.model.name, api_keys=keys,
+                             max_batch=args.max_batch)
+    print(f"serving {args.model} as '{settings.model_name}' on http://{args.host}:{args.port}/v1"
+          + (" (API key required)" if keys else ""))
+    uvicorn.run(create_app(model, tok, settings), host=args.host, port=args.port,
+                log_level="warning")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from lmforge.infer import stream_generate
     from lmforge.tokenizer import render_chat
@@ -274,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
              "lmforge chat --model runs/insurance-zh/dpo/model --recipe "
              f"{EXAMPLE_RECIPE}", cmd_chat)
     _inference_args(p)
+
+    p = _add(stages, "serve", "serve a model over an OpenAI-compatible HTTP API",
+             "lmforge serve --model runs/insurance-zh/dpo/model --port 8000", cmd_serve)
+    _inference_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="model id the API reports (default: the folder name)")
+    p.add_argument("--api-key", action="append",
+                   help="required bearer key (repeatable; or LMFORGE_API_KEYS=a,b)")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
 
     export = stages.add_parser("export", help="export a model to other tools' formats",
                                description="Export a model folder.",

@@ -118,6 +118,19 @@ class Engine:
                                     history=list(prompt), echo=echo))
         return name
 
+    def cancel(self, request: str) -> bool:
+        """Drop a request (its client went away); its slot is free for the next step."""
+        for row in list(self.waiting):
+            if row.request == request:
+                self.waiting.remove(row)
+                return True
+        for slot, row in list(self.active.items()):
+            if row.request == request:
+                del self.active[slot]
+                self.free.append(slot)
+                return True
+        return False
+
     @property
     def busy(self) -> bool:
         return bool(self.active or self.waiting)
