@@ -8,6 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "tiny"
+FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
 
 
 def preference_sections() -> str:
@@ -134,3 +135,24 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     ["pretrain"]):
         assert main([*command, "--recipe", str(recipe)]) == 0
     return base / "run"
+
+
+@pytest.fixture(scope="session")
+def tok():  # noqa: ANN201
+    """A small trained tokenizer that ships with the tests (800 tokens, zh/en, glossary)."""
+    from lmforge.tokenizer import load_tokenizer
+
+    return load_tokenizer(FIXTURE_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def model(tok):  # noqa: ANN001, ANN201
+    """A seeded, untrained two-layer model over the fixture tokenizer's vocabulary."""
+    import torch
+
+    from lmforge.config import ModelConfig
+    from lmforge.model import Transformer
+
+    torch.manual_seed(3)
+    return Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32,
+                                   n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)).eval()

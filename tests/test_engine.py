@@ -1,6 +1,5 @@
 """The continuous-batching engine: requests joining and leaving mid-flight change nothing."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,22 +8,8 @@ from lmforge.config import ModelConfig, SamplingConfig
 from lmforge.infer import generate
 from lmforge.infer.engine import Engine
 from lmforge.model import Transformer
-from lmforge.tokenizer import load_tokenizer
 
-FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
 PROMPTS = ["被保险人", "To be, or not to be", "保", "第一回 甄士隐梦幻识通灵"]
-
-
-@pytest.fixture(scope="module")
-def tok():  # noqa: ANN201
-    return load_tokenizer(FIXTURE_TOKENIZER)
-
-
-@pytest.fixture(scope="module")
-def model(tok) -> Transformer:  # noqa: ANN001
-    torch.manual_seed(3)
-    return Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
-                                   n_heads=4, n_kv_heads=2, max_seq_len=128)).eval()
 
 
 def collect(engine: Engine, arrivals: dict[int, list[tuple[str, str]]], tok,  # noqa: ANN001

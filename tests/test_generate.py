@@ -1,31 +1,14 @@
 """Sampling and generation: filters, penalties, stops across token boundaries, UTF-8 streaming,
 and batching that changes nothing."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from lmforge.config import ModelConfig, SamplingConfig
+from lmforge.config import SamplingConfig
 from lmforge.infer import generate, next_tokens, stream_generate
 from lmforge.infer.sampling import apply_repetition_penalty, filter_top_k_top_p
 from lmforge.model import Transformer
-from lmforge.tokenizer import load_tokenizer
-
-FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
-
-
-@pytest.fixture(scope="module")
-def tok():  # noqa: ANN201
-    return load_tokenizer(FIXTURE_TOKENIZER)
-
-
-@pytest.fixture(scope="module")
-def model(tok) -> Transformer:  # noqa: ANN001
-    torch.manual_seed(3)
-    config = ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=4,
-                         n_kv_heads=2, max_seq_len=128)
-    return Transformer(config).eval()
 
 
 def test_top_k_and_top_p() -> None:

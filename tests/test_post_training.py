@@ -11,7 +11,7 @@ import torch
 from lmforge.config import LoraConfig, ModelConfig
 from lmforge.model import Transformer, save_model
 from lmforge.model.lora import adapters_disabled, apply_lora, load_adapter, merge_lora, save_adapter
-from lmforge.tokenizer import IM_END, load_tokenizer, render_chat
+from lmforge.tokenizer import IM_END, render_chat
 from lmforge.train.preference import dpo_loss, sequence_logps
 from lmforge.train.sft import IGNORE, encode_conversation, pack
 
@@ -21,11 +21,6 @@ CHAT = [{"role": "system", "content": "你是保险助手。"},
         {"role": "assistant", "content": "犹豫期是十五天。"},
         {"role": "user", "content": "能退保吗？"},
         {"role": "assistant", "content": "可以，全额退还。"}]
-
-
-@pytest.fixture(scope="module")
-def tok():  # noqa: ANN201
-    return load_tokenizer(FIXTURE_TOKENIZER)
 
 
 def test_loss_mask_covers_exactly_the_assistant_answers(tok) -> None:  # noqa: ANN001
