@@ -103,7 +103,7 @@ def test_kv_cache_decoding_equals_full_forward() -> None:
 
 
 def test_document_mask_equals_separate_documents() -> None:
-    from lmforge.train.pretrain import positions_within_documents
+    from lmforge.model import positions_within_documents
 
     model = random_model(tiny_config())
     a, b = torch.randint(0, 320, (1, 7)), torch.randint(0, 320, (1, 5))

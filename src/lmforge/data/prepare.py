@@ -43,12 +43,17 @@ class SourceTally:
     chars_kept: int = 0
 
 
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by ``key`` alone: splits that never reshuffle."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
 def in_heldout(doc: Document, source: SourceConfig, split: SplitConfig, seed: int) -> bool:
     group = doc.meta.get(source.group_field, "") if source.group_field else ""
     if group and group in split.holdout_groups:
         return True
     key = f"{seed}:{source.name}:{group or doc.doc_id}"
-    bucket = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    bucket = stable_fraction(key)
     fraction = split.val_fraction if source.val_fraction is None else source.val_fraction
     return bucket < fraction
 

@@ -148,9 +148,14 @@ class Engine:
         return Event(row.request, piece, token, done)
 
     def _sample(self, row: _Active, logits: Tensor, last_step: bool) -> Event:
-        history = torch.tensor([row.history], device=self.device)
-        generated = torch.tensor([row.text.ids], dtype=torch.long, device=self.device)
-        token = int(next_tokens(logits[None], history, row.config, row.generator, generated)[0])
+        config = row.config
+        none = torch.empty(1, 0, dtype=torch.long, device=self.device)
+        # the penalties' token lists are only built for requests that use them
+        history = (torch.tensor([row.history], device=self.device)
+                   if config.repetition_penalty != 1.0 else none)
+        generated = (torch.tensor([row.text.ids], dtype=torch.long, device=self.device)
+                     if config.presence_penalty or config.frequency_penalty else None)
+        token = int(next_tokens(logits[None], history, config, row.generator, generated)[0])
         event = self._emit(row, token, last_step)
         logp = torch.log_softmax(logits.float(), dim=-1)
         event.logprob = float(logp[token])

@@ -300,6 +300,21 @@ def causal_mask(queries: int, keys: int, device: torch.device) -> Tensor:
     return torch.arange(keys, device=device)[None, :] <= q
 
 
+def positions_within_documents(doc_ids: Tensor) -> Tensor:
+    """Positions that restart at 0 where the document id changes, per row."""
+    b, t = doc_ids.shape
+    index = torch.arange(t, device=doc_ids.device).expand(b, t)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
+def document_inputs(doc_ids: Tensor) -> dict[str, Tensor]:
+    """The ``mask`` and ``positions`` arguments that keep packed documents apart."""
+    return {"mask": document_mask(doc_ids), "positions": positions_within_documents(doc_ids)}
+
+
 def document_mask(doc_ids: Tensor) -> Tensor:
     """Causal mask that also keeps packed documents apart: [b, 1, t, t] from doc ids [b, t]."""
     t = doc_ids.shape[1]

@@ -8,6 +8,7 @@ shape naming it), tokenize, hand the request to the engine runner, and stream or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
         try:
             for i in range(n):
                 request = new_id("gen")
-                seeded = SamplingConfig(**{**config.__dict__, "seed": config.seed + i})
+                seeded = dataclasses.replace(config, seed=config.seed + i)
                 streams.append((request, app.state.runner.submit(request, prompt, seeded, echo)))
         except QueueFull as err:
             for request, _ in streams:

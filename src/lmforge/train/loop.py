@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lmforge.config import TrainConfig
-from lmforge.model import Transformer, save_model
+from lmforge.model import Transformer
 from lmforge.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from lmforge.train.distributed import DistInfo, all_reduce_sum, barrier
 from lmforge.train.metrics import MetricsLog, plot_losses
@@ -228,8 +228,7 @@ class Trainer:
         bar.close()
         seconds = time.time() - started
         history = log.rows()
-        if self.dist.is_main:
-            save_model(self.model, self.out_dir / "model")
+        if self.dist.is_main:  # the stage saves the model, in the form it needs (merged, ...)
             plot_losses(history, self.out_dir / "loss.png", self.task.name)
         return TrainResult(config.steps, last, bad_total, seconds,
                            tokens_seen / max(train_seconds, 1e-9), history)

@@ -7,7 +7,6 @@ adapter when LoRA was used) and a report.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 from lmforge.config import PreferenceConfig, RecipeConfig, SFTConfig, TrainConfig, write_resolved
 from lmforge.data.chat import Conversation, PreferencePair, load_conversations, load_preferences
 from lmforge.data.domain_qa import heldout_contracts, load_qa, preference_pairs, sft_conversations
+from lmforge.data.prepare import stable_fraction
 from lmforge.model import Transformer, load_model, save_model
 from lmforge.model.lora import adapters_disabled, apply_lora, merge_lora, save_adapter
 from lmforge.model.quant import quantize_linears
@@ -31,8 +31,7 @@ from lmforge.train.sft import SFTTask, encode_all
 
 
 def in_validation(where: str, fraction: float, seed: int) -> bool:
-    digest = hashlib.sha1(f"{seed}:{where}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return stable_fraction(f"{seed}:{where}") < fraction
 
 
 def split(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lmforge.data import ShardSet
-from lmforge.model import Transformer, document_mask
+from lmforge.model import Transformer, document_inputs
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.sampler import EpochSampler
 
@@ -68,16 +68,6 @@ class Windows:
         return tokens, docs
 
 
-def positions_within_documents(doc_ids: Tensor) -> Tensor:
-    """Positions that restart at 0 where the document id changes, per row."""
-    b, t = doc_ids.shape
-    index = torch.arange(t, device=doc_ids.device).expand(b, t)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
-    return index - first
-
-
 class PretrainTask:
     name = "pretrain"
 
@@ -97,9 +87,7 @@ class PretrainTask:
         batch = torch.from_numpy(np.stack(tokens)).to(device)
         out = {"inputs": batch[:, :-1], "targets": batch[:, 1:]}
         if self.doc_mask:
-            doc_ids = torch.from_numpy(np.stack(docs)[:, :-1]).to(device)
-            out["mask"] = document_mask(doc_ids)
-            out["positions"] = positions_within_documents(doc_ids)
+            out |= document_inputs(torch.from_numpy(np.stack(docs)[:, :-1]).to(device))
         return out
 
     def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,

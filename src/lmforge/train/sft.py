@@ -23,10 +23,9 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lmforge.data.chat import Conversation, Message
-from lmforge.model import Transformer, document_mask
+from lmforge.model import Transformer, document_inputs
 from lmforge.tokenizer import IM_END, IM_START, PAD
 from lmforge.train.distributed import DistInfo, all_reduce_sum
-from lmforge.train.pretrain import positions_within_documents
 from lmforge.train.sampler import EpochSampler
 
 IGNORE = -100
@@ -143,8 +142,7 @@ class SFTTask:
         ids, targets, docs = (torch.from_numpy(a[index]).to(device) for a in rows)
         batch = {"inputs": ids, "targets": targets}
         if self.packed:
-            batch["mask"] = document_mask(docs)
-            batch["positions"] = positions_within_documents(docs)
+            batch |= document_inputs(docs)
         return batch
 
     def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,

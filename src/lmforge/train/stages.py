@@ -11,7 +11,7 @@ from typing import Any
 
 from lmforge.config import ModelConfig, RecipeConfig, write_resolved
 from lmforge.data import ShardSet
-from lmforge.model import Transformer, load_model
+from lmforge.model import Transformer, load_model, save_model
 from lmforge.reporting import markdown_table, write_report_pair
 from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
 from lmforge.train.distributed import setup, teardown
@@ -64,6 +64,7 @@ def pretrain(recipe: RecipeConfig, resume: bool = False, show_progress: bool = T
         trainer = Trainer(train, model, task, out, dist, recipe.run.seed, show_progress)
         result = trainer.fit(resume=resume)
         if dist.is_main:
+            save_model(model, out / "model")
             copy_tokenizer_files(tokenizer_dir, out / "model")
             write_resolved(recipe, out)
             report = training_report(model, result, train.seq_len, dist.world, dist.device.type)
