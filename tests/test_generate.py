@@ -124,3 +124,16 @@ def test_beam_search(model: Transformer, tok) -> None:  # noqa: ANN001
         return sum(lp[len(prompt) - 1 + i, t].item() for i, t in enumerate(tokens))
 
     assert four[0].logprob == pytest.approx(logprob(four[0].tokens), abs=1e-3)
+
+
+def test_incremental_decoding_equals_full_decoding(tok) -> None:  # noqa: ANN001
+    from lmforge.infer.text import RowText
+
+    text = "保险合同的犹豫期为15天。Insurance 条款 ✓ 龘"
+    byte_ids = [tok.token_to_id(c) for c in tok.pre_tokenizer.pre_tokenize_str(text)[0][0]
+                if tok.token_to_id(c) is not None]
+    for ids in (tok.encode(text).ids, byte_ids, byte_ids[1:]):  # the last: starts mid-character
+        row = RowText([])
+        for i, token in enumerate(ids):
+            row.ids.append(token)
+            assert row.decode(tok) == tok.decode(ids[: i + 1])

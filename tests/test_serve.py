@@ -1,8 +1,6 @@
 """The HTTP API against the official openai client on a live 127.0.0.1 server, and the error
 table: every bad input gets its OpenAI-shaped 4xx, never a 500."""
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import live_server
 
 from lmforge.config import ModelConfig
 from lmforge.model import Transformer
@@ -17,15 +16,8 @@ from lmforge.serve import ServeSettings, create_app
 from lmforge.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
 FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
 KEY = "sk-test-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +28,8 @@ def server() -> Iterator[str]:
                                     n_heads=4, n_kv_heads=2, max_seq_len=256)).eval()
     settings = ServeSettings(model_name="tiny", api_keys=[KEY], max_n=4, max_body_bytes=20_000,
                              max_waiting=4)
-    app = create_app(model, tok, settings)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    yield url
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with live_server(create_app(model, tok, settings)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -323,6 +323,7 @@ class SamplingConfig:
     frequency_penalty: float = 0.0  # and per occurrence
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
     seed: int = 0
     logprobs: int = 0  # how many top alternatives to report with each token (0: none)
 

@@ -32,7 +32,7 @@ class Event:
     request: str
     text: str
     token: int | None
-    finished: str | None = None  # "stop", "length" or "context_length_exceeded"
+    finished: str | None = None  # "stop", "length", "context_length_exceeded" or "error"
     logprob: float | None = None  # of the chosen token under the model
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
     prompt_logprobs: list[float | None] | None = None  # with echo, on the first event
@@ -66,33 +66,47 @@ class SlotCache:
         self.length = 0
         self._rows = torch.zeros(0, dtype=torch.long)
         self._positions = torch.zeros(0, dtype=torch.long)
+        self._contiguous: tuple[int, int] | None = None
 
     def select(self, rows: list[int], positions: list[int]) -> None:
         device = self.k.device
         self._rows = torch.tensor(rows, dtype=torch.long, device=device)
         self._positions = torch.tensor(positions, dtype=torch.long, device=device)
         self.length = 0
+        consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
+        self._contiguous = (rows[0], rows[0] + len(rows)) if consecutive else None
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if k.shape[2] > 1:  # prefill of a single slot from position 0
-            slot, t = int(self._rows[0]), k.shape[2]
-            self.k[layer, slot, :, :t] = k[0]
-            self.v[layer, slot, :, :t] = v[0]
-            return self.k[layer, slot : slot + 1, :, :t], self.v[layer, slot : slot + 1, :, :t]
+        if k.shape[2] > 1:  # prefill of the selected slots from position 0 (right-padded)
+            t = k.shape[2]
+            self.k[layer, self._rows, :, :t] = k
+            self.v[layer, self._rows, :, :t] = v
+            return k, v
         self.k[layer, self._rows, :, self._positions] = k[:, :, 0]
         self.v[layer, self._rows, :, self._positions] = v[:, :, 0]
         end = int(self._positions.max()) + 1
+        if self._contiguous is not None:  # a view instead of a gathered copy of the cache
+            first, last = self._contiguous
+            return self.k[layer, first:last, :, :end], self.v[layer, first:last, :, :end]
         return self.k[layer, self._rows, :, :end], self.v[layer, self._rows, :, :end]
+
+
+def plain_greedy(config: SamplingConfig) -> bool:
+    return config.temperature == 0.0 and config.repetition_penalty == 1.0 and not (
+        config.presence_penalty or config.frequency_penalty)
 
 
 class Engine:
     def __init__(self, model: Transformer, tok: Tokenizer, max_batch: int = 8,
-                 max_len: int | None = None, overflow: str = "reject") -> None:
+                 max_len: int | None = None, overflow: str = "reject",
+                 prefill_tokens: int = 4096) -> None:
         """``overflow``: what to do with a prompt that leaves no room for max_new_tokens:
-        "reject" it (context_length_exceeded) or "truncate" it from the left."""
+        "reject" it (context_length_exceeded) or "truncate" it from the left.
+        ``prefill_tokens``: most (padded) prompt tokens prefilled together in one step."""
         if overflow not in ("reject", "truncate"):
             raise ValueError(f"overflow must be 'reject' or 'truncate', got {overflow!r}")
         self.overflow = overflow
+        self.prefill_tokens = prefill_tokens
         self.model, self.tok = model.eval(), tok
         self.max_len = max_len or model.config.max_seq_len
         self.cache = SlotCache(model, max_batch, self.max_len)
@@ -113,7 +127,7 @@ class Engine:
         if len(prompt) > room and self.overflow == "truncate" and room > 0:
             prompt = prompt[-room:]
         name = request or f"req-{next(self._ids)}"
-        generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        generator = torch.Generator(device=self.device).manual_seed(config.seed % (1 << 63))  # any API seed
         self.waiting.append(_Active(name, prompt, config, RowText(config.stop), generator,
                                     history=list(prompt), echo=echo))
         return name
@@ -137,7 +151,8 @@ class Engine:
 
     def _emit(self, row: _Active, token: int, last_step: bool) -> Event:
         """Advance one sequence by ``token`` and say what became visible."""
-        hit_eos = token in self.stops or token in row.config.stop_token_ids
+        hit_eos = not row.config.ignore_eos and (token in self.stops
+                                                 or token in row.config.stop_token_ids)
         if not hit_eos:
             row.text.ids.append(token)
             row.history.append(token)
@@ -147,7 +162,14 @@ class Engine:
         row.text.sent += len(piece)
         return Event(row.request, piece, token, done)
 
-    def _sample(self, row: _Active, logits: Tensor, last_step: bool) -> Event:
+    def _choose(self, rows: list[_Active], logits: Tensor) -> list[int]:
+        """Next token of each row from its logits [n, vocab]: plain greedy rows in one batched
+        argmax, the rest through the full sampler with their own generator and penalties."""
+        greedy = logits.argmax(-1).tolist()
+        return [greedy[i] if plain_greedy(row.config) else self._draw(row, logits[i])
+                for i, row in enumerate(rows)]
+
+    def _draw(self, row: _Active, logits: Tensor) -> int:
         config = row.config
         none = torch.empty(1, 0, dtype=torch.long, device=self.device)
         # the penalties' token lists are only built for requests that use them
@@ -155,32 +177,54 @@ class Engine:
                    if config.repetition_penalty != 1.0 else none)
         generated = (torch.tensor([row.text.ids], dtype=torch.long, device=self.device)
                      if config.presence_penalty or config.frequency_penalty else None)
-        token = int(next_tokens(logits[None], history, config, row.generator, generated)[0])
-        event = self._emit(row, token, last_step)
+        return int(next_tokens(logits[None], history, config, row.generator, generated)[0])
+
+    def _sample(self, rows: list[_Active], logits: Tensor, last_steps: list[bool]
+                ) -> list[Event]:
+        """Choose, emit, and attach log-probs (one batched log-softmax) for every row."""
+        tokens = self._choose(rows, logits)
         logp = torch.log_softmax(logits.float(), dim=-1)
-        event.logprob = float(logp[token])
-        if row.config.logprobs:
-            top = logp.topk(row.config.logprobs)
-            event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(),
-                                          strict=True))
-        return event
+        chosen = logp.gather(1, torch.tensor(tokens, device=self.device)[:, None])[:, 0].tolist()
+        events = []
+        for i, (row, token, last_step) in enumerate(zip(rows, tokens, last_steps, strict=True)):
+            event = self._emit(row, token, last_step)
+            event.logprob = chosen[i]
+            if row.config.logprobs:
+                top = logp[i].topk(row.config.logprobs)
+                event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(),
+                                              strict=True))
+            events.append(event)
+        return events
 
     def _admit(self) -> list[Event]:
-        events = []
-        while self.free and self.waiting:
-            row = self.waiting.popleft()
+        """Prefill every waiting request that fits, in one right-padded batch (pad positions are
+        never attended: each row's decode overwrites them before its mask reaches them)."""
+        events, rows, width = [], [], 0
+        while len(rows) < len(self.free) and self.waiting:
+            row = self.waiting[0]
+            grown = max(width, len(row.prompt))
+            if rows and grown * (len(rows) + 1) > self.prefill_tokens:
+                break  # the rest waits for the next step: bounded logits memory
+            self.waiting.popleft()
             if len(row.prompt) + row.config.max_new_tokens > self.max_len:
                 events.append(Event(row.request, "", None, "context_length_exceeded"))
-                continue
-            slot = self.free.pop()
-            self.cache.select([slot], [0])
-            tokens = torch.tensor([row.prompt], device=self.device)
-            logits = self.model(tokens, cache=self.cache).logits[0]
-            row.position = len(row.prompt)
-            event = self._sample(row, logits[-1], row.config.max_new_tokens == 1)
-            if row.echo:
-                logp = torch.log_softmax(logits[:-1].float(), dim=-1)
-                picked = logp.gather(1, tokens[0, 1:, None])[:, 0].tolist()
+            else:
+                rows.append(row)
+                width = grown
+        if not rows:
+            return events
+        slots = [self.free.pop() for _ in rows]
+        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            tokens[i, : len(row.prompt)] = torch.tensor(row.prompt, device=self.device)
+        self.cache.select(slots, [0] * len(rows))
+        last, full = self._prefill(tokens, rows)
+        sampled = self._sample(rows, last, [row.config.max_new_tokens == 1 for row in rows])
+        for i, (slot, row, event) in enumerate(zip(slots, rows, sampled, strict=True)):
+            length = row.position = len(row.prompt)
+            if row.echo and full is not None:
+                logp = torch.log_softmax(full[i, : length - 1].float(), dim=-1)
+                picked = logp.gather(1, tokens[i, 1:length, None])[:, 0].tolist()
                 event.prompt_logprobs = [None, *picked]
             events.append(event)
             if event.finished:
@@ -188,6 +232,17 @@ class Engine:
             else:
                 self.active[slot] = row
         return events
+
+    def _prefill(self, tokens: Tensor, rows: list[_Active]) -> tuple[Tensor, Tensor | None]:
+        """Each row's next-token logits [n, vocab], and all positions' logits only when a row
+        echoes: the vocabulary projection of a whole long prompt is most of its prefill time."""
+        lasts = torch.tensor([len(row.prompt) - 1 for row in rows], device=self.device)
+        picked = torch.arange(len(rows), device=self.device), lasts
+        if any(row.echo for row in rows):
+            full = self.model(tokens, cache=self.cache).logits
+            return full[picked], full
+        hidden = self.model(tokens, cache=self.cache, return_hidden=True).hidden
+        return self.model.lm_head(hidden[picked]), None
 
     def _decode(self) -> list[Event]:
         slots = sorted(self.active)
@@ -199,12 +254,11 @@ class Engine:
         keys = torch.arange(max(positions) + 1, device=self.device)
         mask = (keys[None, :] <= pos[:, None])[:, None, None]
         logits = self.model(last, positions=pos[:, None], mask=mask, cache=self.cache).logits
-        events = []
-        for i, (slot, row) in enumerate(zip(slots, rows, strict=True)):
+        for row in rows:
             row.position += 1
-            generated = len(row.text.ids) + 1
-            event = self._sample(row, logits[i, -1], generated >= row.config.max_new_tokens)
-            events.append(event)
+        last_steps = [len(row.text.ids) + 1 >= row.config.max_new_tokens for row in rows]
+        events = self._sample(rows, logits[:, -1], last_steps)
+        for slot, event in zip(slots, events, strict=True):
             if event.finished:
                 del self.active[slot]
                 self.free.append(slot)

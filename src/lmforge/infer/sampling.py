@@ -50,21 +50,29 @@ def filter_top_k_top_p(logits: Tensor, top_k: int, top_p: float) -> Tensor:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses p
+        drop[..., 0] = False  # and the most likely one, whatever rounding does to a tiny top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
+
+
+def finite(logits: Tensor) -> Tensor:
+    """Extreme client settings (temperature 1e-300, a huge penalty) overflow to inf; keep the
+    order and let the softmax see finite numbers instead of NaN."""
+    big = torch.finfo(logits.dtype).max
+    return torch.nan_to_num(logits, nan=float("-inf"), posinf=big, neginf=float("-inf"))
 
 
 def next_tokens(logits: Tensor, history: Tensor, config: SamplingConfig,
                 generator: torch.Generator | None, generated: Tensor | None = None) -> Tensor:
     """[b] next token ids from [b, vocab] logits; ``history`` (prompt and output) feeds the
     repetition penalty, ``generated`` (output only) the presence/frequency penalties."""
-    logits = apply_repetition_penalty(logits.float(), history, config.repetition_penalty)
+    logits = finite(apply_repetition_penalty(logits.float(), history, config.repetition_penalty))
     if generated is not None:
         logits = apply_presence_frequency(logits, generated, config.presence_penalty,
                                           config.frequency_penalty)
     if config.temperature == 0.0:
         return logits.argmax(-1)
-    logits = filter_top_k_top_p(logits / config.temperature, config.top_k, config.top_p)
+    logits = filter_top_k_top_p(finite(logits / config.temperature), config.top_k, config.top_p)
     logits = filter_min_p(logits, config.min_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

@@ -21,10 +21,21 @@ class RowText:
         self.sent = 0  # characters already streamed
         self.done: str | None = None
         self.stops = stops
+        self._folded = ""  # decoded text of ids[:_folded_ids], which end on a character boundary
+        self._folded_ids = 0
+
+    def decode(self, tok: Tokenizer) -> str:
+        """All text so far, decoding only the ids since the last character boundary (decoding
+        everything each token would make long answers quadratic)."""
+        tail = tok.decode(self.ids[self._folded_ids :])
+        text = self._folded + tail
+        if not tail.endswith("\ufffd"):
+            self._folded, self._folded_ids = text, len(self.ids)
+        return text
 
     def visible(self, tok: Tokenizer) -> tuple[str, bool]:
         """Text so far, cut at a stop string; whether a stop string was hit."""
-        text = tok.decode(self.ids)
+        text = self.decode(tok)
         for stop in self.stops:
             at = text.find(stop)
             if at >= 0:

@@ -11,12 +11,21 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
@@ -35,6 +44,9 @@ from lmforge.serve.protocol import (
 )
 from lmforge.serve.runner import EngineRunner, QueueFull
 from lmforge.tokenizer import render_chat
+
+STATIC = Path(__file__).parent / "static"
+PUBLIC_PATHS = ("/health", "/static/")  # plus "/": the page itself carries no data
 
 
 @dataclass
@@ -68,18 +80,29 @@ def sampling_config(body: SamplingFields, max_tokens: int, stop: list[str], seed
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
-    return [stop] if isinstance(stop, str) else list(stop or [])
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    return [s for s in stops if s]  # an empty stop string would end every answer at once
 
 
 def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | None = None
                ) -> FastAPI:
     settings = settings or ServeSettings()
-    app = FastAPI(title="lmforge", description="OpenAI-compatible API of an lmforge model")
+    engine = Engine(model, tok, max_batch=settings.max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the engine thread lives as long as the server (a test client may start it many times)
+        app.state.runner = EngineRunner(engine, settings.max_waiting)
+        try:
+            yield
+        finally:
+            app.state.runner.close()
+
+    app = FastAPI(title="lmforge", description="OpenAI-compatible API of an lmforge model",
+                  lifespan=lifespan)
     app.state.settings = settings
     app.state.tok = tok
     app.state.max_len = model.config.max_seq_len
-    app.state.runner = EngineRunner(Engine(model, tok, max_batch=settings.max_batch),
-                                    settings.max_waiting)
     app.state.metrics = Metrics()
 
     @app.exception_handler(APIError)
@@ -104,7 +127,8 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         metrics: Metrics = app.state.metrics
-        if request.url.path != "/health" and settings.api_keys:
+        path = request.url.path
+        if settings.api_keys and path != "/" and not path.startswith(PUBLIC_PATHS):
             header = request.headers.get("authorization", "")
             if header.removeprefix("Bearer ").strip() not in settings.api_keys:
                 return JSONResponse(error_body("missing or invalid API key",
@@ -118,6 +142,12 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
             response = await call_next(request)
             record(response.status_code)
         return response
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -170,6 +200,8 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
                 text += event.text
                 if event.finished:
                     break
+            if got[-1].finished == "error":
+                raise APIError(500, "generation failed; see the server log", kind="server_error")
             results.append((text, got[-1].finished, got))
         return results
 
@@ -262,10 +294,6 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
                    for i, (out, finished, _) in enumerate(results)]
         return envelope("chat.completion", request_id, settings.model_name, choices,
                         usage=usage(len(prompt), total))
-
-    @app.on_event("shutdown")
-    async def shutdown() -> None:
-        app.state.runner.close()
 
     return app
 

@@ -9,12 +9,16 @@ the engine drops it before its next step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from dataclasses import dataclass
 
 from lmforge.config import SamplingConfig
 from lmforge.infer.engine import Engine, Event
+
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
@@ -72,8 +76,26 @@ class EngineRunner:
                 self._done(item)
         else:
             self._subscribers[item.request] = item
-            self.engine.submit(item.prompt, item.config, item.request, echo=item.echo)
+            try:
+                self.engine.submit(item.prompt, item.config, item.request, echo=item.echo)
+            except Exception:  # one bad request must not take the server down
+                log.exception("request %s could not start", item.request)
+                self._publish(Event(item.request, "", None, finished="error"))
         return True
+
+    def _publish(self, event: Event) -> None:
+        subscriber = self._subscribers.get(event.request)
+        if subscriber is None:
+            return
+        subscriber.loop.call_soon_threadsafe(subscriber.events.put_nowait, event)
+        if event.finished:
+            self._done(event.request)
+
+    def _fail_all(self) -> None:
+        log.exception("engine step failed; ending %d requests", len(self._subscribers))
+        for request in list(self._subscribers):
+            self.engine.cancel(request)
+            self._publish(Event(request, "", None, finished="error"))
 
     def _done(self, request: str) -> None:
         self._subscribers.pop(request, None)
@@ -93,10 +115,10 @@ class EngineRunner:
                 pass
             if not self.engine.busy:
                 continue
-            for event in self.engine.step():
-                subscriber = self._subscribers.get(event.request)
-                if subscriber is None:
-                    continue
-                subscriber.loop.call_soon_threadsafe(subscriber.events.put_nowait, event)
-                if event.finished:
-                    self._done(event.request)
+            try:
+                events = self.engine.step()
+            except Exception:
+                self._fail_all()
+                continue
+            for event in events:
+                self._publish(event)

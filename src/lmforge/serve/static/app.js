@@ -1,0 +1,222 @@
+// lmforge web chat: plain JS, no build step. Conversations live in localStorage; answers stream
+// from /v1/chat/completions (SSE) and can be stopped; RAG sources are shown under the answer.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STORE = "lmforge.conversations";
+const state = { conversations: load(), current: null, controller: null };
+
+function load() {
+  try { return JSON.parse(localStorage.getItem(STORE)) || []; } catch { return []; }
+}
+function save() { localStorage.setItem(STORE, JSON.stringify(state.conversations)); }
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function inline(text) {
+  return escapeHtml(text)
+    .replace(/`([^`]+)`/g, "<code>$1</code>")
+    .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
+    .replace(/(^|[^*])\*([^*\s][^*]*)\*/g, "$1<em>$2</em>")
+    .replace(/\[([^\]]+)\]\((https?:\/\/[^)\s]+)\)/g, '<a href="$2" target="_blank" rel="noopener">$1</a>')
+    .replace(/\[(\d+)\]/g, '<sup class="cite">[$1]</sup>');
+}
+
+// A small markdown subset (fenced code, headings, lists, paragraphs, inline marks). Everything is
+// escaped first, so model output can never inject HTML into the page.
+function renderMarkdown(source) {
+  const out = [];
+  const lines = source.split("\n");
+  let list = null, paragraph = [];
+  const flush = () => {
+    if (paragraph.length) out.push("<p>" + paragraph.map(inline).join("<br>") + "</p>");
+    paragraph = [];
+    if (list) out.push(`</${list}>`);
+    list = null;
+  };
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    if (line.startsWith("```")) {
+      flush();
+      const code = [];
+      for (i++; i < lines.length && !lines[i].startsWith("```"); i++) code.push(lines[i]);
+      out.push("<pre><code>" + escapeHtml(code.join("\n")) + "</code></pre>");
+      continue;
+    }
+    const heading = line.match(/^(#{1,6})\s+(.*)$/);
+    const item = line.match(/^\s*(?:([-*+])|(\d+)[.)])\s+(.*)$/);
+    if (heading) { flush(); out.push(`<h${heading[1].length}>${inline(heading[2])}</h${heading[1].length}>`); }
+    else if (item) {
+      const kind = item[1] ? "ul" : "ol";
+      if (paragraph.length || list !== kind) { flush(); out.push(`<${kind}>`); list = kind; }
+      out.push("<li>" + inline(item[3]) + "</li>");
+    } else if (!line.trim()) flush();
+    else { if (list) flush(); paragraph.push(line); }
+  }
+  flush();
+  return out.join("");
+}
+
+function conversation() {
+  if (!state.current) {
+    state.current = { id: Date.now().toString(36), title: "New chat", messages: [] };
+    state.conversations.unshift(state.current);
+  }
+  return state.current;
+}
+
+function renderSources(element, sources) {
+  if (!sources || !sources.length) return;
+  const box = document.createElement("ol");
+  box.className = "sources";
+  for (const s of sources) {
+    const li = document.createElement("li");
+    li.value = s.n;
+    const where = [s.document, s.page ? `p. ${s.page}` : "", s.heading || ""].filter(Boolean).join(" · ");
+    li.innerHTML = `<strong>${escapeHtml(where)}</strong>: ${escapeHtml(s.text.slice(0, 160))}${s.text.length > 160 ? "…" : ""}`;
+    box.appendChild(li);
+  }
+  element.appendChild(box);
+}
+
+function addMessage(message) {
+  const element = document.createElement("div");
+  element.className = `message ${message.role}`;
+  element.innerHTML = message.role === "user" ? escapeHtml(message.content).replace(/\n/g, "<br>")
+    : renderMarkdown(message.content);
+  renderSources(element, message.sources);
+  $("messages").appendChild(element);
+  element.scrollIntoView({ block: "end" });
+  return element;
+}
+
+function renderAll() {
+  $("messages").innerHTML = "";
+  for (const m of state.current ? state.current.messages : []) addMessage(m);
+  const history = $("history");
+  history.innerHTML = "";
+  for (const c of state.conversations) {
+    const li = document.createElement("li");
+    if (c === state.current) li.className = "active";
+    const open = document.createElement("button");
+    open.className = "open"; open.type = "button"; open.textContent = c.title;
+    open.onclick = () => { if (!state.controller) { state.current = c; renderAll(); } };
+    const remove = document.createElement("button");
+    remove.className = "delete"; remove.type = "button"; remove.textContent = "×"; remove.title = "Delete";
+    remove.onclick = () => {
+      state.conversations = state.conversations.filter((x) => x !== c);
+      if (state.current === c) state.current = null;
+      save(); renderAll();
+    };
+    li.append(open, remove);
+    history.appendChild(li);
+  }
+}
+
+function showError(text) { $("error").hidden = !text; $("error").textContent = text || ""; }
+function busy(on) { $("send").hidden = on; $("stop").hidden = !on; }
+
+// Parse a server-sent-event body; TextDecoder's stream mode keeps a Chinese character that arrives
+// split across network chunks whole.
+async function* events(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
+      if (data === "[DONE]") return;
+      if (data) yield JSON.parse(data);
+    }
+  }
+}
+
+async function send(text) {
+  const chat = conversation();
+  if (chat.messages.length === 0) chat.title = text.slice(0, 30);
+  chat.messages.push({ role: "user", content: text });
+  renderAll();
+  const answer = { role: "assistant", content: "", sources: null };
+  const element = addMessage(answer);
+  element.classList.add("streaming");
+  const system = $("system").value.trim();
+  const body = {
+    messages: (system ? [{ role: "system", content: system }] : []).concat(
+      chat.messages.map(({ role, content }) => ({ role, content }))),
+    stream: true,
+    temperature: Number($("temperature").value),
+    top_p: Number($("top-p").value),
+    max_tokens: Number($("max-tokens").value),
+  };
+  if ($("use-rag").checked) body.rag = true;
+  state.controller = new AbortController();
+  busy(true); showError("");
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeader() },
+      body: JSON.stringify(body), signal: state.controller.signal,
+    });
+    if (!response.ok) {
+      const problem = await response.json().catch(() => ({}));
+      throw new Error((problem.error && problem.error.message) || `HTTP ${response.status}`);
+    }
+    for await (const chunk of events(response)) {
+      if (chunk.sources) answer.sources = chunk.sources;
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && delta.content) {
+        answer.content += delta.content;
+        element.innerHTML = renderMarkdown(answer.content);
+        element.scrollIntoView({ block: "end" });
+      }
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") showError(err.message);
+  } finally {
+    element.classList.remove("streaming");
+    element.innerHTML = renderMarkdown(answer.content);
+    renderSources(element, answer.sources);
+    chat.messages.push(answer);
+    state.controller = null;
+    busy(false); save(); renderAll();
+  }
+}
+
+function authHeader() {
+  const key = new URLSearchParams(location.hash.slice(1)).get("key");
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("input").value.trim();
+  if (!text || state.controller) return;
+  $("input").value = "";
+  send(text);
+});
+$("input").addEventListener("keydown", (event) => {
+  // While an IME is composing (pinyin), Enter picks a candidate; it must not send the message.
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+$("stop").addEventListener("click", () => state.controller && state.controller.abort());
+$("new-chat").addEventListener("click", () => { if (!state.controller) { state.current = null; renderAll(); } });
+for (const [slider, label] of [["temperature", "temperature-value"], ["top-p", "top-p-value"]]) {
+  $(slider).addEventListener("input", () => { $(label).textContent = $(slider).value; });
+}
+fetch("/v1/models", { headers: authHeader() }).then((r) => r.json()).then((m) => {
+  $("model-name").textContent = `model: ${m.data[0].id}`;
+  if (!m.rag) { $("use-rag").disabled = true; $("use-rag").parentElement.title = "no RAG index loaded"; }
+  else $("use-rag").checked = true;
+}).catch(() => {});
+state.current = state.conversations[0] || null;
+renderAll();

@@ -1,0 +1,115 @@
+"""The web chat page in a real headless Chromium against a live server: a question typed in
+Chinese streams an answer, Enter during IME composition does not send, the stop button ends a
+generation, conversations persist, and model output cannot inject HTML."""
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURE_TOKENIZER, live_server
+
+from lmforge.config import ModelConfig
+from lmforge.model import Transformer
+from lmforge.serve import ServeSettings, create_app
+from lmforge.tokenizer import load_tokenizer
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and not os.environ.get("CI"):
+    pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)",
+                allow_module_level=True)
+
+
+class PacedTransformer(Transformer):
+    """The real model, slowed to ~50 tokens/s so a person (or a test) can press stop mid-answer."""
+
+    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        time.sleep(0.02)
+        return super().forward(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    tok = load_tokenizer(FIXTURE_TOKENIZER)
+    torch.manual_seed(0)
+    model = PacedTransformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
+                                         n_heads=4, n_kv_heads=2, max_seq_len=512)).eval()
+    with live_server(create_app(model, tok, ServeSettings(model_name="tiny-web"))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    assert CHROMIUM, "chromium must be installed in CI"
+    with playwright_api.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, server: str):  # noqa: ANN001, ANN201
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server)
+    page.wait_for_function("document.getElementById('model-name').textContent.includes('tiny')")
+    yield page
+    context.close()
+
+
+def assistant_text(page) -> str:  # noqa: ANN001
+    return page.locator(".message.assistant").last.inner_text()
+
+
+def test_question_streams_an_answer_and_is_kept(page, tmp_path: Path) -> None:  # noqa: ANN001
+    page.fill("#max-tokens", "40")
+    page.fill("#input", "什么是犹豫期？")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.assistant.streaming")
+    page.wait_for_function("document.querySelector('.message.assistant:not(.streaming)')"
+                           " && document.getElementById('stop').hidden", timeout=30_000)
+    assert page.locator(".message.user").inner_text() == "什么是犹豫期？"
+    assert assistant_text(page).strip()
+    assert page.locator("#history li").first.inner_text().startswith("什么是犹豫期")
+    screenshot = tmp_path / "chat.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 5_000
+    page.reload()  # the conversation survives a reload
+    page.wait_for_selector(".message.assistant")
+    assert page.locator(".message.user").inner_text() == "什么是犹豫期？"
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0
+
+
+def test_stop_button_ends_generation(page, server: str) -> None:  # noqa: ANN001
+    page.fill("#max-tokens", "400")
+    page.fill("#input", "请详细介绍保险合同")
+    page.click("#send")
+    page.wait_for_function("document.querySelector('.message.assistant')"
+                           " && document.querySelector('.message.assistant').innerText.length > 2")
+    page.click("#stop")
+    page.wait_for_function("document.getElementById('send').hidden === false")
+    stopped = assistant_text(page)
+    time.sleep(0.5)
+    assert assistant_text(page) == stopped  # nothing arrives after stop
+    assert page.locator(".message.assistant.streaming").count() == 0
+
+
+def test_enter_during_ime_composition_does_not_send(page) -> None:  # noqa: ANN001
+    page.fill("#input", "baoxian")
+    page.dispatch_event("#input", "keydown", {"key": "Enter", "isComposing": True})
+    page.evaluate("""() => document.getElementById('input').dispatchEvent(
+        new KeyboardEvent('keydown', {key: 'Enter', isComposing: true, bubbles: true}))""")
+    assert page.locator(".message").count() == 0
+    assert page.input_value("#input") == "baoxian"
+
+
+def test_markdown_is_rendered_and_html_escaped(page) -> None:  # noqa: ANN001
+    html = page.evaluate("renderMarkdown('## 条款\\n- **免责** 见[2]\\n- <img src=x onerror=alert(1)>')")
+    assert "<h2>条款</h2>" in html and "<strong>免责</strong>" in html
+    assert '<sup class="cite">[2]</sup>' in html
+    assert "<img" not in html and "&lt;img" in html
