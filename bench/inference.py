@@ -16,14 +16,13 @@ Run by hand after the demo (``bash scripts/demo.sh``):
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import copy
-import math
 
 import torch
 import torch.nn.functional as F

@@ -109,7 +109,8 @@ def test_enter_during_ime_composition_does_not_send(page) -> None:  # noqa: ANN0
 
 
 def test_markdown_is_rendered_and_html_escaped(page) -> None:  # noqa: ANN001
-    html = page.evaluate("renderMarkdown('## 条款\\n- **免责** 见[2]\\n- <img src=x onerror=alert(1)>')")
+    source = "## 条款\\n- **免责** 见[2]\\n- <img src=x onerror=alert(1)>"
+    html = page.evaluate(f"renderMarkdown('{source}')")
     assert "<h2>条款</h2>" in html and "<strong>免责</strong>" in html
     assert '<sup class="cite">[2]</sup>' in html
     assert "<img" not in html and "&lt;img" in html

@@ -189,9 +189,117 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"Hugging Face folder: {out} (load with transformers.AutoModelForCausalLM)")
 
 
-def _inference_args(parser: argparse.ArgumentParser) -> None:
+def _rag_config(args: argparse.Namespace) -> Any:
+    return _load(args).rag
+
+
+def _access(args: argparse.Namespace) -> Any:
+    from lmforge.rag import Access
+
+    where = {}
+    for item in args.where or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--where {item!r}: expected FIELD=VALUE")
+        where[key] = value
+    return Access(user=args.user, groups=args.group or [], tenant=args.tenant, where=where)
+
+
+def cmd_rag_index(args: argparse.Namespace) -> None:
+    from lmforge.data.ingest import Document
+    from lmforge.rag import RagIndex, read_sources
+
+    index = RagIndex.create(args.index, _rag_config(args))
+    documents: list[Document] = []
+    problems: list[Any] = []
+    for item in read_sources(args.paths, index.config):
+        if isinstance(item, Document):
+            documents.append(item)
+        else:
+            problems.append(item)
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    report = index.add(documents)
+    if args.prune:
+        report.deleted = index.delete(sorted(set(index.docs) - {d.doc_id for d in documents}))
+    index.save()
+    print(f"index: {args.index} ({report.added} added, {report.replaced} replaced, "
+          f"{report.unchanged} unchanged, {report.deleted} deleted; {len(index.docs)} documents, "
+          f"{report.chunks} chunks; {report.embedded} embedded, {len(problems)} problems)")
+
+
+def cmd_rag_delete(args: argparse.Namespace) -> None:
+    from lmforge.rag import RagIndex
+
+    index = RagIndex.open(args.index)
+    removed = index.delete(args.doc_ids)
+    index.save()
+    print(f"deleted {removed} of {len(args.doc_ids)} documents; {len(index.docs)} remain")
+
+
+def cmd_rag_train_reranker(args: argparse.Namespace) -> None:
+    from lmforge.pipeline.reranker import train_reranker
+
+    config = _load(args)
+    report = train_reranker(args.index, args.queries, config.rag.reranker, config.run.seed)
+    held = report["held_out"]
+    print(f"reranker: {args.index / 'reranker'}; held-out recall@1 "
+          f"{held['reranker']['recall@1']:.3f} (fusion {held['fusion']['recall@1']:.3f}, "
+          f"BM25 {held['keyword']['recall@1']:.3f}); report: "
+          f"{args.index / 'reranker' / 'report.md'}")
+
+
+def cmd_rag_eval(args: argparse.Namespace) -> None:
+    from lmforge.rag import RagIndex, evaluate, read_queries
+
+    index = RagIndex.open(args.index)
+    result = evaluate(index, read_queries(args.queries), args.filter or "",
+                      include_trained=args.include_trained)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    for mode in ("dense", "keyword", "hybrid", "final"):
+        m = result[mode]
+        print(f"{mode:8} recall@1 {m['recall@1']:.3f}  recall@5 {m['recall@5']:.3f}  "
+              f"recall@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  "
+              f"p50 {m['latency_ms']['p50']} ms")
+    print(f"{result['queries']} questions ({result['excluded_trained']} from the reranker's "
+          f"training contracts left out)")
+
+
+def cmd_rag_ask(args: argparse.Namespace) -> None:
+    from lmforge.prompts import NO_ANSWER
+    from lmforge.rag import Grounding, RagIndex, Reranker, Retriever
+
+    index = RagIndex.open(args.index)
+    grounding = Grounding(Retriever(index, Reranker.load(index)))
+    retrieved = grounding.retrieve(args.question, _access(args), args.passages)
+    answer = NO_ANSWER if not retrieved.relevant else None
+    if answer is None and args.model:
+        from lmforge.infer import generate
+        from lmforge.tokenizer import render_chat
+
+        model, tok, sampling, system = _inference_setup(args)
+        messages = [*([{"role": "system", "content": system}] if system else []),
+                    {"role": "user", "content": retrieved.user_message(args.question)}]
+        prompt = render_chat(messages, add_generation_prompt=True)
+        answer = generate(model, tok, [prompt], sampling)[0].strip()
+    sources = retrieved.sources() if retrieved.relevant else []
+    if args.json:
+        print(json.dumps({"answer": answer, "sources": sources}, ensure_ascii=False))
+        return
+    if answer is not None:
+        print(answer, end="\n\n")
+    for source in sources:
+        where = " · ".join(str(x) for x in (source["document"], source["page"] and
+                                            f"p. {source['page']}", source["heading"]) if x)
+        print(f"[{source['n']}] {where}: {source['text'][:200]}")
+
+
+def _inference_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     _recipe_args(parser)
-    parser.add_argument("--model", type=Path, required=True, help="model folder (ours or HF)")
+    parser.add_argument("--model", type=Path, required=model_required,
+                        help="model folder (ours or HF)")
     parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply on top")
     parser.add_argument("--system", help="system prompt for chat (default: the recipe's "
                                          "assistant; '' for none)")
@@ -302,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="required bearer key (repeatable; or LMFORGE_API_KEYS=a,b)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
 
+    _rag_parsers(stages)
+
     export = stages.add_parser("export", help="export a model to other tools' formats",
                                description="Export a model folder.",
                                epilog="example:\n  lmforge export hf --model "
@@ -318,13 +428,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rag_parsers(stages: argparse._SubParsersAction) -> None:
+    index = "runs/insurance-zh/rag"
+    rag = stages.add_parser("rag", help="index documents and answer from them (RAG)",
+                            description="Retrieval-augmented answers over your documents.",
+                            epilog=f"example:\n  lmforge rag index data/insurance/passages.jsonl "
+                                   f"--index {index}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = rag.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _add(sub, "index", "add or update documents (files or folders) in an index",
+             f"lmforge rag index docs/ data/insurance/passages.jsonl --index {index}",
+             cmd_rag_index)
+    _recipe_args(p)
+    p.add_argument("paths", nargs="+", type=Path, help="files or folders (txt, md, html, "
+                                                       "jsonl, json, pdf, docx)")
+    p.add_argument("--index", type=Path, required=True, help="index folder")
+    p.add_argument("--prune", action="store_true",
+                   help="delete indexed documents that are no longer in the given paths")
+    p = _add(sub, "delete", "remove documents from an index",
+             f"lmforge rag delete --index {index} p0001 p0002", cmd_rag_delete)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("doc_ids", nargs="+", help="document ids")
+    p = _add(sub, "train-reranker", "train the domain reranker on question-passage pairs",
+             f"lmforge rag train-reranker --index {index} --queries "
+             "data/insurance/queries.jsonl", cmd_rag_train_reranker)
+    _recipe_args(p)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--queries", type=Path, required=True,
+                   help="jsonl: question, gold_pid and the group field (contract)")
+    p = _add(sub, "eval", "recall@k and MRR of each retriever",
+             f"lmforge rag eval --index {index} --queries data/insurance/queries.jsonl "
+             "--filter contract --json", cmd_rag_eval)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--queries", type=Path, required=True)
+    p.add_argument("--filter", help="restrict each question to documents sharing this field")
+    p.add_argument("--include-trained", action="store_true",
+                   help="also count questions from the reranker's training contracts")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = _add(sub, "ask", "answer a question from the index, with sources",
+             f"lmforge rag ask --index {index} --model runs/insurance-zh/dpo/model "
+             "'犹豫期有多长？'", cmd_rag_ask)
+    _inference_args(p, model_required=False)
+    p.add_argument("question")
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--passages", type=int, help="passages in the prompt (default: rag.top_k)")
+    p.add_argument("--user", help="answer as this user: only documents whose acl names them")
+    p.add_argument("--group", action="append", help="a group of the user (repeatable)")
+    p.add_argument("--tenant", help="only documents of this tenant")
+    p.add_argument("--where", action="append", metavar="FIELD=VALUE",
+                   help="only documents with this metadata (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lmforge.data.shards import ShardError
+    from lmforge.rag.index import RagIndexError
 
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ShardError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ShardError, ValueError, RagIndexError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

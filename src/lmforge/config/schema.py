@@ -411,6 +411,69 @@ class PreferenceConfig:
 
 
 @dataclass
+class RerankerConfig:
+    """The domain cross-encoder ``lmforge rag train-reranker`` trains on question-passage pairs
+    (train.seq_len: question + passage tokens; train.batch_size: questions per step)."""
+
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    vocab_size: int = 4000  # of the tokenizer trained on the index when no init model is given
+    negatives: int = 7  # hard negatives per question, from the retrievers' top candidates
+    candidates: int = 30  # how deep it reranks (and mines negatives)
+    val_fraction: float = 0.25  # of groups (contracts): never trained on, used for evaluation
+    group_field: str = "contract"
+    init_from: str = ""  # an lmforge model folder whose tokenizer and weights start the encoder
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=400, batch_size=8, seq_len=192, lr=2e-3, warmup_steps=20, eval_every=100,
+        save_every=100, log_every=20, eval_batches=0, threads=2))
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "negatives", "candidates"):
+            _check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        _check(self.dim % self.n_heads == 0, "dim", "a multiple of n_heads", self.dim)
+        _check(self.candidates > self.negatives, "candidates", "more than negatives",
+               self.candidates)
+        _fraction("val_fraction", self.val_fraction)
+
+
+@dataclass
+class RagConfig:
+    """Indexing, retrieval and answering over a company's documents."""
+
+    chunk_size: int = 300
+    chunk_overlap: int = 60
+    chunk_unit: Literal["chars", "tokens"] = "chars"  # tokens: the embedder's own tokenizer
+    store: Literal["lancedb", "qdrant"] = "lancedb"
+    qdrant_location: str = ""  # a folder (default: inside the index) or http(s):// URL
+    embed_threads: int = 1
+    user_dict: str = ""  # domain terms for jieba: one per line, or jsonl with a "term" field
+    id_field: str = "auto"  # jsonl/json: the record's id field ("auto": id, pid or doc_id)
+    meta_fields: list[str] = field(default_factory=lambda: ["*"])  # "*": every other field
+    dense_k: int = 50
+    keyword_k: int = 50
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    keyword_weight: float = 1.0
+    top_k: int = 3  # passages put in the prompt
+    # no-answer gate: a question is answerable when its best passage has at least this dense
+    # cosine similarity (e5's scale: bundled insurance questions >= 0.91, off-topic <= 0.86) or
+    # covers this share of the question's IDF-weighted terms
+    min_dense_score: float = 0.88
+    min_keyword_coverage: float = 0.6
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.chunk_size >= 16, "chunk_size", "at least 16", self.chunk_size)
+        _check(0 <= self.chunk_overlap < self.chunk_size, "chunk_overlap",
+               "0 or more and below chunk_size", self.chunk_overlap)
+        for name in ("dense_k", "keyword_k", "rrf_k", "top_k", "embed_threads"):
+            _check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        for name in ("dense_weight", "keyword_weight"):
+            _check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+
+
+@dataclass
 class RecipeConfig:
     """A whole recipe: one section per stage."""
 
@@ -423,3 +486,4 @@ class RecipeConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
     rm: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rag: RagConfig = field(default_factory=RagConfig)

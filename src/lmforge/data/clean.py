@@ -36,11 +36,14 @@ def _is_cjk(ch: str) -> bool:
 
 
 def strip_invisible(text: str) -> str:
-    """Drop control and zero-width characters; keep newlines and tabs."""
+    """Drop control and zero-width characters; keep newlines and tabs; a page break (form
+    feed, from pdf) becomes a paragraph break."""
     out = []
     for ch in text:
         if ch in "\n\t":
             out.append(ch)
+        elif ch == "\f":
+            out.append("\n\n")
         elif ch in _INVISIBLE:
             continue
         elif unicodedata.category(ch) in ("Cc", "Cf", "Cs"):

@@ -25,6 +25,7 @@ SUFFIX_FORMATS = {
     ".ndjson": "jsonl", ".json": "json", ".html": "html", ".htm": "html", ".pdf": "pdf",
     ".docx": "docx",
 }
+AUTO_ID_FIELDS = ("id", "pid", "doc_id")
 EXTRA_HINT = "install the optional extra: pip install 'lmforge[docs]'"
 
 
@@ -47,6 +48,13 @@ class Problem:
 
 
 Item = Document | Problem
+
+
+def _meta_value(value: object) -> str:
+    """Metadata is text; lists (e.g. an ACL) become comma-separated."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def decode_bytes(raw: bytes) -> str | None:
@@ -175,12 +183,23 @@ class Reader:
         meta = {}
         doc_id = default_id
         if isinstance(record, dict):
-            meta = {k: str(record[k]) for k in self.source.meta_fields if k in record}
+            id_field = self._id_field(record)
+            text_fields = {f.strip() for f in self.source.text_field.split(",")}
+            wanted = ([k for k in record if k not in text_fields and k != id_field]
+                      if "*" in self.source.meta_fields else self.source.meta_fields)
+            meta = {k: _meta_value(record[k]) for k in wanted
+                    if k in record and record[k] is not None}
             if self.source.group_field and self.source.group_field in record:
                 meta[self.source.group_field] = str(record[self.source.group_field])
-            if self.source.id_field and self.source.id_field in record:
-                doc_id = str(record[self.source.id_field])
+            if id_field:
+                doc_id = str(record[id_field])
         return self._doc(text, doc_id, meta)
+
+    def _id_field(self, record: dict) -> str:
+        """The configured id field; "auto" takes the first of id / pid / doc_id present."""
+        if self.source.id_field == "auto":
+            return next((f for f in AUTO_ID_FIELDS if f in record), "")
+        return self.source.id_field if self.source.id_field in record else ""
 
     def _read_jsonl(self, path: Path) -> Iterator[Item]:
         name = self._name(path)
@@ -243,7 +262,8 @@ class Reader:
         if not any(p.strip() for p in pages):
             yield self._problem(str(path), "no extractable text (scanned or empty pdf), skipped")
             return
-        yield self._doc("\n\n".join(pages), self._name(path), {"pages": str(len(pages))})
+        # pages end in form feeds (as pdftotext writes them): chunkers can recover page numbers
+        yield self._doc("\f".join(pages), self._name(path), {"pages": str(len(pages))})
 
     def _read_docx(self, path: Path) -> Iterator[Item]:
         try:

@@ -127,7 +127,8 @@ class Engine:
         if len(prompt) > room and self.overflow == "truncate" and room > 0:
             prompt = prompt[-room:]
         name = request or f"req-{next(self._ids)}"
-        generator = torch.Generator(device=self.device).manual_seed(config.seed % (1 << 63))  # any API seed
+        seed = config.seed % (1 << 63)  # an API client may send any integer
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         self.waiting.append(_Active(name, prompt, config, RowText(config.stop), generator,
                                     history=list(prompt), echo=echo))
         return name
@@ -199,7 +200,9 @@ class Engine:
     def _admit(self) -> list[Event]:
         """Prefill every waiting request that fits, in one right-padded batch (pad positions are
         never attended: each row's decode overwrites them before its mask reaches them)."""
-        events, rows, width = [], [], 0
+        events: list[Event] = []
+        rows: list[_Active] = []
+        width = 0
         while len(rows) < len(self.free) and self.waiting:
             row = self.waiting[0]
             grown = max(width, len(row.prompt))

@@ -26,16 +26,21 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
 from lmforge.config import SamplingConfig
 from lmforge.infer.engine import Engine, Event
 from lmforge.model import Transformer
+from lmforge.prompts import NO_ANSWER
+from lmforge.rag import Access, Grounding, Retrieved
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
+    RagOptions,
     SamplingFields,
     envelope,
     error_body,
@@ -50,9 +55,19 @@ PUBLIC_PATHS = ("/health", "/static/")  # plus "/": the page itself carries no d
 
 
 @dataclass
+class Principal:
+    """Who an API key speaks for: RAG only retrieves documents this user may read."""
+
+    user: str
+    groups: list[str] = field(default_factory=list)
+    tenant: str | None = None
+
+
+@dataclass
 class ServeSettings:
     model_name: str = "lmforge"
     api_keys: list[str] = field(default_factory=list)
+    key_principals: dict[str, Principal] = field(default_factory=dict)
     max_batch: int = 8
     max_waiting: int = 64
     max_n: int = 8
@@ -84,8 +99,10 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return [s for s in stops if s]  # an empty stop string would end every answer at once
 
 
-def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | None = None
-               ) -> FastAPI:
+def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | None = None,
+               grounding: Grounding | None = None) -> FastAPI:
+    """``grounding`` (a RAG index's retriever) enables the ``rag`` chat option, the sources in
+    answers, and ``/v1/embeddings`` with the index's embedder."""
     settings = settings or ServeSettings()
     engine = Engine(model, tok, max_batch=settings.max_batch)
 
@@ -159,8 +176,66 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model",
-                                            "created": 0, "owned_by": "lmforge"}]}
+        return {"object": "list", "rag": grounding is not None,
+                "data": [{"id": settings.model_name, "object": "model", "created": 0,
+                          "owned_by": "lmforge"}]}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        if grounding is None:
+            raise APIError(404, "no embedder: start the server with a RAG index (--rag-index)",
+                           code="embeddings_unavailable")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if any(not t for t in texts):
+            raise APIError(400, "input texts must be non-empty", param="input")
+        embedder = grounding.retriever.index.embedder
+        embed = embedder.embed_queries if body.input_type == "query" else embedder.embed_passages
+        vectors = await run_in_threadpool(embed, texts)
+        count = sum(len(t) for t in texts)
+        return {"object": "list", "model": embedder.name,
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                         for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": count, "total_tokens": count}}
+
+    def access(request: Request) -> Access:
+        header = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        principal = settings.key_principals.get(header)
+        if principal is None:  # an operator key, or no keys: every document
+            return Access()
+        return Access(user=principal.user, groups=principal.groups, tenant=principal.tenant)
+
+    async def ground(body: ChatCompletionRequest, request: Request,
+                     messages: list[dict[str, str]]) -> Retrieved | None:
+        """With ``rag``, retrieve for the last user message and put the passages in it."""
+        if not body.rag:
+            return None
+        if grounding is None:
+            raise APIError(400, "this server has no RAG index", param="rag")
+        options = body.rag if isinstance(body.rag, RagOptions) else RagOptions()
+        last = next((m for m in reversed(messages) if m["role"] == "user"), None)
+        if last is None:
+            raise APIError(400, "rag needs a user message to answer", param="messages")
+        who = dataclasses.replace(access(request), where=options.filter)
+        retrieved = await run_in_threadpool(grounding.retrieve, last["content"], who,
+                                            options.top_k)
+        if retrieved.relevant:
+            last["content"] = retrieved.user_message(last["content"])
+        return retrieved
+
+    def no_answer(body: ChatCompletionRequest) -> Any:
+        """Nothing relevant was retrieved: say so, never invent."""
+        request_id = new_id("chatcmpl")
+        if body.stream:
+            async def chunks() -> AsyncIterator[dict[str, Any]]:
+                yield envelope("chat.completion.chunk", request_id, settings.model_name,
+                               [{"index": 0, "delta": {"role": "assistant",
+                                                       "content": NO_ANSWER},
+                                 "finish_reason": "stop"}], sources=[])
+            return sse(chunks(), [])
+        return envelope("chat.completion", request_id, settings.model_name,
+                        [{"index": 0, "message": {"role": "assistant", "content": NO_ANSWER},
+                          "finish_reason": "stop", "logprobs": None}],
+                        usage=usage(0, 0), sources=[])
 
     def prepare(body: SamplingFields, prompt_tokens: int, max_tokens: int | None) -> int:
         if body.n > settings.max_n:
@@ -263,8 +338,12 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
                         usage=usage(len(prompt), total))
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest) -> Any:
+    async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         messages = [m.model_dump() for m in body.messages]
+        retrieved = await ground(body, request, messages)
+        if retrieved is not None and not retrieved.relevant:
+            return no_answer(body)
+        cited = {} if retrieved is None else {"sources": retrieved.sources()}
         prompt = tok.encode(render_chat(messages, add_generation_prompt=True),
                             add_special_tokens=False).ids
         budget = prepare(body, len(prompt), body.max_completion_tokens or body.max_tokens)
@@ -278,7 +357,7 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
                 for i in range(len(streams)):
                     yield envelope("chat.completion.chunk", request_id, settings.model_name,
                                    [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                     "finish_reason": None}])
+                                     "finish_reason": None}], **cited)
                 async for i, event in merged(streams):
                     app.state.metrics.completion_tokens += 1
                     delta = {"content": event.text} if event.text else {}
@@ -293,7 +372,7 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
                     "finish_reason": finished, "logprobs": None}
                    for i, (out, finished, _) in enumerate(results)]
         return envelope("chat.completion", request_id, settings.model_name, choices,
-                        usage=usage(len(prompt), total))
+                        usage=usage(len(prompt), total), **cited)
 
     return app
 

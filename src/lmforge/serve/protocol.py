@@ -41,11 +41,26 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class RagOptions(BaseModel):
+    """The ``rag`` extension of a chat request: answer from the server's index."""
+
+    top_k: int | None = Field(default=None, ge=1, le=20)
+    filter: dict[str, str] = Field(default_factory=dict)  # document metadata that must match
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    rag: bool | RagOptions = False
+
+
+class EmbeddingRequest(BaseModel):
+    model: str = ""
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float"] = "float"
+    input_type: Literal["query", "passage"] = "passage"  # extension: e5's two prefixes
 
 
 def new_id(prefix: str) -> str:

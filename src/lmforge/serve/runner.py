@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from lmforge.config import SamplingConfig
 from lmforge.infer.engine import Engine, Event
 
-
 log = logging.getLogger(__name__)
 
 

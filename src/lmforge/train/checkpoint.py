@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from lmforge.atomic import atomic_dir
-from lmforge.model import Transformer, save_model
+from lmforge.model import save_model
 from lmforge.model.weights import load_state
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -51,7 +52,7 @@ def restore_rng(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(folder: Path, step: int, model: Transformer,
+def save_checkpoint(folder: Path, step: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any],
                     keep: int) -> Path:
     target = folder / f"step-{step:06d}"
@@ -76,7 +77,7 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
-def load_checkpoint(path: Path, model: Transformer,
+def load_checkpoint(path: Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     load_state(model, load_file(str(path / "model.safetensors"), device="cpu"), path)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lmforge.config import TrainConfig
-from lmforge.model import Transformer
+from lmforge.model.weights import model_config
 from lmforge.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from lmforge.train.distributed import DistInfo, all_reduce_sum, barrier
 from lmforge.train.metrics import MetricsLog, plot_losses
@@ -47,7 +47,7 @@ class Task(Protocol):
         """Mean loss over the batch's counted items, and how many items were counted."""
         ...
 
-    def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
         ...
 
     def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
@@ -90,7 +90,7 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, model: Transformer, task: Task, out_dir: Path,
+    def __init__(self, config: TrainConfig, model: nn.Module, task: Task, out_dir: Path,
                  dist: DistInfo, seed: int, show_progress: bool = True) -> None:
         self.config, self.model, self.task, self.out_dir, self.dist = (config, model, task,
                                                                        out_dir, dist)
@@ -117,7 +117,7 @@ class Trainer:
             device_ids = [dist.device.index] if dist.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.wrapped, device_ids=device_ids,
-                find_unused_parameters=model.config.n_experts > 0)
+                find_unused_parameters=model_config(model).n_experts > 0)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp is None:

@@ -116,7 +116,7 @@ class DPOTask:
     def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
         return int(batch["inputs"].numel())
 
-    def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
         """Held-out: reward accuracy and margin; the policy's own preference accuracy by summed
         and by per-token log-probability (at step 0 these are the starting model's); the mean
         per-token log-ratio to the reference (a KL estimate on these answers)."""

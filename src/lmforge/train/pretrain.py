@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lmforge.data import ShardSet
-from lmforge.model import Transformer, document_inputs
+from lmforge.model import document_inputs
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.sampler import EpochSampler
 
@@ -105,7 +105,7 @@ class PretrainTask:
     def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
         return batch["inputs"].numel()
 
-    def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
         """Validation loss and bits per byte over a fixed, evenly spread set of windows."""
         total = self.eval_batches * self.eval_batch_size
         count = min(total, len(self.val))

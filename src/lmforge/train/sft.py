@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lmforge.data.chat import Conversation, Message
-from lmforge.model import Transformer, document_inputs
+from lmforge.model import document_inputs
 from lmforge.tokenizer import IM_END, IM_START, PAD
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.sampler import EpochSampler
@@ -161,7 +161,7 @@ class SFTTask:
     def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
         return batch["inputs"].numel()
 
-    def evaluate(self, model: Transformer, dist: DistInfo) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
         sums = torch.zeros(2, dtype=torch.float64, device=dist.device)
         rows = list(range(len(self.val[0])))[dist.rank :: dist.world]
         for i in range(0, len(rows), self.eval_batch_size):

@@ -1,0 +1,70 @@
+"""Answering from retrieved passages: the prompt (numbered passages in a delimited context
+block, ``prompts.py``, the same format SFT trained on), the sources returned with the answer, and
+the no-answer path: when no passage is relevant enough, the assistant says it does not know
+instead of letting the model invent an answer.
+
+Relevance is judged on the best passage's dense cosine similarity to the question and on how
+much of the question's IDF-weighted terms it covers: either signal above its threshold counts.
+Fusion and reranker scores are rank-based or uncalibrated and cannot gate on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.prompts import Passage, rag_user_message
+from lmforge.rag.index import Access
+from lmforge.rag.rerank import LexicalFeatures
+from lmforge.rag.retrieve import Hit, Retriever
+
+
+@dataclass
+class Retrieved:
+    hits: list[Hit]
+    relevant: bool
+
+    def sources(self) -> list[dict[str, Any]]:
+        """What a client shows under the answer: [n] -> document, chunk, page, text."""
+        return [{"n": n, "document": h.doc.doc_id, "chunk": h.chunk.index, "page": h.chunk.page,
+                 "heading": h.chunk.heading, "text": h.chunk.text, "score": round(h.score, 4),
+                 "metadata": h.doc.meta} for n, h in enumerate(self.hits, 1)]
+
+    def user_message(self, question: str) -> str:
+        passages = [Passage(h.chunk.text, h.doc.meta.get("title") or h.doc.meta.get("contract")
+                            or h.doc.doc_id) for h in self.hits]
+        return rag_user_message(question, passages)
+
+
+class Grounding:
+    """Retrieval for answering: the top passages, and whether any is relevant at all."""
+
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+        config = retriever.index.config
+        self.min_dense, self.min_coverage = config.min_dense_score, config.min_keyword_coverage
+        self._lexical: LexicalFeatures | None = None
+
+    @property
+    def lexical(self) -> LexicalFeatures:
+        if self._lexical is None:
+            self._lexical = LexicalFeatures(self.retriever.index)
+        return self._lexical
+
+    def retrieve(self, question: str, access: Access | None = None, k: int | None = None
+                 ) -> Retrieved:
+        k = k or self.retriever.index.config.top_k
+        hits = self.retriever.search(question, access, "final", k)
+        return Retrieved(hits, self.is_relevant(question, hits, access))
+
+    def is_relevant(self, question: str, hits: Sequence[Hit], access: Access | None) -> bool:
+        """Only passages this user may read count (a hidden document must not even reveal
+        that an answer exists)."""
+        if not hits:
+            return False
+        dense = self.retriever.index.dense(question, 1, access)
+        best_dense = max([s for _, s in dense] + [h.features.get("dense", 0.0) for h in hits])
+        terms = set(self.lexical.analyzer(question))
+        coverage = max(self.lexical(terms, h.chunk.text)[0] for h in hits)
+        return best_dense >= self.min_dense or coverage >= self.min_coverage

@@ -1,0 +1,188 @@
+"""The domain reranker at query time, and the training data it learns from.
+
+No reranker with bundled weights exists, and the general embedder is weak on insurance clauses,
+so lmforge trains its own (``lmforge rag train-reranker``; the model is
+``model/cross_encoder.py``, the objective ``train/rerank.py``). Here: the features each
+candidate carries (the fused retrievers' scores and ranks, and how much of the question's
+IDF-weighted terms, bigrams and words the passage covers), the question-passage token sequences,
+and the training groups built from the user's question-passage pairs with hard negatives from
+the retrievers. Questions are split by contract (``group_field``): the reranker never trains on
+the held-out contracts, and ``rag eval`` measures on exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from lmforge.config import RerankerConfig
+from lmforge.data.prepare import stable_fraction
+from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, score_group
+from lmforge.rag.index import RagIndex
+from lmforge.rag.retrieve import Hit, Retriever
+from lmforge.tokenizer import IM_START, load_tokenizer
+
+RETRIEVAL_FEATURES = ("rrf", "dense", "keyword", "dense_rank", "keyword_rank")
+FEATURES = (*RETRIEVAL_FEATURES, "idf_coverage", "bigram_coverage", "word_coverage",
+            "log_length")
+FOLDER = "reranker"
+
+
+@dataclass
+class Query:
+    question: str
+    gold: str  # document id of the passage that answers it
+    group: str  # e.g. the contract: the unit of the train / held-out split
+
+
+def read_queries(path: Path, group_field: str = "contract") -> list[Query]:
+    """Queries in the bundled format: ``question``, ``gold_pid`` (and the group field)."""
+    queries = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            queries.append(Query(str(record["question"]), str(record["gold_pid"]),
+                                 str(record.get(group_field, record["gold_pid"]))))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with 'question' and "
+                             f"'gold_pid' ({type(err).__name__}: {err})") from None
+    return queries
+
+
+def is_held_out(group: str, fraction: float, seed: int) -> bool:
+    return stable_fraction(f"{seed}:rerank:{group}") < fraction
+
+
+class LexicalFeatures:
+    """How much of the question a passage covers, weighting terms by IDF over the index."""
+
+    def __init__(self, index: RagIndex) -> None:
+        self.analyzer = index.analyzer
+        self.df: Counter[str] = Counter()
+        for chunk in index.chunks.values():
+            self.df.update(set(self.analyzer(chunk.text)))
+        self.n = max(len(index.chunks), 1)
+
+    def idf(self, term: str) -> float:
+        return math.log((self.n + 1) / (self.df.get(term, 0) + 0.5))
+
+    def __call__(self, question_terms: set[str], passage: str) -> list[float]:
+        present = set(self.analyzer(passage))
+        total = sum(self.idf(t) for t in question_terms) or 1.0
+        bigrams = [t for t in question_terms if t.startswith("#")]
+        words = [t for t in question_terms if not t.startswith("#")]
+        return [sum(self.idf(t) for t in question_terms if t in present) / total,
+                sum(t in present for t in bigrams) / max(len(bigrams), 1),
+                sum(t in present for t in words) / max(len(words), 1),
+                math.log(max(len(passage), 1)) / 8.0]
+
+
+def feature_matrix(hits: Sequence[Hit], question: str, lexical: LexicalFeatures) -> np.ndarray:
+    terms = set(lexical.analyzer(question))
+    rows = [[hit.features.get(name, 0.0) * (60.0 if name == "rrf" else 1.0)
+             for name in RETRIEVAL_FEATURES] + lexical(terms, hit.chunk.text) for hit in hits]
+    return np.asarray(rows, dtype=np.float32).reshape(len(hits), len(FEATURES))
+
+
+def pair_ids(tok: Tokenizer, question: str, passage: str, max_len: int) -> list[int]:
+    """Question, a separator, then as much of the passage as fits."""
+    q = tok.encode(question, add_special_tokens=False).ids[: max_len // 3]
+    sep = tok.token_to_id(IM_START)
+    if sep is None:
+        raise ValueError(f"the reranker's tokenizer has no {IM_START} token")
+    p = tok.encode(passage, add_special_tokens=False).ids
+    return [*q, sep, *p][:max_len]
+
+
+class Reranker:
+    def __init__(self, model: CrossEncoder, tok: Tokenizer, index: RagIndex,
+                 meta: dict[str, Any]) -> None:
+        self.model, self.tok, self.meta = model, tok, meta
+        self.lexical = LexicalFeatures(index)
+        self.depth = int(meta["candidates"])
+        self.max_len = int(meta["max_len"])
+
+    @classmethod
+    def load(cls, index: RagIndex) -> Reranker | None:
+        folder = index.folder / FOLDER / "model"
+        if not (folder / "cross_encoder.json").exists():
+            return None
+        model, meta = CrossEncoder.load(folder)
+        return cls(model, load_tokenizer(folder), index, meta)
+
+    def scores(self, question: str, hits: Sequence[Hit]) -> np.ndarray:
+        group = RerankGroup([pair_ids(self.tok, question, h.chunk.text, self.max_len)
+                             for h in hits], feature_matrix(hits, question, self.lexical),
+                            np.zeros(len(hits), dtype=bool), [h.doc.doc_id for h in hits])
+        return score_group(self.model, group, torch.device("cpu"))
+
+    def rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+        head, tail = hits[: self.depth], hits[self.depth :]
+        if not head:
+            return hits
+        scores = self.scores(question, head)
+        for hit, score in zip(head, scores, strict=True):
+            hit.features["rerank"] = float(score)
+            hit.score = float(score)
+        return sorted(head, key=lambda h: -h.score) + tail
+
+
+def gold_hit(retriever: Retriever, question: str, gold: str) -> Hit | None:
+    """The gold document's best-matching chunk, for a question whose candidates missed it."""
+    index = retriever.index
+    doc = index.docs.get(gold)
+    if doc is None:
+        return None
+    scores = index.keyword.scores(question)
+    best = max(doc.chunks, key=lambda c: scores[index.positions[c]])
+    return Hit(index.chunks[best], doc, 0.0, {})
+
+
+def training_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
+                    config: RerankerConfig, seed: int
+                    ) -> tuple[list[RerankGroup], list[RerankGroup], dict[str, Any]]:
+    """Question groups for training (gold forced in when retrieval missed it) and held-out
+    groups exactly as retrieval returns them (gold absent when retrieval missed it)."""
+    retriever = Retriever(index)
+    lexical = LexicalFeatures(index)
+    train: list[RerankGroup] = []
+    val: list[RerankGroup] = []
+    skipped = 0
+    for query in queries:
+        if query.gold not in index.docs:
+            skipped += 1
+            continue
+        held_out = is_held_out(query.group, config.val_fraction, seed)
+        hits = retriever.candidates(query.question)[: config.candidates]
+        if not held_out and not any(h.doc.doc_id == query.gold for h in hits):
+            extra = gold_hit(retriever, query.question, query.gold)
+            hits = [*hits[:-1], extra] if extra else hits
+        group = RerankGroup(
+            [pair_ids(tok, query.question, h.chunk.text, config.train.seq_len) for h in hits],
+            feature_matrix(hits, query.question, lexical),
+            np.array([h.doc.doc_id == query.gold for h in hits], dtype=bool),
+            [h.doc.doc_id for h in hits])
+        (val if held_out else train).append(group)
+    held = sorted({q.group for q in queries if is_held_out(q.group, config.val_fraction, seed)})
+    stats = {"train_questions": len(train), "held_out_questions": len(val),
+             "held_out_groups": held, "skipped_unknown_gold": skipped}
+    return train, val, stats
+
+
+def trained_groups(index: RagIndex) -> set[str] | None:
+    """Groups (contracts) the index's reranker trained on; None without a reranker."""
+    path = index.folder / FOLDER / "model" / "cross_encoder.json"
+    if not path.exists():
+        return None
+    return set(json.loads(path.read_text(encoding="utf-8")).get("trained_groups", []))
