@@ -193,3 +193,32 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         instance.should_exit = True
         thread.join(timeout=10)
+
+
+def tiny_docs(config: Any) -> list[Any]:
+    from lmforge.data.ingest import Document
+    from lmforge.rag import read_sources
+
+    return [d for d in read_sources([TINY / "rag_passages.jsonl"], config)
+            if isinstance(d, Document)]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    from lmforge.rag.embed import E5Embedder
+
+    return E5Embedder(threads=1)
+
+
+@pytest.fixture(scope="session")
+def rag_index(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Any:
+    """The 20 tiny insurance passages, indexed with the real embedder and LanceDB."""
+    from lmforge.config import RagConfig
+    from lmforge.rag import RagIndex
+
+    config = RagConfig(chunk_size=200, chunk_overlap=40)
+    index = RagIndex.create(tmp_path_factory.mktemp("rag"), config, embedder)
+    report = index.add(tiny_docs(config), progress=False)
+    index.save()
+    assert report.added == 20 and report.chunks >= 20
+    return index

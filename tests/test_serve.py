@@ -90,6 +90,7 @@ def test_echo_prompt_logprobs_for_evaluation(server: str) -> None:
         ({"n": 9}, "n"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
+        ({"rag": True}, "rag"),  # this server has no index
     ],
 )
 def test_bad_parameters_are_400_naming_the_parameter(server: str, body: dict,

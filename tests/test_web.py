@@ -61,6 +61,34 @@ def page(browser, server: str):  # noqa: ANN001, ANN201
     context.close()
 
 
+@pytest.fixture(scope="module")
+def rag_server(rag_index) -> Iterator[str]:  # noqa: ANN001
+    from lmforge.rag import Grounding, Retriever
+
+    tok = load_tokenizer(FIXTURE_TOKENIZER)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
+                                    n_heads=4, n_kv_heads=2, max_seq_len=1024)).eval()
+    app = create_app(model, tok, ServeSettings(model_name="tiny-rag"),
+                     Grounding(Retriever(rag_index)))
+    with live_server(app) as url:
+        yield url
+
+
+def test_rag_answers_show_their_sources(browser, rag_server: str, tmp_path: Path) -> None:  # noqa: ANN001
+    page = browser.new_page()
+    page.goto(rag_server)
+    page.wait_for_function("document.getElementById('use-rag').checked")
+    page.fill("#max-tokens", "8")
+    page.fill("#input", "如果存在重复保险，保险公司会如何分配赔偿责任？")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.assistant .sources li", timeout=30_000)
+    first = page.locator(".message.assistant .sources li").first.inner_text()
+    assert first.startswith("p0001")  # the gold passage of this question, cited as [1]
+    page.screenshot(path=str(tmp_path / "rag.png"), full_page=True)
+    page.close()
+
+
 def assistant_text(page) -> str:  # noqa: ANN001
     return page.locator(".message.assistant").last.inner_text()
 

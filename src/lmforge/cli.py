@@ -149,13 +149,38 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from lmforge.serve import ServeSettings, create_app
 
     model, tok, _, _ = _inference_setup(args)
-    keys = args.api_key or [k for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k]
+    specs = args.api_key or [k for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k]
+    keys, principals = parse_api_keys(specs)
     settings = ServeSettings(model_name=args.name or args.model.name, api_keys=keys,
-                             max_batch=args.max_batch)
-    print(f"serving {args.model} as '{settings.model_name}' on http://{args.host}:{args.port}/v1"
+                             key_principals=principals, max_batch=args.max_batch)
+    grounding = None
+    if args.rag_index:
+        from lmforge.rag import Grounding, RagIndex, Reranker, Retriever
+
+        index = RagIndex.open(args.rag_index)
+        grounding = Grounding(Retriever(index, Reranker.load(index)))
+    print(f"serving {args.model} as '{settings.model_name}' on http://{args.host}:{args.port}/ "
+          f"(web chat) and /v1 (API)" + (" with RAG" if grounding else "")
           + (" (API key required)" if keys else ""))
-    uvicorn.run(create_app(model, tok, settings), host=args.host, port=args.port,
+    uvicorn.run(create_app(model, tok, settings, grounding), host=args.host, port=args.port,
                 log_level="warning")
+
+
+def parse_api_keys(specs: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """``KEY`` (an operator: every document) or ``KEY:USER[:GROUP,GROUP[:TENANT]]`` (RAG only
+    retrieves what that user may read)."""
+    from lmforge.serve import Principal
+
+    keys, principals = [], {}
+    for spec in specs:
+        key, _, rest = spec.partition(":")
+        keys.append(key)
+        if rest:
+            user, _, tail = rest.partition(":")
+            groups, _, tenant = tail.partition(":")
+            principals[key] = Principal(user, [g for g in groups.split(",") if g],
+                                        tenant or None)
+    return keys, principals
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -406,8 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="model id the API reports (default: the folder name)")
-    p.add_argument("--api-key", action="append",
-                   help="required bearer key (repeatable; or LMFORGE_API_KEYS=a,b)")
+    p.add_argument("--api-key", action="append", metavar="KEY[:USER[:GROUPS[:TENANT]]]",
+                   help="required bearer key (repeatable; or LMFORGE_API_KEYS=a,b); with a "
+                        "user, RAG answers only from documents that user may read")
+    p.add_argument("--rag-index", type=Path,
+                   help="a RAG index folder: enables the 'rag' chat option and /v1/embeddings")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
 
     _rag_parsers(stages)

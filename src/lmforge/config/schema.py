@@ -424,9 +424,15 @@ class RerankerConfig:
     val_fraction: float = 0.25  # of groups (contracts): never trained on, used for evaluation
     group_field: str = "contract"
     init_from: str = ""  # an lmforge model folder whose tokenizer and weights start the encoder
+    inner_val_fraction: float = 0.2  # of training groups: decides whether the text model helps
+    # phase one: the head over retrieval evidence alone (no transformer: seconds)
+    feature_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=300, batch_size=32, seq_len=192, lr=1e-2, warmup_steps=10, eval_every=100,
+        save_every=300, log_every=50, eval_batches=0, threads=2, weight_decay=0.0))
+    # phase two: the transformer reading question and passage, on top of phase one
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=400, batch_size=8, seq_len=192, lr=2e-3, warmup_steps=20, eval_every=100,
-        save_every=100, log_every=20, eval_batches=0, threads=2))
+        steps=200, batch_size=8, seq_len=192, lr=1e-3, warmup_steps=20, eval_every=50,
+        save_every=200, log_every=20, eval_batches=0, threads=2))
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "negatives", "candidates"):
@@ -435,6 +441,7 @@ class RerankerConfig:
         _check(self.candidates > self.negatives, "candidates", "more than negatives",
                self.candidates)
         _fraction("val_fraction", self.val_fraction)
+        _fraction("inner_val_fraction", self.inner_val_fraction)
 
 
 @dataclass
@@ -453,7 +460,7 @@ class RagConfig:
     dense_k: int = 50
     keyword_k: int = 50
     rrf_k: int = 60
-    dense_weight: float = 1.0
+    dense_weight: float = 0.5  # the general embedder is weaker than BM25 on clauses
     keyword_weight: float = 1.0
     top_k: int = 3  # passages put in the prompt
     # no-answer gate: a question is answerable when its best passage has at least this dense

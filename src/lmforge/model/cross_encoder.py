@@ -28,6 +28,8 @@ class CrossEncoder(nn.Module):
         self.backbone = backbone
         self.config = backbone.config
         self.n_features = n_features
+        self.use_text = True  # off: retrieval evidence alone (training phase one, or when the
+        # text model did not help on the training side's own validation questions)
         self.text_head = nn.Linear(backbone.config.dim, 1)
         self.feature_head = nn.Sequential(nn.Linear(n_features, 32), nn.Tanh(), nn.Linear(32, 1))
         nn.init.normal_(self.text_head.weight, std=1.0 / backbone.config.dim**0.5)
@@ -36,16 +38,20 @@ class CrossEncoder(nn.Module):
     def forward(self, ids: Tensor, last: Tensor, features: Tensor) -> Tensor:
         """Scores [n] of n (question, passage) sequences, right-padded, ``last`` = each one's
         final real position."""
-        hidden = self.backbone(ids, return_hidden=True).hidden
-        text = self.text_head(hidden[torch.arange(len(ids), device=ids.device), last])
-        return (text + self.feature_head(features)).squeeze(-1)
+        score = self.feature_head(features)
+        if self.use_text:
+            hidden = self.backbone(ids, return_hidden=True).hidden
+            score = score + self.text_head(hidden[torch.arange(len(ids), device=ids.device),
+                                                  last])
+        return score.squeeze(-1)
 
     def save(self, folder: Path, meta: dict) -> None:
         save_model(self.backbone, folder)
         heads = {f"text_head.{k}": v for k, v in self.text_head.state_dict().items()}
         heads |= {f"feature_head.{k}": v for k, v in self.feature_head.state_dict().items()}
         save_file({k: v.detach().contiguous() for k, v in heads.items()}, str(folder / HEAD_NAME))
-        (folder / META_NAME).write_text(json.dumps({**meta, "n_features": self.n_features},
+        (folder / META_NAME).write_text(json.dumps({**meta, "n_features": self.n_features,
+                                                    "use_text": self.use_text},
                                                    ensure_ascii=False, indent=1),
                                         encoding="utf-8")
 
@@ -53,6 +59,7 @@ class CrossEncoder(nn.Module):
     def load(cls, folder: Path) -> tuple[CrossEncoder, dict]:
         meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
         model = cls(load_model(folder), int(meta["n_features"]))
+        model.use_text = bool(meta.get("use_text", True))
         heads = load_file(str(folder / HEAD_NAME))
         model.text_head.load_state_dict({k.removeprefix("text_head."): v for k, v in heads.items()
                                          if k.startswith("text_head.")})
@@ -70,6 +77,7 @@ class RerankGroup:
     features: np.ndarray  # [candidates, n_features] float32
     labels: np.ndarray  # [candidates] bool; a candidate of the gold document is positive
     docs: list[str]
+    group: str = ""  # e.g. the contract: the unit of every train / validation split
 
 
 def pad(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:

@@ -39,35 +39,38 @@ def train_reranker(index_dir: Path, queries_path: Path, config: RerankerConfig, 
     if not train or not val:
         raise ValueError(f"{queries_path}: need questions in both the training and held-out "
                          f"{config.group_field}s (got {len(train)} and {len(val)})")
-    model, result = train_cross_encoder(train, val, tok, config, out, seed,
-                                        show_progress=show_progress)
-    trained = sorted({q.group for q in queries} - set(stats["held_out_groups"]))
+    model, trained = train_cross_encoder(train, val, tok, config, out, seed,
+                                         show_progress=show_progress)
     meta = {"features": list(FEATURES), "candidates": config.candidates,
-            "max_len": config.train.seq_len, "trained_groups": trained,
-            "group_field": config.group_field}
+            "max_len": config.train.seq_len, "group_field": config.group_field,
+            "trained_groups": sorted({q.group for q in queries} - set(stats["held_out_groups"]))}
     folder = out / "model"
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder, meta)
     tok.save(str(folder / "tokenizer.json"))
     write_resolved(config, out)
-    return write_report(out, stats, result.final_metrics, val, result.seconds)
+    return write_report(out, stats, trained, val)
 
 
-def write_report(out: Path, stats: dict[str, Any], final: dict[str, float],
-                 val: list[RerankGroup], seconds: float) -> dict[str, Any]:
-    fused = baseline_metrics(val, FEATURES.index("rrf"))
-    keyword = baseline_metrics(val, FEATURES.index("keyword"))
+def write_report(out: Path, stats: dict[str, Any], trained: dict[str, Any],
+                 val: list[RerankGroup]) -> dict[str, Any]:
     report = {**{k: v for k, v in stats.items() if k != "held_out_groups"},
-              "held_out_groups": len(stats["held_out_groups"]), "seconds": round(seconds, 1),
-              "held_out": {"reranker": {"recall@1": final.get("val_recall@1"),
-                                        "mrr": final.get("val_mrr")},
-                           "fusion": fused, "keyword": keyword}}
+              "held_out_groups": len(stats["held_out_groups"]),
+              **{k: v for k, v in trained.items() if k != "held_out"},
+              "held_out": {"reranker": trained["held_out"],
+                           "fusion": baseline_metrics(val, FEATURES.index("rrf")),
+                           "keyword": baseline_metrics(val, FEATURES.index("keyword"))}}
     rows = [[name, m["recall@1"], m["mrr"]] for name, m in report["held_out"].items()]
+    inner = [[name, m["recall@1"], m["mrr"]] for name, m in trained["inner_val"].items()]
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(out / "report.md", "\n".join([
-        "# Reranker", "", f"Trained in {seconds:.0f} s on {stats['train_questions']} questions; "
-        f"evaluated on {stats['held_out_questions']} questions of "
-        f"{len(stats['held_out_groups'])} held-out groups it never saw (reranking the same "
-        "candidate lists; a question whose gold passage retrieval missed counts as a miss).",
-        "", markdown_table(["ranking", "recall@1", "MRR"], rows), ""]))
+        "# Reranker", "", f"Trained in {trained['seconds']:.0f} s on "
+        f"{trained['inner_train_questions']} questions; evaluated on "
+        f"{stats['held_out_questions']} questions of {len(stats['held_out_groups'])} held-out "
+        "groups it never saw (reranking the same candidate lists; a question whose gold passage "
+        "retrieval missed counts as a miss).", "",
+        markdown_table(["held-out ranking", "recall@1", "MRR"], rows), "",
+        f"Text model kept: {trained['uses_text_model']} (validation questions from the "
+        f"training groups, {trained['inner_val_questions']} of them):", "",
+        markdown_table(["scoring", "recall@1", "MRR"], inner), ""]))
     return report

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +146,9 @@ class RagIndex:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         if manifest.get("version") != FORMAT_VERSION:
             raise RagIndexError(f"{path}: unsupported index format {manifest.get('version')}")
-        config = from_dict(RagConfig, manifest["config"])
+        known = {f.name for f in fields(RagConfig)}  # settings of older versions are dropped
+        config = from_dict(RagConfig, {k: v for k, v in manifest["config"].items()
+                                       if k in known})
         docs = {d["doc_id"]: DocInfo(**d) for d in manifest["docs"]}
         chunks = {}
         for line in (Path(folder) / CHUNKS).read_text(encoding="utf-8").splitlines():

@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from lmforge.rag.retrieve import Hit, Retriever
 from lmforge.tokenizer import IM_START, load_tokenizer
 
 RETRIEVAL_FEATURES = ("rrf", "dense", "keyword", "dense_rank", "keyword_rank")
-FEATURES = (*RETRIEVAL_FEATURES, "idf_coverage", "bigram_coverage", "word_coverage",
-            "log_length")
+COVERAGE = ("idf_coverage", "bigram_coverage", "word_coverage")
+FEATURES = (*RETRIEVAL_FEATURES, *COVERAGE, "log_length", "longest_match",
+            *(f"document_{name}" for name in COVERAGE))
 FOLDER = "reranker"
 
 
@@ -70,28 +72,49 @@ class LexicalFeatures:
     def __init__(self, index: RagIndex) -> None:
         self.analyzer = index.analyzer
         self.df: Counter[str] = Counter()
+        self.document_terms: dict[str, set[str]] = {}
         for chunk in index.chunks.values():
-            self.df.update(set(self.analyzer(chunk.text)))
+            terms = set(self.analyzer(chunk.text))
+            self.df.update(terms)
+            self.document_terms.setdefault(chunk.doc_id, set()).update(terms)
         self.n = max(len(index.chunks), 1)
 
     def idf(self, term: str) -> float:
         return math.log((self.n + 1) / (self.df.get(term, 0) + 0.5))
 
-    def __call__(self, question_terms: set[str], passage: str) -> list[float]:
-        present = set(self.analyzer(passage))
+    def coverage(self, question_terms: set[str], present: set[str]) -> list[float]:
+        """Shares of the question's IDF mass, bigrams and words found in ``present``."""
         total = sum(self.idf(t) for t in question_terms) or 1.0
         bigrams = [t for t in question_terms if t.startswith("#")]
         words = [t for t in question_terms if not t.startswith("#")]
         return [sum(self.idf(t) for t in question_terms if t in present) / total,
                 sum(t in present for t in bigrams) / max(len(bigrams), 1),
-                sum(t in present for t in words) / max(len(words), 1),
-                math.log(max(len(passage), 1)) / 8.0]
+                sum(t in present for t in words) / max(len(words), 1)]
+
+    def __call__(self, question_terms: set[str], passage: str, question: str = "",
+                 doc_id: str = "") -> list[float]:
+        """Chunk coverage, length, longest verbatim match, and the whole document's coverage
+        (a question may be answered across a document's chunks)."""
+        return [*self.coverage(question_terms, set(self.analyzer(passage))),
+                math.log(max(len(passage), 1)) / 8.0, longest_match(question, passage),
+                *self.coverage(question_terms, self.document_terms.get(doc_id, set()))]
+
+
+def longest_match(question: str, passage: str) -> float:
+    """The longest verbatim run of the question inside the passage, as a share of the question:
+    a quoted clause phrase is strong evidence that bag-of-terms scores cannot see."""
+    if not question:
+        return 0.0
+    match = SequenceMatcher(None, question, passage, autojunk=False).find_longest_match(
+        0, len(question), 0, len(passage))
+    return match.size / len(question)
 
 
 def feature_matrix(hits: Sequence[Hit], question: str, lexical: LexicalFeatures) -> np.ndarray:
     terms = set(lexical.analyzer(question))
     rows = [[hit.features.get(name, 0.0) * (60.0 if name == "rrf" else 1.0)
-             for name in RETRIEVAL_FEATURES] + lexical(terms, hit.chunk.text) for hit in hits]
+             for name in RETRIEVAL_FEATURES]
+            + lexical(terms, hit.chunk.text, question, hit.doc.doc_id) for hit in hits]
     return np.asarray(rows, dtype=np.float32).reshape(len(hits), len(FEATURES))
 
 
@@ -172,7 +195,7 @@ def training_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
             [pair_ids(tok, query.question, h.chunk.text, config.train.seq_len) for h in hits],
             feature_matrix(hits, query.question, lexical),
             np.array([h.doc.doc_id == query.gold for h in hits], dtype=bool),
-            [h.doc.doc_id for h in hits])
+            [h.doc.doc_id for h in hits], query.group)
         (val if held_out else train).append(group)
     held = sorted({q.group for q in queries if is_held_out(q.group, config.val_fraction, seed)})
     stats = {"train_questions": len(train), "held_out_questions": len(val),

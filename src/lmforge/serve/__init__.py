@@ -1,5 +1,5 @@
-"""Serving: an OpenAI-compatible HTTP API over the inference engine (no training code here)."""
+"""OpenAI-compatible HTTP serving and the web chat page, a thin layer over the engine."""
 
-from lmforge.serve.app import ServeSettings, create_app
+from lmforge.serve.app import Principal, ServeSettings, create_app
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["Principal", "ServeSettings", "create_app"]

@@ -8,6 +8,7 @@ shape naming it), tokenize, hand the request to the engine runner, and stream or
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -192,8 +193,13 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
         embed = embedder.embed_queries if body.input_type == "query" else embedder.embed_passages
         vectors = await run_in_threadpool(embed, texts)
         count = sum(len(t) for t in texts)
+        def encode(vector: Any) -> Any:
+            if body.encoding_format == "base64":  # what the openai client asks for
+                return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+            return vector.tolist()
+
         return {"object": "list", "model": embedder.name,
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                          for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": count, "total_tokens": count}}
 

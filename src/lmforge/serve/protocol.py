@@ -59,7 +59,7 @@ class ChatCompletionRequest(SamplingFields):
 class EmbeddingRequest(BaseModel):
     model: str = ""
     input: str | list[str] = Field(min_length=1)
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"  # base64: little-endian float32
     input_type: Literal["query", "passage"] = "passage"  # extension: e5's two prefixes
 
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from lmforge.config import ModelConfig, RerankerConfig
+from lmforge.config import ModelConfig, RerankerConfig, TrainConfig
+from lmforge.data.prepare import stable_fraction
 from lmforge.model import Transformer, load_model
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
 from lmforge.train.distributed import DistInfo, setup, teardown
@@ -69,10 +70,8 @@ class RerankTask:
         return int(batch["inputs"].numel())
 
     def evaluate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
-        ranks = [doc_rank(score_group(model, g, dist.device), g) for g in self.val]
-        n = max(len(ranks), 1)
-        return {"val_recall@1": sum(r == 1 for r in ranks) / n,
-                "val_mrr": sum(1.0 / r for r in ranks if r) / n}
+        metrics = group_metrics(model, self.val, dist.device)
+        return {f"val_{k}": v for k, v in metrics.items()}
 
 
 def build_encoder(config: RerankerConfig, tok: Tokenizer, n_features: int) -> CrossEncoder:
@@ -86,24 +85,72 @@ def build_encoder(config: RerankerConfig, tok: Tokenizer, n_features: int) -> Cr
     return CrossEncoder(backbone, n_features)
 
 
-def train_cross_encoder(train: list[RerankGroup], val: list[RerankGroup], tok: Tokenizer,
-                        config: RerankerConfig, out: Path, seed: int, resume: bool = False,
-                        show_progress: bool = True) -> tuple[CrossEncoder, TrainResult]:
-    n_features = int(train[0].features.shape[1])
-    model = build_encoder(config, tok, n_features)
+def _fit(model: CrossEncoder, train_config: TrainConfig, task: RerankTask, out: Path, seed: int,
+         show_progress: bool) -> TrainResult:
     dist = setup()
     try:
-        trainer = Trainer(config.train, model, RerankTask(train, val, config.negatives, seed),
-                          out, dist, seed, show_progress)
-        result = trainer.fit(resume=resume)
+        return Trainer(train_config, model, task, out, dist, seed, show_progress).fit()
     finally:
         teardown()
-    return model.eval(), result
+
+
+def _freeze(module: nn.Module, frozen: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(not frozen)
+
+
+def train_cross_encoder(train: list[RerankGroup], val: list[RerankGroup], tok: Tokenizer,
+                        config: RerankerConfig, out: Path, seed: int,
+                        show_progress: bool = True) -> tuple[CrossEncoder, dict[str, Any]]:
+    """Phase one fits the head over retrieval evidence (seconds); phase two trains the
+    transformer as a correction on top. The text model is kept only if it improves MRR on
+    validation questions carved from the training groups, so it can never make the reranker
+    worse than the evidence alone on data it has not seen (a small model trained from scratch
+    on a few hundred questions easily overfits)."""
+    held = [stable_fraction(f"{seed}:inner:{g.group}") < config.inner_val_fraction
+            for g in train]
+    inner_val = [g for g, h in zip(train, held, strict=True) if h]
+    inner_train = [g for g, h in zip(train, held, strict=True) if not h] or train
+    model = build_encoder(config, tok, int(train[0].features.shape[1]))
+    device = torch.device("cpu")
+
+    model.use_text = False
+    _freeze(model, True)
+    _freeze(model.feature_head, False)
+    features = _fit(model, config.feature_train,
+                    RerankTask(inner_train, inner_val, config.negatives, seed), out / "features",
+                    seed, show_progress)
+    _freeze(model, False)
+    _freeze(model.feature_head, True)
+    model.use_text = True
+    text = _fit(model, config.train, RerankTask(inner_train, inner_val, config.negatives, seed),
+                out / "text", seed, show_progress)
+    model.eval()
+    with torch.no_grad():
+        with_text = group_metrics(model, inner_val, device)
+        model.use_text = False
+        without_text = group_metrics(model, inner_val, device)
+        model.use_text = with_text["mrr"] > without_text["mrr"]
+        held_out = group_metrics(model, val, device)
+    report = {"inner_val": {"with_text": with_text, "evidence_only": without_text},
+              "uses_text_model": model.use_text, "held_out": held_out,
+              "seconds": round(features.seconds + text.seconds, 1),
+              "inner_train_questions": len(inner_train), "inner_val_questions": len(inner_val)}
+    return model, report
+
+
+def group_metrics(model: nn.Module, groups: list[RerankGroup], device: torch.device
+                  ) -> dict[str, float]:
+    ranks = [doc_rank(score_group(model, g, device), g) for g in groups]
+    return rank_summary(ranks)
+
+
+def rank_summary(ranks: list[int | None]) -> dict[str, float]:
+    n = max(len(ranks), 1)
+    return {"recall@1": round(sum(r == 1 for r in ranks) / n, 4),
+            "mrr": round(sum(1.0 / r for r in ranks if r) / n, 4)}
 
 
 def baseline_metrics(groups: list[RerankGroup], column: int) -> dict[str, Any]:
     """Recall@1 and MRR when one feature column alone orders the candidates."""
-    ranks = [doc_rank(g.features[:, column], g) for g in groups]
-    n = max(len(ranks), 1)
-    return {"recall@1": sum(r == 1 for r in ranks) / n,
-            "mrr": sum(1.0 / r for r in ranks if r) / n}
+    return rank_summary([doc_rank(g.features[:, column], g) for g in groups])
