@@ -154,14 +154,22 @@ def tok():  # noqa: ANN201
 @pytest.fixture(scope="session")
 def model(tok):  # noqa: ANN001, ANN201
     """A seeded, untrained two-layer model over the fixture tokenizer's vocabulary."""
+
+
+    return tiny_model(tok, max_seq_len=128, seed=3)
+
+
+def tiny_model(tok: Any, max_seq_len: int = 256, seed: int = 0, cls: Any = None) -> Any:
+    """A seeded, untrained two-layer model over ``tok``'s vocabulary (``cls``: a subclass)."""
     import torch
 
     from lmforge.config import ModelConfig
     from lmforge.model import Transformer
 
-    torch.manual_seed(3)
-    return Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32,
-                                   n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)).eval()
+    torch.manual_seed(seed)
+    return (cls or Transformer)(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
+                                            n_heads=4, n_kv_heads=2,
+                                            max_seq_len=max_seq_len)).eval()
 
 
 def free_port() -> int:

@@ -227,24 +227,29 @@ def test_reranker_trains_and_evaluation_leaves_its_contracts_out(rag_index: RagI
     reopened = RagIndex.open(folder)
     from lmforge.rag import Reranker
 
-    hits = Retriever(reopened, Reranker.load(reopened)).search("重复保险如何赔偿", k=5)
-    assert all("rerank" in h.features for h in hits)
-    scores = [h.score for h in hits]
+    reranker = Reranker.load(reopened)
+    assert reranker is not None and reranker.enabled == report["enabled"]
+    question = "重复保险如何赔偿"
+    fused = [h.chunk.chunk_id for h in Retriever(reopened).search(question, mode="hybrid")]
+    reranker.enabled = False  # a reranker that lost to fusion on validation changes nothing
+    assert [h.chunk.chunk_id for h in Retriever(reopened, reranker).search(question)] == fused
+    reranker.enabled = True
+    hits = Retriever(reopened, reranker).search(question)
+    depth = reranker.depth
+    assert all("rerank" in h.features for h in hits[:depth])
+    scores = [h.score for h in hits[:depth]]
     assert scores == sorted(scores, reverse=True)
+    assert sorted(h.chunk.chunk_id for h in hits) == sorted(fused)  # reordered, nothing lost
 
 
 def test_ask_cli_answers_with_sources(rag_index: RagIndex, tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    import torch
-    from conftest import FIXTURE_TOKENIZER
+    from conftest import FIXTURE_TOKENIZER, tiny_model
 
-    from lmforge.config import ModelConfig
-    from lmforge.model import Transformer, save_model
+    from lmforge.model import save_model
     from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
 
     tok = load_tokenizer(FIXTURE_TOKENIZER)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
-                                    n_heads=4, n_kv_heads=2, max_seq_len=1024))
+    model = tiny_model(tok, max_seq_len=1024)
     save_model(model, tmp_path / "model")
     copy_tokenizer_files(FIXTURE_TOKENIZER, tmp_path / "model")
     question = "如果存在重复保险，保险公司会如何分配赔偿责任？"

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from conftest import live_server
+from conftest import live_server, tiny_model
 
-from lmforge.config import ModelConfig
-from lmforge.model import Transformer
 from lmforge.serve import ServeSettings, create_app
 from lmforge.tokenizer import load_tokenizer
 
@@ -23,9 +20,7 @@ KEY = "sk-test-123"
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     tok = load_tokenizer(FIXTURE_TOKENIZER)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
-                                    n_heads=4, n_kv_heads=2, max_seq_len=256)).eval()
+    model = tiny_model(tok, max_seq_len=256)
     settings = ServeSettings(model_name="tiny", api_keys=[KEY], max_n=4, max_body_bytes=20_000,
                              max_waiting=4)
     with live_server(create_app(model, tok, settings)) as url:

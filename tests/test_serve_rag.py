@@ -7,12 +7,10 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-import torch
-from conftest import FIXTURE_TOKENIZER, live_server
+from conftest import FIXTURE_TOKENIZER, live_server, tiny_model
 
-from lmforge.config import ModelConfig, RagConfig
+from lmforge.config import RagConfig
 from lmforge.data.ingest import Document
-from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import Grounding, RagIndex, Retriever
 from lmforge.serve import Principal, ServeSettings, create_app
@@ -32,9 +30,7 @@ def server(tmp_path_factory, embedder) -> Iterator[str]:  # noqa: ANN001
                Document("宽限期：分期支付保险费的，宽限期为六十日，宽限期内发生保险事故仍承担责任。",
                         "x", "grace", {"contract": "寿险A"})], progress=False)
     tok = load_tokenizer(FIXTURE_TOKENIZER)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
-                                    n_heads=4, n_kv_heads=2, max_seq_len=1024)).eval()
+    model = tiny_model(tok, max_seq_len=1024)
     settings = ServeSettings(model_name="tiny-rag", api_keys=[ADMIN, ALICE],
                              key_principals={ALICE: Principal("alice", ["staff"])})
     with live_server(create_app(model, tok, settings, Grounding(Retriever(index)))) as url:

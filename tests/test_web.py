@@ -9,10 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import FIXTURE_TOKENIZER, live_server
+from conftest import FIXTURE_TOKENIZER, live_server, tiny_model
 
-from lmforge.config import ModelConfig
 from lmforge.model import Transformer
 from lmforge.serve import ServeSettings, create_app
 from lmforge.tokenizer import load_tokenizer
@@ -35,9 +33,7 @@ class PacedTransformer(Transformer):
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     tok = load_tokenizer(FIXTURE_TOKENIZER)
-    torch.manual_seed(0)
-    model = PacedTransformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
-                                         n_heads=4, n_kv_heads=2, max_seq_len=512)).eval()
+    model = tiny_model(tok, max_seq_len=512, cls=PacedTransformer)
     with live_server(create_app(model, tok, ServeSettings(model_name="tiny-web"))) as url:
         yield url
 
@@ -66,9 +62,7 @@ def rag_server(rag_index) -> Iterator[str]:  # noqa: ANN001
     from lmforge.rag import Grounding, Retriever
 
     tok = load_tokenizer(FIXTURE_TOKENIZER)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2,
-                                    n_heads=4, n_kv_heads=2, max_seq_len=1024)).eval()
+    model = tiny_model(tok, max_seq_len=1024)
     app = create_app(model, tok, ServeSettings(model_name="tiny-rag"),
                      Grounding(Retriever(rag_index)))
     with live_server(app) as url:

@@ -245,12 +245,15 @@ def cmd_rag_index(args: argparse.Namespace) -> None:
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     report = index.add(documents)
+    for problem in report.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
     if args.prune:
         report.deleted = index.delete(sorted(set(index.docs) - {d.doc_id for d in documents}))
     index.save()
     print(f"index: {args.index} ({report.added} added, {report.replaced} replaced, "
           f"{report.unchanged} unchanged, {report.deleted} deleted; {len(index.docs)} documents, "
-          f"{report.chunks} chunks; {report.embedded} embedded, {len(problems)} problems)")
+          f"{report.chunks} chunks; {report.embedded} embedded, "
+          f"{len(problems) + len(report.problems)} problems)")
 
 
 def cmd_rag_delete(args: argparse.Namespace) -> None:
@@ -268,7 +271,8 @@ def cmd_rag_train_reranker(args: argparse.Namespace) -> None:
     config = _load(args)
     report = train_reranker(args.index, args.queries, config.rag.reranker, config.run.seed)
     held = report["held_out"]
-    print(f"reranker: {args.index / 'reranker'}; held-out recall@1 "
+    state = "enabled" if report["enabled"] else "disabled: no better than fusion on validation"
+    print(f"reranker: {args.index / 'reranker'} ({state}); held-out recall@1 "
           f"{held['reranker']['recall@1']:.3f} (fusion {held['fusion']['recall@1']:.3f}, "
           f"BM25 {held['keyword']['recall@1']:.3f}); report: "
           f"{args.index / 'reranker' / 'report.md'}")
@@ -339,6 +343,15 @@ def _inference_args(parser: argparse.ArgumentParser, model_required: bool = True
                         help="weight-only int8 (per channel) for a smaller memory footprint")
 
 
+def _group(stages: argparse._SubParsersAction, name: str, summary: str, description: str,
+           example: str, metavar: str = "ACTION") -> argparse._SubParsersAction:
+    """A command with its own subcommands (``lmforge data prepare``, ``lmforge rag index``)."""
+    parser = stages.add_parser(name, help=summary, description=description,
+                               epilog=f"example:\n  {example}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.add_subparsers(dest="action", required=True, metavar=metavar)
+
+
 def _add(sub: argparse._SubParsersAction, name: str, summary: str, example: str,
          func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=summary, description=summary,
@@ -361,11 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND")
 
-    data = stages.add_parser("data", help="ingest, clean, deduplicate, mix and tokenise a corpus",
-                             description="The data pipeline: raw documents to token shards.",
-                             epilog=f"example:\n  lmforge data prepare --recipe {EXAMPLE_RECIPE}",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    data_sub = _group(stages, "data", "ingest, clean, deduplicate, mix and tokenise a corpus",
+                      "The data pipeline: raw documents to token shards.",
+                      f"lmforge data prepare --recipe {EXAMPLE_RECIPE}")
     p = _add(data_sub, "prepare", "ingest, clean, filter, deduplicate, split and mix the sources",
              f"lmforge data prepare --recipe {EXAMPLE_RECIPE} --set data.mix.domain_fraction=0.4",
              cmd_data_prepare)
@@ -375,12 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the run's)")
 
-    tokenizer = stages.add_parser("tokenizer", help="train and inspect the BPE tokenizer",
-                                  description="Byte-level BPE for mixed Chinese/English text.",
-                                  epilog=f"example:\n  lmforge tokenizer train --recipe "
-                                         f"{EXAMPLE_RECIPE}",
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    tok_sub = tokenizer.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tok_sub = _group(stages, "tokenizer", "train and inspect the BPE tokenizer",
+                     "Byte-level BPE for mixed Chinese/English text.",
+                     f"lmforge tokenizer train --recipe {EXAMPLE_RECIPE}")
     p = _add(tok_sub, "train", "train a byte-level BPE tokenizer on the prepared corpus",
              f"lmforge tokenizer train --recipe {EXAMPLE_RECIPE} --set tokenizer.vocab_size=8000",
              cmd_tokenizer_train)
@@ -440,12 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _rag_parsers(stages)
 
-    export = stages.add_parser("export", help="export a model to other tools' formats",
-                               description="Export a model folder.",
-                               epilog="example:\n  lmforge export hf --model "
-                                      "runs/insurance-zh/pretrain/model --out export/hf",
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    export_sub = export.add_subparsers(dest="action", required=True, metavar="FORMAT")
+    export_sub = _group(stages, "export", "export a model to other tools' formats",
+                        "Export a model folder.", "lmforge export hf --model "
+                        "runs/insurance-zh/pretrain/model --out export/hf", metavar="FORMAT")
     p = _add(export_sub, "hf", "write a Hugging Face folder (transformers, vLLM, llama.cpp)",
              "lmforge export hf --model runs/insurance-zh/pretrain/model --out export/hf",
              cmd_export_hf)
@@ -458,12 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _rag_parsers(stages: argparse._SubParsersAction) -> None:
     index = "runs/insurance-zh/rag"
-    rag = stages.add_parser("rag", help="index documents and answer from them (RAG)",
-                            description="Retrieval-augmented answers over your documents.",
-                            epilog=f"example:\n  lmforge rag index data/insurance/passages.jsonl "
-                                   f"--index {index}",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = rag.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = _group(stages, "rag", "index documents and answer from them (RAG)",
+                 "Retrieval-augmented answers over your documents.",
+                 f"lmforge rag index data/insurance/passages.jsonl --index {index}")
     p = _add(sub, "index", "add or update documents (files or folders) in an index",
              f"lmforge rag index docs/ data/insurance/passages.jsonl --index {index}",
              cmd_rag_index)

@@ -40,8 +40,9 @@ def train_reranker(index_dir: Path, queries_path: Path, config: RerankerConfig, 
         raise ValueError(f"{queries_path}: need questions in both the training and held-out "
                          f"{config.group_field}s (got {len(train)} and {len(val)})")
     model, trained = train_cross_encoder(train, val, tok, config, out, seed,
-                                         show_progress=show_progress)
+                                         FEATURES.index("rrf"), show_progress=show_progress)
     meta = {"features": list(FEATURES), "candidates": config.candidates,
+            "enabled": trained["enabled"],
             "max_len": config.train.seq_len, "group_field": config.group_field,
             "trained_groups": sorted({q.group for q in queries} - set(stats["held_out_groups"]))}
     folder = out / "model"
@@ -70,7 +71,8 @@ def write_report(out: Path, stats: dict[str, Any], trained: dict[str, Any],
         "groups it never saw (reranking the same candidate lists; a question whose gold passage "
         "retrieval missed counts as a miss).", "",
         markdown_table(["held-out ranking", "recall@1", "MRR"], rows), "",
-        f"Text model kept: {trained['uses_text_model']} (validation questions from the "
-        f"training groups, {trained['inner_val_questions']} of them):", "",
+        f"Text model kept: {trained['uses_text_model']}; reranker enabled: "
+        f"{trained['enabled']} (it must beat fusion on validation questions from the training "
+        f"groups, {trained['inner_val_questions']} of them, or `final` stays the fusion):", "",
         markdown_table(["scoring", "recall@1", "MRR"], inner), ""]))
     return report

@@ -125,7 +125,6 @@ class RagIndex:
         self._store: VectorStore | None = None
         self.analyzer = ChineseAnalyzer(load_user_terms(config.user_dict))
         self._keyword: KeywordIndex | None = None
-        self._positions: dict[str, int] | None = None
 
     # ---- opening and saving -------------------------------------------------------------
     @classmethod
@@ -199,13 +198,6 @@ class RagIndex:
         ids = list(self.chunks)
         self._keyword = KeywordIndex.build(self.analyzer, ids,
                                            [self.chunks[i].text for i in ids])
-        self._positions = None
-
-    @property
-    def positions(self) -> dict[str, int]:
-        if self._positions is None:
-            self._positions = {c: i for i, c in enumerate(self.keyword.chunk_ids)}
-        return self._positions
 
     # ---- indexing -------------------------------------------------------------------------
     def _measure(self):  # noqa: ANN202

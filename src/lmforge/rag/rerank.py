@@ -134,6 +134,7 @@ class Reranker:
         self.model, self.tok, self.meta = model, tok, meta
         self.lexical = LexicalFeatures(index)
         self.depth = int(meta["candidates"])
+        self.enabled = bool(meta.get("enabled", True))
         self.max_len = int(meta["max_len"])
 
     @classmethod
@@ -151,8 +152,10 @@ class Reranker:
         return score_group(self.model, group, torch.device("cpu"))
 
     def rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+        """Reorder the top candidates; a reranker that did not beat fusion on validation
+        questions when it was trained leaves the order alone."""
         head, tail = hits[: self.depth], hits[self.depth :]
-        if not head:
+        if not head or not self.enabled:
             return hits
         scores = self.scores(question, head)
         for hit, score in zip(head, scores, strict=True):
@@ -161,22 +164,14 @@ class Reranker:
         return sorted(head, key=lambda h: -h.score) + tail
 
 
-def gold_hit(retriever: Retriever, question: str, gold: str) -> Hit | None:
-    """The gold document's best-matching chunk, for a question whose candidates missed it."""
-    index = retriever.index
-    doc = index.docs.get(gold)
-    if doc is None:
-        return None
-    scores = index.keyword.scores(question)
-    best = max(doc.chunks, key=lambda c: scores[index.positions[c]])
-    return Hit(index.chunks[best], doc, 0.0, {})
-
-
 def training_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
                     config: RerankerConfig, seed: int
                     ) -> tuple[list[RerankGroup], list[RerankGroup], dict[str, Any]]:
-    """Question groups for training (gold forced in when retrieval missed it) and held-out
-    groups exactly as retrieval returns them (gold absent when retrieval missed it)."""
+    """Question groups exactly as retrieval returns them. The gold passage is never forced
+    into a list that missed it: its retrieval features would be missing, and the model would
+    learn that missing evidence marks the answer (it did, and it looked great on validation
+    built the same way, and lost on real held-out lists). Lists without the gold passage teach
+    nothing and are skipped in training; in evaluation they count as misses."""
     retriever = Retriever(index)
     lexical = LexicalFeatures(index)
     train: list[RerankGroup] = []
@@ -188,9 +183,6 @@ def training_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
             continue
         held_out = is_held_out(query.group, config.val_fraction, seed)
         hits = retriever.candidates(query.question)[: config.candidates]
-        if not held_out and not any(h.doc.doc_id == query.gold for h in hits):
-            extra = gold_hit(retriever, query.question, query.gold)
-            hits = [*hits[:-1], extra] if extra else hits
         group = RerankGroup(
             [pair_ids(tok, query.question, h.chunk.text, config.train.seq_len) for h in hits],
             feature_matrix(hits, query.question, lexical),

@@ -100,13 +100,14 @@ def _freeze(module: nn.Module, frozen: bool) -> None:
 
 
 def train_cross_encoder(train: list[RerankGroup], val: list[RerankGroup], tok: Tokenizer,
-                        config: RerankerConfig, out: Path, seed: int,
+                        config: RerankerConfig, out: Path, seed: int, baseline_column: int,
                         show_progress: bool = True) -> tuple[CrossEncoder, dict[str, Any]]:
     """Phase one fits the head over retrieval evidence (seconds); phase two trains the
     transformer as a correction on top. The text model is kept only if it improves MRR on
     validation questions carved from the training groups, so it can never make the reranker
     worse than the evidence alone on data it has not seen (a small model trained from scratch
-    on a few hundred questions easily overfits)."""
+    on a few hundred questions easily overfits). Likewise the reranker as a whole is enabled
+    only if it beats the plain fusion ranking (``baseline_column``) there."""
     held = [stable_fraction(f"{seed}:inner:{g.group}") < config.inner_val_fraction
             for g in train]
     inner_val = [g for g, h in zip(train, held, strict=True) if h]
@@ -132,8 +133,12 @@ def train_cross_encoder(train: list[RerankGroup], val: list[RerankGroup], tok: T
         without_text = group_metrics(model, inner_val, device)
         model.use_text = with_text["mrr"] > without_text["mrr"]
         held_out = group_metrics(model, val, device)
-    report = {"inner_val": {"with_text": with_text, "evidence_only": without_text},
-              "uses_text_model": model.use_text, "held_out": held_out,
+    fusion = baseline_metrics(inner_val, baseline_column)
+    best = max(with_text["mrr"], without_text["mrr"])
+    report = {"inner_val": {"with_text": with_text, "evidence_only": without_text,
+                            "fusion": fusion},
+              "uses_text_model": model.use_text, "enabled": best > fusion["mrr"],
+              "held_out": held_out,
               "seconds": round(features.seconds + text.seconds, 1),
               "inner_train_questions": len(inner_train), "inner_val_questions": len(inner_val)}
     return model, report
