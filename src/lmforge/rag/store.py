@@ -140,7 +140,7 @@ class QdrantStore:
         if not self._client.collection_exists(self.COLLECTION):
             self._client.create_collection(self.COLLECTION, vectors_config=models.VectorParams(
                 size=dim, distance=models.Distance.COSINE))
-            for key in ("doc_id", "tenant", "acl"):
+            for key in ("doc_id", "tenant", "acl") if remote else ():  # local mode scans
                 self._client.create_payload_index(self.COLLECTION, key,
                                                   models.PayloadSchemaType.KEYWORD)
 
