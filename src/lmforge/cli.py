@@ -325,6 +325,39 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         print(f"[{source['n']}] {where}: {source['text'][:200]}")
 
 
+def _eval_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    from lmforge.model import load_model
+    from lmforge.tokenizer import load_tokenizer
+
+    return load_model(args.model).eval(), load_tokenizer(args.model)
+
+
+def cmd_eval_bpb(args: argparse.Namespace) -> None:
+    from lmforge.eval import bits_per_byte, read_texts
+
+    model, tok = _eval_model(args)
+    result = bits_per_byte(model, tok, read_texts(args.text, args.field))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"bits per byte {result['bits_per_byte']:.4f} over {result['bytes']:,} bytes "
+          f"({result['tokens']:,} tokens; perplexity {result['perplexity']:.2f})")
+
+
+def cmd_eval_mcq(args: argparse.Namespace) -> None:
+    from lmforge.eval import evaluate_mcq, read_questions
+
+    model, tok = _eval_model(args)
+    shots = read_questions(args.dev)[: args.shots] if args.dev and args.shots else []
+    result = evaluate_mcq(model, tok, read_questions(args.data), shots)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"acc {result['acc']:.3f}  acc_norm {result['acc_norm']:.3f}  (random "
+          f"{result['random_baseline']:.3f}; {result['questions']} questions, "
+          f"{result['shots']}-shot)")
+
+
 def _inference_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     _recipe_args(parser)
     parser.add_argument("--model", type=Path, required=model_required,
@@ -447,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
 
     _rag_parsers(stages)
+    _eval_parsers(stages)
 
     export_sub = _group(stages, "export", "export a model to other tools' formats",
                         "Export a model folder.", "lmforge export hf --model "
@@ -459,6 +493,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--max-shard-gb", type=float, default=2.0, help="shard weights above this")
     return parser
+
+
+def _eval_parsers(stages: argparse._SubParsersAction) -> None:
+    model = "runs/insurance-zh/dpo/model"
+    sub = _group(stages, "eval", "evaluate a model (bits per byte, multiple choice)",
+                 "Evaluate a model folder on text and benchmarks.",
+                 f"lmforge eval bpb --model {model} --text data/tiny/pretrain_zh.txt --json")
+    p = _add(sub, "bpb", "bits per byte (and perplexity) on a text",
+             f"lmforge eval bpb --model {model} --text notes.jsonl --json", cmd_eval_bpb)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--text", type=Path, required=True,
+                   help="plain text, or jsonl with a text field (one document per line)")
+    p.add_argument("--field", default="text", help="the jsonl text field")
+    p.add_argument("--json", action="store_true")
+    p = _add(sub, "mcq", "multiple-choice accuracy by log-likelihood (acc, acc_norm)",
+             f"lmforge eval mcq --model {model} --data data/eval/fineval/val "
+             "--dev data/eval/fineval/dev --shots 3 --json", cmd_eval_mcq)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="FinEval-style csv/jsonl or folder")
+    p.add_argument("--dev", type=Path, help="few-shot examples (same format)")
+    p.add_argument("--shots", type=int, default=0)
+    p.add_argument("--json", action="store_true")
 
 
 def _rag_parsers(stages: argparse._SubParsersAction) -> None:

@@ -1,0 +1,75 @@
+"""Bits per byte: the model's cross-entropy on a text, in bits, divided by the text's UTF-8
+bytes. Unlike perplexity it does not depend on the tokenizer, so models with different
+vocabularies (and a Chinese text against an English one) compare fairly.
+
+Each document is scored in windows of the model's context; a later window keeps the end of the
+previous one as context (a stride of half the context), so no token is scored without history
+except a document's first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from lmforge.model import Transformer
+
+
+def read_texts(path: Path, field: str = "text") -> list[str]:
+    """Plain text (one document), or jsonl with a text field (one document per line)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".ndjson"):
+        return [path.read_text(encoding="utf-8")]
+    texts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            texts.append(str(record[field]))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with a '{field}' field "
+                             f"({type(err).__name__}: {err})") from None
+    return texts
+
+
+@torch.no_grad()
+def document_nll(model: Transformer, ids: list[int]) -> float:
+    """Summed negative log-likelihood (nats) of tokens 1.. of a document."""
+    window = model.config.max_seq_len
+    stride = max(1, window // 2)
+    device = next(model.parameters()).device
+    total, scored = 0.0, 1  # the first token has no context and is not scored
+    start = 0
+    while scored < len(ids):
+        end = min(len(ids), start + window)
+        chunk = torch.tensor([ids[start:end]], device=device)
+        logits = model(chunk).logits[0].float()
+        first = scored - start  # positions before this were scored by an earlier window
+        targets = chunk[0, first:]
+        total += float(F.cross_entropy(logits[first - 1 : -1], targets, reduction="sum"))
+        scored = end
+        start = max(end - stride, start + 1)
+    return total
+
+
+def bits_per_byte(model: Transformer, tok: Tokenizer, texts: list[str]) -> dict[str, Any]:
+    model.eval()
+    nll = tokens = size = 0.0
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if len(ids) < 2:
+            continue
+        nll += document_nll(model, ids)
+        tokens += len(ids) - 1
+        size += len(tok.decode(ids[1:]).encode("utf-8"))  # the bytes of the scored tokens
+    if not tokens:
+        raise ValueError("no text with at least two tokens to score")
+    return {"bits_per_byte": nll / math.log(2) / size, "tokens": int(tokens), "bytes": int(size),
+            "perplexity": math.exp(nll / tokens)}

@@ -1,0 +1,110 @@
+"""Multiple-choice benchmarks scored by log-likelihood, as lm-evaluation-harness does.
+
+Each choice is a continuation of the same prompt (few-shot examples, the question, the lettered
+options, "答案：") and gets the summed log-probability of its tokens. ``acc`` takes the choice with
+the highest sum; ``acc_norm`` divides each sum by the choice's length in bytes first, so a long
+option is not penalised for having more tokens. The continuation is the option's text (not its
+letter), which is what a small model can actually be judged on. The random-choice baseline is
+reported beside the scores.
+
+Data: the FinEval CSV layout (``id,question,A,B,C,D,answer[,explanation]``) or jsonl with the same
+fields; few-shot examples come from a separate dev file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from lmforge.model import Transformer
+
+LETTERS = "ABCDEFGH"
+
+
+@dataclass
+class Question:
+    question: str
+    choices: list[str]
+    answer: int  # index into choices
+
+
+def _question(record: dict[str, Any], where: str) -> Question:
+    letters = [c for c in LETTERS if str(record.get(c, "")).strip()]
+    answer = str(record.get("answer", "")).strip().upper()
+    if not record.get("question") or len(letters) < 2 or answer not in letters:
+        raise ValueError(f"{where}: expected question, options A, B, ... and an answer letter "
+                         f"among them (got keys {sorted(record)}, answer {answer!r})")
+    return Question(str(record["question"]), [str(record[c]) for c in letters],
+                    letters.index(answer))
+
+
+def read_questions(path: Path) -> list[Question]:
+    path = Path(path)
+    if path.is_dir():
+        return [q for f in sorted(path.glob("*.csv")) + sorted(path.glob("*.jsonl"))
+                for q in read_questions(f)]
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".csv":
+        return [_question(row, f"{path}:{i + 2}") for i, row in enumerate(csv.DictReader(
+            text.splitlines()))]
+    questions = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            questions.append(_question(record, f"{path}:{lineno}"))
+    return questions
+
+
+def render(question: Question, with_answer: bool) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(question.choices))
+    answer = question.choices[question.answer] if with_answer else ""
+    return f"问题：{question.question}\n{options}\n答案：{answer}"
+
+
+def prompt(question: Question, shots: list[Question]) -> str:
+    examples = "".join(render(s, True) + "\n\n" for s in shots)
+    return examples + render(question, False)
+
+
+@torch.no_grad()
+def choice_logprobs(model: Transformer, tok: Tokenizer, context: str, choices: list[str]
+                    ) -> list[float]:
+    """Summed log-probability of each choice's tokens after ``context`` (left-truncated to
+    the model's window, as the harness does)."""
+    device = next(model.parameters()).device
+    context_ids = tok.encode(context, add_special_tokens=False).ids
+    scores = []
+    for choice in choices:
+        target = tok.encode(choice, add_special_tokens=False).ids
+        ids = (context_ids + target)[-(model.config.max_seq_len + 1):]
+        inputs = torch.tensor([ids[:-1]], device=device)
+        logp = torch.log_softmax(model(inputs).logits[0].float(), dim=-1)
+        picked = logp[-len(target):].gather(1, torch.tensor(target, device=device)[:, None])
+        scores.append(float(picked.sum()))
+    return scores
+
+
+def evaluate_mcq(model: Transformer, tok: Tokenizer, questions: list[Question],
+                 shots: list[Question] | None = None) -> dict[str, Any]:
+    model.eval()
+    shots = shots or []
+    correct = correct_norm = 0
+    for question in questions:
+        scores = choice_logprobs(model, tok, prompt(question, shots), question.choices)
+        normed = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(scores, question.choices,
+                                                                      strict=True)]
+        correct += max(range(len(scores)), key=scores.__getitem__) == question.answer
+        correct_norm += max(range(len(normed)), key=normed.__getitem__) == question.answer
+    n = max(len(questions), 1)
+    random = sum(1 / len(q.choices) for q in questions) / n
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "random_baseline": random,
+            "questions": len(questions), "shots": len(shots)}

@@ -1,0 +1,94 @@
+"""Evaluation by hand: with all weights zero every token has probability 1/V, so bits per
+byte, choice log-likelihoods, acc and acc_norm have exact expected values."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURE_TOKENIZER, TINY, tiny_model
+
+from lmforge.cli import main
+from lmforge.eval import Question, bits_per_byte, evaluate_mcq, read_questions
+from lmforge.eval.bpb import document_nll
+from lmforge.eval.mcq import choice_logprobs
+from lmforge.model import save_model
+from lmforge.tokenizer import copy_tokenizer_files
+
+
+def uniform(tok, max_seq_len: int = 64):  # noqa: ANN001, ANN201
+    model = tiny_model(tok, max_seq_len=max_seq_len)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+def test_bits_per_byte_of_a_uniform_model(tok) -> None:  # noqa: ANN001
+    text = "保险合同自本公司同意承保、收取首期保险费并签发保险单的次日零时起生效。" * 4
+    model = uniform(tok, max_seq_len=16)  # several windows: every token still scored once
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert len(ids) > 40
+    result = bits_per_byte(model, tok, [text])
+    vocab = tok.get_vocab_size()
+    scored_bytes = len(tok.decode(ids[1:]).encode("utf-8"))
+    assert result["tokens"] == len(ids) - 1 and result["bytes"] == scored_bytes
+    expected = (len(ids) - 1) * math.log(vocab) / math.log(2) / scored_bytes
+    assert result["bits_per_byte"] == pytest.approx(expected, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(vocab, rel=1e-4)
+
+
+def test_windows_equal_one_pass_when_the_document_fits(tok) -> None:  # noqa: ANN001
+    model = tiny_model(tok, max_seq_len=128, seed=5)
+    text = "被保险人在犹豫期内退保的，保险公司退还全部保费。"
+    ids = tok.encode(text, add_special_tokens=False).ids
+    logits = model(torch.tensor([ids])).logits[0]
+    by_hand = float(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]),
+                                                      reduction="sum"))
+    assert document_nll(model, ids) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_acc_and_acc_norm_by_hand(tok) -> None:  # noqa: ANN001
+    model = uniform(tok)
+    vocab = tok.get_vocab_size()
+    choices = ["保险", "保险合同的当事人", "ab", "z"]
+    counts = [len(tok.encode(c, add_special_tokens=False).ids) for c in choices]
+    scores = choice_logprobs(model, tok, "问题：", choices)
+    assert scores == pytest.approx([-n * math.log(vocab) for n in counts], rel=1e-5)
+    fewest = min(range(4), key=lambda i: (counts[i], i))
+    densest = max(range(4), key=lambda i: (-counts[i] / len(choices[i].encode()), -i))
+    questions = [Question("q", choices, fewest), Question("q", choices, densest)]
+    result = evaluate_mcq(model, tok, questions)
+    assert result["acc"] == (1.0 if fewest == densest else 0.5)
+    assert result["acc_norm"] == (1.0 if fewest == densest else 0.5)
+    assert result["random_baseline"] == 0.25
+
+
+def test_bundled_benchmark_reads_and_bad_rows_are_named(tmp_path: Path) -> None:
+    questions = read_questions(Path("data/eval/fineval/val"))
+    assert len(questions) == 70 and all(len(q.choices) == 4 for q in questions)
+    assert len(read_questions(TINY / "mcq_insurance.jsonl")) == 20
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,question,A,B,answer\n0,问题,甲,乙,C\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.csv:2"):
+        read_questions(bad)
+
+
+def test_eval_cli(tok, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    save_model(tiny_model(tok, max_seq_len=256), tmp_path / "m")
+    copy_tokenizer_files(FIXTURE_TOKENIZER, tmp_path / "m")
+    text = tmp_path / "docs.jsonl"
+    text.write_text('{"text": "保险期间为一年。"}\n{"text": "The policy renews yearly."}\n',
+                    encoding="utf-8")
+    assert main(["eval", "bpb", "--model", str(tmp_path / "m"), "--text", str(text),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"bits_per_byte", "tokens", "bytes", "perplexity"}
+    assert result["bits_per_byte"] > 0
+    assert main(["eval", "mcq", "--model", str(tmp_path / "m"), "--data",
+                 str(TINY / "mcq_insurance.jsonl"), "--dev", "data/eval/fineval/dev",
+                 "--shots", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["questions"] == 20 and result["shots"] == 2
+    assert 0 <= result["acc"] <= 1 and result["random_baseline"] == 0.25
