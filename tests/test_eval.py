@@ -92,3 +92,31 @@ def test_eval_cli(tok, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     result = json.loads(capsys.readouterr().out)
     assert result["questions"] == 20 and result["shots"] == 2
     assert 0 <= result["acc"] <= 1 and result["random_baseline"] == 0.25
+
+
+def test_char_f1_and_rouge_l_by_hand() -> None:
+    from lmforge.eval.qa import best_sentence, char_f1, rouge_l
+
+    # prediction 保险费 (3 chars) vs reference 保险金额: overlap 保,险 = 2
+    assert char_f1("保险费", "保险金额") == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
+    # spaces and punctuation do not count
+    assert char_f1("，保 险费！", "保险金额。") == char_f1("保险费", "保险金额")
+    # LCS of 甲乙丙丁 and 甲丙戊丁 is 甲丙丁 (3): P = R = 3/4
+    assert rouge_l("甲乙丙丁", "甲丙戊丁") == pytest.approx(0.75)
+    assert rouge_l("", "甲") == 0.0 and char_f1("乙", "甲") == 0.0
+    passage = "本合同的犹豫期为十五日。保险费按年交纳。"
+    assert best_sentence("犹豫期是多少天？", passage) == "本合同的犹豫期为十五日。"
+
+
+def test_eval_qa_cli(tok, rag_index, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    save_model(tiny_model(tok, max_seq_len=1024), tmp_path / "m")
+    copy_tokenizer_files(FIXTURE_TOKENIZER, tmp_path / "m")
+    assert main(["eval", "qa", "--model", str(tmp_path / "m"), "--index", str(rag_index.folder),
+                 "--queries", str(TINY / "rag_queries.jsonl"), "--limit", "4",
+                 "--max-new-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["questions"] == 4
+    for name in ("rag", "no_rag", "baseline"):
+        assert set(result[name]) == {"char_f1", "rouge_l"}
+    assert result["baseline"]["char_f1"] > result["no_rag"]["char_f1"]  # an untrained model
+    assert result["samples"][0]["sources"]

@@ -358,6 +358,28 @@ def cmd_eval_mcq(args: argparse.Namespace) -> None:
           f"{result['shots']}-shot)")
 
 
+def cmd_eval_qa(args: argparse.Namespace) -> None:
+    from lmforge.eval.qa import evaluate_qa, read_qa
+    from lmforge.prompts import system_message
+    from lmforge.rag import Grounding, RagIndex, Reranker, Retriever
+
+    config = _load(args)
+    model, tok = _eval_model(args)
+    index = RagIndex.open(args.index)
+    items = read_qa(args.queries)[: args.limit or None]
+    system = system_message(config.sft.assistant_name, config.sft.assistant_owner)
+    result = evaluate_qa(model, tok, Grounding(Retriever(index, Reranker.load(index))), items,
+                         system, args.max_new_tokens)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    for name in ("rag", "no_rag", "baseline"):
+        print(f"{name:8} char F1 {result[name]['char_f1']:.3f}  ROUGE-L "
+              f"{result[name]['rouge_l']:.3f}")
+    print(f"{result['questions']} questions, {result['answered_with_rag']} answered from "
+          "retrieved passages (the rest: no answer)")
+
+
 def _inference_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     _recipe_args(parser)
     parser.add_argument("--model", type=Path, required=model_required,
@@ -514,6 +536,17 @@ def _eval_parsers(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="FinEval-style csv/jsonl or folder")
     p.add_argument("--dev", type=Path, help="few-shot examples (same format)")
     p.add_argument("--shots", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p = _add(sub, "qa", "answers to domain questions vs references (char F1, ROUGE-L), with "
+             "and without RAG, beside a retrieval-only baseline",
+             f"lmforge eval qa --model {model} --index runs/insurance-zh/rag --queries "
+             "data/insurance/queries.jsonl --limit 100 --json", cmd_eval_qa)
+    _recipe_args(p)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--index", type=Path, required=True, help="a RAG index folder")
+    p.add_argument("--queries", type=Path, required=True, help="jsonl: question, answer")
+    p.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", action="store_true")
 
 
