@@ -267,3 +267,14 @@ def test_ask_cli_answers_with_sources(rag_index: RagIndex, tmp_path: Path, capsy
     from lmforge.prompts import NO_ANSWER
 
     assert json.loads(capsys.readouterr().out) == {"answer": NO_ANSWER, "sources": []}
+
+
+def test_context_is_fitted_to_the_models_window(index: RagIndex) -> None:
+    question = "如果存在重复保险，保险公司会如何分配赔偿责任？"
+    retrieved = Grounding(Retriever(index)).retrieve(question, k=3)
+    full = retrieved.user_message(question)
+    best = retrieved.hits[0].chunk.chunk_id
+    message = retrieved.fitted_message(question, lambda m: len(m) <= len(full) // 2)
+    assert len(message) <= len(full) // 2 and "[1]" in message
+    assert retrieved.hits[0].chunk.chunk_id == best  # the best passage is kept first
+    assert len(retrieved.sources()) == message.count("\n[")  # sources match the prompt

@@ -309,9 +309,15 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         from lmforge.tokenizer import render_chat
 
         model, tok, sampling, system = _inference_setup(args)
-        messages = [*([{"role": "system", "content": system}] if system else []),
-                    {"role": "user", "content": retrieved.user_message(args.question)}]
-        prompt = render_chat(messages, add_generation_prompt=True)
+        head = [{"role": "system", "content": system}] if system else []
+
+        def chat(message: str) -> str:
+            return render_chat([*head, {"role": "user", "content": message}],
+                               add_generation_prompt=True)
+
+        room = model.config.max_seq_len - sampling.max_new_tokens
+        prompt = chat(retrieved.fitted_message(args.question, lambda m: len(
+            tok.encode(chat(m), add_special_tokens=False).ids) <= room))
         answer = generate(model, tok, [prompt], sampling)[0].strip()
     sources = retrieved.sources() if retrieved.relevant else []
     if args.json:

@@ -108,9 +108,13 @@ def evaluate_qa(model: Transformer, tok: Tokenizer, grounding: Grounding,
 
     retrieved = [grounding.retrieve(item.question) for item in items]
     bare = generate(model, tok, [chat(i.question) for i in items], config)
-    grounded_prompts = [chat(r.user_message(i.question)) for r, i in zip(retrieved, items,
-                                                                         strict=True)
-                        if r.relevant]
+    room = model.config.max_seq_len - max_new_tokens
+
+    def fits(message: str) -> bool:
+        return len(tok.encode(chat(message), add_special_tokens=False).ids) <= room
+
+    grounded_prompts = [chat(r.fitted_message(i.question, fits))
+                        for r, i in zip(retrieved, items, strict=True) if r.relevant]
     grounded = iter(generate(model, tok, grounded_prompts, config) if grounded_prompts else [])
     with_rag = [next(grounded) if r.relevant else NO_ANSWER for r in retrieved]
     baseline = [best_sentence(i.question, r.hits[0].chunk.text) if r.hits else ""

@@ -10,7 +10,7 @@ Fusion and reranker scores are rank-based or uncalibrated and cannot gate on the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,24 @@ class Retrieved:
                  "heading": h.chunk.heading, "text": h.chunk.text, "score": round(h.score, 4),
                  "metadata": h.doc.meta} for n, h in enumerate(self.hits, 1)]
 
-    def user_message(self, question: str) -> str:
-        passages = [Passage(h.chunk.text, h.doc.meta.get("title") or h.doc.meta.get("contract")
-                            or h.doc.doc_id) for h in self.hits]
-        return rag_user_message(question, passages)
+    def user_message(self, question: str, passages: int | None = None,
+                     max_chars: int | None = None) -> str:
+        chosen = [Passage(h.chunk.text[:max_chars], h.doc.meta.get("title")
+                          or h.doc.meta.get("contract") or h.doc.doc_id)
+                  for h in self.hits[:passages]]
+        return rag_user_message(question, chosen)
+
+    def fitted_message(self, question: str, fits: Callable[[str], bool]) -> str:
+        """The fullest message that fits the model's context: fewer passages first (the best
+        ones stay), then shorter ones. Sources stay numbered as in the prompt."""
+        for max_chars in (None, 300, 200, 120):
+            for count in range(len(self.hits), 0, -1):
+                message = self.user_message(question, count, max_chars)
+                if fits(message):
+                    self.hits = self.hits[:count]
+                    return message
+        self.hits = self.hits[:1]
+        return self.user_message(question, 1, 60)
 
 
 class Grounding:

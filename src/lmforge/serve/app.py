@@ -225,7 +225,17 @@ def create_app(model: Transformer, tok: Tokenizer, settings: ServeSettings | Non
         retrieved = await run_in_threadpool(grounding.retrieve, last["content"], who,
                                             options.top_k)
         if retrieved.relevant:
-            last["content"] = retrieved.user_message(last["content"])
+            question = last["content"]
+            answer_room = (body.max_completion_tokens or body.max_tokens
+                           or settings.default_max_tokens)
+
+            def fits(message: str) -> bool:  # passages trimmed to leave room for the answer
+                last["content"] = message
+                prompt = render_chat(messages, add_generation_prompt=True)
+                used = len(tok.encode(prompt, add_special_tokens=False).ids)
+                return used + answer_room <= app.state.max_len
+
+            last["content"] = retrieved.fitted_message(question, fits)
         return retrieved
 
     def no_answer(body: ChatCompletionRequest) -> Any:
