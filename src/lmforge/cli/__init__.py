@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import __version__
-from lmforge.cli.common import (
+from lmforge.cli.recipe_args import (
     EXAMPLE_RECIPE,
     add_command,
     command_group,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmforge.cli.common import (
+from lmforge.cli.recipe_args import (
     add_command,
     command_group,
     inference_args,

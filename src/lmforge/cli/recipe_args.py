@@ -1,4 +1,4 @@
-"""What every ``lmforge`` subcommand shares: recipe loading with ``--set`` overrides, the
+"""Shared by every ``lmforge`` subcommand: recipe loading with ``--set`` overrides, the
 inference flags, and the parser helpers."""
 
 from __future__ import annotations
