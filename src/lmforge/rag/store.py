@@ -116,10 +116,6 @@ class LanceStore:
     def count(self) -> int:
         return int(self._table.count_rows())
 
-    def compact(self) -> None:
-        """Merge the small fragments each update leaves and drop old versions."""
-        self._table.optimize()
-
 
 def point_id(chunk_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, chunk_id))
@@ -181,9 +177,6 @@ class QdrantStore:
 
     def count(self) -> int:
         return int(self._client.count(self.COLLECTION).count)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def open_store(backend: str, folder: Path, dim: int, location: str = "") -> VectorStore:
