@@ -120,3 +120,14 @@ def test_eval_qa_cli(tok, rag_index, tmp_path: Path, capsys) -> None:  # noqa: A
         assert set(result[name]) == {"char_f1", "rouge_l"}
     assert result["baseline"]["char_f1"] > result["no_rag"]["char_f1"]  # an untrained model
     assert result["samples"][0]["sources"]
+
+
+def test_held_out_bits_per_byte_per_source(tiny_run: Path, capsys) -> None:  # noqa: ANN001
+    model = tiny_run / "pretrain" / "model"
+    assert main(["eval", "bpb", "--model", str(model), "--shards",
+                 str(tiny_run / "data" / "shards"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) <= {"insurance", "zh", "en"} and "insurance" in result
+    for source in result.values():
+        assert 0 < source["bits_per_byte"] < 20 and source["bytes"] > source["tokens"] / 4
+    assert main(["eval", "bpb", "--model", str(model)]) == 2  # neither --text nor --shards

@@ -165,16 +165,23 @@ def _eval_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def cmd_eval_bpb(args: argparse.Namespace) -> None:
     from lmforge.eval import bits_per_byte, read_texts
+    from lmforge.eval.bpb import bits_per_byte_by_source
 
+    if bool(args.text) == bool(args.shards):
+        raise ValueError("give either --text FILE or --shards DIR")
     model, tok = _eval_model(args)
-    result = bits_per_byte(model, tok, read_texts(args.text, args.field))
+    if args.shards:
+        results = bits_per_byte_by_source(model, tok, args.shards)
+    else:
+        results = {"text": bits_per_byte(model, tok, read_texts(args.text, args.field))}
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(results["text"] if args.text else results))
         return
-    print(
-        f"bits per byte {result['bits_per_byte']:.4f} over {result['bytes']:,} bytes "
-        f"({result['tokens']:,} tokens; perplexity {result['perplexity']:.2f})"
-    )
+    for name, result in results.items():
+        print(
+            f"{name}: bits per byte {result['bits_per_byte']:.4f} over {result['bytes']:,} "
+            f"bytes ({result['tokens']:,} tokens; perplexity {result['perplexity']:.2f})"
+        )
 
 
 def cmd_eval_mcq(args: argparse.Namespace) -> None:
@@ -242,10 +249,10 @@ def eval_parsers(stages: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", type=Path, required=True)
     p.add_argument(
-        "--text",
-        type=Path,
-        required=True,
-        help="plain text, or jsonl with a text field (one document per line)",
+        "--text", type=Path, help="plain text, or jsonl with a text field (one document per line)"
+    )
+    p.add_argument(
+        "--shards", type=Path, help="a run's shard folder: held-out bits per byte per source"
     )
     p.add_argument("--field", default="text", help="the jsonl text field")
     p.add_argument("--json", action="store_true")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from lmforge.data.shards import ShardSet
 from lmforge.model import Transformer
 
 
@@ -60,10 +63,15 @@ def document_nll(model: Transformer, ids: list[int]) -> float:
 
 
 def bits_per_byte(model: Transformer, tok: Tokenizer, texts: list[str]) -> dict[str, Any]:
+    return score_documents(model, tok, [tok.encode(t, add_special_tokens=False).ids
+                                        for t in texts])
+
+
+def score_documents(model: Transformer, tok: Tokenizer, documents: Iterable[list[int]]
+                    ) -> dict[str, Any]:
     model.eval()
     nll = tokens = size = 0.0
-    for text in texts:
-        ids = tok.encode(text, add_special_tokens=False).ids
+    for ids in documents:
         if len(ids) < 2:
             continue
         nll += document_nll(model, ids)
@@ -73,3 +81,17 @@ def bits_per_byte(model: Transformer, tok: Tokenizer, texts: list[str]) -> dict[
         raise ValueError("no text with at least two tokens to score")
     return {"bits_per_byte": nll / math.log(2) / size, "tokens": int(tokens), "bytes": int(size),
             "perplexity": math.exp(nll / tokens)}
+
+
+def bits_per_byte_by_source(model: Transformer, tok: Tokenizer, shards: Path,
+                            max_tokens: int = 100_000) -> dict[str, dict[str, Any]]:
+    """Held-out bits per byte of each source of a run's shards (domain vs general), over at
+    most ``max_tokens`` of each."""
+    by_source: dict[str, list[list[int]]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    for tokens, source in ShardSet(shards).documents("val"):
+        if counts[source] < max_tokens:
+            by_source[source].append(tokens.astype("int64").tolist())
+            counts[source] += len(tokens)
+    return {source: score_documents(model, tok, docs) for source, docs in
+            sorted(by_source.items())}
