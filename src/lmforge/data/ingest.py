@@ -14,9 +14,10 @@ reported with the install command rather than crashing the run.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmforge.config import IngestConfig, SourceConfig
 
@@ -55,6 +56,23 @@ def _meta_value(value: object) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def jsonl_records(path: Path, fields: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Records of a jsonl file that must carry ``fields``; anything else is an error naming
+    the file, line and what was expected (for inputs that are all-or-nothing, like queries)."""
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+        missing = [f for f in fields if not isinstance(record, dict) or f not in record]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with "
+                             f"{', '.join(repr(f) for f in fields)} (missing {missing})")
+        yield record
 
 
 def decode_bytes(raw: bytes) -> str | None:

@@ -9,7 +9,6 @@ except a document's first.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from lmforge.data.ingest import jsonl_records
 from lmforge.data.shards import ShardSet
 from lmforge.model import Transformer
 
@@ -29,17 +29,7 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".ndjson"):
         return [path.read_text(encoding="utf-8")]
-    texts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            texts.append(str(record[field]))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with a '{field}' field "
-                             f"({type(err).__name__}: {err})") from None
-    return texts
+    return [str(r[field]) for r in jsonl_records(path, (field,))]
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ to beat to be worth generating at all.
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from lmforge.config import SamplingConfig
+from lmforge.data.ingest import jsonl_records
 from lmforge.infer import generate
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
@@ -36,17 +36,8 @@ class QAItem:
 
 
 def read_qa(path: Path) -> list[QAItem]:
-    items = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            items.append(QAItem(str(record["question"]), str(record["answer"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{lineno}: expected 'question' and 'answer' "
-                             f"({type(err).__name__}: {err})") from None
-    return items
+    return [QAItem(str(r["question"]), str(r["answer"]))
+            for r in jsonl_records(path, ("question", "answer"))]
 
 
 def scored_chars(text: str) -> list[str]:

@@ -16,7 +16,6 @@ from typing import Any
 
 from lmforge.prompts import Passage, rag_user_message
 from lmforge.rag.index import Access
-from lmforge.rag.rerank import LexicalFeatures
 from lmforge.rag.retrieve import Hit, Retriever
 
 
@@ -58,27 +57,22 @@ class Grounding:
         self.retriever = retriever
         config = retriever.index.config
         self.min_dense, self.min_coverage = config.min_dense_score, config.min_keyword_coverage
-        self._lexical: LexicalFeatures | None = None
-
-    @property
-    def lexical(self) -> LexicalFeatures:
-        if self._lexical is None:
-            self._lexical = LexicalFeatures(self.retriever.index)
-        return self._lexical
 
     def retrieve(self, question: str, access: Access | None = None, k: int | None = None
                  ) -> Retrieved:
         k = k or self.retriever.index.config.top_k
-        hits = self.retriever.search(question, access, "final", k)
-        return Retrieved(hits, self.is_relevant(question, hits, access))
+        pool = self.retriever.search(question, access, "final")
+        return Retrieved(pool[:k], self.is_relevant(question, pool, k))
 
-    def is_relevant(self, question: str, hits: Sequence[Hit], access: Access | None) -> bool:
-        """Only passages this user may read count (a hidden document must not even reveal
-        that an answer exists)."""
-        if not hits:
+    def is_relevant(self, question: str, pool: Sequence[Hit], k: int) -> bool:
+        """The pool is what this user may read (a hidden document must not even reveal that an
+        answer exists); it holds the dense retriever's whole list, so its best cosine is the
+        best readable chunk's."""
+        if not pool:
             return False
-        dense = self.retriever.index.dense(question, 1, access)
-        best_dense = max([s for _, s in dense] + [h.features.get("dense", 0.0) for h in hits])
-        terms = set(self.lexical.analyzer(question))
-        coverage = max(self.lexical(terms, h.chunk.text)[0] for h in hits)
+        best_dense = max(h.features.get("dense", 0.0) for h in pool)
+        lexical = self.retriever.index.lexical
+        terms = set(lexical.analyzer(question))
+        coverage = max(lexical.coverage(terms, set(lexical.analyzer(h.chunk.text)))[0]
+                       for h in pool[:k])
         return best_dense >= self.min_dense or coverage >= self.min_coverage

@@ -27,7 +27,7 @@ from lmforge.config import IngestConfig, RagConfig, SourceConfig, from_dict, to_
 from lmforge.data.ingest import Document, Problem, Reader
 from lmforge.rag.chunk import chunk_text
 from lmforge.rag.embed import E5Embedder, Embedder, EmbeddingCache, text_key
-from lmforge.rag.keyword import ChineseAnalyzer, KeywordIndex
+from lmforge.rag.keyword import ChineseAnalyzer, KeywordIndex, LexicalFeatures
 from lmforge.rag.store import StoredChunk, StoreFilter, VectorStore, open_store
 
 MANIFEST = "index.json"
@@ -125,6 +125,7 @@ class RagIndex:
         self._store: VectorStore | None = None
         self.analyzer = ChineseAnalyzer(load_user_terms(config.user_dict))
         self._keyword: KeywordIndex | None = None
+        self._lexical: LexicalFeatures | None = None
 
     # ---- opening and saving -------------------------------------------------------------
     @classmethod
@@ -198,6 +199,16 @@ class RagIndex:
         ids = list(self.chunks)
         self._keyword = KeywordIndex.build(self.analyzer, ids,
                                            [self.chunks[i].text for i in ids])
+        self._lexical = None
+
+    @property
+    def lexical(self) -> LexicalFeatures:
+        """Term statistics of the chunks, built once and shared by the reranker and the
+        no-answer gate (building them reads every chunk)."""
+        if self._lexical is None:
+            self._lexical = LexicalFeatures(self.analyzer, ((c.doc_id, c.text)
+                                                            for c in self.chunks.values()))
+        return self._lexical
 
     # ---- indexing -------------------------------------------------------------------------
     def _measure(self):  # noqa: ANN202

@@ -12,8 +12,11 @@ competes for the top k).
 from __future__ import annotations
 
 import logging
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +97,49 @@ class KeywordIndex:
             retriever = bm25s.BM25.load(str(folder), show_progress=False, allow_pickle=False)
         return cls(analyzer, chunk_ids, retriever)
 
+
+class LexicalFeatures:
+    """How much of the question a passage covers, weighting terms by IDF over the index."""
+
+    def __init__(self, analyzer: ChineseAnalyzer, chunks: Iterable[tuple[str, str]]) -> None:
+        """``chunks``: (document id, text) of every chunk of the index."""
+        self.analyzer = analyzer
+        self.df: Counter[str] = Counter()
+        self.document_terms: dict[str, set[str]] = {}
+        self.n = 0
+        for doc_id, text in chunks:
+            terms = set(self.analyzer(text))
+            self.df.update(terms)
+            self.document_terms.setdefault(doc_id, set()).update(terms)
+            self.n += 1
+        self.n = max(self.n, 1)
+
+    def idf(self, term: str) -> float:
+        return math.log((self.n + 1) / (self.df.get(term, 0) + 0.5))
+
+    def coverage(self, question_terms: set[str], present: set[str]) -> list[float]:
+        """Shares of the question's IDF mass, bigrams and words found in ``present``."""
+        total = sum(self.idf(t) for t in question_terms) or 1.0
+        bigrams = [t for t in question_terms if t.startswith("#")]
+        words = [t for t in question_terms if not t.startswith("#")]
+        return [sum(self.idf(t) for t in question_terms if t in present) / total,
+                sum(t in present for t in bigrams) / max(len(bigrams), 1),
+                sum(t in present for t in words) / max(len(words), 1)]
+
+    def __call__(self, question_terms: set[str], passage: str, question: str = "",
+                 doc_id: str = "") -> list[float]:
+        """Chunk coverage, length, longest verbatim match, and the whole document's coverage
+        (a question may be answered across a document's chunks)."""
+        return [*self.coverage(question_terms, set(self.analyzer(passage))),
+                math.log(max(len(passage), 1)) / 8.0, longest_match(question, passage),
+                *self.coverage(question_terms, self.document_terms.get(doc_id, set()))]
+
+
+def longest_match(question: str, passage: str) -> float:
+    """The longest verbatim run of the question inside the passage, as a share of the question:
+    a quoted clause phrase is strong evidence that bag-of-terms scores cannot see."""
+    if not question:
+        return 0.0
+    match = SequenceMatcher(None, question, passage, autojunk=False).find_longest_match(
+        0, len(question), 0, len(passage))
+    return match.size / len(question)

@@ -13,11 +13,8 @@ the held-out contracts, and ``rag eval`` measures on exactly those.
 from __future__ import annotations
 
 import json
-import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +23,11 @@ import torch
 from tokenizers import Tokenizer
 
 from lmforge.config import RerankerConfig
+from lmforge.data.ingest import jsonl_records
 from lmforge.data.prepare import stable_fraction
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, score_group
 from lmforge.rag.index import RagIndex
+from lmforge.rag.keyword import LexicalFeatures
 from lmforge.rag.retrieve import Hit, Retriever
 from lmforge.tokenizer import IM_START, load_tokenizer
 
@@ -48,66 +47,12 @@ class Query:
 
 def read_queries(path: Path, group_field: str = "contract") -> list[Query]:
     """Queries in the bundled format: ``question``, ``gold_pid`` (and the group field)."""
-    queries = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            queries.append(Query(str(record["question"]), str(record["gold_pid"]),
-                                 str(record.get(group_field, record["gold_pid"]))))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with 'question' and "
-                             f"'gold_pid' ({type(err).__name__}: {err})") from None
-    return queries
+    return [Query(str(r["question"]), str(r["gold_pid"]), str(r.get(group_field, r["gold_pid"])))
+            for r in jsonl_records(path, ("question", "gold_pid"))]
 
 
 def is_held_out(group: str, fraction: float, seed: int) -> bool:
     return stable_fraction(f"{seed}:rerank:{group}") < fraction
-
-
-class LexicalFeatures:
-    """How much of the question a passage covers, weighting terms by IDF over the index."""
-
-    def __init__(self, index: RagIndex) -> None:
-        self.analyzer = index.analyzer
-        self.df: Counter[str] = Counter()
-        self.document_terms: dict[str, set[str]] = {}
-        for chunk in index.chunks.values():
-            terms = set(self.analyzer(chunk.text))
-            self.df.update(terms)
-            self.document_terms.setdefault(chunk.doc_id, set()).update(terms)
-        self.n = max(len(index.chunks), 1)
-
-    def idf(self, term: str) -> float:
-        return math.log((self.n + 1) / (self.df.get(term, 0) + 0.5))
-
-    def coverage(self, question_terms: set[str], present: set[str]) -> list[float]:
-        """Shares of the question's IDF mass, bigrams and words found in ``present``."""
-        total = sum(self.idf(t) for t in question_terms) or 1.0
-        bigrams = [t for t in question_terms if t.startswith("#")]
-        words = [t for t in question_terms if not t.startswith("#")]
-        return [sum(self.idf(t) for t in question_terms if t in present) / total,
-                sum(t in present for t in bigrams) / max(len(bigrams), 1),
-                sum(t in present for t in words) / max(len(words), 1)]
-
-    def __call__(self, question_terms: set[str], passage: str, question: str = "",
-                 doc_id: str = "") -> list[float]:
-        """Chunk coverage, length, longest verbatim match, and the whole document's coverage
-        (a question may be answered across a document's chunks)."""
-        return [*self.coverage(question_terms, set(self.analyzer(passage))),
-                math.log(max(len(passage), 1)) / 8.0, longest_match(question, passage),
-                *self.coverage(question_terms, self.document_terms.get(doc_id, set()))]
-
-
-def longest_match(question: str, passage: str) -> float:
-    """The longest verbatim run of the question inside the passage, as a share of the question:
-    a quoted clause phrase is strong evidence that bag-of-terms scores cannot see."""
-    if not question:
-        return 0.0
-    match = SequenceMatcher(None, question, passage, autojunk=False).find_longest_match(
-        0, len(question), 0, len(passage))
-    return match.size / len(question)
 
 
 def feature_matrix(hits: Sequence[Hit], question: str, lexical: LexicalFeatures) -> np.ndarray:
@@ -132,7 +77,7 @@ class Reranker:
     def __init__(self, model: CrossEncoder, tok: Tokenizer, index: RagIndex,
                  meta: dict[str, Any]) -> None:
         self.model, self.tok, self.meta = model, tok, meta
-        self.lexical = LexicalFeatures(index)
+        self.lexical = index.lexical
         self.depth = int(meta["candidates"])
         self.enabled = bool(meta.get("enabled", True))
         self.max_len = int(meta["max_len"])
@@ -173,7 +118,7 @@ def training_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
     built the same way, and lost on real held-out lists). Lists without the gold passage teach
     nothing and are skipped in training; in evaluation they count as misses."""
     retriever = Retriever(index)
-    lexical = LexicalFeatures(index)
+    lexical = index.lexical
     train: list[RerankGroup] = []
     val: list[RerankGroup] = []
     skipped = 0
