@@ -99,6 +99,18 @@ def inference_args(parser: argparse.ArgumentParser, model_required: bool = True)
     )
 
 
+def _parser(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str, example: str
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def command_group(
     stages: argparse._SubParsersAction,
     name: str,
@@ -108,13 +120,7 @@ def command_group(
     metavar: str = "ACTION",
 ) -> argparse._SubParsersAction:
     """A command with its own subcommands (``lmforge data prepare``, ``lmforge rag index``)."""
-    parser = stages.add_parser(
-        name,
-        help=summary,
-        description=description,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = _parser(stages, name, summary, description, example)
     return parser.add_subparsers(dest="action", required=True, metavar=metavar)
 
 
@@ -125,12 +131,6 @@ def add_command(
     example: str,
     func: Callable[[argparse.Namespace], None],
 ) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = _parser(sub, name, summary, summary, example)
     parser.set_defaults(func=func)
     return parser
