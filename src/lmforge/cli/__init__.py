@@ -21,6 +21,7 @@ from lmforge.cli.recipe_args import (
     inference_args,
     inference_setup,
     load_recipe,
+    override_args,
     recipe_args,
     stage_dir,
 )
@@ -208,6 +209,31 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"Hugging Face folder: {out} (load with transformers.AutoModelForCausalLM)")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from lmforge.pipeline.report import write_report_card
+    from lmforge.pipeline.run import run_recipe
+    from lmforge.pipeline.stages import STAGES, final_model
+
+    args.recipe = args.recipe_file
+    config = load_recipe(args)
+    results = run_recipe(config, STAGES, print, args.until, set(args.force or []))
+    if args.until and args.until != STAGES[-1].name:
+        return
+    recipe, model, index = args.recipe_file, final_model(config), stage_dir(config, "rag")
+    hint = [f"lmforge chat --recipe {recipe} --model {model}",
+            f"lmforge serve --recipe {recipe} --model {model} --rag-index {index}  "
+            "# web chat: http://127.0.0.1:8000/",
+            f"lmforge rag ask --recipe {recipe} --index {index} --model {model} '犹豫期是什么？'"]
+    card = write_report_card(config, results, str(recipe), hint)
+    print("\noutputs:")
+    for result in results:
+        for label, path in result.summary.get("outputs", {}).items():
+            print(f"  {result.stage:10} {label:16} {path}")
+    print(f"\nreport card: {card}\n\ntalk to the assistant:")
+    for line in hint:
+        print(f"  {line}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge",
@@ -220,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND")
+
+    p = add_command(
+        stages,
+        "run",
+        "run every stage of a recipe (data to evaluated, exported assistant), skipping "
+        "unchanged stages and resuming interrupted ones",
+        f"lmforge run {EXAMPLE_RECIPE}",
+        cmd_run,
+    )
+    p.add_argument("recipe_file", type=Path, metavar="RECIPE", help="TOML recipe")
+    override_args(p)
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    p.add_argument(
+        "--force", action="append", metavar="STAGE", help="re-run a stage even if unchanged"
+    )
 
     data_sub = command_group(
         stages,

@@ -15,6 +15,10 @@ EXAMPLE_RECIPE = "recipes/insurance-zh.toml"
 
 def recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", type=Path, help="TOML recipe (default: built-in defaults)")
+    override_args(parser)
+
+
+def override_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",

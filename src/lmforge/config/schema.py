@@ -469,6 +469,10 @@ class RagConfig:
     min_dense_score: float = 0.88
     min_keyword_coverage: float = 0.6
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
+    # what ``lmforge run`` indexes, and the questions it trains the reranker on ("": no
+    # reranker); questions of contracts the data stage held out are left out of that training
+    documents: list[str] = field(default_factory=list)
+    reranker_queries: str = ""
 
     def __post_init__(self) -> None:
         _check(self.chunk_size >= 16, "chunk_size", "at least 16", self.chunk_size)
@@ -478,6 +482,24 @@ class RagConfig:
             _check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
         for name in ("dense_weight", "keyword_weight"):
             _check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+
+
+@dataclass
+class EvalConfig:
+    """What ``lmforge run`` measures on its final model. Domain QA uses the questions of the
+    contracts the data stage held out (``sft.qa_queries``): no stage has trained on them."""
+
+    mcq_data: str = ""  # FinEval layout: a csv/jsonl file or a folder of them
+    mcq_dev: str = ""  # few-shot examples, same layout
+    mcq_shots: int = 0
+    qa_limit: int = 0  # 0: every held-out question
+    max_new_tokens: int = 160
+    samples: int = 5  # sample answers shown on the report card
+
+    def __post_init__(self) -> None:
+        for name in ("mcq_shots", "qa_limit"):
+            _check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "at least 1", self.max_new_tokens)
 
 
 @dataclass
@@ -494,3 +516,4 @@ class RecipeConfig:
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
     rm: PreferenceConfig = field(default_factory=PreferenceConfig)
     rag: RagConfig = field(default_factory=RagConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -88,8 +88,8 @@ def summary(predictions: Sequence[str], items: Sequence[QAItem]) -> dict[str, fl
 
 
 def evaluate_qa(model: Transformer, tok: Tokenizer, grounding: Grounding,
-                items: Sequence[QAItem], system: str, max_new_tokens: int = 160
-                ) -> dict[str, Any]:
+                items: Sequence[QAItem], system: str, max_new_tokens: int = 160,
+                samples: int = 5) -> dict[str, Any]:
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     head = [{"role": "system", "content": system}] if system else []
 
@@ -110,9 +110,11 @@ def evaluate_qa(model: Transformer, tok: Tokenizer, grounding: Grounding,
     with_rag = [next(grounded) if r.relevant else NO_ANSWER for r in retrieved]
     baseline = [best_sentence(i.question, r.hits[0].chunk.text) if r.hits else ""
                 for r, i in zip(retrieved, items, strict=True)]
-    samples = [{"question": i.question, "reference": i.answer, "rag": a.strip(),
-                "no_rag": b.strip(), "sources": [s["document"] for s in r.sources()]}
-               for i, a, b, r in zip(items, with_rag, bare, retrieved, strict=True)][:5]
+    shown = [{"question": i.question, "reference": i.answer, "rag": a.strip(),
+              "no_rag": b.strip(), "baseline": c,
+              "sources": [{k: s[k] for k in ("n", "document", "page", "text")}
+                          for s in r.sources()]}
+             for i, a, b, c, r in zip(items, with_rag, bare, baseline, retrieved, strict=True)]
     return {"questions": len(items), "rag": summary(with_rag, items),
             "no_rag": summary(bare, items), "baseline": summary(baseline, items),
-            "answered_with_rag": sum(r.relevant for r in retrieved), "samples": samples}
+            "answered_with_rag": sum(r.relevant for r in retrieved), "samples": shown[:samples]}

@@ -1,0 +1,223 @@
+"""The run's report card (``report.md`` + PNGs at the top of the run folder): what went in,
+what came out, how good it is and what it cost, on one page, from the stages' own reports.
+
+Plots go through matplotlib (already used for the loss curves) with the Agg backend, so the
+card is written on a headless server too."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lmforge.atomic import atomic_write_text
+from lmforge.config import RecipeConfig
+from lmforge.pipeline.evaluate import eval_tables
+from lmforge.pipeline.run import StageResult
+from lmforge.reporting import markdown_table
+
+TRAINING = ("pretrain", "sft", "dpo")
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") \
+        if hasattr(os, "sysconf") else 0
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
+            "gpus": gpus, "torch": torch.__version__, "python": platform.python_version(),
+            "os": platform.platform(terse=True)}
+
+
+def _report(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def plot_training(run: Path, path: Path) -> None:
+    """One panel per training stage: train and validation loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TRAINING), figsize=(4 * len(TRAINING), 3.4), dpi=110)
+    for ax, stage in zip(axes, TRAINING, strict=True):
+        rows = _metrics(run / stage / "metrics.jsonl")
+        for key, style in (("loss", "-"), ("val_loss", "o-")):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, ms=3, lw=1,
+                        label=key.replace("_", " "))
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.legend()
+    axes[0].set_ylabel("loss")
+    _save(fig, path)
+
+
+def plot_eval(results: dict[str, Any], path: Path) -> None:
+    """Domain QA by system, and held-out bits per byte by source (base vs assistant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=110)
+    qa = results.get("qa")
+    if qa:
+        systems = [("RAG", "rag"), ("no RAG", "no_rag"), ("retrieval\nbaseline", "baseline")]
+        for offset, metric in ((-0.2, "char_f1"), (0.2, "rouge_l")):
+            left.bar([i + offset for i in range(3)], [qa[k][metric] for _, k in systems],
+                     width=0.4, label=metric.replace("_", " "))
+        left.set_xticks(range(3), [name for name, _ in systems])
+        left.set_title(f"domain QA ({qa['questions']} held-out questions)")
+        left.legend()
+    bpb = results.get("bpb", {})
+    sources = list(bpb.get("base", {}))
+    for offset, model in ((-0.2, "base"), (0.2, "assistant")):
+        right.bar([i + offset for i in range(len(sources))],
+                  [bpb[model][s]["bits_per_byte"] for s in sources], width=0.4, label=model)
+    right.set_xticks(range(len(sources)), sources, rotation=20)
+    right.set_title("held-out bits per byte (lower is better)")
+    right.legend()
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def data_section(run: Path) -> list[str]:
+    data = _report(run / "data" / "report.json")
+    if not data:
+        return []
+    rows = [[name, s["docs_in"], s["docs_kept"], s["chars_kept"], sum(s["dropped"].values()),
+             s.get("rate", 1.0), s.get("mixed_chars", s["train_chars"]), s["val_chars"]]
+            for name, s in data["sources"].items()]
+    splits = data.get("tokens", {}).get("splits", {})
+    tokens = ", ".join(f"{k} {v['tokens']:,}" for k, v in splits.items())
+    return ["## Data", "", markdown_table(
+        ["source", "docs in", "docs kept", "chars kept", "docs dropped", "repeat",
+         "train chars (mixed)", "held-out chars"], rows), "",
+        f"Domain share of training characters: {data['domain_fraction_actual']:.3f} (target "
+        f"{data['domain_fraction_target']:.3f}). Tokens: {tokens}. Details: "
+        "[data/report.md](data/report.md).", ""]
+
+
+def tokenizer_section(run: Path) -> list[str]:
+    tok = _report(run / "tokenizer" / "report.json")
+    if not tok:
+        return []
+    rows = [[group, v["chars_per_token"], v.get("baseline_chars_per_token", "-")]
+            for group, v in tok["held_out"].items()]
+    terms = tok.get("terms", {})
+    baseline = terms.get("single_token_baseline")
+    return ["## Tokenizer", "", f"Byte-level BPE, vocabulary {tok['vocab_size']:,}; "
+            f"{terms.get('single_token', 0)} domain terms are single tokens"
+            + (f" (baseline tokenizer: {baseline})." if baseline is not None else "."), "",
+            markdown_table(["held-out text", "chars/token", "baseline chars/token"], rows), ""]
+
+
+def model_section(run: Path) -> list[str]:
+    pre = _report(run / "pretrain" / "report.json")
+    if not pre:
+        return []
+    c = pre["model_config"]
+    return ["## Model", "", markdown_table(
+        ["parameters", "non-embedding", "FLOPs/token (train)", "layers", "dim", "heads / kv",
+         "vocab", "context"],
+        [[pre["parameters"], pre["non_embedding_parameters"], pre["flops_per_token"],
+          c["n_layers"], c["dim"], f"{c['n_heads']} / {c['n_kv_heads']}", c["vocab_size"],
+          c["max_seq_len"]]]), ""]
+
+
+def training_section(run: Path) -> list[str]:
+    rows = []
+    for stage in TRAINING:
+        r = _report(run / stage / "report.json")
+        if r:
+            final = ", ".join(f"{k} {v:.3f}" for k, v in r["final"].items())
+            rows.append([stage, r["steps"], r["seconds"], r["tokens_per_second"], final])
+    return ["## Training", "", markdown_table(["stage", "steps", "seconds", "tokens/s",
+                                               "final validation"], rows), "",
+            "![loss curves](training.png)", ""]
+
+
+def samples_section(results: dict[str, Any]) -> list[str]:
+    md = ["## Sample answers (held-out contracts, with RAG)", ""]
+    for n, s in enumerate(results.get("qa", {}).get("samples", []), 1):
+        md += [f"**Q{n}. {s['question']}**", "", f"- assistant + RAG: {_one_line(s['rag'])}",
+               f"- assistant alone: {_one_line(s['no_rag'])}",
+               f"- reference: {_one_line(s['reference'])}", "- sources:"]
+        md += [f"  - [{c['n']}] {c['document']}: {_one_line(c['text'])[:160]}"
+               for c in s["sources"]]
+        md.append("")
+    return md
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def stages_section(results: list[StageResult]) -> list[str]:
+    rows = [[r.stage, r.status, r.seconds, r.summary.get("headline", "")] for r in results]
+    total = sum(r.seconds for r in results)
+    return ["## Stages", "", markdown_table(["stage", "this run", "seconds (when it ran)",
+                                             "result"], rows), "",
+            f"Total stage time: {total / 60:.1f} minutes.", ""]
+
+
+def write_report_card(recipe: RecipeConfig, results: list[StageResult], recipe_path: str,
+                      chat_hint: list[str]) -> Path:
+    run = Path(recipe.run.out_dir)
+    evaluation = _report(run / "eval" / "report.json")
+    hw = hardware()
+    if any((run / s / "metrics.jsonl").exists() for s in TRAINING):
+        plot_training(run, run / "training.png")
+    md = [f"# Report card: {recipe.run.name}", "",
+          f"Recipe `{recipe_path}`, written "
+          f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}. Hardware: {hw['cpu']}, "
+          f"{hw['cores']} cores, {hw['memory_gib']} GiB"
+          + (f", GPU {', '.join(hw['gpus'])}" if hw["gpus"] else ", no GPU")
+          + f"; PyTorch {hw['torch']}, Python {hw['python']}, {hw['os']}.", ""]
+    if evaluation:
+        plot_eval(evaluation, run / "eval.png")
+        md += ["## Evaluation", "", *eval_tables(evaluation), "![evaluation](eval.png)", ""]
+    md += [*stages_section(results), *data_section(run), *tokenizer_section(run),
+           *model_section(run), *training_section(run)]
+    if evaluation:
+        md += samples_section(evaluation)
+    md += ["## Talk to it", "", "```bash", *chat_hint, "```", ""]
+    path = run / "report.md"
+    atomic_write_text(path, "\n".join(md))
+    atomic_write_text(run / "report.json", json.dumps(
+        {"hardware": hw, "stages": [r.__dict__ for r in results], "eval": evaluation},
+        indent=2, ensure_ascii=False, default=str) + "\n")
+    return path

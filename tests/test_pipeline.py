@@ -1,0 +1,143 @@
+"""``lmforge run`` end to end on the tiny recipe: every stage in order, the report card, the
+assistant answering from the index, and re-runs that skip, re-run or resume exactly the stages
+they should."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, tiny_recipe_text
+
+STAGES = ["data", "tokenizer", "shards", "pretrain", "sft", "dpo", "rag", "eval", "export"]
+
+
+def pipeline_recipe(out_dir: Path) -> str:
+    """The tiny recipe plus what the pipeline needs: documents to index and what to measure."""
+    text = tiny_recipe_text(out_dir).replace('group_field = "contract"',
+                                             'group_field = "contract"\nval_fraction = 0.3')
+    return text + f"""
+[rag]
+documents = ["{(TINY / 'rag_passages.jsonl').as_posix()}"]
+top_k = 2
+
+[eval]
+mcq_data = "{(TINY / 'mcq_insurance.jsonl').as_posix()}"
+max_new_tokens = 12
+samples = 2
+"""
+
+
+def statuses(output: str) -> dict[str, str]:
+    found = dict(re.findall(r"^(\w+): (running|resuming|unchanged)", output, re.MULTILINE))
+    return {stage: found.get(stage, "-") for stage in STAGES}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    from lmforge.cli import main
+
+    base = tmp_path_factory.mktemp("pipeline")
+    recipe = base / "tiny.toml"
+    recipe.write_text(pipeline_recipe(base / "run"), encoding="utf-8")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["run", str(recipe)]) == 0
+    return recipe, base / "run", out.getvalue()
+
+
+def test_every_stage_runs_in_order_and_says_where_outputs_are(pipeline_run) -> None:
+    recipe, run, output = pipeline_run
+    assert statuses(output) == dict.fromkeys(STAGES, "running")
+    order = [output.index(f"{stage}: running") for stage in STAGES]
+    assert order == sorted(order)
+    for stage, folder in zip(STAGES, ["data", "tokenizer", "data/shards", "pretrain", "sft",
+                                      "dpo", "rag", "eval", "export"], strict=True):
+        marker = json.loads((run / folder / "stage.json").read_text(encoding="utf-8"))
+        assert marker["stage"] == stage and len(marker["fingerprint"]) == 64
+        assert not (run / folder / "stage.started.json").exists()
+    assert f"lmforge serve --recipe {recipe} --model {run / 'dpo' / 'model'}" in output
+    assert str(run / "export" / "hf") in output
+    assert (run / "export" / "hf" / "config.json").exists()
+
+
+def test_report_card_holds_every_section_and_real_figures(pipeline_run) -> None:
+    _, run, _ = pipeline_run
+    card = (run / "report.md").read_text(encoding="utf-8")
+    for heading in ("## Evaluation", "### Domain QA", "### Held-out bits per byte",
+                    "### Multiple choice", "## Stages", "## Data", "## Tokenizer", "## Model",
+                    "## Training", "## Sample answers", "## Talk to it"):
+        assert heading in card, heading
+    for image in ("training.png", "eval.png"):
+        assert (run / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evaluation = json.loads((run / "eval" / "report.json").read_text(encoding="utf-8"))
+    qa = evaluation["qa"]
+    held = [json.loads(line) for line in
+            (run / "eval" / "heldout_queries.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert qa["questions"] == len(held) > 0
+    for system in ("rag", "no_rag", "baseline"):
+        assert 0.0 <= qa[system]["char_f1"] <= 1.0
+        assert f"{qa[system]['char_f1']:.3f}" in card
+    assert qa["baseline"]["char_f1"] > 0  # the best sentence shares characters with answers
+    pretrain = json.loads((run / "pretrain" / "report.json").read_text(encoding="utf-8"))
+    assert f"{pretrain['parameters']:,}" in card
+    assert evaluation["mcq"]["assistant"]["questions"] == 20
+    hardware = json.loads((run / "report.json").read_text(encoding="utf-8"))["hardware"]
+    assert hardware["cores"] >= 1 and hardware["torch"]
+
+
+def test_heldout_contracts_are_never_trained_on(pipeline_run) -> None:
+    _, run, _ = pipeline_run
+    held = {json.loads(line)["contract"] for line in
+            (run / "eval" / "heldout_queries.jsonl").read_text(encoding="utf-8").splitlines()}
+    train_contracts = {json.loads(line).get("contract") for line in
+                       (run / "data" / "corpus" / "train.jsonl").read_text(
+                           encoding="utf-8").splitlines()}
+    assert held and not held & train_contracts
+    sft = json.loads((run / "sft" / "report.json").read_text(encoding="utf-8"))
+    assert sft["heldout_contracts"] == len(held)
+
+
+def test_rerun_skips_unchanged_stages_and_reruns_what_a_change_touches(pipeline_run, capsys
+                                                                        ) -> None:
+    from lmforge.cli import main
+
+    recipe, run, _ = pipeline_run
+    assert main(["run", str(recipe)]) == 0
+    assert statuses(capsys.readouterr().out) == dict.fromkeys(STAGES, "unchanged")
+    assert main(["run", str(recipe), "--set", "sft.train.lr=0.002"]) == 0
+    after = statuses(capsys.readouterr().out)
+    assert after == {**dict.fromkeys(STAGES[:4], "unchanged"), "sft": "running",
+                     "dpo": "running", "rag": "unchanged", "eval": "running",
+                     "export": "running"}
+
+
+def test_an_interrupted_stage_resumes_from_its_checkpoint(pipeline_run, capsys) -> None:
+    from lmforge.cli import main
+
+    recipe, run, _ = pipeline_run
+    marker = run / "pretrain" / "stage.json"
+    fingerprint = json.loads(marker.read_text(encoding="utf-8"))["fingerprint"]
+    marker.unlink()  # what a kill during pretraining leaves: started, never finished
+    (run / "pretrain" / "stage.started.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    assert main(["run", str(recipe), "--until", "pretrain"]) == 0
+    output = capsys.readouterr().out
+    assert "pretrain: resuming" in output
+    assert json.loads(marker.read_text(encoding="utf-8"))["fingerprint"] == fingerprint
+    rows = [json.loads(line) for line in
+            (run / "pretrain" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == sorted(set(steps))  # the resumed run did not repeat or restart steps
+
+
+def test_unknown_stage_is_named(pipeline_run, capsys) -> None:
+    from lmforge.cli import main
+
+    recipe, _, _ = pipeline_run
+    assert main(["run", str(recipe), "--until", "deploy"]) == 2
+    assert "unknown stage 'deploy'" in capsys.readouterr().err
