@@ -108,6 +108,17 @@ def test_char_f1_and_rouge_l_by_hand() -> None:
     assert best_sentence("犹豫期是多少天？", passage) == "本合同的犹豫期为十五日。"
 
 
+def test_extractive_answer_is_the_passage_sentences_that_cover_the_reference() -> None:
+    from lmforge.text import char_f1, extract_answer
+
+    passage = "本合同犹豫期为十五日。保险费按年交纳。犹豫期内解除合同的，退还全部保险费。"
+    reference = "犹豫期是十五日，在犹豫期内解除合同可以退还全部保险费。"
+    extract = extract_answer(passage, reference)
+    assert extract == "本合同犹豫期为十五日。犹豫期内解除合同的，退还全部保险费。"
+    assert char_f1(extract, reference) > char_f1(passage, reference)
+    assert extract_answer("保险费按年交纳。", "犹豫期") == ""  # nothing in common: no answer
+
+
 def test_eval_qa_cli(tok, rag_index, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     save_model(tiny_model(tok, max_seq_len=1024), tmp_path / "m")
     copy_tokenizer_files(FIXTURE_TOKENIZER, tmp_path / "m")

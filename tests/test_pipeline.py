@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, tiny_recipe_text
 
 STAGES = ["data", "tokenizer", "shards", "pretrain", "sft", "dpo", "rag", "eval", "export"]

@@ -232,6 +232,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"\nreport card: {card}\n\ntalk to the assistant:")
     for line in hint:
         print(f"  {line}")
+    if args.serve:
+        sets = [item for pair in (("--set", o) for o in args.overrides) for item in pair]
+        main(["serve", "--recipe", str(recipe), *sets, "--model", str(model), "--rag-index",
+              str(index), "--host", args.host, "--port", str(args.port)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="append", metavar="STAGE", help="re-run a stage even if unchanged"
     )
+    p.add_argument("--serve", action="store_true", help="then serve the assistant (web chat)")
+    p.add_argument("--host", default="127.0.0.1", help="with --serve")
+    p.add_argument("--port", type=int, default=8000, help="with --serve")
 
     data_sub = command_group(
         stages,

@@ -378,6 +378,9 @@ class SFTConfig:
     qa_passages: str = ""  # and the passages they cite: {pid, contract, text}
     rag_distractors: int = 2
     rag_passage_chars: int = 300  # passages shown in RAG-form examples are cut to this (chunks)
+    # what RAG-form examples answer with: the reference answer, or the gold passage's sentences
+    # that best cover it (extractive: a small model learns to copy and stays faithful)
+    rag_answer: Literal["reference", "extract"] = "reference"
     pack: bool = True
     val_fraction: float = 0.05
     train: TrainConfig = field(default_factory=_post_training_defaults)

@@ -3,7 +3,9 @@
 
 SFT examples come in two forms: the bare question, and the question after retrieved passages
 (the gold passage among distractors, in exactly the RAG prompt format of ``lmforge.prompts``)
-with the answer citing the gold passage as ``[n]``.
+with the answer citing the gold passage as ``[n]``. With ``rag_answer = "extract"`` that answer
+is the gold passage's own sentences that best cover the reference: copying is what a small
+model can learn in minutes, and a quoted clause cannot be unfaithful to its source.
 
 Preference pairs (there are none in the data, so we build them): the prompt is the RAG form;
 chosen is the reference answer with its citation; rejected alternates between (a) the answer to
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from lmforge.data.chat import Conversation, Message, PreferencePair
 from lmforge.prompts import Passage, rag_user_message
+from lmforge.text import extract_answer
 
 EVASIVE = ["这个问题比较复杂，建议您咨询保险公司客服。", "我无法确定，请参考具体合同条款。",
            "保险条款因产品而异，具体以合同约定为准。"]
@@ -71,8 +74,16 @@ def _passages(pids: list[str], by_pid: dict[str, dict[str, str]], max_chars: int
     return [Passage(by_pid[p]["text"][:max_chars], by_pid[p]["contract"]) for p in pids]
 
 
+def grounded_answer(reference: str, gold: Passage, answer: str) -> str:
+    """The answer a RAG-form example teaches: the reference, or its extract from the passage
+    (the reference when the passage shares nothing with it)."""
+    return (extract_answer(gold.text, reference) or reference) if answer == "extract" \
+        else reference
+
+
 def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
-                      distractors: int, max_chars: int, seed: int) -> list[Conversation]:
+                      distractors: int, max_chars: int, seed: int, answer: str = "reference"
+                      ) -> list[Conversation]:
     rng = random.Random(seed)
     out = []
     for item in items:
@@ -81,15 +92,18 @@ def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system
                                  {"role": "assistant", "content": item.answer}],
                                 f"qa:{item.qid}:bare"))
         pids, gold = _context(item, by_pid, distractors, rng)
-        user = rag_user_message(item.question, _passages(pids, by_pid, max_chars))
+        shown = _passages(pids, by_pid, max_chars)
+        reply = grounded_answer(item.answer, shown[gold - 1], answer)
+        user = rag_user_message(item.question, shown)
         out.append(Conversation([*head, {"role": "user", "content": user},
-                                 {"role": "assistant", "content": f"{item.answer}[{gold}]"}],
+                                 {"role": "assistant", "content": f"{reply}[{gold}]"}],
                                 f"qa:{item.qid}:rag"))
     return out
 
 
 def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
-                     distractors: int, max_chars: int, seed: int) -> list[PreferencePair]:
+                     distractors: int, max_chars: int, seed: int, answer: str = "reference"
+                     ) -> list[PreferencePair]:
     rng = random.Random(seed + 1)
     by_gold: dict[str, list[QA]] = {}
     for item in items:
@@ -98,17 +112,17 @@ def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system:
     for n, item in enumerate(items):
         pids, gold = _context(item, by_pid, distractors, rng)
         head: list[Message] = [{"role": "system", "content": system}] if system else []
-        prompt = [*head, {"role": "user",
-                          "content": rag_user_message(item.question,
-                                                      _passages(pids, by_pid, max_chars))}]
+        shown = _passages(pids, by_pid, max_chars)
+        prompt = [*head, {"role": "user", "content": rag_user_message(item.question, shown)}]
         wrong = [(i + 1, q) for i, p in enumerate(pids) if p != item.gold_pid
                  for q in by_gold.get(p, [])]
         if n % 2 == 0 and wrong:
             number, other = rng.choice(wrong)
-            rejected = f"{other.answer}[{number}]"
+            rejected = f"{grounded_answer(other.answer, shown[number - 1], answer)}[{number}]"
         else:
             rejected = rng.choice(EVASIVE)
-        pairs.append(PreferencePair(prompt, f"{item.answer}[{gold}]", rejected,
+        chosen = grounded_answer(item.answer, shown[gold - 1], answer)
+        pairs.append(PreferencePair(prompt, f"{chosen}[{gold}]", rejected,
                                     f"qa:{item.qid}:pair"))
     return pairs
 

@@ -10,8 +10,6 @@ to beat to be worth generating at all.
 
 from __future__ import annotations
 
-import unicodedata
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from lmforge.infer import generate
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import Grounding
-from lmforge.rag.chunk import split_sentences
+from lmforge.text import char_f1, scored_chars, split_sentences
 from lmforge.tokenizer import render_chat
 
 
@@ -38,22 +36,6 @@ class QAItem:
 def read_qa(path: Path) -> list[QAItem]:
     return [QAItem(str(r["question"]), str(r["answer"]))
             for r in jsonl_records(path, ("question", "answer"))]
-
-
-def scored_chars(text: str) -> list[str]:
-    """Characters that carry content: no whitespace, punctuation or markdown symbols."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return [c for c in text if not c.isspace()
-            and not unicodedata.category(c).startswith(("P", "S"))]
-
-
-def char_f1(prediction: str, reference: str) -> float:
-    pred, ref = Counter(scored_chars(prediction)), Counter(scored_chars(reference))
-    overlap = sum((pred & ref).values())
-    if not overlap:
-        return 0.0
-    precision, recall = overlap / sum(pred.values()), overlap / sum(ref.values())
-    return 2 * precision * recall / (precision + recall)
 
 
 def rouge_l(prediction: str, reference: str) -> float:

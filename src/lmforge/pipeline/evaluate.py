@@ -63,7 +63,8 @@ def headline(results: dict[str, Any]) -> str:
     if "qa" in results:
         qa = results["qa"]
         parts.append(f"QA char F1 with RAG {qa['rag']['char_f1']:.3f}, without "
-                     f"{qa['no_rag']['char_f1']:.3f}, retrieval-only {qa['baseline']['char_f1']:.3f}")
+                     f"{qa['no_rag']['char_f1']:.3f}, retrieval-only "
+                     f"{qa['baseline']['char_f1']:.3f}")
     if "mcq" in results:
         parts.append(f"MCQ acc {results['mcq']['assistant']['acc']:.3f} (random "
                      f"{results['mcq']['assistant']['random_baseline']:.3f})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ def write_report_card(recipe: RecipeConfig, results: list[StageResult], recipe_p
         plot_training(run, run / "training.png")
     md = [f"# Report card: {recipe.run.name}", "",
           f"Recipe `{recipe_path}`, written "
-          f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}. Hardware: {hw['cpu']}, "
+          f"{datetime.now(UTC).isoformat(timespec='seconds')}. Hardware: {hw['cpu']}, "
           f"{hw['cores']} cores, {hw['memory_gib']} GiB"
           + (f", GPU {', '.join(hw['gpus'])}" if hw["gpus"] else ", no GPU")
           + f"; PyTorch {hw['torch']}, Python {hw['python']}, {hw['os']}.", ""]

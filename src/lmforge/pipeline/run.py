@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, is_dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ def run_stage(stage: Stage, recipe: RecipeConfig, print_line: Callable[[str], No
     summary = stage.run(recipe, resume)
     seconds = round(time.perf_counter() - start, 1)
     marker = {"stage": stage.name, "fingerprint": fp, "seconds": seconds,
-              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "finished": datetime.now(UTC).isoformat(timespec="seconds"),
               "summary": summary}
     atomic_write_text(folder / MARKER, json.dumps(marker, indent=2, ensure_ascii=False) + "\n")
     (folder / STARTED).unlink(missing_ok=True)

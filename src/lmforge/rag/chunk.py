@@ -14,7 +14,8 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-SENTENCE_END = re.compile(r"(?<=[。！？；!?;])[”’」』）)\]]*|(?<=[.])(?=\s)|\n")
+from lmforge.text import split_sentences
+
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
@@ -29,18 +30,6 @@ class Chunk:
     @property
     def chunk_id(self) -> str:
         return f"{self.doc_id}#{self.index}"
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences with their end punctuation; empty pieces dropped, inner spacing kept."""
-    pieces, start = [], 0
-    for match in SENTENCE_END.finditer(text):
-        end = match.end()
-        if end > start:
-            pieces.append(text[start:end])
-        start = end
-    pieces.append(text[start:])
-    return [p.strip() for p in pieces if p.strip()]
 
 
 @dataclass

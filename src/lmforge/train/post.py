@@ -86,7 +86,7 @@ def sft_data(recipe: RecipeConfig, run_dir: Path) -> tuple[list[Conversation], d
         items, passages = load_qa(Path(config.qa_queries), Path(config.qa_passages), held)
         system = system_message(config.assistant_name, config.assistant_owner)
         domain = sft_conversations(items, passages, system, config.rag_distractors,
-                                   config.rag_passage_chars, recipe.run.seed)
+                                   config.rag_passage_chars, recipe.run.seed, config.rag_answer)
         conversations += domain
         stats["sources"][config.qa_queries] = len(domain)
         stats["heldout_contracts"] = len(held)
@@ -145,7 +145,8 @@ def preference_data(recipe: RecipeConfig, config: PreferenceConfig, run_dir: Pat
                                   held)
         system = system_message(recipe.sft.assistant_name, recipe.sft.assistant_owner)
         domain = preference_pairs(items, passages, system, recipe.sft.rag_distractors,
-                                  recipe.sft.rag_passage_chars, recipe.run.seed)
+                                  recipe.sft.rag_passage_chars, recipe.run.seed,
+                                  recipe.sft.rag_answer)
         pairs += domain
         stats["sources"][recipe.sft.qa_queries] = len(domain)
     return pairs, stats
