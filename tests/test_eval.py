@@ -52,17 +52,45 @@ def test_windows_equal_one_pass_when_the_document_fits(tok) -> None:  # noqa: AN
 def test_acc_and_acc_norm_by_hand(tok) -> None:  # noqa: ANN001
     model = uniform(tok)
     vocab = tok.get_vocab_size()
-    choices = ["保险", "保险合同的当事人", "ab", "z"]
+    choices = ["z", "保险", " the", "ab"]  # fewest tokens, fewest per byte, fewest per character
     counts = [len(tok.encode(c, add_special_tokens=False).ids) for c in choices]
     scores = choice_logprobs(model, tok, "问题：", choices)
     assert scores == pytest.approx([-n * math.log(vocab) for n in counts], rel=1e-5)
     fewest = min(range(4), key=lambda i: (counts[i], i))
-    densest = max(range(4), key=lambda i: (-counts[i] / len(choices[i].encode()), -i))
-    questions = [Question("q", choices, fewest), Question("q", choices, densest)]
+    per_char = max(range(4), key=lambda i: (-counts[i] / len(choices[i]), -i))
+    per_byte = max(range(4), key=lambda i: (-counts[i] / len(choices[i].encode()), -i))
+    questions = [Question("q", choices, fewest), Question("q", choices, per_char),
+                 Question("q", choices, per_byte)]
     result = evaluate_mcq(model, tok, questions)
-    assert result["acc"] == (1.0 if fewest == densest else 0.5)
-    assert result["acc_norm"] == (1.0 if fewest == densest else 0.5)
+    assert len({fewest, per_char, per_byte}) == 3  # the three metrics disagree here
+    for metric, best in (("acc", fewest), ("acc_norm", per_char), ("acc_bytes", per_byte)):
+        assert result[metric] == pytest.approx([fewest, per_char, per_byte].count(best) / 3)
     assert result["random_baseline"] == 0.25
+
+
+def test_lm_evaluation_harness_agrees_on_the_exported_model(tok, tmp_path: Path, capsys
+                                                            ) -> None:  # noqa: ANN001
+    """Our scoring of our model vs the harness's scoring of its Hugging Face export."""
+    from lmforge.export import export_hf
+
+    model = tiny_model(tok, max_seq_len=512, seed=5)
+    with torch.no_grad():  # sharper predictions, so accuracy is not decided by near-ties
+        for parameter in model.parameters():
+            parameter.mul_(30)
+    save_model(model, tmp_path / "m")
+    copy_tokenizer_files(FIXTURE_TOKENIZER, tmp_path / "m")
+    export_hf(tmp_path / "m", tmp_path / "hf")
+    assert main(["eval", "mcq", "--model", str(tmp_path / "m"), "--data",
+                 str(TINY / "mcq_insurance.jsonl"), "--harness", str(tmp_path / "hf"),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    harness = result["harness"]
+    assert harness["questions"] == result["questions"] == 20
+    for metric in ("acc", "acc_norm", "acc_bytes"):
+        assert harness[metric] == result[metric], metric
+    assert harness["max_logprob_difference"] < 1e-3
+    spread = max(max(c) - min(c) for c in result["choice_logprobs"])
+    assert spread > 1.0  # the choices really differ, so agreement is not trivial
 
 
 def test_bundled_benchmark_reads_and_bad_rows_are_named(tmp_path: Path) -> None:

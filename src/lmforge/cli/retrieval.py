@@ -189,7 +189,16 @@ def cmd_eval_mcq(args: argparse.Namespace) -> None:
 
     model, tok = _eval_model(args)
     shots = read_questions(args.dev)[: args.shots] if args.dev and args.shots else []
-    result = evaluate_mcq(model, tok, read_questions(args.data), shots)
+    questions = read_questions(args.data)
+    result = evaluate_mcq(model, tok, questions, shots)
+    if args.harness:
+        from lmforge.eval.harness import harness_mcq
+
+        theirs = harness_mcq(args.harness, questions, shots)
+        gaps = [abs(a - b) for ours, them in zip(result["choice_logprobs"],
+                                                 theirs.pop("choice_logprobs"), strict=True)
+                for a, b in zip(ours, them, strict=True)]
+        result["harness"] = {**theirs, "max_logprob_difference": max(gaps, default=0.0)}
     if args.json:
         print(json.dumps(result))
         return
@@ -198,6 +207,13 @@ def cmd_eval_mcq(args: argparse.Namespace) -> None:
         f"{result['random_baseline']:.3f}; {result['questions']} questions, "
         f"{result['shots']}-shot)"
     )
+    if args.harness:
+        h = result["harness"]
+        print(
+            f"lm-evaluation-harness on {args.harness}: acc {h['acc']:.3f}  acc_norm "
+            f"{h['acc_norm']:.3f}; largest log-likelihood difference "
+            f"{h['max_logprob_difference']:.2e}"
+        )
 
 
 def cmd_eval_qa(args: argparse.Namespace) -> None:
@@ -268,6 +284,12 @@ def eval_parsers(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="FinEval-style csv/jsonl or folder")
     p.add_argument("--dev", type=Path, help="few-shot examples (same format)")
     p.add_argument("--shots", type=int, default=0)
+    p.add_argument(
+        "--harness",
+        type=Path,
+        metavar="HF_DIR",
+        help="also score the exported model with lm-evaluation-harness (extra: lmeval)",
+    )
     p.add_argument("--json", action="store_true")
     p = add_command(
         sub,

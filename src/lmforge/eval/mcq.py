@@ -97,14 +97,17 @@ def evaluate_mcq(model: Transformer, tok: Tokenizer, questions: list[Question],
                  shots: list[Question] | None = None) -> dict[str, Any]:
     model.eval()
     shots = shots or []
-    correct = correct_norm = 0
+    correct = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
+    every = []
     for question in questions:
         scores = choice_logprobs(model, tok, prompt(question, shots), question.choices)
-        normed = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(scores, question.choices,
-                                                                      strict=True)]
-        correct += max(range(len(scores)), key=scores.__getitem__) == question.answer
-        correct_norm += max(range(len(normed)), key=normed.__getitem__) == question.answer
+        every.append(scores)
+        lengths = {"acc": [1] * len(scores), "acc_norm": [len(c) for c in question.choices],
+                   "acc_bytes": [len(c.encode("utf-8")) for c in question.choices]}
+        for metric, length in lengths.items():
+            normed = [s / max(1, n) for s, n in zip(scores, length, strict=True)]
+            correct[metric] += max(range(len(normed)), key=normed.__getitem__) == question.answer
     n = max(len(questions), 1)
     random = sum(1 / len(q.choices) for q in questions) / n
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "random_baseline": random,
-            "questions": len(questions), "shots": len(shots)}
+    return {**{k: v / n for k, v in correct.items()}, "random_baseline": random,
+            "questions": len(questions), "shots": len(shots), "choice_logprobs": every}
