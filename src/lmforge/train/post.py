@@ -7,6 +7,7 @@ adapter when LoRA was used) and a report.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,11 @@ def _preference_inputs(recipe: RecipeConfig, config: PreferenceConfig, run_dir: 
     seq_len = min(config.train.seq_len, model.config.max_seq_len)
     pairs, stats = preference_data(recipe, config, run_dir)
     train_pairs, val_pairs = split(pairs, config.val_fraction, recipe.run.seed)
+    # only what the run will use: every pair costs a reference forward pass up front (DPO)
+    # and validation runs eval_batches batches
+    rng, batch = random.Random(recipe.run.seed), config.train.batch_size
+    train_pairs = rng.sample(train_pairs, min(len(train_pairs), config.train.steps * batch))
+    val_pairs = rng.sample(val_pairs, min(len(val_pairs), config.train.eval_batches * batch))
     train, val = PairData(tok, train_pairs, seq_len), PairData(tok, val_pairs, seq_len)
     stats.update(pairs={"train": len(train), "val": len(val)},
                  dropped_too_long=train.dropped + val.dropped,
