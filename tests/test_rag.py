@@ -123,6 +123,34 @@ def test_reindexing_only_touches_changed_documents(tmp_path: Path, embedder) -> 
         assert docs[1].doc_id not in ids
 
 
+def test_interrupted_indexing_resumes_from_the_saved_embeddings(
+        tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from lmforge.rag import embed
+
+    monkeypatch.setattr(embed, "SAVE_EVERY_BATCHES", 1)
+    config = RagConfig(chunk_size=200, chunk_overlap=40)
+    docs = tiny_docs(config)
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    class DiesOnSecondBatch:
+        name, dim = embedder.name, embedder.dim
+
+        def embed_passages(self, texts):  # noqa: ANN001, ANN202
+            calls.append(len(texts))
+            if len(calls) == 2:
+                raise Killed
+            return embedder.embed_passages(texts)
+
+    with pytest.raises(Killed):
+        RagIndex.create(tmp_path / "idx", config, DiesOnSecondBatch()).add(docs, progress=False)
+    assert not (tmp_path / "idx" / "index.json").exists()  # no manifest: not an index yet
+    report = RagIndex.create(tmp_path / "idx", config, embedder).add(docs, progress=False)
+    assert report.embedded == report.chunks - calls[0] > 0  # the first batch was kept
+
+
 @pytest.mark.parametrize("store", ["lancedb", "qdrant"])
 def test_acl_and_tenant_never_leak(tmp_path: Path, embedder, store: str) -> None:  # noqa: ANN001
     config = RagConfig(store=store)

@@ -59,6 +59,9 @@ def text_key(embedder: Embedder, text: str) -> str:
     return hashlib.sha256(f"{embedder.name}\0{text}".encode()).hexdigest()
 
 
+SAVE_EVERY_BATCHES = 16
+
+
 class EmbeddingCache:
     """Passage vectors by content hash, persisted next to the index."""
 
@@ -84,6 +87,8 @@ class EmbeddingCache:
             vectors = embedder.embed_passages([t for _, t in part])
             self.vectors.update(zip((k for k, _ in part), vectors, strict=True))
             bar.update(len(part))
+            if (start // batch + 1) % SAVE_EVERY_BATCHES == 0:
+                self.save()  # an interrupted indexing run resumes from here
             if on_batch:
                 on_batch(len(part))
         bar.close()
