@@ -94,6 +94,7 @@ def test_copy_windows_end_with_a_span_of_their_own_start(tiny_run: Path) -> None
     import numpy as np
 
     from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer.vocab import SPECIAL_TOKENS
     from lmforge.train.distributed import DistInfo
     from lmforge.train.pretrain import PretrainTask, with_copied_span
 
@@ -116,6 +117,13 @@ def test_copy_windows_end_with_a_span_of_their_own_start(tiny_run: Path) -> None
     row = b["inputs"][0].tolist() + b["targets"][0, -1:].tolist()
     span = row[19:]
     assert any(row[i:i + len(span)] == span for i in range(19 - len(span) + 1))
+    warm = PretrainTask(tiny_run / "data" / "shards", tok, 32, 7, False, 1, 4, 0.0, 2)
+    early, later = warm.batch(1, 0, 1, 4, dist), warm.batch(2, 0, 1, 4, dist)
+    rows = torch.cat([early["inputs"], early["targets"][:, -1:]], dim=1)
+    assert rows.shape == (8, 32) and torch.equal(rows[:, :16], rows[:, 16:])
+    assert int(rows.min()) >= len(SPECIAL_TOKENS)  # never a special token
+    after_warmup = plain.batch(2, 0, 1, 4, dist)["inputs"]
+    assert torch.equal(later["inputs"], after_warmup)  # then the real windows
     cpu = torch.device("cpu")  # validation windows are never altered
     assert torch.equal(plain._stack(plain.val, [0, 1], cpu)["inputs"],
                        copying._stack(copying.val, [0, 1], cpu)["inputs"])

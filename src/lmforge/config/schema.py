@@ -287,6 +287,9 @@ class TrainConfig:
     # pretraining: this share of training windows ends with a copy of an earlier span of the
     # same window, which teaches the model to copy from its context (what RAG answers need)
     copy_fraction: float = 0.0
+    # pretraining: the first N steps are short synthetic sequences repeated once (random tokens
+    # then the same tokens), which is how induction (copying) heads form in ~200 cheap steps
+    copy_warmup_steps: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     eval_every: int = 100
@@ -305,6 +308,8 @@ class TrainConfig:
         _fraction("min_lr_ratio", self.min_lr_ratio)
         _fraction("decay_fraction", self.decay_fraction)
         _fraction("copy_fraction", self.copy_fraction)
+        _check(0 <= self.copy_warmup_steps < self.steps, "copy_warmup_steps",
+               "0 or more and fewer than steps", self.copy_warmup_steps)
         _check(0 <= self.warmup_steps < self.steps, "warmup_steps", "fewer than steps",
                self.warmup_steps)
         _check(self.micro_batch_size >= 0, "micro_batch_size", "0 or more",
@@ -496,6 +501,7 @@ class EvalConfig:
     """What ``lmforge run`` measures on its final model. Domain QA uses the questions of the
     contracts the data stage held out (``sft.qa_queries``): no stage has trained on them."""
 
+    bpb_tokens: int = 50_000  # held-out tokens scored per source (base model and assistant)
     mcq_data: str = ""  # FinEval layout: a csv/jsonl file or a folder of them
     mcq_dev: str = ""  # few-shot examples, same layout
     mcq_shots: int = 0
@@ -504,6 +510,7 @@ class EvalConfig:
     samples: int = 5  # sample answers shown on the report card
 
     def __post_init__(self) -> None:
+        _check(self.bpb_tokens >= 1, "bpb_tokens", "at least 1", self.bpb_tokens)
         for name in ("mcq_shots", "qa_limit"):
             _check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
         _check(self.max_new_tokens >= 1, "max_new_tokens", "at least 1", self.max_new_tokens)

@@ -34,8 +34,9 @@ def evaluate_run(recipe: RecipeConfig, model_dir: Path, out: Path) -> dict[str, 
     base = load_model(base_dir).eval()
     shards = run / "data" / "shards"
     results: dict[str, Any] = {"model": str(model_dir)}
-    _timed(results, "bpb", lambda: {"base": bits_per_byte_by_source(base, tok, shards),
-                                    "assistant": bits_per_byte_by_source(model, tok, shards)})
+    _timed(results, "bpb", lambda: {
+        name: bits_per_byte_by_source(m, tok, shards, config.bpb_tokens)
+        for name, m in (("base", base), ("assistant", model))})
     if config.mcq_data:
         shots = read_questions(Path(config.mcq_dev))[: config.mcq_shots] \
             if config.mcq_dev and config.mcq_shots else []
