@@ -61,11 +61,10 @@ def test_pretraining_learns_and_writes_its_outputs(tiny_run: Path, tmp_path: Pat
                                                                         "step-000040"]
 
 
-@pytest.mark.parametrize("extra", [[], ["pretrain.copy_fraction=0.5"]], ids=["plain", "copy"])
 def test_resume_is_bit_identical(tiny_run: Path, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     straight = tmp_path / "straight"
-    pretrain(recipe_in(tiny_run, straight, *extra), show_progress=False)
+    pretrain(recipe_in(tiny_run, straight), show_progress=False)
 
     interrupted = tmp_path / "interrupted"
     real_step = loop_module.Trainer.train_step
@@ -77,10 +76,10 @@ def test_resume_is_bit_identical(tiny_run: Path, tmp_path: Path,
 
     monkeypatch.setattr(loop_module.Trainer, "train_step", killed_at_9)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(recipe_in(tiny_run, interrupted, *extra), show_progress=False)
+        pretrain(recipe_in(tiny_run, interrupted), show_progress=False)
     monkeypatch.setattr(loop_module.Trainer, "train_step", real_step)
     assert list_checkpoints(interrupted / "pretrain" / "checkpoints")[-1].name == "step-000008"
-    pretrain(recipe_in(tiny_run, interrupted, *extra), resume=True, show_progress=False)
+    pretrain(recipe_in(tiny_run, interrupted), resume=True, show_progress=False)
 
     assert losses(straight) == losses(interrupted)  # exact float equality, every step
     from safetensors.torch import load_file
@@ -88,45 +87,6 @@ def test_resume_is_bit_identical(tiny_run: Path, tmp_path: Path,
     a = load_file(str(straight / "pretrain" / "model" / "model.safetensors"))
     b = load_file(str(interrupted / "pretrain" / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_copy_windows_end_with_a_span_of_their_own_start(tiny_run: Path) -> None:
-    import numpy as np
-
-    from lmforge.tokenizer import load_tokenizer
-    from lmforge.tokenizer.vocab import SPECIAL_TOKENS
-    from lmforge.train.distributed import DistInfo
-    from lmforge.train.pretrain import PretrainTask, with_copied_span
-
-    tokens, docs = np.arange(100, 150), np.repeat([3, 4], 25)
-    copied, copied_docs = with_copied_span(tokens, docs, np.random.default_rng(0))
-    keep = 30
-    assert len(copied) == 50 and (copied[:keep] == tokens[:keep]).all()
-    tail = copied[keep:].tolist()
-    assert tail == list(range(tail[0], tail[0] + 20)) and tail[0] + 20 <= 100 + keep
-    assert (copied_docs == 3).all()  # one document: a document mask cannot hide the source
-
-    tok = load_tokenizer(tiny_run / "tokenizer")
-    dist = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-    plain, copying = (PretrainTask(tiny_run / "data" / "shards", tok, 32, 7, False, 1, 4, f)
-                      for f in (0.0, 1.0))
-    a, b, again = (task.batch(3, 0, 1, 4, dist) for task in (plain, copying, copying))
-    assert torch.equal(b["inputs"], again["inputs"])  # the same step gives the same batch
-    assert torch.equal(a["inputs"][:, :19], b["inputs"][:, :19])
-    assert not torch.equal(a["inputs"], b["inputs"])
-    row = b["inputs"][0].tolist() + b["targets"][0, -1:].tolist()
-    span = row[19:]
-    assert any(row[i:i + len(span)] == span for i in range(19 - len(span) + 1))
-    warm = PretrainTask(tiny_run / "data" / "shards", tok, 32, 7, False, 1, 4, 0.0, 2)
-    early, later = warm.batch(1, 0, 1, 4, dist), warm.batch(2, 0, 1, 4, dist)
-    rows = torch.cat([early["inputs"], early["targets"][:, -1:]], dim=1)
-    assert rows.shape == (8, 32) and torch.equal(rows[:, :16], rows[:, 16:])
-    assert int(rows.min()) >= len(SPECIAL_TOKENS)  # never a special token
-    after_warmup = plain.batch(2, 0, 1, 4, dist)["inputs"]
-    assert torch.equal(later["inputs"], after_warmup)  # then the real windows
-    cpu = torch.device("cpu")  # validation windows are never altered
-    assert torch.equal(plain._stack(plain.val, [0, 1], cpu)["inputs"],
-                       copying._stack(copying.val, [0, 1], cpu)["inputs"])
 
 
 def test_half_written_checkpoints_are_never_selected(tiny_run: Path, tmp_path: Path,

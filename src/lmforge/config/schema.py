@@ -284,12 +284,6 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     doc_mask: bool = False  # packed documents do not attend to each other
-    # pretraining: this share of training windows ends with a copy of an earlier span of the
-    # same window, which teaches the model to copy from its context (what RAG answers need)
-    copy_fraction: float = 0.0
-    # pretraining: the first N steps are short synthetic sequences repeated once (random tokens
-    # then the same tokens), which is how induction (copying) heads form in ~200 cheap steps
-    copy_warmup_steps: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     eval_every: int = 100
@@ -307,9 +301,6 @@ class TrainConfig:
         _check(self.lr > 0, "lr", "a positive number", self.lr)
         _fraction("min_lr_ratio", self.min_lr_ratio)
         _fraction("decay_fraction", self.decay_fraction)
-        _fraction("copy_fraction", self.copy_fraction)
-        _check(0 <= self.copy_warmup_steps < self.steps, "copy_warmup_steps",
-               "0 or more and fewer than steps", self.copy_warmup_steps)
         _check(0 <= self.warmup_steps < self.steps, "warmup_steps", "fewer than steps",
                self.warmup_steps)
         _check(self.micro_batch_size >= 0, "micro_batch_size", "0 or more",

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from lmforge.data import ShardSet
 from lmforge.model import document_inputs
-from lmforge.tokenizer.vocab import SPECIAL_TOKENS
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.sampler import EpochSampler
 
@@ -69,28 +68,11 @@ class Windows:
         return tokens, docs
 
 
-REPEAT_HALF = 16
-
-
-def with_copied_span(tokens: np.ndarray, docs: np.ndarray, rng: np.random.Generator
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """The window's first 60% followed by a copy of a random span of it (one document, so a
-    document mask does not hide the source). Small models trained on natural text alone do
-    not learn to copy from their context in minutes; this dense signal makes them.
-    Deterministic in the generator, so a resumed run sees the same batches."""
-    keep = int(len(tokens) * 0.6)
-    span = len(tokens) - keep
-    start = int(rng.integers(0, keep - span + 1))
-    copied = np.concatenate([tokens[:keep], tokens[start:start + span]])
-    return copied, np.full_like(docs, docs[0])
-
-
 class PretrainTask:
     name = "pretrain"
 
     def __init__(self, shards_dir: Path, tokenizer: Tokenizer, seq_len: int, seed: int,
-                 doc_mask: bool, eval_batches: int, eval_batch_size: int,
-                 copy_fraction: float = 0.0, copy_warmup_steps: int = 0) -> None:
+                 doc_mask: bool, eval_batches: int, eval_batch_size: int) -> None:
         shard_set = ShardSet(shards_dir)
         self.train = Windows(shard_set.shards("train"), seq_len)
         self.val = Windows(shard_set.shards("val"), seq_len)
@@ -98,17 +80,10 @@ class PretrainTask:
         self.eval_batches, self.eval_batch_size = eval_batches, eval_batch_size
         self.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
         self.sampler = EpochSampler(len(self.train), seed)
-        self.copy_fraction, self.copy_warmup_steps = copy_fraction, copy_warmup_steps
-        self.vocab_size = tokenizer.get_vocab_size()
 
-    def _stack(self, windows: Windows, indices: list[int], device: torch.device,
-               step: int | None = None) -> dict[str, Tensor]:
+    def _stack(self, windows: Windows, indices: list[int], device: torch.device
+               ) -> dict[str, Tensor]:
         tokens, docs = zip(*(windows.get(i) for i in indices), strict=True)
-        if step is not None and self.copy_fraction:
-            rng = np.random.default_rng([self.seed, step, *indices])
-            pairs = [with_copied_span(t, d, rng) if rng.random() < self.copy_fraction
-                     else (t, d) for t, d in zip(tokens, docs, strict=True)]
-            tokens, docs = zip(*pairs, strict=True)
         batch = torch.from_numpy(np.stack(tokens)).to(device)
         out = {"inputs": batch[:, :-1], "targets": batch[:, 1:]}
         if self.doc_mask:
@@ -117,21 +92,8 @@ class PretrainTask:
 
     def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
               dist: DistInfo) -> dict[str, Tensor]:
-        if step < self.copy_warmup_steps:
-            return self._repeats(step, micro, micro_size, dist)
         indices = self.sampler.micro_batch(step, micro, micro_batches, micro_size, dist)
-        return self._stack(self.train, indices, dist.device, step)
-
-    def _repeats(self, step: int, micro: int, micro_size: int, dist: DistInfo
-                 ) -> dict[str, Tensor]:
-        """Copy warmup: 2 x micro_size rows of 16 random tokens followed by the same 16. The
-        second half is only predictable by finding the first, so the gradient all goes into
-        copying; a row is 32 tokens, so a step costs a fraction of a real one."""
-        rng = np.random.default_rng([self.seed, step, micro, dist.rank])
-        half = rng.integers(len(SPECIAL_TOKENS), self.vocab_size,  # specials come first
-                            size=(2 * micro_size, REPEAT_HALF))
-        rows = torch.from_numpy(np.concatenate([half, half], axis=1)).to(dist.device)
-        return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
+        return self._stack(self.train, indices, dist.device)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         out = model(batch["inputs"], positions=batch.get("positions"), mask=batch.get("mask"))

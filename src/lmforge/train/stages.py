@@ -60,8 +60,7 @@ def pretrain(recipe: RecipeConfig, resume: bool = False, show_progress: bool = T
                                  f"model.max_seq_len ({model_config.max_seq_len})")
             model = Transformer(model_config)
         task = PretrainTask(shards_dir, tok, train.seq_len, recipe.run.seed, train.doc_mask,
-                            train.eval_batches, train.micro_batch_size or train.batch_size,
-                            train.copy_fraction, train.copy_warmup_steps)
+                            train.eval_batches, train.micro_batch_size or train.batch_size)
         trainer = Trainer(train, model, task, out, dist, recipe.run.seed, show_progress)
         result = trainer.fit(resume=resume)
         if dist.is_main:
