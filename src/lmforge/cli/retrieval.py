@@ -233,6 +233,7 @@ def cmd_eval_qa(args: argparse.Namespace) -> None:
         items,
         system,
         args.max_new_tokens,
+        penalties=config.sampling,
     )
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

@@ -2,6 +2,9 @@
 reference answers on characters (Chinese has no spaces, so word metrics do not apply):
 character F1 (bag of characters) and ROUGE-L (longest common subsequence, F-measure).
 
+Answers are greedy; the assistant's own repetition / frequency penalties may be lent to the
+greedy choice (a small model's greedy answers otherwise loop until the token limit).
+
 Three systems on the same questions: the model with RAG (the same retrieval, prompt and
 no-answer gate as ``rag ask``), the model alone, and a retrieval-only baseline that answers
 with the sentence of the top passage that best matches the question, which any assistant has
@@ -71,8 +74,14 @@ def summary(predictions: Sequence[str], items: Sequence[QAItem]) -> dict[str, fl
 
 def evaluate_qa(model: Transformer, tok: Tokenizer, grounding: Grounding,
                 items: Sequence[QAItem], system: str, max_new_tokens: int = 160,
-                samples: int = 5) -> dict[str, Any]:
-    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+                samples: int = 5, penalties: SamplingConfig | None = None) -> dict[str, Any]:
+    """Greedy answers; ``penalties`` lends its repetition / presence / frequency penalties (the
+    assistant's own anti-looping settings) to the greedy choice."""
+    base = penalties or SamplingConfig()
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
+                            repetition_penalty=base.repetition_penalty,
+                            presence_penalty=base.presence_penalty,
+                            frequency_penalty=base.frequency_penalty)
     head = [{"role": "system", "content": system}] if system else []
 
     def chat(user: str) -> str:

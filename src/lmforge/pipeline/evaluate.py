@@ -52,7 +52,8 @@ def evaluate_run(recipe: RecipeConfig, model_dir: Path, out: Path) -> dict[str, 
         grounding = Grounding(Retriever(index, Reranker.load(index)))
         system = system_message(recipe.sft.assistant_name, recipe.sft.assistant_owner)
         _timed(results, "qa", lambda: evaluate_qa(model, tok, grounding, items, system,
-                                                  config.max_new_tokens, config.samples))
+                                                  config.max_new_tokens, config.samples,
+                                                  recipe.sampling))
     write_report_pair(out, results, eval_markdown(results))
     return {"headline": headline(results), "outputs": {"results": str(out / "report.json"),
                                                        "report": str(out / "report.md")},
@@ -84,7 +85,10 @@ def eval_tables(results: dict[str, Any]) -> list[str]:
                                ["assistant alone", qa["no_rag"]["char_f1"],
                                 qa["no_rag"]["rouge_l"]],
                                ["retrieval-only baseline (best sentence of top passage)",
-                                qa["baseline"]["char_f1"], qa["baseline"]["rouge_l"]]]), ""]
+                                qa["baseline"]["char_f1"], qa["baseline"]["rouge_l"]]]), "",
+               f"RAG vs the baseline: {qa['rag']['char_f1'] - qa['baseline']['char_f1']:+.3f} "
+               f"char F1; RAG vs no RAG: {qa['rag']['char_f1'] - qa['no_rag']['char_f1']:+.3f} "
+               "(the assistant is worth generating when both are positive).", ""]
     bpb = results["bpb"]
     md += ["### Held-out bits per byte by source", "",
            markdown_table(["source", "bytes", "base model", "assistant"],

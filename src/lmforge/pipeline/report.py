@@ -164,7 +164,8 @@ def training_section(run: Path) -> list[str]:
         r = _report(run / stage / "report.json")
         if r:
             final = ", ".join(f"{k} {v:.3f}" for k, v in r["final"].items())
-            rows.append([stage, r["steps"], r["seconds"], r["tokens_per_second"], final])
+            rows.append([stage, r["steps"], round(r["seconds"]), round(r["tokens_per_second"]),
+                         final])
     return ["## Training", "", markdown_table(["stage", "steps", "seconds", "tokens/s",
                                                "final validation"], rows), "",
             "![loss curves](training.png)", ""]
@@ -187,7 +188,8 @@ def _one_line(text: str) -> str:
 
 
 def stages_section(results: list[StageResult]) -> list[str]:
-    rows = [[r.stage, r.status, r.seconds, r.summary.get("headline", "")] for r in results]
+    rows = [[r.stage, r.status, round(r.seconds), r.summary.get("headline", "")]
+            for r in results]
     total = sum(r.seconds for r in results)
     return ["## Stages", "", markdown_table(["stage", "this run", "seconds (when it ran)",
                                              "result"], rows), "",
