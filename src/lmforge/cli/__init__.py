@@ -223,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     hint = [f"lmforge chat --recipe {recipe} --model {model}",
             f"lmforge serve --recipe {recipe} --model {model} --rag-index {index}  "
             "# web chat: http://127.0.0.1:8000/",
-            f"lmforge rag ask --recipe {recipe} --index {index} --model {model} '犹豫期是什么？'"]
+            f"lmforge rag ask --recipe {recipe} --index {index} --model {model} "
+            "'犹豫期内退保能退多少钱？'"]
     card = write_report_card(config, results, str(recipe), hint)
     print("\noutputs:")
     for result in results:
