@@ -65,9 +65,16 @@ def content_hash(paths: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def _plain(value: Any) -> Any:
+    """Config sections (dataclasses) as dicts, for hashing."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
+
+
 def fingerprint(stage: Stage, recipe: RecipeConfig, upstream: dict[str, str]) -> str:
     settings = json.dumps(stage.config(recipe), sort_keys=True, ensure_ascii=False,
-                          default=lambda o: asdict(o) if is_dataclass(o) else str(o))
+                          default=_plain)
     parts = [stage.name, __version__, settings, content_hash(stage.inputs(recipe)),
              *(upstream[name] for name in stage.after)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
