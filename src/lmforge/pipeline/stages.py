@@ -55,7 +55,7 @@ def _shards(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
     return {"headline": f"tokens: {counts}", "outputs": {"shards": str(data / "shards")}}
 
 
-def _trained(stage: str, report: dict[str, Any], out: Path) -> dict[str, Any]:
+def _trained(report: dict[str, Any], out: Path) -> dict[str, Any]:
     final = ", ".join(f"{k} {v:.3f}" for k, v in report["final"].items())
     return {"headline": f"{report['steps']} steps, {report['tokens_per_second']:,.0f} tokens/s; "
                         f"{final}", "outputs": {"model": str(out / "model"),
@@ -66,7 +66,7 @@ def _trained(stage: str, report: dict[str, Any], out: Path) -> dict[str, Any]:
 def _pretrain(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
     from lmforge.train.stages import pretrain
 
-    return _trained("pretrain", pretrain(recipe, resume=resume), run_dir(recipe) / "pretrain")
+    return _trained(pretrain(recipe, resume=resume), run_dir(recipe) / "pretrain")
 
 
 def _post(stage: str) -> Any:
@@ -74,7 +74,7 @@ def _post(stage: str) -> Any:
         from lmforge.train import post
 
         report = getattr(post, stage)(recipe, resume=resume)
-        return _trained(stage, report, run_dir(recipe) / stage)
+        return _trained(report, run_dir(recipe) / stage)
 
     return body
 
