@@ -8,12 +8,13 @@ temporary name, flush and fsync, then ``os.replace`` (atomic within one filesyst
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _umask() -> int:
@@ -55,6 +56,12 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def atomic_write_jsonl(path: Path, records: Iterable[Any]) -> Path:
+    """One JSON object per line, UTF-8 as is (Chinese stays readable)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
 
 
 @contextlib.contextmanager

@@ -47,16 +47,13 @@ def extract_answer(passage: str, reference: str) -> str:
     """The passage's own sentences that best cover ``reference`` (greedy on character F1,
     kept in passage order): an answer a small model can learn to copy, faithful by construction."""
     sentences = split_sentences(passage)
-    chosen: set[int] = set()
+    chosen: list[int] = []
     best = 0.0
     while True:
-        def joined(extra: int) -> str:
-            return "".join(sentences[i] for i in sorted(chosen | {extra}))
-
-        scores = {i: char_f1(joined(i), reference) for i in range(len(sentences))
-                  if i not in chosen}
-        pick = max(scores, key=scores.__getitem__, default=None)
-        if pick is None or scores[pick] <= best:
-            return "".join(sentences[i] for i in sorted(chosen))
-        chosen.add(pick)
-        best = scores[pick]
+        scored = [(char_f1("".join(sentences[j] for j in sorted([*chosen, i])), reference), i)
+                  for i in range(len(sentences)) if i not in chosen]
+        score, pick = max(scored, key=lambda pair: pair[0], default=(0.0, -1))
+        if score <= best:
+            return "".join(sentences[j] for j in sorted(chosen))
+        chosen.append(pick)
+        best = score

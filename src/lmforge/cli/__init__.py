@@ -26,46 +26,26 @@ from lmforge.cli.recipe_args import (
     stage_dir,
 )
 from lmforge.cli.retrieval import eval_parsers, rag_parsers
-from lmforge.config import ConfigError, write_resolved
+from lmforge.config import ConfigError
 
 
-def cmd_data_prepare(args: argparse.Namespace) -> None:
-    from lmforge.data import prepare
+def _stage_command(stage: str) -> Callable[[argparse.Namespace], None]:
+    """A stage on its own: the same body ``lmforge run`` calls, without the fingerprints."""
 
-    config = load_recipe(args)
-    out = stage_dir(config, "data")
-    report = prepare(config.data, out, config.run.seed)
-    write_resolved(config, out)
-    print(
-        f"corpus: {out / 'corpus'} ({report['train_docs']:,} train docs, "
-        f"{report['val_docs']:,} held out); report: {out / 'report.md'}"
-    )
+    def command(args: argparse.Namespace) -> None:
+        from lmforge.pipeline.stages import BODIES, print_summary
+
+        print_summary(stage, BODIES[stage](load_recipe(args), getattr(args, "resume", False)))
+
+    return command
 
 
 def cmd_data_tokenize(args: argparse.Namespace) -> None:
-    from lmforge.data import tokenize_corpus
+    from lmforge.pipeline.stages import print_summary, write_shards
 
     config = load_recipe(args)
-    out = stage_dir(config, "data")
-    tokenizer_dir = args.tokenizer or stage_dir(config, "tokenizer")
-    index = tokenize_corpus(out, tokenizer_dir, config.data.shards)
-    write_resolved(config, out / "shards")
-    counts = ", ".join(f"{s} {v['tokens']:,} tokens" for s, v in index["splits"].items())
-    print(f"shards: {out / 'shards'} ({counts}, {index['dtype']})")
-
-
-def cmd_tokenizer_train(args: argparse.Namespace) -> None:
-    from lmforge.tokenizer.train import train_tokenizer
-
-    config = load_recipe(args)
-    out = stage_dir(config, "tokenizer")
-    report = train_tokenizer(config.tokenizer, stage_dir(config, "data") / "corpus", out)
-    write_resolved(config, out)
-    rows = ", ".join(f"{k} {v['chars_per_token']:.2f}" for k, v in report["held_out"].items())
-    print(
-        f"tokenizer: {out} (vocab {report['vocab_size']:,}; chars/token {rows}); "
-        f"report: {out / 'report.md'}"
-    )
+    print_summary("shards", write_shards(config, args.tokenizer or stage_dir(config,
+                                                                             "tokenizer")))
 
 
 def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
@@ -85,33 +65,6 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
             ensure_ascii=False,
         )
     )
-
-
-def cmd_pretrain(args: argparse.Namespace) -> None:
-    from lmforge.train.stages import pretrain
-
-    config = load_recipe(args)
-    report = pretrain(config, resume=args.resume)
-    if report:
-        out = stage_dir(config, "pretrain")
-        final = ", ".join(f"{k} {v:.4f}" for k, v in report["final"].items())
-        print(
-            f"model: {out / 'model'} ({report['parameters']:,} parameters; {final}; "
-            f"{report['tokens_per_second']:,.0f} tokens/s); report: {out / 'report.md'}"
-        )
-
-
-def _post_training(stage: str) -> Callable[[argparse.Namespace], None]:
-    def command(args: argparse.Namespace) -> None:
-        from lmforge.train import post
-
-        config = load_recipe(args)
-        report = getattr(post, stage)(config, resume=args.resume)
-        out = stage_dir(config, stage)
-        final = ", ".join(f"{k} {v:.4f}" for k, v in report["final"].items())
-        print(f"model: {out / 'model'} ({report['method']}; {final}); report: {out / 'report.md'}")
-
-    return command
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -214,12 +167,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     from lmforge.pipeline.run import run_recipe
     from lmforge.pipeline.stages import STAGES, final_model
 
-    args.recipe = args.recipe_file
     config = load_recipe(args)
     results = run_recipe(config, STAGES, print, args.until, set(args.force or []))
     if args.until and args.until != STAGES[-1].name:
         return
-    recipe, model, index = args.recipe_file, final_model(config), stage_dir(config, "rag")
+    recipe, model, index = args.recipe, final_model(config), stage_dir(config, "rag")
     hint = [f"lmforge chat --recipe {recipe} --model {model}",
             f"lmforge serve --recipe {recipe} --model {model} --rag-index {index}  "
             "# web chat: http://127.0.0.1:8000/",
@@ -260,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"lmforge run {EXAMPLE_RECIPE}",
         cmd_run,
     )
-    p.add_argument("recipe_file", type=Path, metavar="RECIPE", help="TOML recipe")
+    p.add_argument("recipe", type=Path, metavar="RECIPE", help="TOML recipe")
     override_args(p)
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument(
@@ -282,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         "ingest, clean, filter, deduplicate, split and mix the sources",
         f"lmforge data prepare --recipe {EXAMPLE_RECIPE} --set data.mix.domain_fraction=0.4",
-        cmd_data_prepare,
+        _stage_command("data"),
     )
     recipe_args(p)
     p = add_command(
@@ -307,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         "train a byte-level BPE tokenizer on the prepared corpus",
         f"lmforge tokenizer train --recipe {EXAMPLE_RECIPE} --set tokenizer.vocab_size=8000",
-        cmd_tokenizer_train,
+        _stage_command("tokenizer"),
     )
     recipe_args(p)
     p = add_command(
@@ -328,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"--recipe {EXAMPLE_RECIPE}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=_stage_command("pretrain"))
     recipe_args(p)
     p.add_argument(
         "--resume", action="store_true", help="continue from the run's last complete checkpoint"
@@ -344,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
             stage,
             summary,
             f"lmforge {stage} --recipe {EXAMPLE_RECIPE}",
-            _post_training(stage),
+            _stage_command(stage),
         )
         recipe_args(p)
         p.add_argument(

@@ -35,30 +35,16 @@ def _access(args: argparse.Namespace) -> Any:
 
 
 def cmd_rag_index(args: argparse.Namespace) -> None:
-    from lmforge.data.ingest import Document
-    from lmforge.rag import RagIndex, read_sources
+    from lmforge.rag import RagIndex
 
     index = RagIndex.create(args.index, _rag_config(args))
-    documents: list[Document] = []
-    problems: list[Any] = []
-    for item in read_sources(args.paths, index.config):
-        if isinstance(item, Document):
-            documents.append(item)
-        else:
-            problems.append(item)
-    for problem in problems:
-        print(f"skipped: {problem}", file=sys.stderr)
-    report = index.add(documents)
+    report = index.sync(args.paths, prune=args.prune)
     for problem in report.problems:
         print(f"skipped: {problem}", file=sys.stderr)
-    if args.prune:
-        report.deleted = index.delete(sorted(set(index.docs) - {d.doc_id for d in documents}))
-    index.save()
     print(
         f"index: {args.index} ({report.added} added, {report.replaced} replaced, "
         f"{report.unchanged} unchanged, {report.deleted} deleted; {len(index.docs)} documents, "
-        f"{report.chunks} chunks; {report.embedded} embedded, "
-        f"{len(problems) + len(report.problems)} problems)"
+        f"{report.chunks} chunks; {report.embedded} embedded, {len(report.problems)} problems)"
     )
 
 

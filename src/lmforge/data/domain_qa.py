@@ -19,8 +19,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmforge.data.chat import Conversation, Message, PreferencePair
+from lmforge.data.ingest import jsonl_records
 from lmforge.prompts import Passage, rag_user_message
 from lmforge.text import extract_answer
 
@@ -138,3 +140,10 @@ def heldout_contracts(corpus_dir: Path) -> set[str]:
         if record.get("contract"):
             contracts.add(record["contract"])
     return contracts
+
+
+def heldout_questions(queries: Path, corpus_dir: Path, held_out: bool) -> list[dict[str, Any]]:
+    """Question records about the contracts the data stage held out (or about all others)."""
+    held = heldout_contracts(corpus_dir)
+    return [r for r in jsonl_records(queries, ("question", "answer", "contract"))
+            if (r["contract"] in held) == held_out]

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lmforge.atomic import atomic_write_jsonl
 from lmforge.eval.mcq import Question, prompt
 
 TASK = "lmforge_mcq"
@@ -25,9 +26,7 @@ TASK = "lmforge_mcq"
 def write_task(folder: Path, questions: list[Question], shots: list[Question]) -> None:
     records = [{"prompt": prompt(q, shots), "choices": q.choices, "answer": q.answer}
                for q in questions]
-    data = folder / "questions.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-                    encoding="utf-8")
+    data = atomic_write_jsonl(folder / "questions.jsonl", records)
     metrics = "\n".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true"
                         for m in ("acc", "acc_norm", "acc_bytes"))
     (folder / f"{TASK}.yaml").write_text(

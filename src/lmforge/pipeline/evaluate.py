@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import RecipeConfig
 from lmforge.reporting import markdown_table, write_report_pair
 
@@ -19,11 +20,11 @@ def _timed(results: dict[str, Any], name: str, work: Any) -> None:
 
 
 def evaluate_run(recipe: RecipeConfig, model_dir: Path, out: Path) -> dict[str, Any]:
+    from lmforge.data.domain_qa import heldout_questions
     from lmforge.eval import evaluate_mcq, read_questions
     from lmforge.eval.bpb import bits_per_byte_by_source
     from lmforge.eval.qa import QAItem, evaluate_qa
     from lmforge.model import load_model
-    from lmforge.pipeline.stages import heldout_records, write_jsonl
     from lmforge.prompts import system_message
     from lmforge.rag import Grounding, RagIndex, Reranker, Retriever
     from lmforge.tokenizer import load_tokenizer
@@ -44,8 +45,8 @@ def evaluate_run(recipe: RecipeConfig, model_dir: Path, out: Path) -> dict[str, 
         _timed(results, "mcq", lambda: {"base": evaluate_mcq(base, tok, questions, shots),
                                         "assistant": evaluate_mcq(model, tok, questions, shots)})
     if recipe.sft.qa_queries:
-        records = heldout_records(Path(recipe.sft.qa_queries), run / "data" / "corpus", True)
-        write_jsonl(out / "heldout_queries.jsonl", records)
+        records = heldout_questions(Path(recipe.sft.qa_queries), run / "data" / "corpus", True)
+        atomic_write_jsonl(out / "heldout_queries.jsonl", records)
         items = [QAItem(str(r["question"]), str(r["answer"])) for r in records]
         items = items[: config.qa_limit or None]
         index = RagIndex.open(run / "rag")

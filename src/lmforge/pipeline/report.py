@@ -1,8 +1,7 @@
 """The run's report card (``report.md`` + PNGs at the top of the run folder): what went in,
 what came out, how good it is and what it cost, on one page, from the stages' own reports.
 
-Plots go through matplotlib (already used for the loss curves) with the Agg backend, so the
-card is written on a headless server too."""
+Plots go through matplotlib (already used for the loss curves), headless."""
 
 from __future__ import annotations
 
@@ -17,7 +16,8 @@ from lmforge.atomic import atomic_write_text
 from lmforge.config import RecipeConfig
 from lmforge.pipeline.evaluate import eval_tables
 from lmforge.pipeline.run import StageResult
-from lmforge.reporting import markdown_table
+from lmforge.reporting import markdown_table, pyplot, read_report, save_figure
+from lmforge.train.metrics import read_rows
 
 TRAINING = ("pretrain", "sft", "dpo")
 
@@ -41,29 +41,13 @@ def hardware() -> dict[str, Any]:
             "os": platform.platform(terse=True)}
 
 
-def _report(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 def plot_training(run: Path, path: Path) -> None:
     """One panel per training stage: train and validation loss against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(TRAINING), figsize=(4 * len(TRAINING), 3.4), dpi=110)
     for ax, stage in zip(axes, TRAINING, strict=True):
-        rows = _metrics(run / stage / "metrics.jsonl")
+        rows = read_rows(run / stage / "metrics.jsonl")
         for key, style in (("loss", "-"), ("val_loss", "o-")):
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
@@ -73,15 +57,12 @@ def plot_training(run: Path, path: Path) -> None:
         ax.set_xlabel("step")
         ax.legend()
     axes[0].set_ylabel("loss")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_eval(results: dict[str, Any], path: Path) -> None:
     """Domain QA by system, and held-out bits per byte by source (base vs assistant)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=110)
     qa = results.get("qa")
@@ -101,21 +82,11 @@ def plot_eval(results: dict[str, Any], path: Path) -> None:
     right.set_xticks(range(len(sources)), sources, rotation=20)
     right.set_title("held-out bits per byte (lower is better)")
     right.legend()
-    _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def data_section(run: Path) -> list[str]:
-    data = _report(run / "data" / "report.json")
+    data = read_report(run / "data" / "report.json")
     if not data:
         return []
     rows = [[name, s["docs_in"], s["docs_kept"], s["chars_kept"], sum(s["dropped"].values()),
@@ -132,7 +103,7 @@ def data_section(run: Path) -> list[str]:
 
 
 def tokenizer_section(run: Path) -> list[str]:
-    tok = _report(run / "tokenizer" / "report.json")
+    tok = read_report(run / "tokenizer" / "report.json")
     if not tok:
         return []
     rows = [[group, v["chars_per_token"], v.get("baseline_chars_per_token", "-")]
@@ -146,7 +117,7 @@ def tokenizer_section(run: Path) -> list[str]:
 
 
 def model_section(run: Path) -> list[str]:
-    pre = _report(run / "pretrain" / "report.json")
+    pre = read_report(run / "pretrain" / "report.json")
     if not pre:
         return []
     c = pre["model_config"]
@@ -161,7 +132,7 @@ def model_section(run: Path) -> list[str]:
 def training_section(run: Path) -> list[str]:
     rows = []
     for stage in TRAINING:
-        r = _report(run / stage / "report.json")
+        r = read_report(run / stage / "report.json")
         if r:
             final = ", ".join(f"{k} {v:.3f}" for k, v in r["final"].items())
             rows.append([stage, r["steps"], round(r["seconds"]), round(r["tokens_per_second"]),
@@ -199,7 +170,7 @@ def stages_section(results: list[StageResult]) -> list[str]:
 def write_report_card(recipe: RecipeConfig, results: list[StageResult], recipe_path: str,
                       chat_hint: list[str]) -> Path:
     run = Path(recipe.run.out_dir)
-    evaluation = _report(run / "eval" / "report.json")
+    evaluation = read_report(run / "eval" / "report.json")
     hw = hardware()
     if any((run / s / "metrics.jsonl").exists() for s in TRAINING):
         plot_training(run, run / "training.png")

@@ -25,6 +25,7 @@ from typing import Any
 from lmforge import __version__
 from lmforge.atomic import atomic_write_text
 from lmforge.config import RecipeConfig
+from lmforge.reporting import read_report
 
 MARKER = "stage.json"
 STARTED = "stage.started.json"
@@ -80,24 +81,17 @@ def fingerprint(stage: Stage, recipe: RecipeConfig, upstream: dict[str, str]) ->
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def run_stage(stage: Stage, recipe: RecipeConfig, print_line: Callable[[str], None],
               upstream: dict[str, str], force: bool = False) -> StageResult:
     folder = Path(recipe.run.out_dir) / stage.folder
     fp = fingerprint(stage, recipe, upstream)
     upstream[stage.name] = fp
-    done = _read(folder / MARKER)
+    done = read_report(folder / MARKER)
     if done.get("fingerprint") == fp and not force:
         print_line(f"{stage.name}: unchanged, skipped ({folder})")
         return StageResult(stage.name, "skipped", done.get("seconds", 0.0),
                            done.get("summary", {}))
-    resume = _read(folder / STARTED).get("fingerprint") == fp and not force
+    resume = read_report(folder / STARTED).get("fingerprint") == fp and not force
     (folder / MARKER).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / STARTED, json.dumps({"fingerprint": fp}) + "\n")

@@ -5,11 +5,10 @@ own reports."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from lmforge.atomic import atomic_write_text
+from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import RecipeConfig, write_resolved
 from lmforge.pipeline.run import Stage
 
@@ -46,16 +45,22 @@ def _tokenizer(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
 
 
 def _shards(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
+    return write_shards(recipe, run_dir(recipe) / "tokenizer")
+
+
+def write_shards(recipe: RecipeConfig, tokenizer_dir: Path) -> dict[str, Any]:
     from lmforge.data import tokenize_corpus
 
     data = run_dir(recipe) / "data"
-    index = tokenize_corpus(data, run_dir(recipe) / "tokenizer", recipe.data.shards)
+    index = tokenize_corpus(data, tokenizer_dir, recipe.data.shards)
     write_resolved(recipe, data / "shards")
     counts = ", ".join(f"{s} {v['tokens']:,}" for s, v in index["splits"].items())
     return {"headline": f"tokens: {counts}", "outputs": {"shards": str(data / "shards")}}
 
 
 def _trained(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    if not report:  # a non-main process of a distributed run: rank 0 reports
+        return {}
     final = ", ".join(f"{k} {v:.3f}" for k, v in report["final"].items())
     return {"headline": f"{report['steps']} steps, {report['tokens_per_second']:,.0f} tokens/s; "
                         f"{final}", "outputs": {"model": str(out / "model"),
@@ -79,44 +84,23 @@ def _post(stage: str) -> Any:
     return body
 
 
-def heldout_records(path: Path, corpus: Path, keep_heldout: bool) -> list[dict[str, Any]]:
-    """Question records of the contracts the data stage held out (or of all the others)."""
-    from lmforge.data.domain_qa import heldout_contracts
-    from lmforge.data.ingest import jsonl_records
-
-    held = heldout_contracts(corpus)
-    return [r for r in jsonl_records(path, ("question", "answer", "contract"))
-            if (r["contract"] in held) == keep_heldout]
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return path
-
-
 def _rag(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    from lmforge.data.ingest import Document
+    from lmforge.data.domain_qa import heldout_questions
     from lmforge.pipeline.reranker import train_reranker
-    from lmforge.rag import RagIndex, read_sources
+    from lmforge.rag import RagIndex
 
     out = run_dir(recipe) / "rag"
     if not recipe.rag.documents:
         raise ValueError("rag.documents: nothing to index; list the files or folders to answer "
                          "from, e.g. documents = [\"data/insurance/passages.jsonl\"]")
     index = RagIndex.create(out, recipe.rag)
-    read = list(read_sources([Path(p) for p in recipe.rag.documents], index.config))
-    documents = [d for d in read if isinstance(d, Document)]
-    report = index.add(documents)
-    report.deleted = index.delete(sorted(set(index.docs) - {d.doc_id for d in documents}))
-    index.save()
+    report = index.sync([Path(p) for p in recipe.rag.documents], prune=True)
     summary: dict[str, Any] = {
         "documents": len(index.docs), "chunks": len(index.chunks), "added": report.added,
-        "unchanged": report.unchanged, "embedded": report.embedded,
-        "problems": [str(p) for p in read if not isinstance(p, Document)]
-        + [str(p) for p in report.problems]}
+        "unchanged": report.unchanged, "embedded": report.embedded, "problems": report.problems}
     outputs = {"index": str(out)}
     if recipe.rag.reranker_queries:
-        queries = write_jsonl(out / "reranker_queries.jsonl", heldout_records(
+        queries = atomic_write_jsonl(out / "reranker_queries.jsonl", heldout_questions(
             Path(recipe.rag.reranker_queries), run_dir(recipe) / "data" / "corpus", False))
         reranker = train_reranker(out, queries, recipe.rag.reranker, recipe.run.seed)
         summary["reranker"] = {"enabled": reranker["enabled"], "held_out": reranker["held_out"]}
@@ -162,6 +146,14 @@ def _dpo_settings(recipe: RecipeConfig) -> Any:
     return {"dpo": recipe.dpo, "sft": recipe.sft, "seed": recipe.run.seed}
 
 
+def print_summary(stage: str, summary: dict[str, Any]) -> None:
+    """What a stage command prints: its headline and where its outputs are."""
+    if summary:
+        print(f"{stage}: {summary['headline']}")
+        for label, path in summary["outputs"].items():
+            print(f"  {label}: {path}")
+
+
 STAGES = [
     Stage("data", "data", (), lambda r: {"data": r.data, "seed": r.run.seed}, _sources, _data),
     Stage("tokenizer", "tokenizer", ("data",), lambda r: r.tokenizer,
@@ -181,3 +173,7 @@ STAGES = [
           lambda r: _files(r.eval.mcq_data, r.eval.mcq_dev, r.sft.qa_queries), _eval),
     Stage("export", "export", ("dpo",), lambda r: {}, lambda r: [], _export),
 ]
+
+# every stage body by name, for the single-stage commands (``lmforge sft``); the reward model
+# is trained on request only, outside ``lmforge run``
+BODIES = {stage.name: stage.run for stage in STAGES} | {"rm": _post("rm")}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.atomic import atomic_write_text
+from lmforge.atomic import atomic_write_jsonl, atomic_write_text
 from lmforge.config import IngestConfig, RagConfig, SourceConfig, from_dict, to_dict
 from lmforge.data.ingest import Document, Problem, Reader
 from lmforge.rag.chunk import chunk_text
@@ -159,8 +159,7 @@ class RagIndex:
     def save(self) -> None:
         """Chunks, keyword index, then the manifest last: a crash leaves the old manifest."""
         self.keyword.save(self.folder / "keyword")
-        atomic_write_text(self.folder / CHUNKS, "".join(
-            json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in self.chunks.values()))
+        atomic_write_jsonl(self.folder / CHUNKS, (asdict(c) for c in self.chunks.values()))
         manifest = {"version": FORMAT_VERSION, "config": to_dict(self.config),
                     "embedder": self.embedder_name, "chunk_count": len(self.chunks),
                     "docs": [asdict(d) for d in self.docs.values()]}
@@ -273,6 +272,24 @@ class RagIndex:
         old = self.docs.pop(doc_id, None)
         for chunk_id in old.chunks if old else []:
             self.chunks.pop(chunk_id, None)
+
+    def sync(self, paths: Sequence[Path], prune: bool = False, progress: bool = True
+             ) -> IndexReport:
+        """Index every document under ``paths`` (new and changed ones only) and save; with
+        ``prune``, documents no longer there are deleted. Unreadable files and records are
+        reported in ``problems``, the rest is indexed."""
+        documents, unreadable = [], []
+        for item in read_sources(paths, self.config):
+            if isinstance(item, Document):
+                documents.append(item)
+            else:
+                unreadable.append(str(item))
+        report = self.add(documents, progress=progress)
+        report.problems[:0] = unreadable
+        if prune:
+            report.deleted = self.delete(sorted(set(self.docs) - {d.doc_id for d in documents}))
+        self.save()
+        return report
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         present = [d for d in doc_ids if d in self.docs]

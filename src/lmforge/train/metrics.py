@@ -7,6 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import atomic_write_text
+from lmforge.reporting import pyplot, save_figure
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (none if the run has not logged yet)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
 
 
 class MetricsLog:
@@ -24,10 +33,7 @@ class MetricsLog:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return read_rows(self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -37,10 +43,7 @@ class MetricsLog:
 
 
 def plot_losses(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -59,8 +62,4 @@ def plot_losses(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         right.legend(loc="upper center")
     ax.legend(loc="upper right")
     ax.set_title(title)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
