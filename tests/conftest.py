@@ -89,12 +89,14 @@ eval_batches = 2
 save_every = 10
 threads = 1
 
+[assistant]
+name = "保小助"
+owner = "测试公司"
+
 [sft]
 method = "lora"
 chat_files = ["{(TINY / 'sft_zh.jsonl').as_posix()}"]
 identity_file = "{(ROOT / 'data/chat/identity.json').as_posix()}"
-assistant_name = "保小助"
-assistant_owner = "测试公司"
 qa_queries = "{(TINY / 'rag_queries.jsonl').as_posix()}"
 qa_passages = "{(TINY / 'rag_passages.jsonl').as_posix()}"
 val_fraction = 0.15

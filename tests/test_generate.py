@@ -56,7 +56,7 @@ def test_stop_string_across_token_boundaries(model: Transformer, tok) -> None:  
 
 
 def test_streaming_never_splits_a_character(tok) -> None:  # noqa: ANN001
-    from lmforge.infer.text import RowText
+    from lmforge.infer.detokenize import RowText
 
     row = RowText([])
     text = "保险"
@@ -127,7 +127,7 @@ def test_beam_search(model: Transformer, tok) -> None:  # noqa: ANN001
 
 
 def test_incremental_decoding_equals_full_decoding(tok) -> None:  # noqa: ANN001
-    from lmforge.infer.text import RowText
+    from lmforge.infer.detokenize import RowText
 
     text = "保险合同的犹豫期为15天。Insurance 条款 ✓ 龘"
     byte_ids = [tok.token_to_id(c) for c in tok.pre_tokenizer.pre_tokenize_str(text)[0][0]

@@ -27,8 +27,10 @@ top_k = 2
 
 [eval]
 mcq_data = "{(TINY / 'mcq_insurance.jsonl').as_posix()}"
-max_new_tokens = 12
 samples = 2
+
+[assistant.sampling]
+max_new_tokens = 12
 """
 
 

@@ -9,6 +9,7 @@ from lmforge.config.loader import (
     write_resolved,
 )
 from lmforge.config.schema import (
+    AssistantConfig,
     CleanConfig,
     DataConfig,
     DedupConfig,
@@ -24,6 +25,7 @@ from lmforge.config.schema import (
     RerankerConfig,
     RunConfig,
     SamplingConfig,
+    ServeConfig,
     SFTConfig,
     ShardConfig,
     SourceConfig,
@@ -33,6 +35,7 @@ from lmforge.config.schema import (
 )
 
 __all__ = [
+    "AssistantConfig",
     "CleanConfig",
     "ConfigError",
     "DataConfig",
@@ -49,6 +52,7 @@ __all__ = [
     "RerankerConfig",
     "RunConfig",
     "SamplingConfig",
+    "ServeConfig",
     "SFTConfig",
     "ShardConfig",
     "SourceConfig",

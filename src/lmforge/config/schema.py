@@ -343,6 +343,51 @@ class SamplingConfig:
 
 
 @dataclass
+class AssistantConfig:
+    """Who the assistant is and how it speaks by default: read by SFT data (the system prompt it
+    is trained with), chat, ``generate --chat``, evaluation and the server, so the assistant
+    users talk to is the one that was trained and scored."""
+
+    name: str = "lmforge"
+    owner: str = "lmforge"
+    # {name} and {owner} are filled in; "" trains and answers without a system prompt
+    system_prompt: str = "你是{name}，由{owner}开发的保险助手。回答要准确、简洁。"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "name", "a non-empty name", self.name)
+
+    @property
+    def system(self) -> str:
+        """The system prompt with the assistant's name and owner filled in."""
+        return self.system_prompt.replace("{name}", self.name).replace("{owner}", self.owner)
+
+
+@dataclass
+class ServeConfig:
+    """The HTTP server: where it listens and what one request may cost.
+
+    API keys are not part of a recipe (a recipe is shared, keys are secrets): they come from
+    ``--api-key``, ``--api-key-file`` or ``LMFORGE_API_KEYS`` and are parsed by
+    ``lmforge.serve.parse_api_keys``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str = ""  # the id the API reports; "": the model folder's name
+    max_batch: int = 8  # sequences decoded together
+    max_waiting: int = 64  # requests in flight before 429
+    max_n: int = 8
+    max_body_bytes: int = 1 << 20
+    max_beams: int = 8  # use_beam_search: the most beams (n) one request may ask for
+    retry_after_s: int = 2
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, "port", "a TCP port", self.port)
+        for name in ("max_batch", "max_waiting", "max_n", "max_body_bytes", "max_beams"):
+            _check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+
+
+@dataclass
 class LoraConfig:
     """Low-rank adapters on the frozen model's linear layers (PEFT-compatible)."""
 
@@ -372,8 +417,6 @@ class SFTConfig:
     qlora: bool = False  # the frozen base in 4-bit NF4 under the LoRA adapters
     chat_files: list[str] = field(default_factory=list)
     identity_file: str = ""
-    assistant_name: str = "lmforge"
-    assistant_owner: str = "lmforge"
     qa_queries: str = ""  # domain QA: {question, answer, gold_pid, contract} per line
     qa_passages: str = ""  # and the passages they cite: {pid, contract, text}
     rag_distractors: int = 2
@@ -497,14 +540,12 @@ class EvalConfig:
     mcq_dev: str = ""  # few-shot examples, same layout
     mcq_shots: int = 0
     qa_limit: int = 0  # 0: every held-out question
-    max_new_tokens: int = 160
     samples: int = 5  # sample answers shown on the report card
 
     def __post_init__(self) -> None:
         _check(self.bpb_tokens >= 1, "bpb_tokens", "at least 1", self.bpb_tokens)
         for name in ("mcq_shots", "qa_limit"):
             _check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
-        _check(self.max_new_tokens >= 1, "max_new_tokens", "at least 1", self.max_new_tokens)
 
 
 @dataclass
@@ -516,9 +557,10 @@ class RecipeConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    assistant: AssistantConfig = field(default_factory=AssistantConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
     rm: PreferenceConfig = field(default_factory=PreferenceConfig)
     rag: RagConfig = field(default_factory=RagConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)

@@ -9,7 +9,6 @@ a source never reshuffles the others.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter, defaultdict
@@ -24,9 +23,10 @@ from lmforge.config import ConfigError, DataConfig, SourceConfig, SplitConfig
 from lmforge.data.clean import normalise, scrub_pii
 from lmforge.data.dedup import Deduplicator
 from lmforge.data.ingest import Document, Problem, Reader
-from lmforge.data.quality import quality_problem
 from lmforge.data.mix import SourceStats, mix_order, source_rates
+from lmforge.data.quality import quality_problem
 from lmforge.data.report import write_data_report
+from lmforge.splits import held_out
 
 
 @dataclass
@@ -43,19 +43,12 @@ class SourceTally:
     chars_kept: int = 0
 
 
-def stable_fraction(key: str) -> float:
-    """A number in [0, 1) fixed by ``key`` alone: splits that never reshuffle."""
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
 def in_heldout(doc: Document, source: SourceConfig, split: SplitConfig, seed: int) -> bool:
     group = doc.meta.get(source.group_field, "") if source.group_field else ""
     if group and group in split.holdout_groups:
         return True
-    key = f"{seed}:{source.name}:{group or doc.doc_id}"
-    bucket = stable_fraction(key)
     fraction = split.val_fraction if source.val_fraction is None else source.val_fraction
-    return bucket < fraction
+    return held_out(group or doc.doc_id, fraction, seed, purpose=source.name)
 
 
 def _file_bytes(reader: Reader) -> int:

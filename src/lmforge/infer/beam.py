@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
-from lmforge.infer.text import stop_ids
+from lmforge.infer.detokenize import stop_ids
 from lmforge.model import KVCache, Transformer
 
 

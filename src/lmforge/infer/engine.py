@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lmforge.config import SamplingConfig
 from lmforge.infer.sampling import next_tokens
-from lmforge.infer.text import RowText, stop_ids
+from lmforge.infer.detokenize import RowText, stop_ids
 from lmforge.model import Transformer
 
 

@@ -1,5 +1,8 @@
-"""The model: one Llama-style transformer (model/llama.py) and its on-disk formats."""
+"""The model: one Llama-style transformer (model/llama.py), what is applied to it without editing
+it (LoRA adapters, int8 / NF4 weights), the reranker's cross-encoder built on it, and its on-disk
+formats (our folders and Hugging Face's)."""
 
+from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
 from lmforge.model.llama import (
     KVCache,
     Output,
@@ -9,7 +12,28 @@ from lmforge.model.llama import (
     document_mask,
     positions_within_documents,
 )
-from lmforge.model.weights import load_model, save_model
+from lmforge.model.lora import (
+    adapters_disabled,
+    apply_lora,
+    load_adapter,
+    merge_lora,
+    save_adapter,
+)
+from lmforge.model.quant import NF4Linear, quantize_linears
+from lmforge.model.weights import (
+    HF_INDEX_NAME,
+    WEIGHTS_NAME,
+    hf_config,
+    load_model,
+    load_state,
+    model_config,
+    model_state,
+    save_model,
+)
 
-__all__ = ["KVCache", "Output", "Transformer", "causal_mask", "document_inputs", "document_mask",
-           "load_model", "positions_within_documents", "save_model"]
+__all__ = ["HF_INDEX_NAME", "WEIGHTS_NAME", "CrossEncoder", "KVCache", "NF4Linear", "Output",
+           "RerankGroup", "Transformer", "adapters_disabled", "apply_lora", "causal_mask",
+           "doc_rank", "document_inputs", "document_mask", "hf_config", "load_adapter",
+           "load_model", "load_state", "merge_lora", "model_config", "model_state", "pad",
+           "positions_within_documents", "quantize_linears", "save_adapter", "save_model",
+           "score_group"]

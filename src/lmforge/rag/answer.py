@@ -6,17 +6,27 @@ instead of letting the model invent an answer.
 Relevance is judged on the best passage's dense cosine similarity to the question and on how
 much of the question's IDF-weighted terms it covers: either signal above its threshold counts.
 Fusion and reranker scores are rank-based or uncalibrated and cannot gate on their own.
+
+``Grounding.ground`` is the one answer path: ``rag ask``, ``eval qa`` and the server all call it,
+so what the evaluation scores is what users get. It retrieves for the conversation's last user
+message, applies the no-answer gate, and fits the passages into the room the caller leaves for
+the prompt (counted in tokens of the model's own chat encoding).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from lmforge.prompts import Passage, rag_user_message
-from lmforge.rag.index import Access
+from lmforge.rag.index import Access, RagIndex
+from lmforge.rag.rerank import Reranker
 from lmforge.rag.retrieve import Hit, Retriever
+from lmforge.tokenizer import Message, encode_chat
 
 
 @dataclass
@@ -50,6 +60,22 @@ class Retrieved:
         return self.user_message(question, 1, 60)
 
 
+@dataclass
+class GroundedPrompt:
+    """A conversation whose last user message carries the retrieved passages, ready to encode,
+    or (``answerable`` false) none: nothing relevant was found and the answer is ``NO_ANSWER``."""
+
+    messages: list[Message]
+    retrieved: Retrieved
+
+    @property
+    def answerable(self) -> bool:
+        return self.retrieved.relevant
+
+    def sources(self) -> list[dict[str, Any]]:
+        return self.retrieved.sources() if self.answerable else []
+
+
 class Grounding:
     """Retrieval for answering: the top passages, and whether any is relevant at all."""
 
@@ -57,6 +83,34 @@ class Grounding:
         self.retriever = retriever
         config = retriever.index.config
         self.min_dense, self.min_coverage = config.min_dense_score, config.min_keyword_coverage
+
+    @classmethod
+    def open(cls, folder: Path) -> Grounding:
+        """The grounding of an index folder, with its trained reranker when it has one."""
+        index = RagIndex.open(folder)
+        return cls(Retriever(index, Reranker.load(index)))
+
+    @property
+    def index(self) -> RagIndex:
+        return self.retriever.index
+
+    def ground(self, messages: Sequence[Message], tok: Tokenizer, room: int,
+               access: Access | None = None, k: int | None = None) -> GroundedPrompt:
+        """Retrieve for the last user message and put the passages into it, trimmed so the
+        encoded prompt takes at most ``room`` tokens (the context minus the answer's budget)."""
+        conversation = [dict(m) for m in messages]
+        last = next((m for m in reversed(conversation) if m["role"] == "user"), None)
+        if last is None:
+            raise ValueError("grounding needs a user message to answer")
+        question = last["content"]
+        retrieved = self.retrieve(question, access, k)
+        if retrieved.relevant:
+            def fits(message: str) -> bool:
+                last["content"] = message
+                return len(encode_chat(tok, conversation, add_generation_prompt=True)) <= room
+
+            last["content"] = retrieved.fitted_message(question, fits)
+        return GroundedPrompt(conversation, retrieved)
 
     def retrieve(self, question: str, access: Access | None = None, k: int | None = None
                  ) -> Retrieved:

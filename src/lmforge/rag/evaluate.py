@@ -18,15 +18,9 @@ import numpy as np
 from lmforge.rag.index import Access, RagIndex
 from lmforge.rag.rerank import Query, Reranker, trained_groups
 from lmforge.rag.retrieve import MODES, Mode, Retriever, documents_in_order
+from lmforge.ranking import rank_metrics
 
 KS = (1, 5, 10)
-
-
-def rank_metrics(ranks: Sequence[int | None]) -> dict[str, float]:
-    n = max(len(ranks), 1)
-    out = {f"recall@{k}": sum(1 for r in ranks if r and r <= k) / n for k in KS}
-    out["mrr"] = sum(1.0 / r for r in ranks if r) / n
-    return {k: round(v, 4) for k, v in out.items()}
 
 
 def evaluate(index: RagIndex, queries: Sequence[Query], filter_field: str = "",
@@ -50,7 +44,7 @@ def evaluate(index: RagIndex, queries: Sequence[Query], filter_field: str = "",
             seconds.append(time.perf_counter() - start)
             ranks.append(docs.index(query.gold) + 1 if query.gold in docs else None)
         ms = np.array(seconds) * 1000
-        result[mode] = {**rank_metrics(ranks),
+        result[mode] = {**rank_metrics(ranks, KS),
                         "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 1),
                                        "p99": round(float(np.percentile(ms, 99)), 1)}
                         if len(ms) else {}}

@@ -24,11 +24,11 @@ from tokenizers import Tokenizer
 
 from lmforge.config import RerankerConfig
 from lmforge.data.ingest import jsonl_records
-from lmforge.data.prepare import stable_fraction
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, score_group
 from lmforge.rag.index import RagIndex
 from lmforge.rag.keyword import LexicalFeatures
 from lmforge.rag.retrieve import Hit, Retriever
+from lmforge.splits import held_out
 from lmforge.tokenizer import IM_START, load_tokenizer
 
 RETRIEVAL_FEATURES = ("rrf", "dense", "keyword", "dense_rank", "keyword_rank")
@@ -52,7 +52,7 @@ def read_queries(path: Path, group_field: str = "contract") -> list[Query]:
 
 
 def is_held_out(group: str, fraction: float, seed: int) -> bool:
-    return stable_fraction(f"{seed}:rerank:{group}") < fraction
+    return held_out(group, fraction, seed, purpose="rerank")
 
 
 def feature_matrix(hits: Sequence[Hit], question: str, lexical: LexicalFeatures) -> np.ndarray:

@@ -7,6 +7,14 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from lmforge.tokenizer.chat import (
+    Message,
+    chat_segments,
+    encode_chat,
+    encode_text,
+    plain_text_tokenizer,
+    with_system,
+)
 from lmforge.tokenizer.vocab import BOS, EOS, IM_END, IM_START, PAD, render_chat
 
 
@@ -28,5 +36,6 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
             shutil.copy2(Path(source) / name, Path(target) / name)
 
 
-__all__ = ["BOS", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES", "copy_tokenizer_files",
-           "load_tokenizer", "render_chat"]
+__all__ = ["BOS", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES", "Message",
+           "chat_segments", "copy_tokenizer_files", "encode_chat", "encode_text",
+           "load_tokenizer", "plain_text_tokenizer", "render_chat", "with_system"]
