@@ -38,9 +38,11 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
     assert report["domain_fraction_actual"] == pytest.approx(0.4, abs=0.1)
     assert report["tokens"]["splits"]["train"]["tokens"] > 0
     assert "## Mix" in (data / "report.md").read_text(encoding="utf-8")
-    for stage in (data, tiny_run / "tokenizer", data / "shards"):
+    for stage, section in ((data, "data"), (tiny_run / "tokenizer", "tokenizer"),
+                           (data / "shards", "shards")):  # the sections each stage was handed
         resolved = json.loads((stage / "config.json").read_text(encoding="utf-8"))
-        assert resolved["run"]["seed"] == 7
+        assert section in resolved and "run" not in resolved
+    assert json.loads((data / "config.json").read_text(encoding="utf-8"))["seed"] == 7
     val = [json.loads(line) for line in (data / "corpus" / "val.jsonl").open(encoding="utf-8")]
     train = [json.loads(line) for line in (data / "corpus" / "train.jsonl").open(encoding="utf-8")]
     held_contracts = {r["contract"] for r in val if r["source"] == "insurance"}
@@ -105,3 +107,44 @@ def test_export_command_writes_a_hf_folder(tiny_run: Path, tmp_path: Path) -> No
         assert (out / name).exists(), name
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert "im_start" in tokenizer_config["chat_template"]
+
+
+def test_generate_with_beams_is_the_best_beam(tiny_run: Path, capsys: pytest.CaptureFixture
+                                              ) -> None:
+    from lmforge.infer import beam_search, load_for_inference
+
+    folder = tiny_run / "pretrain" / "model"
+    assert main(["generate", "--model", str(folder), "被保险人", "保险", "--num-beams", "3",
+                 "--max-new-tokens", "6"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    model, tok = load_for_inference(folder)
+    for row in rows:
+        best = beam_search(model, tok, tok.encode(row["prompt"], add_special_tokens=False).ids,
+                           3, 6, 1.0)[0]
+        assert row["completion"] == tok.decode(best.tokens, skip_special_tokens=True)
+
+
+def test_a_flag_is_a_validated_override_of_its_field(tiny_run: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    model = str(tiny_run / "pretrain" / "model")
+    assert main(["generate", "--model", model, "保险", "--temperature", "3"]) == 2
+    assert "assistant.sampling.temperature" in capsys.readouterr().err
+
+
+def test_chat_answers_as_the_recipes_assistant(tiny_run: Path, tiny_recipe: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The terminal chat gets the recipe's system prompt and sampling, with flags on top."""
+    import lmforge.infer
+
+    seen = {}
+
+    def fake_chat(session, read, out) -> None:  # noqa: ANN001
+        seen.update(system=session.system, sampling=session.sampling)
+
+    monkeypatch.setattr(lmforge.infer, "terminal_chat", fake_chat)
+    model = str(tiny_run / "pretrain" / "model")
+    assert main(["chat", "--recipe", str(tiny_recipe), "--model", model, "--top-k", "5"]) == 0
+    assert seen["system"].startswith("你是保小助，由测试公司开发")
+    assert seen["sampling"].top_k == 5
+    assert main(["chat", "--recipe", str(tiny_recipe), "--model", model, "--system", ""]) == 0
+    assert seen["system"] == ""

@@ -6,9 +6,9 @@ import torch
 from conftest import FIXTURE_TOKENIZER
 from hypothesis import HealthCheck, settings
 
-from lmforge.config import ModelConfig
+from lmforge.config import AssistantConfig, ModelConfig, SamplingConfig, ServeConfig
 from lmforge.model import Transformer
-from lmforge.serve import ServeSettings, create_app
+from lmforge.serve import create_app
 from lmforge.tokenizer import load_tokenizer
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -19,7 +19,8 @@ def tiny_app():  # noqa: ANN201
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=16, n_layers=1,
                                     n_heads=2, n_kv_heads=1, max_seq_len=128)).eval()
-    return create_app(model, tok, ServeSettings(model_name="fuzz", default_max_tokens=8))
+    return create_app(model, tok, AssistantConfig(sampling=SamplingConfig(max_new_tokens=8)),
+                      ServeConfig(model_name="fuzz"))
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", tiny_app())

@@ -21,21 +21,17 @@ def test_cuda_logits_match_cpu() -> None:
     assert torch.allclose(cpu, gpu, atol=1e-3)
 
 
-def test_bf16_training_steps_reduce_loss(tiny_run) -> None:  # noqa: ANN001
-    import tempfile
-    from pathlib import Path
-
+def test_bf16_training_steps_reduce_loss(tiny_run, tmp_path) -> None:  # noqa: ANN001
     from lmforge.config import RecipeConfig, load_config
-    from lmforge.train.stages import pretrain
+    from lmforge.train import pretrain
 
-    with tempfile.TemporaryDirectory() as out:
-        for stage in ("data", "tokenizer"):
-            (Path(out) / stage).symlink_to(tiny_run / stage)
-        recipe = load_config(RecipeConfig, None, [
-            f"run.out_dir={out!r}", 'model.preset="tiny"', "pretrain.steps=60",
-            "pretrain.batch_size=8", "pretrain.seq_len=64", "pretrain.lr=0.01",
-            "pretrain.warmup_steps=5", "pretrain.eval_every=30", "pretrain.eval_batches=2"])
-        report = pretrain(recipe, show_progress=False)
+    recipe = load_config(RecipeConfig, None, [
+        'model.preset="tiny"', "pretrain.steps=60", "pretrain.batch_size=8",
+        "pretrain.seq_len=64", "pretrain.lr=0.01", "pretrain.warmup_steps=5",
+        "pretrain.eval_every=30", "pretrain.eval_batches=2"])
+    report = pretrain(recipe.model, recipe.pretrain, tiny_run / "tokenizer",
+                      tiny_run / "data" / "shards", tmp_path / "pretrain", recipe.run.seed,
+                      show_progress=False)
     assert report["device"] == "cuda"
     assert report["final"]["val_loss"] < report["first_eval"]["val_loss"] - 0.5
 

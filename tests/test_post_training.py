@@ -128,30 +128,46 @@ def test_sequence_logps_sum_only_labelled_tokens() -> None:
     assert sequence_logps(logits, targets).item() == pytest.approx(math.log(0.75) + math.log(0.9))
 
 
-def test_post_training_stages_end_to_end(tiny_run: Path) -> None:
+def tiny_recipe(tiny_run: Path, *overrides: str):  # noqa: ANN201
     from lmforge.config import RecipeConfig, load_config
-    from lmforge.train.post import dpo, rm, sft
 
-    recipe_path = tiny_run.parent / "tiny.toml"
-    recipe = load_config(RecipeConfig, recipe_path)
-    report = sft(recipe, show_progress=False)
+    return load_config(RecipeConfig, tiny_run.parent / "tiny.toml", list(overrides))
+
+
+def test_post_training_stages_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
+    from lmforge.data import heldout_contracts, preference_examples, sft_examples
+    from lmforge.train import dpo, reward_model, sft
+
+    recipe = tiny_recipe(tiny_run)
+    held = heldout_contracts(tiny_run / "data" / "corpus")
+    conversations, stats = sft_examples(recipe.sft, recipe.assistant, held, 7)
+    assert any(recipe.assistant.name in m["content"] for c in conversations
+               for m in c.messages)  # identity placeholders filled from [assistant]
+    report = sft(recipe.sft, conversations, stats, tiny_run / "pretrain" / "model",
+                 tmp_path / "sft", 7, show_progress=False)
     assert report["final"]["val_loss"] < report["before"]["val_loss"]
     assert report["encoding"]["ok"] > 0 and report["heldout_contracts"] >= 1
-    assert (tiny_run / "sft" / "adapter" / "adapter_config.json").exists()
-    config = json.loads((tiny_run / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").exists()
+    assert not (tmp_path / "sft" / "config.json").exists()  # the pipeline writes it
+    config = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4
-    report = dpo(recipe, show_progress=False)
+    assert "## Data" in (tmp_path / "sft" / "report.md").read_text()
+    pairs, stats = preference_examples(recipe.dpo, recipe.sft, recipe.assistant, held, 7)
+    report = dpo(recipe.dpo, pairs, stats, tmp_path / "sft" / "model", tmp_path / "dpo", 7,
+                 show_progress=False)
     assert report["before"]["reward_accuracy"] == 0.0  # policy == reference at the start
     assert report["before"]["val_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert report["final"]["log_ratio"] != 0.0  # the policy moved away from the reference
-    report = rm(recipe, show_progress=False)
+    report = reward_model(recipe.rm, pairs, stats, tmp_path / "sft" / "model", tmp_path / "rm",
+                          7, show_progress=False)
     assert "pair_accuracy" in report["final"]
-    assert (tiny_run / "rm" / "model" / "reward_head.safetensors").exists()
+    assert (tmp_path / "rm" / "model" / "reward_head.safetensors").exists()
+    assert (tmp_path / "rm" / "model" / "tokenizer.json").exists()
 
 
 def test_reward_model_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa: ANN001
     from lmforge.config import TrainConfig
-    from lmforge.data.chat import PreferencePair
+    from lmforge.data import PreferencePair
     from lmforge.train.distributed import DistInfo
     from lmforge.train.loop import Trainer
     from lmforge.train.preference import PairData, RewardModel, RewardTask
@@ -220,22 +236,22 @@ def test_qlora_trains_adapters_over_a_4bit_base(tok, tmp_path: Path) -> None:  #
 
 
 def test_qlora_sft_stage_reports_memory_saved(tiny_run: Path, tmp_path: Path) -> None:
-    from lmforge.config import RecipeConfig, load_config
-    from lmforge.train.post import sft
+    from lmforge.data import heldout_contracts, sft_examples
+    from lmforge.train import sft
 
-    for stage in ("data", "tokenizer", "pretrain"):
-        (tmp_path / stage).symlink_to(tiny_run / stage)
-    recipe = load_config(RecipeConfig, tiny_run.parent / "tiny.toml",
-                         [f"run.out_dir={str(tmp_path)!r}", "sft.qlora=true",
-                          "sft.train.steps=4", "sft.train.eval_every=4"])
-    report = sft(recipe, show_progress=False)
+    recipe = tiny_recipe(tiny_run, "sft.qlora=true", "sft.train.steps=4",
+                         "sft.train.eval_every=4")
+    held = heldout_contracts(tiny_run / "data" / "corpus")
+    conversations, stats = sft_examples(recipe.sft, recipe.assistant, held, 7)
+    report = sft(recipe.sft, conversations, stats, tiny_run / "pretrain" / "model",
+                 tmp_path / "sft", 7, show_progress=False)
     assert report["qlora_linear_bytes"]["saved"] > 0.8
     assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_dpo_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa: ANN001
     from lmforge.config import TrainConfig
-    from lmforge.data.chat import PreferencePair
+    from lmforge.data import PreferencePair
     from lmforge.train.distributed import DistInfo
     from lmforge.train.loop import Trainer
     from lmforge.train.preference import DPOTask, PairData, all_logps

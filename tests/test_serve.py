@@ -9,7 +9,8 @@ import httpx
 import pytest
 from conftest import live_server, tiny_model
 
-from lmforge.serve import ServeSettings, create_app
+from lmforge.config import AssistantConfig, ServeConfig
+from lmforge.serve import create_app, load_api_keys
 from lmforge.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai")
@@ -21,9 +22,9 @@ KEY = "sk-test-123"
 def server() -> Iterator[str]:
     tok = load_tokenizer(FIXTURE_TOKENIZER)
     model = tiny_model(tok, max_seq_len=256)
-    settings = ServeSettings(model_name="tiny", api_keys=[KEY], max_n=4, max_body_bytes=20_000,
-                             max_waiting=4)
-    with live_server(create_app(model, tok, settings)) as url:
+    config = ServeConfig(model_name="tiny", max_n=4, max_body_bytes=20_000, max_waiting=4)
+    app = create_app(model, tok, AssistantConfig(), config, load_api_keys([KEY]))
+    with live_server(app) as url:
         yield url
 
 
@@ -111,6 +112,8 @@ def test_auth_size_and_health(server: str) -> None:
     assert httpx.get(f"{server}/v1/models").status_code == 401
     wrong = httpx.get(f"{server}/v1/models", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    bare = httpx.get(f"{server}/v1/models", headers={"Authorization": KEY})
+    assert bare.status_code == 401  # the key without its "Bearer " scheme
     big = httpx.post(f"{server}/v1/completions", content=b"x" * 30_000,
                      headers={"Authorization": f"Bearer {KEY}",
                               "Content-Type": "application/json"})

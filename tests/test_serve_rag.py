@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_TOKENIZER, live_server, tiny_model
 
-from lmforge.config import RagConfig
+from lmforge.config import AssistantConfig, RagConfig, ServeConfig
 from lmforge.data.ingest import Document
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import Grounding, RagIndex, Retriever
-from lmforge.serve import Principal, ServeSettings, create_app
+from lmforge.serve import create_app, load_api_keys
 from lmforge.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai")
@@ -31,9 +31,10 @@ def server(tmp_path_factory, embedder) -> Iterator[str]:  # noqa: ANN001
                         "x", "grace", {"contract": "寿险A"})], progress=False)
     tok = load_tokenizer(FIXTURE_TOKENIZER)
     model = tiny_model(tok, max_seq_len=1024)
-    settings = ServeSettings(model_name="tiny-rag", api_keys=[ADMIN, ALICE],
-                             key_principals={ALICE: Principal("alice", ["staff"])})
-    with live_server(create_app(model, tok, settings, Grounding(Retriever(index)))) as url:
+    keys = load_api_keys([ADMIN, f"{ALICE}:alice:staff"])
+    app = create_app(model, tok, AssistantConfig(), ServeConfig(model_name="tiny-rag"), keys,
+                     Grounding(Retriever(index)))
+    with live_server(app) as url:
         yield url
 
 

@@ -8,31 +8,44 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 
-from lmforge.config import RecipeConfig, TrainConfig, load_config
+from lmforge.config import ModelConfig, TrainConfig, from_dict
 from lmforge.train import loop as loop_module
+from lmforge.train import pretrain
 from lmforge.train.checkpoint import list_checkpoints
 from lmforge.train.schedule import lr_multiplier
-from lmforge.train.stages import pretrain
 
-PRETRAIN = ["model.preset=\"tiny\"", "pretrain.steps=12", "pretrain.batch_size=4",
-            "pretrain.seq_len=32", "pretrain.warmup_steps=2", "pretrain.eval_every=4",
-            "pretrain.eval_batches=2", "pretrain.log_every=1", "pretrain.save_every=4",
-            "pretrain.threads=1"]
-
-
-def recipe_in(tiny_run: Path, out: Path, *extra: str) -> RecipeConfig:
-    """The tiny run's recipe, writing into ``out`` with the tiny run's data and tokenizer."""
-    out.mkdir(parents=True, exist_ok=True)
-    for stage in ("data", "tokenizer"):
-        if not (out / stage).exists():
-            (out / stage).symlink_to(tiny_run / stage)
-    return load_config(RecipeConfig, None, [f"run.out_dir={str(out)!r}", "run.seed=7",
-                                            *PRETRAIN, *extra])
+PRETRAIN = dict(steps=12, batch_size=4, seq_len=32, warmup_steps=2, eval_every=4,
+                eval_batches=2, log_every=1, save_every=4, threads=1)
+DRIVER = """
+import sys
+from pathlib import Path
+from lmforge.config import ModelConfig, TrainConfig, from_dict
+from lmforge.train import pretrain
+run, out, resume = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "resume"
+pretrain(from_dict(ModelConfig, {"preset": "tiny"}), TrainConfig(**%r), run / "tokenizer",
+         run / "data" / "shards", out, 7, resume=resume, show_progress=False)
+"""
 
 
-def losses(run: Path) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").open()]
+def run_pretrain(tiny_run: Path, out: Path, resume: bool = False, **overrides: object
+                 ) -> dict:
+    """The tiny model pretrained on the tiny run's shards into ``out``, seed 7."""
+    train = TrainConfig(**{**PRETRAIN, **overrides})  # type: ignore[arg-type]
+    return pretrain(from_dict(ModelConfig, {"preset": "tiny"}), train, tiny_run / "tokenizer",
+                    tiny_run / "data" / "shards", out, 7, resume=resume, show_progress=False)
+
+
+def driver(tmp_path: Path, **overrides: object) -> Path:
+    """A script that runs ``run_pretrain`` from the command line (for torchrun and kill -9)."""
+    path = tmp_path / "driver.py"
+    path.write_text(DRIVER % {**PRETRAIN, **overrides}, encoding="utf-8")
+    return path
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
@@ -47,14 +60,14 @@ def test_schedules() -> None:
 
 
 def test_pretraining_learns_and_writes_its_outputs(tiny_run: Path, tmp_path: Path) -> None:
-    recipe = recipe_in(tiny_run, tmp_path, "pretrain.steps=40", "pretrain.lr=0.01",
-                       "pretrain.eval_every=20")
-    report = pretrain(recipe, show_progress=False)
-    assert report["first_eval"]["step"] == 0
-    assert report["final"]["val_loss"] < report["first_eval"]["val_loss"] - 0.4
-    assert 0 < report["final"]["val_bpb"] < 10
     out = tmp_path / "pretrain"
-    for name in ("loss.png", "report.md", "metrics.jsonl", "config.json", "model/tokenizer.json",
+    report = run_pretrain(tiny_run, out, steps=40, lr=0.01, eval_every=20)
+    assert report["before"]["step"] == 0
+    assert report["final"]["val_loss"] < report["before"]["val_loss"] - 0.4
+    assert 0 < report["final"]["val_bpb"] < 10
+    assert json.loads((out / "report.json").read_text())["final"] == report["final"]
+    assert not (out / "config.json").exists()  # the pipeline writes the resolved recipe
+    for name in ("loss.png", "report.md", "metrics.jsonl", "model/tokenizer.json",
                  "model/model.safetensors"):
         assert (out / name).exists(), name
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000036",
@@ -64,7 +77,7 @@ def test_pretraining_learns_and_writes_its_outputs(tiny_run: Path, tmp_path: Pat
 def test_resume_is_bit_identical(tiny_run: Path, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     straight = tmp_path / "straight"
-    pretrain(recipe_in(tiny_run, straight), show_progress=False)
+    run_pretrain(tiny_run, straight)
 
     interrupted = tmp_path / "interrupted"
     real_step = loop_module.Trainer.train_step
@@ -76,16 +89,16 @@ def test_resume_is_bit_identical(tiny_run: Path, tmp_path: Path,
 
     monkeypatch.setattr(loop_module.Trainer, "train_step", killed_at_9)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(recipe_in(tiny_run, interrupted), show_progress=False)
+        run_pretrain(tiny_run, interrupted)
     monkeypatch.setattr(loop_module.Trainer, "train_step", real_step)
-    assert list_checkpoints(interrupted / "pretrain" / "checkpoints")[-1].name == "step-000008"
-    pretrain(recipe_in(tiny_run, interrupted), resume=True, show_progress=False)
+    assert list_checkpoints(interrupted / "checkpoints")[-1].name == "step-000008"
+    run_pretrain(tiny_run, interrupted, resume=True)
 
     assert losses(straight) == losses(interrupted)  # exact float equality, every step
     from safetensors.torch import load_file
 
-    a = load_file(str(straight / "pretrain" / "model" / "model.safetensors"))
-    b = load_file(str(interrupted / "pretrain" / "model" / "model.safetensors"))
+    a = load_file(str(straight / "model" / "model.safetensors"))
+    b = load_file(str(interrupted / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -93,7 +106,6 @@ def test_half_written_checkpoints_are_never_selected(tiny_run: Path, tmp_path: P
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from lmforge.train import checkpoint as checkpoint_module
 
-    recipe = recipe_in(tiny_run, tmp_path)
     real_save = checkpoint_module.save_file
     calls = {"n": 0}
 
@@ -105,13 +117,13 @@ def test_half_written_checkpoints_are_never_selected(tiny_run: Path, tmp_path: P
 
     monkeypatch.setattr(checkpoint_module, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(recipe, show_progress=False)
-    folder = tmp_path / "pretrain" / "checkpoints"
+        run_pretrain(tiny_run, tmp_path)
+    folder = tmp_path / "checkpoints"
     assert [p.name for p in list_checkpoints(folder)] == ["step-000004", "step-000008"]
     (folder / "step-000012").mkdir()  # a folder without state.json, as if copied half-way
     assert list_checkpoints(folder)[-1].name == "step-000008"
     monkeypatch.setattr(checkpoint_module, "save_file", real_save)
-    pretrain(recipe, resume=True, show_progress=False)
+    run_pretrain(tiny_run, tmp_path, resume=True)
 
 
 def test_nan_steps_are_skipped_then_training_stops(tiny_run: Path, tmp_path: Path,
@@ -129,32 +141,33 @@ def test_nan_steps_are_skipped_then_training_stops(tiny_run: Path, tmp_path: Pat
 
     sometimes_nan.calls = 0
     monkeypatch.setattr(PretrainTask, "loss", sometimes_nan)
-    report = pretrain(recipe_in(tiny_run, tmp_path / "a"), show_progress=False)
+    report = run_pretrain(tiny_run, tmp_path / "a")
     assert report["bad_steps"] == 1
 
     sometimes_nan.calls = 0
     bad.update(range(6, 100))
     with pytest.raises(loop_module.TrainingDiverged, match="last good checkpoint"):
-        pretrain(recipe_in(tiny_run, tmp_path / "b"), show_progress=False)
-    assert list_checkpoints(tmp_path / "b" / "pretrain" / "checkpoints")[-1].name == "step-000004"
+        run_pretrain(tiny_run, tmp_path / "b")
+    assert list_checkpoints(tmp_path / "b" / "checkpoints")[-1].name == "step-000004"
 
 
 def test_two_processes_match_one(tiny_run: Path, tmp_path: Path) -> None:
-    one = tmp_path / "one"
-    pretrain(recipe_in(tiny_run, one), show_progress=False)
-    two = tmp_path / "two"
-    recipe_in(tiny_run, two)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_pretrain(tiny_run, one)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", "29517", "-m", "lmforge.cli", "pretrain",
-            "--set", f"run.out_dir={str(two)!r}", "--set", "run.seed=7",
-            *[a for item in PRETRAIN for a in ("--set", item)]]
+            "--master_port", str(free_port()), str(driver(tmp_path)), str(tiny_run), str(two),
+            "fresh"]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     single, double = losses(one), losses(two)
     assert [s for s, _ in single] == [s for s, _ in double]
     for (_, a), (_, b) in zip(single, double, strict=True):
         assert a == pytest.approx(b, rel=1e-5)
+    report = json.loads((two / "report.json").read_text())
+    assert report["processes"] == 2
+    assert report["final"]["val_loss"] == pytest.approx(
+        json.loads((one / "report.json").read_text())["final"]["val_loss"], rel=1e-5)
 
 
 def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_run: Path,
@@ -164,14 +177,12 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_run: Path,
 
     from lmforge.model import load_model
 
-    recipe_in(tiny_run, tmp_path)
-    args = [sys.executable, "-m", "lmforge.cli", "pretrain", "--set",
-            f"run.out_dir={str(tmp_path)!r}", "--set", "run.seed=7",
-            *[a for item in PRETRAIN for a in ("--set", item)],
-            "--set", "pretrain.steps=150", "--set", "pretrain.save_every=1",
-            "--set", "pretrain.keep_checkpoints=3"]
-    folder = tmp_path / "pretrain" / "checkpoints"
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "pretrain"
+    script = driver(tmp_path, steps=150, save_every=1, keep_checkpoints=3)
+    args = [sys.executable, str(script), str(tiny_run), str(out)]
+    folder = out / "checkpoints"
+    process = subprocess.Popen([*args, "fresh"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list_checkpoints(folder)) < 3:
         time.sleep(0.05)
@@ -184,6 +195,6 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_run: Path,
     assert all((p / "optimizer.safetensors").exists() for p in found)
     killed_at = int(found[-1].name.split("-")[1])
     assert killed_at < 150
-    result = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*args, "resume"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list_checkpoints(folder)[-1].name == "step-000150"

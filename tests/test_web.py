@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURE_TOKENIZER, live_server, tiny_model
 
+from lmforge.config import AssistantConfig, ServeConfig
 from lmforge.model import Transformer
-from lmforge.serve import ServeSettings, create_app
+from lmforge.serve import create_app
 from lmforge.tokenizer import load_tokenizer
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -34,7 +35,8 @@ class PacedTransformer(Transformer):
 def server() -> Iterator[str]:
     tok = load_tokenizer(FIXTURE_TOKENIZER)
     model = tiny_model(tok, max_seq_len=512, cls=PacedTransformer)
-    with live_server(create_app(model, tok, ServeSettings(model_name="tiny-web"))) as url:
+    app = create_app(model, tok, AssistantConfig(), ServeConfig(model_name="tiny-web"))
+    with live_server(app) as url:
         yield url
 
 
@@ -63,8 +65,8 @@ def rag_server(rag_index) -> Iterator[str]:  # noqa: ANN001
 
     tok = load_tokenizer(FIXTURE_TOKENIZER)
     model = tiny_model(tok, max_seq_len=1024)
-    app = create_app(model, tok, ServeSettings(model_name="tiny-rag"),
-                     Grounding(Retriever(rag_index)))
+    app = create_app(model, tok, AssistantConfig(), ServeConfig(model_name="tiny-rag"),
+                     grounding=Grounding(Retriever(rag_index)))
     with live_server(app) as url:
         yield url
 
@@ -119,6 +121,13 @@ def test_stop_button_ends_generation(page, server: str) -> None:  # noqa: ANN001
     time.sleep(0.5)
     assert assistant_text(page) == stopped  # nothing arrives after stop
     assert page.locator(".message.assistant.streaming").count() == 0
+
+
+def test_settings_show_the_assistants_defaults(page) -> None:  # noqa: ANN001
+    # an empty system-prompt box sends no system message: the server puts this one in
+    assert AssistantConfig().system in page.get_attribute("#system", "placeholder")
+    assert page.input_value("#max-tokens") == str(AssistantConfig().sampling.max_new_tokens)
+    assert page.input_value("#temperature") == str(AssistantConfig().sampling.temperature)
 
 
 def test_enter_during_ime_composition_does_not_send(page) -> None:  # noqa: ANN001

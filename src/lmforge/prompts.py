@@ -1,5 +1,6 @@
 """Prompt formats shared by training and answering, so the model is trained on exactly the
-prompts it is later asked with: the assistant's system prompt and the retrieval context block.
+prompts it is later asked with: the retrieval context block and the no-answer reply (the
+assistant's system prompt is the ``[assistant]`` config section).
 
 Retrieved text is placed inside ``<context>`` ... ``</context>`` as numbered passages; any
 delimiter inside a passage is neutralised so a document can never close the block and speak as
@@ -12,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 CONTEXT_OPEN, CONTEXT_CLOSE = "<context>", "</context>"
-SYSTEM_PROMPT = "你是{name}，由{owner}开发的保险助手。回答要准确、简洁。"
 RAG_INSTRUCTION = ("请只根据<context>中的资料回答问题，并在用到的资料后用[编号]标注出处；"
                    "资料中没有答案时，直接说不知道。")
 NO_ANSWER = "抱歉，根据现有资料，我不知道这个问题的答案。"
@@ -41,6 +41,3 @@ def format_context(passages: Sequence[Passage]) -> str:
 def rag_user_message(question: str, passages: Sequence[Passage]) -> str:
     return f"{RAG_INSTRUCTION}\n{format_context(passages)}\n问题：{question}"
 
-
-def system_message(name: str, owner: str) -> str:
-    return SYSTEM_PROMPT.format(name=name, owner=owner)

@@ -1,16 +1,26 @@
-"""Shared by every ``lmforge`` subcommand: recipe loading with ``--set`` overrides, the
-inference flags, and the parser helpers."""
+"""Shared by every ``lmforge`` subcommand: the recipe with ``--set`` overrides, flags derived from
+config fields, the model flags, and the parser helpers.
+
+A flag derived from a field (``--temperature`` for ``assistant.sampling.temperature``) is an
+override like ``--set``: the loader validates it and names the field on a bad value, and the
+resolved config is what every command uses. No flag carries its own default.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import RecipeConfig, load_config
+from lmforge.config import AssistantConfig, RecipeConfig, SamplingConfig, ServeConfig, load_config
 
 EXAMPLE_RECIPE = "recipes/insurance-zh.toml"
+FIELD = "field:"  # argparse dest prefix of flags that stand for a config field
+SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p",
+                  "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop")
 
 
 def recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -29,78 +39,67 @@ def override_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_recipe(args: argparse.Namespace) -> RecipeConfig:
-    return load_config(RecipeConfig, args.recipe, args.overrides)
+def field_flags(parser: argparse.ArgumentParser, section: str, cls: type, names: Sequence[str],
+                flags: dict[str, str] | None = None) -> None:
+    """``--name-with-dashes`` for each named field of ``cls``, which sits at ``section``."""
+    types = {f.name: str(f.type) for f in fields(cls)}
+    for name in names:
+        flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+        kind = types[name]
+        dest = f"{FIELD}{section}.{name}"
+        help_text = f"recipe field {section}.{name}"
+        if kind.startswith("list"):
+            parser.add_argument(flag, dest=dest, action="append", help=help_text + " (repeat)")
+        elif kind == "bool":
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+        else:
+            convert = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(flag, dest=dest, type=convert, help=help_text)
 
 
-def stage_dir(config: RecipeConfig, stage: str) -> Path:
-    return Path(config.run.out_dir) / stage
+def _field_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"{dest.removeprefix(FIELD)}={json.dumps(value, ensure_ascii=False)}"
+            for dest, value in vars(args).items()
+            if dest.startswith(FIELD) and value is not None]
 
 
-def inference_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    """(model, tokenizer, sampling config, system prompt) from a model folder, the recipe and
-    the sampling flags shared by ``generate`` and ``chat``."""
-    import dataclasses
-
-    import torch
-
-    from lmforge.model import load_model
-    from lmforge.prompts import system_message
-    from lmforge.tokenizer import load_tokenizer
-
-    config = load_recipe(args)
-    sampling = dataclasses.replace(
-        config.sampling,
-        **{
-            k: v
-            for k, v in (
-                ("max_new_tokens", args.max_new_tokens),
-                ("temperature", args.temperature),
-                ("top_k", args.top_k),
-                ("top_p", args.top_p),
-                ("repetition_penalty", args.repetition_penalty),
-                ("seed", args.seed),
-            )
-            if v is not None
-        },
-        stop=args.stop or config.sampling.stop,
-    )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(args.model, device=device, adapter=args.adapter).eval()
-    if args.quantize == "int8":
-        from lmforge.model.quant import quantize_linears
-
-        quantize_linears(model, "int8")
-    system = (
-        args.system
-        if args.system is not None
-        else system_message(config.sft.assistant_name, config.sft.assistant_owner)
-    )
-    return model, load_tokenizer(args.model), sampling, system
+def load_recipe(args: argparse.Namespace, recipe: Path | None = None) -> RecipeConfig:
+    """The recipe (``args.recipe`` unless given), then ``--set``, then field flags."""
+    path = recipe if recipe is not None else getattr(args, "recipe", None)
+    return load_config(RecipeConfig, path, [*args.overrides, *_field_overrides(args)])
 
 
-def inference_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+def model_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """A model folder to answer with, how to load it, and the assistant's flags."""
     recipe_args(parser)
     parser.add_argument(
         "--model", type=Path, required=model_required, help="model folder (ours or HF)"
     )
     parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply on top")
     parser.add_argument(
-        "--system", help="system prompt for chat (default: the recipe's assistant; '' for none)"
-    )
-    parser.add_argument("--max-new-tokens", type=int)
-    parser.add_argument("--temperature", type=float, help="0 for greedy")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--repetition-penalty", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--stop", action="append", help="stop string (repeatable)")
-    parser.add_argument(
         "--quantize",
         choices=["none", "int8"],
         default="none",
         help="weight-only int8 (per channel) for a smaller memory footprint",
     )
+    field_flags(parser, "assistant", AssistantConfig, ["system_prompt"],
+                {"system_prompt": "--system"})
+    field_flags(parser, "assistant.sampling", SamplingConfig, SAMPLING_FLAGS)
+
+
+def serve_args(parser: argparse.ArgumentParser) -> None:
+    field_flags(parser, "serve", ServeConfig, ["host", "port", "model_name", "max_batch"])
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY[:USER[:GROUPS[:TENANT]]]",
+        help="required bearer key (repeatable; or LMFORGE_API_KEYS, specs separated by "
+        "whitespace); with a user, RAG answers only from documents that user may read",
+    )
+    parser.add_argument("--api-key-file", type=Path,
+                        help="a file of key specs, one per line (keeps keys out of `ps`)")
 
 
 def _parser(
@@ -133,7 +132,7 @@ def add_command(
     name: str,
     summary: str,
     example: str,
-    func: Callable[[argparse.Namespace], None],
+    func: Callable[[argparse.Namespace], Any],
 ) -> argparse.ArgumentParser:
     parser = _parser(sub, name, summary, summary, example)
     parser.set_defaults(func=func)

@@ -135,9 +135,14 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     return _build(cls, values, "")
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """The plain-data form of a config, suitable for TOML/JSON and for fingerprints."""
-    return dataclasses.asdict(config)
+def to_dict(config: Any) -> Any:
+    """The plain-data form of a config, or of the named sections and values a stage was handed,
+    suitable for TOML/JSON."""
+    if isinstance(config, dict):
+        return {name: to_dict(section) for name, section in config.items()}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return str(config) if isinstance(config, Path) else config
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

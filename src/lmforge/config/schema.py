@@ -13,6 +13,10 @@ from typing import Any, Literal
 from lmforge.config.loader import ConfigError
 from lmforge.config.presets import expand_model_preset
 
+# Marks a field that names files or folders a stage reads: the pipeline's fingerprint of the
+# stage hashes their content, so editing a chat file re-runs SFT without a hand-kept input list.
+INPUT = {"input": True}
+
 DocFormat = Literal["auto", "txt", "md", "jsonl", "json", "html", "pdf", "docx"]
 
 
@@ -40,7 +44,7 @@ class SourceConfig:
     """One input source: a file or folder, how to read it, and what it is."""
 
     name: str
-    path: str
+    path: str = field(metadata=INPUT)
     format: DocFormat = "auto"
     # jsonl/json: the field that holds the text (several: "instruction,output", joined by
     # newlines), and optional id / metadata fields to keep.
@@ -201,7 +205,7 @@ class TokenizerConfig:
     # "cjk": digits split, CJK runs kept apart from Latin; "gpt2": the plain byte-level regex.
     pretokenizer: Literal["cjk", "gpt2"] = "cjk"
     # domain terms forced in as whole tokens: a jsonl/txt file and, for jsonl, the field.
-    terms_file: str = ""
+    terms_file: str = field(default="", metadata=INPUT)
     terms_field: str = "term"
     max_term_chars: int = 8
     max_train_chars: int = 50_000_000
@@ -292,7 +296,9 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     max_bad_steps: int = 5
-    init_from: str = ""  # a model folder to start from (SFT, DPO); empty: random init
+    # a model folder to start from (SFT, DPO); empty: random init (pretraining) or the previous
+    # stage's model
+    init_from: str = field(default="", metadata=INPUT)
     threads: int = 0  # CPU threads for torch; 0: leave torch's default
 
     def __post_init__(self) -> None:
@@ -369,7 +375,7 @@ class ServeConfig:
 
     API keys are not part of a recipe (a recipe is shared, keys are secrets): they come from
     ``--api-key``, ``--api-key-file`` or ``LMFORGE_API_KEYS`` and are parsed by
-    ``lmforge.serve.parse_api_keys``."""
+    ``lmforge.serve.load_api_keys``."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -415,10 +421,12 @@ class SFTConfig:
     trainable_blocks: int = 2  # freeze: only the last N blocks (and the final norm) train
     lora: LoraConfig = field(default_factory=LoraConfig)
     qlora: bool = False  # the frozen base in 4-bit NF4 under the LoRA adapters
-    chat_files: list[str] = field(default_factory=list)
-    identity_file: str = ""
-    qa_queries: str = ""  # domain QA: {question, answer, gold_pid, contract} per line
-    qa_passages: str = ""  # and the passages they cite: {pid, contract, text}
+    chat_files: list[str] = field(default_factory=list, metadata=INPUT)
+    identity_file: str = field(default="", metadata=INPUT)
+    # domain QA: {question, answer, gold_pid, contract} per line, and the passages they cite:
+    # {pid, contract, text}
+    qa_queries: str = field(default="", metadata=INPUT)
+    qa_passages: str = field(default="", metadata=INPUT)
     rag_distractors: int = 2
     rag_passage_chars: int = 300  # passages shown in RAG-form examples are cut to this (chunks)
     # what RAG-form examples answer with: the reference answer, or the gold passage's sentences
@@ -444,7 +452,7 @@ class PreferenceConfig:
 
     method: Literal["full", "lora"] = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
-    pair_files: list[str] = field(default_factory=list)
+    pair_files: list[str] = field(default_factory=list, metadata=INPUT)
     qa_pairs: bool = True  # also build domain pairs from sft.qa_queries / sft.qa_passages
     beta: float = 0.1
     val_fraction: float = 0.1
@@ -469,7 +477,8 @@ class RerankerConfig:
     candidates: int = 30  # how deep it reranks (and mines negatives)
     val_fraction: float = 0.25  # of groups (contracts): never trained on, used for evaluation
     group_field: str = "contract"
-    init_from: str = ""  # an lmforge model folder whose tokenizer and weights start the encoder
+    # an lmforge model folder whose tokenizer and weights start the encoder
+    init_from: str = field(default="", metadata=INPUT)
     inner_val_fraction: float = 0.2  # of training groups: decides whether the text model helps
     # phase one: the head over retrieval evidence alone (no transformer: seconds)
     feature_train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -500,7 +509,8 @@ class RagConfig:
     store: Literal["lancedb", "qdrant"] = "lancedb"
     qdrant_location: str = ""  # a folder (default: inside the index) or http(s):// URL
     embed_threads: int = 1
-    user_dict: str = ""  # domain terms for jieba: one per line, or jsonl with a "term" field
+    # domain terms for jieba: one per line, or jsonl with a "term" field
+    user_dict: str = field(default="", metadata=INPUT)
     id_field: str = "auto"  # jsonl/json: the record's id field ("auto": id, pid or doc_id)
     meta_fields: list[str] = field(default_factory=lambda: ["*"])  # "*": every other field
     dense_k: int = 50
@@ -517,8 +527,8 @@ class RagConfig:
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
     # what ``lmforge run`` indexes, and the questions it trains the reranker on ("": no
     # reranker); questions of contracts the data stage held out are left out of that training
-    documents: list[str] = field(default_factory=list)
-    reranker_queries: str = ""
+    documents: list[str] = field(default_factory=list, metadata=INPUT)
+    reranker_queries: str = field(default="", metadata=INPUT)
 
     def __post_init__(self) -> None:
         _check(self.chunk_size >= 16, "chunk_size", "at least 16", self.chunk_size)
@@ -536,8 +546,9 @@ class EvalConfig:
     contracts the data stage held out (``sft.qa_queries``): no stage has trained on them."""
 
     bpb_tokens: int = 50_000  # held-out tokens scored per source (base model and assistant)
-    mcq_data: str = ""  # FinEval layout: a csv/jsonl file or a folder of them
-    mcq_dev: str = ""  # few-shot examples, same layout
+    # FinEval layout: a csv/jsonl file or a folder of them, and few-shot examples (same layout)
+    mcq_data: str = field(default="", metadata=INPUT)
+    mcq_dev: str = field(default="", metadata=INPUT)
     mcq_shots: int = 0
     qa_limit: int = 0  # 0: every held-out question
     samples: int = 5  # sample answers shown on the report card

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from lmforge.data.ingest import jsonl_records
-from lmforge.data.shards import ShardSet
+from lmforge.data import ShardSet, jsonl_records
 from lmforge.model import Transformer
 
 

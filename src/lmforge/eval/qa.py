@@ -2,8 +2,8 @@
 reference answers on characters (Chinese has no spaces, so word metrics do not apply):
 character F1 (bag of characters) and ROUGE-L (longest common subsequence, F-measure).
 
-Answers are greedy; the assistant's own repetition / frequency penalties may be lent to the
-greedy choice (a small model's greedy answers otherwise loop until the token limit).
+Answers are greedy, with the assistant's own answer length and repetition / frequency penalties
+(``greedy``).
 
 Three systems on the same questions: the model with RAG (the same retrieval, prompt and
 no-answer gate as ``rag ask``), the model alone, and a retrieval-only baseline that answers
@@ -20,14 +20,14 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from lmforge.config import SamplingConfig
-from lmforge.data.ingest import jsonl_records
-from lmforge.infer import generate
+from lmforge.config import AssistantConfig, SamplingConfig
+from lmforge.data import jsonl_records
+from lmforge.infer import generate_chat
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import Grounding
 from lmforge.text import char_f1, scored_chars, split_sentences
-from lmforge.tokenizer import render_chat
+from lmforge.tokenizer import with_system
 
 
 @dataclass
@@ -72,40 +72,38 @@ def summary(predictions: Sequence[str], items: Sequence[QAItem]) -> dict[str, fl
                                                                       strict=True)) / n, 4)}
 
 
+def greedy(sampling: SamplingConfig) -> SamplingConfig:
+    """The assistant's settings made deterministic: greedy, keeping its answer length and its
+    repetition / presence / frequency penalties (a small model's greedy answers otherwise loop
+    until the token limit)."""
+    return SamplingConfig(max_new_tokens=sampling.max_new_tokens, temperature=0.0,
+                          repetition_penalty=sampling.repetition_penalty,
+                          presence_penalty=sampling.presence_penalty,
+                          frequency_penalty=sampling.frequency_penalty, stop=sampling.stop)
+
+
 def evaluate_qa(model: Transformer, tok: Tokenizer, grounding: Grounding,
-                items: Sequence[QAItem], system: str, max_new_tokens: int = 160,
-                samples: int = 5, penalties: SamplingConfig | None = None) -> dict[str, Any]:
-    """Greedy answers; ``penalties`` lends its repetition / presence / frequency penalties (the
-    assistant's own anti-looping settings) to the greedy choice."""
-    base = penalties or SamplingConfig()
-    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
-                            repetition_penalty=base.repetition_penalty,
-                            presence_penalty=base.presence_penalty,
-                            frequency_penalty=base.frequency_penalty)
-    head = [{"role": "system", "content": system}] if system else []
-
-    def chat(user: str) -> str:
-        return render_chat([*head, {"role": "user", "content": user}],
-                           add_generation_prompt=True)
-
-    retrieved = [grounding.retrieve(item.question) for item in items]
-    bare = generate(model, tok, [chat(i.question) for i in items], config)
-    room = model.config.max_seq_len - max_new_tokens
-
-    def fits(message: str) -> bool:
-        return len(tok.encode(chat(message), add_special_tokens=False).ids) <= room
-
-    grounded_prompts = [chat(r.fitted_message(i.question, fits))
-                        for r, i in zip(retrieved, items, strict=True) if r.relevant]
-    grounded = iter(generate(model, tok, grounded_prompts, config) if grounded_prompts else [])
-    with_rag = [next(grounded) if r.relevant else NO_ANSWER for r in retrieved]
-    baseline = [best_sentence(i.question, r.hits[0].chunk.text) if r.hits else ""
-                for r, i in zip(retrieved, items, strict=True)]
+                items: Sequence[QAItem], assistant: AssistantConfig, samples: int = 5
+                ) -> dict[str, Any]:
+    """The assistant as users get it (its system prompt, its grounding through the same answer
+    path as ``rag ask`` and the server), answering greedily."""
+    config = greedy(assistant.sampling)
+    asked = [with_system(assistant.system, [{"role": "user", "content": i.question}])
+             for i in items]
+    room = model.config.max_seq_len - config.max_new_tokens
+    grounded = [grounding.ground(conversation, tok, room) for conversation in asked]
+    bare = generate_chat(model, tok, asked, config)
+    answerable = iter(generate_chat(model, tok, [g.messages for g in grounded if g.answerable],
+                               config))
+    with_rag = [next(answerable) if g.answerable else NO_ANSWER for g in grounded]
+    hits = [g.retrieved.hits for g in grounded]
+    baseline = [best_sentence(i.question, h[0].chunk.text) if h else ""
+                for h, i in zip(hits, items, strict=True)]
     shown = [{"question": i.question, "reference": i.answer, "rag": a.strip(),
               "no_rag": b.strip(), "baseline": c,
               "sources": [{k: s[k] for k in ("n", "document", "page", "text")}
-                          for s in r.sources()]}
-             for i, a, b, c, r in zip(items, with_rag, bare, baseline, retrieved, strict=True)]
+                          for s in g.retrieved.sources()]}
+             for i, a, b, c, g in zip(items, with_rag, bare, baseline, grounded, strict=True)]
     return {"questions": len(items), "rag": summary(with_rag, items),
             "no_rag": summary(bare, items), "baseline": summary(baseline, items),
-            "answered_with_rag": sum(r.relevant for r in retrieved), "samples": shown[:samples]}
+            "answered_with_rag": sum(g.answerable for g in grounded), "samples": shown[:samples]}

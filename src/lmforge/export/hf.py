@@ -18,8 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmforge.atomic import atomic_dir
-from lmforge.model import load_model
-from lmforge.model.weights import HF_INDEX_NAME, WEIGHTS_NAME, hf_config, model_state
+from lmforge.model import HF_INDEX_NAME, WEIGHTS_NAME, hf_config, load_model, model_state
 from lmforge.tokenizer import BOS, EOS, IM_END, PAD, copy_tokenizer_files, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

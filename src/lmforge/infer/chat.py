@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from lmforge.config import SamplingConfig
 from lmforge.infer.engine import Engine
 from lmforge.model import Transformer
-from lmforge.tokenizer import render_chat
+from lmforge.tokenizer import encode_chat, with_system
 
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /quit"
 
@@ -27,8 +27,7 @@ class ChatSession:
     turns: list[dict[str, str]] = field(default_factory=list)
 
     def messages(self) -> list[dict[str, str]]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.turns
+        return with_system(self.system, self.turns)
 
     def reply(self, user: str) -> Iterator[str]:
         """Stream the assistant's answer to ``user``; the exchange joins the history. The
@@ -49,8 +48,7 @@ class ChatSession:
         self.turns.append({"role": "assistant", "content": answer})
 
     def _prompt(self) -> list[int]:
-        text = render_chat(self.messages(), add_generation_prompt=True)
-        return self.tok.encode(text, add_special_tokens=False).ids
+        return encode_chat(self.tok, self.messages(), add_generation_prompt=True)
 
 
 def terminal_chat(session: ChatSession, read: Callable[[str], str], out: TextIO) -> None:

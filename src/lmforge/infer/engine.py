@@ -20,8 +20,8 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from lmforge.config import SamplingConfig
-from lmforge.infer.sampling import next_tokens
 from lmforge.infer.detokenize import RowText, stop_ids
+from lmforge.infer.sampling import next_tokens
 from lmforge.model import Transformer
 
 

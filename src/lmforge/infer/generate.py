@@ -4,7 +4,7 @@ prompt. Small and reusable (``lmforge generate``, evaluation); a server uses the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from lmforge.config import SamplingConfig
 from lmforge.infer.engine import Engine
 from lmforge.model import Transformer
+from lmforge.tokenizer import Message, encode_chat
 
 
 @dataclass
@@ -47,5 +48,17 @@ def generate(model: Transformer, tok: Tokenizer, prompts: list[str],
     encoded = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
     out = [""] * len(prompts)
     for delta in stream_generate(model, tok, encoded, config):
+        out[delta.row] += delta.text
+    return out
+
+
+def generate_chat(model: Transformer, tok: Tokenizer, conversations: Sequence[Sequence[Message]],
+                  config: SamplingConfig) -> list[str]:
+    """The assistant's reply to each conversation, encoded by the one chat encoder."""
+    if not conversations:
+        return []
+    prompts = [encode_chat(tok, c, add_generation_prompt=True) for c in conversations]
+    out = [""] * len(prompts)
+    for delta in stream_generate(model, tok, prompts, config):
         out[delta.row] += delta.text
     return out

@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import atomic_write_jsonl
-from lmforge.config import RecipeConfig
+from lmforge.config import AssistantConfig, EvalConfig
+from lmforge.data import heldout_questions
+from lmforge.eval import QAItem, bits_per_byte_by_source, evaluate_mcq, evaluate_qa, read_questions
+from lmforge.model import load_model
+from lmforge.rag import Grounding
 from lmforge.reporting import markdown_table, write_report_pair
+from lmforge.tokenizer import load_tokenizer
 
 
 def _timed(results: dict[str, Any], name: str, work: Any) -> None:
@@ -19,42 +24,31 @@ def _timed(results: dict[str, Any], name: str, work: Any) -> None:
     results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
 
 
-def evaluate_run(recipe: RecipeConfig, model_dir: Path, out: Path) -> dict[str, Any]:
-    from lmforge.data.domain_qa import heldout_questions
-    from lmforge.eval import evaluate_mcq, read_questions
-    from lmforge.eval.bpb import bits_per_byte_by_source
-    from lmforge.eval.qa import QAItem, evaluate_qa
-    from lmforge.model import load_model
-    from lmforge.prompts import system_message
-    from lmforge.rag import Grounding, RagIndex, Reranker, Retriever
-    from lmforge.tokenizer import load_tokenizer
-
-    config, run = recipe.eval, Path(recipe.run.out_dir)
-    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
-    base_dir = run / "pretrain" / "model"
-    base = load_model(base_dir).eval()
-    shards = run / "data" / "shards"
-    results: dict[str, Any] = {"model": str(model_dir)}
-    _timed(results, "bpb", lambda: {
-        name: bits_per_byte_by_source(m, tok, shards, config.bpb_tokens)
-        for name, m in (("base", base), ("assistant", model))})
-    if config.mcq_data:
-        shots = read_questions(Path(config.mcq_dev))[: config.mcq_shots] \
-            if config.mcq_dev and config.mcq_shots else []
-        questions = read_questions(Path(config.mcq_data))
-        _timed(results, "mcq", lambda: {"base": evaluate_mcq(base, tok, questions, shots),
-                                        "assistant": evaluate_mcq(model, tok, questions, shots)})
-    if recipe.sft.qa_queries:
-        records = heldout_questions(Path(recipe.sft.qa_queries), run / "data" / "corpus", True)
+def evaluate_run(eval: EvalConfig, assistant: AssistantConfig, model: Path, base: Path,
+                 shards: Path, corpus: Path, index: Path, queries: Path | None, out: Path
+                 ) -> dict[str, Any]:
+    """``model`` is the assistant, ``base`` the pretrained model it started from; domain QA asks
+    the ``queries`` of the contracts the data stage held out of ``corpus``."""
+    tok = load_tokenizer(model)
+    assistant_model, base_model = load_model(model).eval(), load_model(base).eval()
+    models = (("base", base_model), ("assistant", assistant_model))
+    results: dict[str, Any] = {"model": str(model)}
+    _timed(results, "bpb", lambda: {name: bits_per_byte_by_source(m, tok, shards, eval.bpb_tokens)
+                                    for name, m in models})
+    if eval.mcq_data:
+        shots = read_questions(Path(eval.mcq_dev))[: eval.mcq_shots] \
+            if eval.mcq_dev and eval.mcq_shots else []
+        questions = read_questions(Path(eval.mcq_data))
+        _timed(results, "mcq", lambda: {name: evaluate_mcq(m, tok, questions, shots)
+                                        for name, m in models})
+    if queries is not None:
+        records = heldout_questions(queries, corpus, True)
         atomic_write_jsonl(out / "heldout_queries.jsonl", records)
         items = [QAItem(str(r["question"]), str(r["answer"])) for r in records]
-        items = items[: config.qa_limit or None]
-        index = RagIndex.open(run / "rag")
-        grounding = Grounding(Retriever(index, Reranker.load(index)))
-        system = system_message(recipe.sft.assistant_name, recipe.sft.assistant_owner)
-        _timed(results, "qa", lambda: evaluate_qa(model, tok, grounding, items, system,
-                                                  config.max_new_tokens, config.samples,
-                                                  recipe.sampling))
+        items = items[: eval.qa_limit or None]
+        grounding = Grounding.open(index)
+        _timed(results, "qa", lambda: evaluate_qa(assistant_model, tok, grounding, items,
+                                                  assistant, eval.samples))
     write_report_pair(out, results, eval_markdown(results))
     return {"headline": headline(results), "outputs": {"results": str(out / "report.json"),
                                                        "report": str(out / "report.md")},

@@ -15,11 +15,10 @@ from typing import Any
 from lmforge.atomic import atomic_write_text
 from lmforge.config import RecipeConfig
 from lmforge.pipeline.evaluate import eval_tables
+from lmforge.pipeline.layout import TRAINING_STAGES, RunLayout
 from lmforge.pipeline.run import StageResult
 from lmforge.reporting import markdown_table, pyplot, read_report, save_figure
-from lmforge.train.metrics import read_rows
-
-TRAINING = ("pretrain", "sft", "dpo")
+from lmforge.train import read_rows
 
 
 def hardware() -> dict[str, Any]:
@@ -41,13 +40,14 @@ def hardware() -> dict[str, Any]:
             "os": platform.platform(terse=True)}
 
 
-def plot_training(run: Path, path: Path) -> None:
+def plot_training(layout: RunLayout, path: Path) -> None:
     """One panel per training stage: train and validation loss against step."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, len(TRAINING), figsize=(4 * len(TRAINING), 3.4), dpi=110)
-    for ax, stage in zip(axes, TRAINING, strict=True):
-        rows = read_rows(run / stage / "metrics.jsonl")
+    panels = len(TRAINING_STAGES)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.4), dpi=110)
+    for ax, stage in zip(axes, TRAINING_STAGES, strict=True):
+        rows = read_rows(layout.stage(stage) / "metrics.jsonl")
         for key, style in (("loss", "-"), ("val_loss", "o-")):
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
@@ -85,8 +85,8 @@ def plot_eval(results: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
-def data_section(run: Path) -> list[str]:
-    data = read_report(run / "data" / "report.json")
+def data_section(layout: RunLayout) -> list[str]:
+    data = read_report(layout.stage("data") / "report.json")
     if not data:
         return []
     rows = [[name, s["docs_in"], s["docs_kept"], s["chars_kept"], sum(s["dropped"].values()),
@@ -102,8 +102,8 @@ def data_section(run: Path) -> list[str]:
         "[data/report.md](data/report.md).", ""]
 
 
-def tokenizer_section(run: Path) -> list[str]:
-    tok = read_report(run / "tokenizer" / "report.json")
+def tokenizer_section(layout: RunLayout) -> list[str]:
+    tok = read_report(layout.stage("tokenizer") / "report.json")
     if not tok:
         return []
     rows = [[group, v["chars_per_token"], v.get("baseline_chars_per_token", "-")]
@@ -116,8 +116,8 @@ def tokenizer_section(run: Path) -> list[str]:
             markdown_table(["held-out text", "chars/token", "baseline chars/token"], rows), ""]
 
 
-def model_section(run: Path) -> list[str]:
-    pre = read_report(run / "pretrain" / "report.json")
+def model_section(layout: RunLayout) -> list[str]:
+    pre = read_report(layout.stage("pretrain") / "report.json")
     if not pre:
         return []
     c = pre["model_config"]
@@ -129,10 +129,10 @@ def model_section(run: Path) -> list[str]:
           c["max_seq_len"]]]), ""]
 
 
-def training_section(run: Path) -> list[str]:
+def training_section(layout: RunLayout) -> list[str]:
     rows = []
-    for stage in TRAINING:
-        r = read_report(run / stage / "report.json")
+    for stage in TRAINING_STAGES:
+        r = read_report(layout.stage(stage) / "report.json")
         if r:
             final = ", ".join(f"{k} {v:.3f}" for k, v in r["final"].items())
             rows.append([stage, r["steps"], round(r["seconds"]), round(r["tokens_per_second"]),
@@ -169,11 +169,11 @@ def stages_section(results: list[StageResult]) -> list[str]:
 
 def write_report_card(recipe: RecipeConfig, results: list[StageResult], recipe_path: str,
                       chat_hint: list[str]) -> Path:
-    run = Path(recipe.run.out_dir)
-    evaluation = read_report(run / "eval" / "report.json")
+    layout = RunLayout(Path(recipe.run.out_dir))
+    evaluation = read_report(layout.stage("eval") / "report.json")
     hw = hardware()
-    if any((run / s / "metrics.jsonl").exists() for s in TRAINING):
-        plot_training(run, run / "training.png")
+    if any((layout.stage(s) / "metrics.jsonl").exists() for s in TRAINING_STAGES):
+        plot_training(layout, layout.root / "training.png")
     md = [f"# Report card: {recipe.run.name}", "",
           f"Recipe `{recipe_path}`, written "
           f"{datetime.now(UTC).isoformat(timespec='seconds')}. Hardware: {hw['cpu']}, "
@@ -181,16 +181,16 @@ def write_report_card(recipe: RecipeConfig, results: list[StageResult], recipe_p
           + (f", GPU {', '.join(hw['gpus'])}" if hw["gpus"] else ", no GPU")
           + f"; PyTorch {hw['torch']}, Python {hw['python']}, {hw['os']}.", ""]
     if evaluation:
-        plot_eval(evaluation, run / "eval.png")
+        plot_eval(evaluation, layout.root / "eval.png")
         md += ["## Evaluation", "", *eval_tables(evaluation), "![evaluation](eval.png)", ""]
-    md += [*stages_section(results), *data_section(run), *tokenizer_section(run),
-           *model_section(run), *training_section(run)]
+    md += [*stages_section(results), *data_section(layout), *tokenizer_section(layout),
+           *model_section(layout), *training_section(layout)]
     if evaluation:
         md += samples_section(evaluation)
     md += ["## Talk to it", "", "```bash", *chat_hint, "```", ""]
-    path = run / "report.md"
+    path = layout.report_card
     atomic_write_text(path, "\n".join(md))
-    atomic_write_text(run / "report.json", json.dumps(
+    atomic_write_text(layout.root / "report.json", json.dumps(
         {"hardware": hw, "stages": [r.__dict__ for r in results], "eval": evaluation},
         indent=2, ensure_ascii=False, default=str) + "\n")
     return path

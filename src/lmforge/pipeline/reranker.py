@@ -11,13 +11,11 @@ from tokenizers import Tokenizer
 
 from lmforge.atomic import atomic_write_text
 from lmforge.config import RerankerConfig, TokenizerConfig, write_resolved
-from lmforge.model.cross_encoder import RerankGroup
-from lmforge.rag.index import RagIndex
-from lmforge.rag.rerank import FEATURES, FOLDER, read_queries, training_groups
+from lmforge.model import RerankGroup
+from lmforge.rag import RERANKER_FEATURES, RERANKER_FOLDER, RagIndex, read_queries, training_groups
 from lmforge.reporting import markdown_table
-from lmforge.tokenizer import load_tokenizer
-from lmforge.tokenizer.train import train_bpe
-from lmforge.train.rerank import baseline_metrics, train_cross_encoder
+from lmforge.tokenizer import load_tokenizer, train_bpe
+from lmforge.train import baseline_metrics, train_cross_encoder
 
 
 def reranker_tokenizer(index: RagIndex, config: RerankerConfig) -> Tokenizer:
@@ -32,7 +30,7 @@ def reranker_tokenizer(index: RagIndex, config: RerankerConfig) -> Tokenizer:
 def train_reranker(index_dir: Path, queries_path: Path, config: RerankerConfig, seed: int = 0,
                    show_progress: bool = True) -> dict[str, Any]:
     index = RagIndex.open(index_dir)
-    out = index.folder / FOLDER
+    out = index.folder / RERANKER_FOLDER
     tok = reranker_tokenizer(index, config)
     queries = read_queries(queries_path, config.group_field)
     train, val, stats = training_groups(index, queries, tok, config, seed)
@@ -40,8 +38,9 @@ def train_reranker(index_dir: Path, queries_path: Path, config: RerankerConfig, 
         raise ValueError(f"{queries_path}: need questions in both the training and held-out "
                          f"{config.group_field}s (got {len(train)} and {len(val)})")
     model, trained = train_cross_encoder(train, val, tok, config, out, seed,
-                                         FEATURES.index("rrf"), show_progress=show_progress)
-    meta = {"features": list(FEATURES), "candidates": config.candidates,
+                                         RERANKER_FEATURES.index("rrf"),
+                                         show_progress=show_progress)
+    meta = {"features": list(RERANKER_FEATURES), "candidates": config.candidates,
             "enabled": trained["enabled"],
             "max_len": config.train.seq_len, "group_field": config.group_field,
             "trained_groups": sorted({q.group for q in queries} - set(stats["held_out_groups"]))}
@@ -59,8 +58,8 @@ def write_report(out: Path, stats: dict[str, Any], trained: dict[str, Any],
               "held_out_groups": len(stats["held_out_groups"]),
               **{k: v for k, v in trained.items() if k != "held_out"},
               "held_out": {"reranker": trained["held_out"],
-                           "fusion": baseline_metrics(val, FEATURES.index("rrf")),
-                           "keyword": baseline_metrics(val, FEATURES.index("keyword"))}}
+                           "fusion": baseline_metrics(val, RERANKER_FEATURES.index("rrf")),
+                           "keyword": baseline_metrics(val, RERANKER_FEATURES.index("keyword"))}}
     rows = [[name, m["recall@1"], m["mrr"]] for name, m in report["held_out"].items()]
     inner = [[name, m["recall@1"], m["mrr"]] for name, m in trained["inner_val"].items()]
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")

@@ -1,30 +1,31 @@
 """``lmforge run RECIPE``: every stage of a recipe in order, as one job that can be re-run.
 
-Each stage has a fingerprint: a hash of the config sections that shape it, the content of the
-input files it reads, the fingerprints of the stages it builds on, and lmforge's version. A
-stage whose folder holds a finished marker (``stage.json``, written last) with the same
-fingerprint is skipped; a stage that started with the same fingerprint and did not finish is
-resumed (training from its last checkpoint, indexing from its embedding cache); anything else
-runs from scratch. Changing one SFT setting therefore re-runs SFT and everything after it, and
-nothing before.
+A stage is a body (a plain function of config sections and paths) and the arguments the recipe
+and the run's layout give it. Its fingerprint hashes exactly those arguments
+(``pipeline/fingerprint.py``). A stage whose folder holds a finished marker (``stage.json``,
+written last) with the same fingerprint is skipped; a stage that started with the same
+fingerprint and did not finish is resumed (training from its last checkpoint, indexing from its
+embedding cache); anything else runs from scratch. Changing one SFT setting therefore re-runs
+SFT and everything that reads its model, and nothing before.
 
 The stage bodies live in ``pipeline/stages.py``; this module only decides what runs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lmforge import __version__
 from lmforge.atomic import atomic_write_text
-from lmforge.config import RecipeConfig
+from lmforge.config import RecipeConfig, write_resolved
+from lmforge.pipeline.fingerprint import fingerprint
+from lmforge.pipeline.layout import RunLayout
 from lmforge.reporting import read_report
 
 MARKER = "stage.json"
@@ -34,11 +35,12 @@ STARTED = "stage.started.json"
 @dataclass(frozen=True)
 class Stage:
     name: str
-    folder: str  # under the run directory
-    after: tuple[str, ...]  # stages whose outputs it reads
-    config: Callable[[RecipeConfig], Any]  # the settings that shape its output
-    inputs: Callable[[RecipeConfig], Iterable[str]]  # files and folders it reads
-    run: Callable[[RecipeConfig, bool], dict[str, Any]]  # (recipe, resume) -> summary
+    body: Callable[..., dict[str, Any]]  # (**args[, resume]) -> summary
+    args: Callable[[RecipeConfig, RunLayout], dict[str, Any]]  # config sections and paths
+    resumable: bool = False  # the body takes ``resume`` (training, indexing)
+
+    def call(self, args: dict[str, Any], resume: bool) -> dict[str, Any]:
+        return self.body(**args, **({"resume": resume} if self.resumable else {}))
 
 
 @dataclass
@@ -49,42 +51,35 @@ class StageResult:
     summary: dict[str, Any]
 
 
-def content_hash(paths: Iterable[str]) -> str:
-    """Hash of the named files, or of every file under a named folder, by content."""
-    digest = hashlib.sha256()
-    for name in sorted(set(paths)):
-        path = Path(name)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            digest.update(str(file).encode() + b"\0")
-            if file.exists():
-                with file.open("rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
-            else:
-                digest.update(b"<missing>")
-    return digest.hexdigest()
+def is_main_process() -> bool:
+    """Under ``torchrun`` every rank runs the stage; one writes what the pipeline writes."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
-def _plain(value: Any) -> Any:
-    """Config sections (dataclasses) as dicts, for hashing."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    return str(value)
+def write_stage_config(folder: Path, args: dict[str, Any]) -> None:
+    """The config sections a stage was handed, next to its outputs."""
+    if is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_resolved(args, folder)
 
 
-def fingerprint(stage: Stage, recipe: RecipeConfig, upstream: dict[str, str]) -> str:
-    settings = json.dumps(stage.config(recipe), sort_keys=True, ensure_ascii=False,
-                          default=_plain)
-    parts = [stage.name, __version__, settings, content_hash(stage.inputs(recipe)),
-             *(upstream[name] for name in stage.after)]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+def run_alone(stage: Stage, recipe: RecipeConfig, resume: bool = False,
+              given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One stage outside ``lmforge run`` (``lmforge sft``): the same body and arguments (any of
+    them replaced by ``given``, e.g. another tokenizer), no fingerprint or marker."""
+    layout = RunLayout(Path(recipe.run.out_dir))
+    args = {**stage.args(recipe, layout), **(given or {})}
+    summary = stage.call(args, resume)
+    write_stage_config(layout.stage(stage.name), args)  # after: some stages replace the folder
+    return summary
 
 
 def run_stage(stage: Stage, recipe: RecipeConfig, print_line: Callable[[str], None],
               upstream: dict[str, str], force: bool = False) -> StageResult:
-    folder = Path(recipe.run.out_dir) / stage.folder
-    fp = fingerprint(stage, recipe, upstream)
+    layout = RunLayout(Path(recipe.run.out_dir))
+    folder = layout.stage(stage.name)
+    args = stage.args(recipe, layout)
+    fp = fingerprint(stage.name, args, layout, upstream)
     upstream[stage.name] = fp
     done = read_report(folder / MARKER)
     if done.get("fingerprint") == fp and not force:
@@ -97,7 +92,8 @@ def run_stage(stage: Stage, recipe: RecipeConfig, print_line: Callable[[str], No
     atomic_write_text(folder / STARTED, json.dumps({"fingerprint": fp}) + "\n")
     print_line(f"{stage.name}: {'resuming' if resume else 'running'} ...")
     start = time.perf_counter()
-    summary = stage.run(recipe, resume)
+    summary = stage.call(args, resume)
+    write_stage_config(folder, args)
     seconds = round(time.perf_counter() - start, 1)
     marker = {"stage": stage.name, "fingerprint": fp, "seconds": seconds,
               "finished": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -1,7 +1,8 @@
-"""The stages of ``lmforge run``, in order: what each reads, what shapes it, and the library
-call that does the work. Every body returns a summary with a one-line ``headline`` and the
-``outputs`` a user looks for; the report card is built from these summaries and the stages'
-own reports."""
+"""The stages of ``lmforge run``, in order. Each is a body, a plain function of the config
+sections and paths it needs, and the arguments a recipe and the run's layout give it (what the
+fingerprint hashes). Every body returns a summary with a one-line ``headline`` and the
+``outputs`` a user looks for; the report card is built from these summaries and the stages' own
+reports."""
 
 from __future__ import annotations
 
@@ -9,51 +10,54 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import atomic_write_jsonl
-from lmforge.config import RecipeConfig, write_resolved
+from lmforge.config import (
+    AssistantConfig,
+    DataConfig,
+    ModelConfig,
+    PreferenceConfig,
+    RagConfig,
+    RecipeConfig,
+    SFTConfig,
+    ShardConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
+from lmforge.data import (
+    heldout_contracts,
+    heldout_questions,
+    preference_examples,
+    prepare,
+    sft_examples,
+    tokenize_corpus,
+)
+from lmforge.export import export_hf
+from lmforge.pipeline.evaluate import evaluate_run
+from lmforge.pipeline.layout import RunLayout
+from lmforge.pipeline.reranker import train_reranker
 from lmforge.pipeline.run import Stage
+from lmforge.rag import RagIndex
+from lmforge.tokenizer import train_tokenizer
+from lmforge.train import dpo, pretrain, reward_model, sft
 
 
-def run_dir(recipe: RecipeConfig) -> Path:
-    return Path(recipe.run.out_dir)
-
-
-def final_model(recipe: RecipeConfig) -> Path:
-    return run_dir(recipe) / "dpo" / "model"
-
-
-def _data(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    from lmforge.data import prepare
-
-    out = run_dir(recipe) / "data"
-    report = prepare(recipe.data, out, recipe.run.seed)
-    write_resolved(recipe, out)
+def data_stage(data: DataConfig, out: Path, seed: int) -> dict[str, Any]:
+    report = prepare(data, out, seed)
     return {"headline": f"{report['train_docs']:,} training documents, {report['val_docs']:,} "
                         "held out", "outputs": {"corpus": str(out / "corpus"),
                                                 "report": str(out / "report.md")}}
 
 
-def _tokenizer(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    from lmforge.tokenizer.train import train_tokenizer
-
-    out = run_dir(recipe) / "tokenizer"
-    report = train_tokenizer(recipe.tokenizer, run_dir(recipe) / "data" / "corpus", out)
-    write_resolved(recipe, out)
+def tokenizer_stage(tokenizer: TokenizerConfig, corpus: Path, out: Path) -> dict[str, Any]:
+    report = train_tokenizer(tokenizer, corpus, out)
     rates = ", ".join(f"{k} {v['chars_per_token']:.2f}" for k, v in report["held_out"].items())
     return {"headline": f"vocab {report['vocab_size']:,}; characters per token {rates}",
             "outputs": {"tokenizer": str(out / "tokenizer.json"),
                         "report": str(out / "report.md")}}
 
 
-def _shards(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    return write_shards(recipe, run_dir(recipe) / "tokenizer")
-
-
-def write_shards(recipe: RecipeConfig, tokenizer_dir: Path) -> dict[str, Any]:
-    from lmforge.data import tokenize_corpus
-
-    data = run_dir(recipe) / "data"
-    index = tokenize_corpus(data, tokenizer_dir, recipe.data.shards)
-    write_resolved(recipe, data / "shards")
+def shards_stage(shards: ShardConfig, data: Path, tokenizer: Path) -> dict[str, Any]:
+    """``data`` is the data stage's folder: its corpus in, ``data/shards`` out."""
+    index = tokenize_corpus(data, tokenizer, shards)
     counts = ", ".join(f"{s} {v['tokens']:,}" for s, v in index["splits"].items())
     return {"headline": f"tokens: {counts}", "outputs": {"shards": str(data / "shards")}}
 
@@ -68,41 +72,43 @@ def _trained(report: dict[str, Any], out: Path) -> dict[str, Any]:
                                                 "loss curve": str(out / "loss.png")}}
 
 
-def _pretrain(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    from lmforge.train.stages import pretrain
+def pretrain_stage(model: ModelConfig, train: TrainConfig, tokenizer: Path, shards: Path,
+                   out: Path, seed: int, resume: bool = False) -> dict[str, Any]:
+    return _trained(pretrain(model, train, tokenizer, shards, out, seed, resume), out)
 
-    return _trained(pretrain(recipe, resume=resume), run_dir(recipe) / "pretrain")
+
+def sft_stage(config: SFTConfig, assistant: AssistantConfig, corpus: Path, base: Path, out: Path,
+              seed: int, resume: bool = False) -> dict[str, Any]:
+    conversations, stats = sft_examples(config, assistant, heldout_contracts(corpus), seed)
+    return _trained(sft(config, conversations, stats, base, out, seed, resume), out)
 
 
-def _post(stage: str) -> Any:
-    def body(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-        from lmforge.train import post
-
-        report = getattr(post, stage)(recipe, resume=resume)
-        return _trained(report, run_dir(recipe) / stage)
+def _preference_stage(train: Any) -> Any:
+    """The body of a preference-training stage (DPO, the reward model): pairs, then ``train``."""
+    def body(preference: PreferenceConfig, sft: SFTConfig, assistant: AssistantConfig,
+             corpus: Path, base: Path, out: Path, seed: int, resume: bool = False
+             ) -> dict[str, Any]:
+        pairs, stats = preference_examples(preference, sft, assistant,
+                                           heldout_contracts(corpus), seed)
+        return _trained(train(preference, pairs, stats, base, out, seed, resume), out)
 
     return body
 
 
-def _rag(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    from lmforge.data.domain_qa import heldout_questions
-    from lmforge.pipeline.reranker import train_reranker
-    from lmforge.rag import RagIndex
-
-    out = run_dir(recipe) / "rag"
-    if not recipe.rag.documents:
+def rag_stage(rag: RagConfig, corpus: Path, out: Path, seed: int) -> dict[str, Any]:
+    if not rag.documents:
         raise ValueError("rag.documents: nothing to index; list the files or folders to answer "
                          "from, e.g. documents = [\"data/insurance/passages.jsonl\"]")
-    index = RagIndex.create(out, recipe.rag)
-    report = index.sync([Path(p) for p in recipe.rag.documents], prune=True)
+    index = RagIndex.create(out, rag)
+    report = index.sync([Path(p) for p in rag.documents], prune=True)
     summary: dict[str, Any] = {
         "documents": len(index.docs), "chunks": len(index.chunks), "added": report.added,
         "unchanged": report.unchanged, "embedded": report.embedded, "problems": report.problems}
     outputs = {"index": str(out)}
-    if recipe.rag.reranker_queries:
+    if rag.reranker_queries:
         queries = atomic_write_jsonl(out / "reranker_queries.jsonl", heldout_questions(
-            Path(recipe.rag.reranker_queries), run_dir(recipe) / "data" / "corpus", False))
-        reranker = train_reranker(out, queries, recipe.rag.reranker, recipe.run.seed)
+            Path(rag.reranker_queries), corpus, False))
+        reranker = train_reranker(out, queries, rag.reranker, seed)
         summary["reranker"] = {"enabled": reranker["enabled"], "held_out": reranker["held_out"]}
         outputs["reranker report"] = str(out / "reranker" / "report.md")
     summary["headline"] = (f"{summary['documents']:,} documents, {summary['chunks']:,} chunks "
@@ -111,39 +117,62 @@ def _rag(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
     return summary
 
 
-def _eval(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    from lmforge.pipeline.evaluate import evaluate_run
-
-    return evaluate_run(recipe, final_model(recipe), run_dir(recipe) / "eval")
-
-
-def _export(recipe: RecipeConfig, resume: bool) -> dict[str, Any]:
-    from lmforge.export import export_hf
-
-    out = export_hf(final_model(recipe), run_dir(recipe) / "export" / "hf")
+def export_stage(model: Path, out: Path) -> dict[str, Any]:
+    export_hf(model, out)
     return {"headline": "Hugging Face folder (transformers, vLLM, llama.cpp)",
             "outputs": {"hf": str(out)}}
 
 
-def _files(*paths: str) -> list[str]:
-    return [p for p in paths if p]
+def _start(init_from: str, default: Path) -> Path:
+    return Path(init_from) if init_from else default
 
 
-def _sources(recipe: RecipeConfig) -> list[str]:
-    return [s.path for s in recipe.data.sources]
+def _preference_args(section: str, after: str) -> Any:
+    def args(r: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+        config: PreferenceConfig = getattr(r, section)
+        return {"preference": config, "sft": r.sft, "assistant": r.assistant,
+                "corpus": layout.corpus,
+                "base": _start(config.train.init_from, layout.model(after)),
+                "out": layout.stage(section), "seed": r.run.seed}
+
+    return args
 
 
-def _sft_inputs(recipe: RecipeConfig) -> list[str]:
-    s = recipe.sft
-    return _files(*s.chat_files, s.identity_file, s.qa_queries, s.qa_passages)
+def _eval_args(r: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    return {"eval": r.eval, "assistant": r.assistant, "model": layout.assistant,
+            "base": layout.model("pretrain"), "shards": layout.shards, "corpus": layout.corpus,
+            "index": layout.rag, "queries": Path(r.sft.qa_queries) if r.sft.qa_queries else None,
+            "out": layout.stage("eval")}
 
 
-def _sft_settings(recipe: RecipeConfig) -> Any:
-    return {"sft": recipe.sft, "seed": recipe.run.seed}
+STAGES = [
+    Stage("data", data_stage, lambda r, layout: {"data": r.data, "out": layout.stage("data"),
+                                                 "seed": r.run.seed}),
+    Stage("tokenizer", tokenizer_stage, lambda r, layout: {
+        "tokenizer": r.tokenizer, "corpus": layout.corpus, "out": layout.tokenizer}),
+    Stage("shards", shards_stage, lambda r, layout: {
+        "shards": r.data.shards, "data": layout.stage("data"), "tokenizer": layout.tokenizer}),
+    Stage("pretrain", pretrain_stage, lambda r, layout: {
+        "model": r.model, "train": r.pretrain, "tokenizer": layout.tokenizer,
+        "shards": layout.shards, "out": layout.stage("pretrain"), "seed": r.run.seed},
+        resumable=True),
+    Stage("sft", sft_stage, lambda r, layout: {
+        "config": r.sft, "assistant": r.assistant, "corpus": layout.corpus,
+        "base": _start(r.sft.train.init_from, layout.model("pretrain")),
+        "out": layout.stage("sft"), "seed": r.run.seed}, resumable=True),
+    Stage("dpo", _preference_stage(dpo), _preference_args("dpo", "sft"), resumable=True),
+    Stage("rag", rag_stage, lambda r, layout: {"rag": r.rag, "corpus": layout.corpus,
+                                               "out": layout.rag, "seed": r.run.seed}),
+    Stage("eval", evaluate_run, _eval_args),
+    Stage("export", export_stage, lambda r, layout: {"model": layout.assistant,
+                                                     "out": layout.hf_export}),
+]
 
-
-def _dpo_settings(recipe: RecipeConfig) -> Any:
-    return {"dpo": recipe.dpo, "sft": recipe.sft, "seed": recipe.run.seed}
+# every stage by name, for the single-stage commands (``lmforge sft``); the reward model is
+# trained on request only, outside ``lmforge run``
+BY_NAME = {stage.name: stage for stage in STAGES} | {
+    "rm": Stage("rm", _preference_stage(reward_model), _preference_args("rm", "sft"),
+                resumable=True)}
 
 
 def print_summary(stage: str, summary: dict[str, Any]) -> None:
@@ -152,28 +181,3 @@ def print_summary(stage: str, summary: dict[str, Any]) -> None:
         print(f"{stage}: {summary['headline']}")
         for label, path in summary["outputs"].items():
             print(f"  {label}: {path}")
-
-
-STAGES = [
-    Stage("data", "data", (), lambda r: {"data": r.data, "seed": r.run.seed}, _sources, _data),
-    Stage("tokenizer", "tokenizer", ("data",), lambda r: r.tokenizer,
-          lambda r: _files(r.tokenizer.terms_file), _tokenizer),
-    Stage("shards", "data/shards", ("data", "tokenizer"), lambda r: r.data.shards,
-          lambda r: [], _shards),
-    Stage("pretrain", "pretrain", ("shards",),
-          lambda r: {"model": r.model, "train": r.pretrain, "seed": r.run.seed},
-          lambda r: _files(r.pretrain.init_from), _pretrain),
-    Stage("sft", "sft", ("pretrain", "data"), _sft_settings, _sft_inputs, _post("sft")),
-    Stage("dpo", "dpo", ("sft", "data"), _dpo_settings,
-          lambda r: [*r.dpo.pair_files, *_sft_inputs(r)], _post("dpo")),
-    Stage("rag", "rag", ("data",), lambda r: {"rag": r.rag, "seed": r.run.seed},
-          lambda r: [*r.rag.documents, *_files(r.rag.reranker_queries)], _rag),
-    Stage("eval", "eval", ("dpo", "rag", "shards"),
-          lambda r: {"eval": r.eval, "sft": r.sft, "sampling": r.sampling},
-          lambda r: _files(r.eval.mcq_data, r.eval.mcq_dev, r.sft.qa_queries), _eval),
-    Stage("export", "export", ("dpo",), lambda r: {}, lambda r: [], _export),
-]
-
-# every stage body by name, for the single-stage commands (``lmforge sft``); the reward model
-# is trained on request only, outside ``lmforge run``
-BODIES = {stage.name: stage.run for stage in STAGES} | {"rm": _post("rm")}

@@ -3,9 +3,12 @@ store, BM25, fusion, a trained reranker, access control, answering with citation
 
 from lmforge.rag.answer import GroundedPrompt, Grounding, Retrieved
 from lmforge.rag.evaluate import evaluate
-from lmforge.rag.index import Access, IndexReport, RagIndex, read_sources
-from lmforge.rag.rerank import Reranker, read_queries
+from lmforge.rag.index import Access, IndexReport, RagIndex, RagIndexError, read_sources
+from lmforge.rag.rerank import FEATURES as RERANKER_FEATURES
+from lmforge.rag.rerank import FOLDER as RERANKER_FOLDER
+from lmforge.rag.rerank import Reranker, read_queries, training_groups
 from lmforge.rag.retrieve import Hit, Retriever
 
-__all__ = ["Access", "GroundedPrompt", "Grounding", "Hit", "IndexReport", "RagIndex", "Reranker", "Retrieved",
-           "Retriever", "evaluate", "read_queries", "read_sources"]
+__all__ = ["RERANKER_FEATURES", "RERANKER_FOLDER", "Access", "GroundedPrompt", "Grounding",
+           "Hit", "IndexReport", "RagIndex", "RagIndexError", "Reranker", "Retrieved",
+           "Retriever", "evaluate", "read_queries", "read_sources", "training_groups"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from lmforge.atomic import atomic_write_jsonl, atomic_write_text
 from lmforge.config import IngestConfig, RagConfig, SourceConfig, from_dict, to_dict
-from lmforge.data.ingest import Document, Problem, Reader
+from lmforge.data import Document, Problem, Reader
 from lmforge.rag.chunk import chunk_text
 from lmforge.rag.embed import E5Embedder, Embedder, EmbeddingCache, text_key
 from lmforge.rag.keyword import ChineseAnalyzer, KeywordIndex, LexicalFeatures

@@ -23,8 +23,8 @@ import torch
 from tokenizers import Tokenizer
 
 from lmforge.config import RerankerConfig
-from lmforge.data.ingest import jsonl_records
-from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, score_group
+from lmforge.data import jsonl_records
+from lmforge.model import CrossEncoder, RerankGroup, score_group
 from lmforge.rag.index import RagIndex
 from lmforge.rag.keyword import LexicalFeatures
 from lmforge.rag.retrieve import Hit, Retriever

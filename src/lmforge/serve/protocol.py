@@ -12,21 +12,28 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class SamplingFields(BaseModel):
+    """The sampling parameters of both generation endpoints. ``None`` (or not sent) takes the
+    assistant's recipe value (``[assistant.sampling]``), so the served assistant samples as
+    the evaluated one does; the limits are ``SamplingConfig``'s."""
+
     model_config = ConfigDict(extra="allow")
 
     model: str = ""
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stop: str | list[str] | None = None
     seed: int | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    top_k: int = Field(default=0, ge=0)
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    # vLLM's beam-search extension: the n most likely continuations (non-streaming only)
+    use_beam_search: bool = False
+    length_penalty: float = Field(default=1.0, ge=-10.0, le=10.0)
     user: str | None = None
 
 
@@ -61,6 +68,16 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"  # base64: little-endian float32
     input_type: Literal["query", "passage"] = "passage"  # extension: e5's two prefixes
+
+
+class APIError(Exception):
+    """A request the server turns down, answered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (status, message, param,
+                                                                       code, kind)
 
 
 def new_id(prefix: str) -> str:

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from lmforge.config import SamplingConfig
-from lmforge.infer.engine import Engine, Event
+from lmforge.infer import Engine, Event
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from lmforge.tokenizer.chat import (
     plain_text_tokenizer,
     with_system,
 )
-from lmforge.tokenizer.vocab import BOS, EOS, IM_END, IM_START, PAD, render_chat
+from lmforge.tokenizer.train import train_bpe, train_tokenizer
+from lmforge.tokenizer.vocab import BOS, CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
@@ -36,6 +37,7 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
             shutil.copy2(Path(source) / name, Path(target) / name)
 
 
-__all__ = ["BOS", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES", "Message",
+__all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES", "Message",
            "chat_segments", "copy_tokenizer_files", "encode_chat", "encode_text",
-           "load_tokenizer", "plain_text_tokenizer", "render_chat", "with_system"]
+           "load_tokenizer", "plain_text_tokenizer", "train_bpe", "train_tokenizer",
+           "with_system"]

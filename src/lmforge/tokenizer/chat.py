@@ -7,8 +7,8 @@ it was trained on. A message is encoded as its template segments: the header
 ``<|im_start|>role\\n``, the content, ``<|im_end|>`` and ``\\n``. Only the header and the end
 marker produce control tokens: message text is encoded with special-token matching switched off,
 so a user, a system prompt or a retrieved passage that contains ``<|im_end|>`` cannot close its
-turn and speak as another role. (The Jinja template in ``vocab.py`` and ``render_chat`` give the
-same text; a test checks the ids agree wherever the text holds no control-token strings.)
+turn and speak as another role. (The Jinja template in ``vocab.py``, which exported folders
+carry, gives the same ids wherever the text holds no control-token strings; a test checks it.)
 """
 
 from __future__ import annotations

@@ -35,8 +35,3 @@ CJK_PRETOKENIZE_PATTERN = (
     r"|\s+"
 )
 
-
-def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    """The chat template in Python, for code paths that do not run Jinja (tested to agree)."""
-    text = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
-    return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")

@@ -1,1 +1,14 @@
-"""Training: one loop (train/loop.py) that every stage feeds with its own task."""
+"""Training: one loop (train/loop.py) that every stage feeds with its own task, run by one
+runner (train/runner.py). A stage function builds its task from config sections and paths."""
+
+from lmforge.train.dpo import dpo
+from lmforge.train.loop import Trainer, TrainingDiverged, TrainResult
+from lmforge.train.metrics import read_rows
+from lmforge.train.pretrain import pretrain
+from lmforge.train.rerank import baseline_metrics, train_cross_encoder
+from lmforge.train.reward import reward_model
+from lmforge.train.runner import run_task
+from lmforge.train.sft import sft
+
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "baseline_metrics", "dpo", "pretrain",
+           "read_rows", "reward_model", "run_task", "sft", "train_cross_encoder"]

@@ -18,8 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.atomic import atomic_dir
-from lmforge.model import save_model
-from lmforge.model.weights import load_state
+from lmforge.model import load_state, save_model
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 

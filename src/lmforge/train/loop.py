@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lmforge.config import TrainConfig
-from lmforge.model.weights import model_config
+from lmforge.model import model_config
 from lmforge.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from lmforge.train.distributed import DistInfo, all_reduce_sum, barrier
 from lmforge.train.metrics import MetricsLog, plot_losses
@@ -74,6 +74,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def micro_batch_size(config: TrainConfig, world: int) -> int:
+    """Sequences per process and forward pass: as configured, else the whole batch split
+    across the processes (then there is no accumulation)."""
+    return config.micro_batch_size or config.batch_size // world
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices only; norms and other vectors train without weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -96,9 +102,7 @@ class Trainer:
                                                                        out_dir, dist)
         self.seed = seed
         self.show_progress = show_progress and dist.is_main
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        micro = config.micro_batch_size or config.batch_size // dist.world
+        micro = micro_batch_size(config, dist.world)
         if config.batch_size % (micro * dist.world):
             raise ValueError(f"train.batch_size ({config.batch_size}) must be a multiple of "
                              f"micro_batch_size ({micro}) x processes ({dist.world})")

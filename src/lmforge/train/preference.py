@@ -11,18 +11,23 @@ changes nothing before it, so no mask is needed.
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lmforge.data.chat import PreferencePair
+from lmforge.config import PreferenceConfig
+from lmforge.data import PreferencePair
 from lmforge.model import Transformer
-from lmforge.tokenizer import IM_END, PAD
+from lmforge.tokenizer import PAD, chat_segments, encode_chat
 from lmforge.train.distributed import DistInfo, all_reduce_sum
+from lmforge.train.finetune import split
 from lmforge.train.sampler import EpochSampler
-from lmforge.train.sft import IGNORE, prompt_ids
+from lmforge.train.sft import IGNORE
 
 
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
@@ -31,13 +36,17 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return -F.logsigmoid(beta * margin)
 
 
+def answer_ids(tok: Tokenizer, answer: str) -> list[int]:
+    """An assistant answer's learned tokens: its content and closing ``<|im_end|>``."""
+    segments = chat_segments(tok, [{"role": "assistant", "content": answer}])
+    return [i for ids, learned in segments if learned for i in ids]
+
+
 def encode_pair(tok: Tokenizer, pair: PreferencePair, max_len: int
                 ) -> tuple[list[int], list[int], list[int], list[int], bool] | None:
     """(chosen ids, chosen labels, rejected ids, rejected labels, prompt truncated?)."""
-    prompt = prompt_ids(tok, pair.prompt)
-    end = tok.encode(IM_END, add_special_tokens=False).ids
-    answers = [tok.encode(a, add_special_tokens=False).ids + end
-               for a in (pair.chosen, pair.rejected)]
+    prompt = encode_chat(tok, pair.prompt, add_generation_prompt=True)
+    answers = [answer_ids(tok, a) for a in (pair.chosen, pair.rejected)]
     longest = max(len(a) for a in answers)
     if longest >= max_len:
         return None
@@ -79,6 +88,21 @@ class PairData:
     def rows(self, index: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
         return (self.ids[index].flatten(0, 1).to(device),
                 self.targets[index].flatten(0, 1).to(device))
+
+
+def encode_preferences(tok: Tokenizer, pairs: list[PreferencePair], config: PreferenceConfig,
+                       seq_len: int, seed: int) -> tuple[PairData, PairData, dict[str, Any]]:
+    """Train and validation pairs, encoded, and what encoding cost. Only what the run will
+    use: every pair costs a reference forward pass up front (DPO) and validation runs
+    ``eval_batches`` batches."""
+    train_pairs, val_pairs = split(pairs, config.val_fraction, seed)
+    rng, batch = random.Random(seed), config.train.batch_size
+    train_pairs = rng.sample(train_pairs, min(len(train_pairs), config.train.steps * batch))
+    val_pairs = rng.sample(val_pairs, min(len(val_pairs), config.train.eval_batches * batch))
+    train, val = PairData(tok, train_pairs, seq_len), PairData(tok, val_pairs, seq_len)
+    return train, val, {"pairs": {"train": len(train), "val": len(val)},
+                        "dropped_too_long": train.dropped + val.dropped,
+                        "prompt_truncated": train.truncated + val.truncated}
 
 
 @torch.no_grad()

@@ -12,6 +12,8 @@ tokenizers and with other models.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,13 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from lmforge.config import ModelConfig, TrainConfig
 from lmforge.data import ShardSet
-from lmforge.model import document_inputs
+from lmforge.model import Transformer, document_inputs, load_model, save_model
+from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
 from lmforge.train.distributed import DistInfo, all_reduce_sum
+from lmforge.train.loop import Task
+from lmforge.train.runner import run_task
 from lmforge.train.sampler import EpochSampler
 
 
@@ -106,8 +112,9 @@ class PretrainTask:
         return batch["inputs"].numel()
 
     def evaluate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
-        """Validation loss and bits per byte over a fixed, evenly spread set of windows."""
-        total = self.eval_batches * self.eval_batch_size
+        """Validation loss and bits per byte over a fixed, evenly spread set of windows
+        (``eval_batches`` batches across all processes: the same windows however many)."""
+        total = self.eval_batches * self.eval_batch_size * dist.world
         count = min(total, len(self.val))
         chosen = np.linspace(0, len(self.val) - 1, count).astype(int).tolist()
         mine = chosen[dist.rank :: dist.world]
@@ -124,3 +131,56 @@ class PretrainTask:
         all_reduce_sum(sums)
         return {"val_loss": (sums[0] / sums[1]).item(),
                 "val_bpb": (sums[0] / (math.log(2) * sums[2])).item()}
+
+
+def padded_vocab(size: int, multiple: int = 64) -> int:
+    """Vocabulary rounded up so the embedding and head matmuls tile well on GPUs."""
+    return -(-size // multiple) * multiple
+
+
+def resolve_model_config(config: ModelConfig, tokenizer_vocab: int) -> ModelConfig:
+    if config.vocab_size and config.vocab_size < tokenizer_vocab:
+        raise ValueError(f"model.vocab_size ({config.vocab_size}) is smaller than the "
+                         f"tokenizer's vocabulary ({tokenizer_vocab})")
+    vocab = config.vocab_size or padded_vocab(tokenizer_vocab)
+    return dataclasses.replace(config, vocab_size=vocab)
+
+
+def check_shards_match(shards_dir: Path, tokenizer_dir: Path) -> None:
+    index = ShardSet(shards_dir).index
+    digest = hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
+    if index.get("tokenizer_sha256") != digest:
+        raise ValueError(f"{shards_dir} was tokenised with a different tokenizer than "
+                         f"{tokenizer_dir}; run `lmforge data tokenize` again")
+
+
+def pretrain(model: ModelConfig, train: TrainConfig, tokenizer_dir: Path, shards_dir: Path,
+             out: Path, seed: int, resume: bool = False, show_progress: bool = True
+             ) -> dict[str, Any]:
+    """Pretrain a new model (or continue ``train.init_from``) on the token shards; leaves
+    ``out/model`` (weights, config, tokenizer) and the report. ``{}`` on non-main processes."""
+    tok = load_tokenizer(tokenizer_dir)
+    check_shards_match(shards_dir, tokenizer_dir)
+
+    def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
+        if train.init_from:
+            network = load_model(Path(train.init_from))
+        else:
+            config = resolve_model_config(model, tok.get_vocab_size())
+            if train.seq_len > config.max_seq_len:
+                raise ValueError(f"pretrain.seq_len ({train.seq_len}) exceeds "
+                                 f"model.max_seq_len ({config.max_seq_len})")
+            network = Transformer(config)
+        return network, PretrainTask(shards_dir, tok, train.seq_len, seed, train.doc_mask,
+                                     train.eval_batches, micro)
+
+    def save(network: nn.Module, task: Task) -> dict[str, Any]:
+        assert isinstance(network, Transformer)
+        save_model(network, out / "model")
+        copy_tokenizer_files(tokenizer_dir, out / "model")
+        return {"parameters": network.num_parameters(),
+                "non_embedding_parameters": network.num_parameters(exclude_embeddings=True),
+                "flops_per_token": network.flops_per_token(train.seq_len),
+                "model_config": dataclasses.asdict(network.config)}
+
+    return run_task(train, build, out, seed, "Pretraining", save, resume, show_progress)

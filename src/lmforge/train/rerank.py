@@ -21,11 +21,19 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig, RerankerConfig, TrainConfig
-from lmforge.data.prepare import stable_fraction
-from lmforge.model import Transformer, load_model
-from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
-from lmforge.train.distributed import DistInfo, setup, teardown
-from lmforge.train.loop import Trainer, TrainResult
+from lmforge.model import (
+    CrossEncoder,
+    RerankGroup,
+    Transformer,
+    doc_rank,
+    load_model,
+    pad,
+    score_group,
+)
+from lmforge.ranking import rank_metrics
+from lmforge.splits import held_out
+from lmforge.train.distributed import DistInfo
+from lmforge.train.runner import run_task
 from lmforge.train.sampler import EpochSampler
 
 
@@ -86,12 +94,11 @@ def build_encoder(config: RerankerConfig, tok: Tokenizer, n_features: int) -> Cr
 
 
 def _fit(model: CrossEncoder, train_config: TrainConfig, task: RerankTask, out: Path, seed: int,
-         show_progress: bool) -> TrainResult:
-    dist = setup()
-    try:
-        return Trainer(train_config, model, task, out, dist, seed, show_progress).fit()
-    finally:
-        teardown()
+         show_progress: bool) -> float:
+    """One phase on the shared runner; its training seconds."""
+    report = run_task(train_config, lambda dist, micro: (model, task), out, seed,
+                      show_progress=show_progress)
+    return float(report.get("seconds", 0.0))
 
 
 def _freeze(module: nn.Module, frozen: bool) -> None:
@@ -108,12 +115,10 @@ def train_cross_encoder(train: list[RerankGroup], val: list[RerankGroup], tok: T
     worse than the evidence alone on data it has not seen (a small model trained from scratch
     on a few hundred questions easily overfits). Likewise the reranker as a whole is enabled
     only if it beats the plain fusion ranking (``baseline_column``) there."""
-    held = [stable_fraction(f"{seed}:inner:{g.group}") < config.inner_val_fraction
-            for g in train]
+    held = [held_out(g.group, config.inner_val_fraction, seed, purpose="inner") for g in train]
     inner_val = [g for g, h in zip(train, held, strict=True) if h]
     inner_train = [g for g, h in zip(train, held, strict=True) if not h] or train
     model = build_encoder(config, tok, int(train[0].features.shape[1]))
-    device = torch.device("cpu")
 
     model.use_text = False
     _freeze(model, True)
@@ -127,35 +132,29 @@ def train_cross_encoder(train: list[RerankGroup], val: list[RerankGroup], tok: T
     text = _fit(model, config.train, RerankTask(inner_train, inner_val, config.negatives, seed),
                 out / "text", seed, show_progress)
     model.eval()
+    device = next(model.parameters()).device  # where the loop left it (a GPU, if any)
     with torch.no_grad():
         with_text = group_metrics(model, inner_val, device)
         model.use_text = False
         without_text = group_metrics(model, inner_val, device)
         model.use_text = with_text["mrr"] > without_text["mrr"]
-        held_out = group_metrics(model, val, device)
+        held_out_metrics = group_metrics(model, val, device)
+    model.cpu()
     fusion = baseline_metrics(inner_val, baseline_column)
     best = max(with_text["mrr"], without_text["mrr"])
     report = {"inner_val": {"with_text": with_text, "evidence_only": without_text,
                             "fusion": fusion},
               "uses_text_model": model.use_text, "enabled": best > fusion["mrr"],
-              "held_out": held_out,
-              "seconds": round(features.seconds + text.seconds, 1),
+              "held_out": held_out_metrics, "seconds": round(features + text, 1),
               "inner_train_questions": len(inner_train), "inner_val_questions": len(inner_val)}
     return model, report
 
 
 def group_metrics(model: nn.Module, groups: list[RerankGroup], device: torch.device
                   ) -> dict[str, float]:
-    ranks = [doc_rank(score_group(model, g, device), g) for g in groups]
-    return rank_summary(ranks)
-
-
-def rank_summary(ranks: list[int | None]) -> dict[str, float]:
-    n = max(len(ranks), 1)
-    return {"recall@1": round(sum(r == 1 for r in ranks) / n, 4),
-            "mrr": round(sum(1.0 / r for r in ranks if r) / n, 4)}
+    return rank_metrics([doc_rank(score_group(model, g, device), g) for g in groups])
 
 
 def baseline_metrics(groups: list[RerankGroup], column: int) -> dict[str, Any]:
     """Recall@1 and MRR when one feature column alone orders the candidates."""
-    return rank_summary([doc_rank(g.features[:, column], g) for g in groups])
+    return rank_metrics([doc_rank(g.features[:, column], g) for g in groups])

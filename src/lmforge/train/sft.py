@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +24,14 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from lmforge.data.chat import Conversation, Message
-from lmforge.model import document_inputs
-from lmforge.tokenizer import IM_END, IM_START, PAD
+from lmforge.config import SFTConfig
+from lmforge.data import Conversation
+from lmforge.model import Transformer, document_inputs, load_model, quantize_linears
+from lmforge.tokenizer import PAD, Message, chat_segments, load_tokenizer
 from lmforge.train.distributed import DistInfo, all_reduce_sum
+from lmforge.train.finetune import choose_trainable, save_merged, split
+from lmforge.train.loop import Task
+from lmforge.train.runner import run_task
 from lmforge.train.sampler import EpochSampler
 
 IGNORE = -100
@@ -37,23 +43,12 @@ class Example:
     labels: list[int]
 
 
-def _segments(tok: Tokenizer, message: Message) -> list[tuple[list[int], bool]]:
-    """(token ids, trained?) for one message in the ChatML layout."""
-    def enc(text: str) -> list[int]:
-        return tok.encode(text, add_special_tokens=False).ids
-
-    answer = message["role"] == "assistant"
-    return [(enc(f"{IM_START}{message['role']}\n"), False), (enc(message["content"]), answer),
-            (enc(IM_END), answer), (enc("\n"), False)]
-
-
 def encode_messages(tok: Tokenizer, messages: list[Message]) -> Example:
     ids: list[int] = []
     labels: list[int] = []
-    for message in messages:
-        for piece, trained in _segments(tok, message):
-            ids += piece
-            labels += piece if trained else [IGNORE] * len(piece)
+    for piece, trained in chat_segments(tok, messages):
+        ids += piece
+        labels += piece if trained else [IGNORE] * len(piece)
     return Example(ids, labels)
 
 
@@ -71,12 +66,6 @@ def encode_conversation(tok: Tokenizer, messages: list[Message], max_len: int
             return None, "too_long"
         turns = turns[2:]  # drop the oldest user/assistant exchange
         status = "truncated"
-
-
-def prompt_ids(tok: Tokenizer, prompt: list[Message]) -> list[int]:
-    """A conversation up to and including the assistant header (generation prompt)."""
-    return encode_messages(tok, prompt).ids + tok.encode(f"{IM_START}assistant\n",
-                                                         add_special_tokens=False).ids
 
 
 def pack(examples: list[Example], seq_len: int, pad_id: int, seed: int
@@ -183,3 +172,35 @@ def encode_all(tok: Tokenizer, conversations: list[Conversation], max_len: int
         if example is not None:
             examples.append(example)
     return examples, counts
+
+
+def sft(config: SFTConfig, conversations: list[Conversation], data_stats: dict[str, Any],
+        base: Path, out: Path, seed: int, resume: bool = False, show_progress: bool = True
+        ) -> dict[str, Any]:
+    """Fine-tune the model in ``base`` on ``conversations``; leaves ``out/model`` (merged),
+    ``out/adapter`` with LoRA, and the report. ``{}`` on non-main processes."""
+    tok = load_tokenizer(base)
+    train_conv, val_conv = split(conversations, config.val_fraction, seed)
+    stats = dict(data_stats)
+
+    def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
+        model = load_model(base)
+        seq_len = min(config.train.seq_len, model.config.max_seq_len)
+        train_ex, counts = encode_all(tok, train_conv, seq_len)
+        val_ex, val_counts = encode_all(tok, val_conv, seq_len)
+        if config.qlora:  # the frozen base in NF4, adapters on top
+            before, after = quantize_linears(model)
+            stats["qlora_linear_bytes"] = {"fp32": before, "nf4": after,
+                                           "saved": round(1 - after / before, 4)}
+        choose_trainable(model, config.method, config)
+        task = SFTTask(tok, train_ex, val_ex, seq_len, seed, config.pack, micro)
+        stats.update(examples={"train": len(train_ex), "val": len(val_ex)},
+                     encoding=dict(counts + val_counts), rows=len(task.train[0]))
+        return model, task
+
+    def save(model: nn.Module, task: Task) -> dict[str, Any]:
+        assert isinstance(model, Transformer)
+        save_merged(model, config.method, config, base, out)
+        return {"method": config.method, "parameters": model.num_parameters(), **stats}
+
+    return run_task(config.train, build, out, seed, "SFT", save, resume, show_progress)

@@ -213,8 +213,20 @@ $("new-chat").addEventListener("click", () => { if (!state.controller) { state.c
 for (const [slider, label] of [["temperature", "temperature-value"], ["top-p", "top-p-value"]]) {
   $(slider).addEventListener("input", () => { $(label).textContent = $(slider).value; });
 }
-fetch("/v1/models", { headers: authHeader() }).then((r) => r.json()).then((m) => {
-  $("model-name").textContent = `model: ${m.data[0].id}`;
+// The assistant's defaults (its trained system prompt and recipe sampling) fill the settings:
+// an empty system-prompt box sends no system message, and the server puts the default in.
+function showDefaults(assistant) {
+  const system = assistant.system_prompt;
+  $("system").placeholder = system ? `(default) ${system}` : "(none: the model's default is no system prompt)";
+  const s = assistant.sampling;
+  $("temperature").value = s.temperature; $("temperature-value").textContent = s.temperature;
+  $("top-p").value = s.top_p; $("top-p-value").textContent = s.top_p;
+  $("max-tokens").value = s.max_tokens;
+}
+const getJson = (path) => fetch(path, { headers: authHeader() }).then((r) => r.json());
+Promise.all([getJson("/v1/models"), getJson("/v1/assistant")]).then(([m, assistant]) => {
+  showDefaults(assistant);
+  $("model-name").textContent = `model: ${m.data[0].id} (${assistant.name})`;
   if (!m.rag) { $("use-rag").disabled = true; $("use-rag").parentElement.title = "no RAG index loaded"; }
   else $("use-rag").checked = true;
 }).catch(() => {});

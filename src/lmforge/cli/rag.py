@@ -1,0 +1,218 @@
+"""``lmforge rag ...``: index documents, train the reranker, measure retrieval, and answer from
+the index with sources."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmforge.cli.recipe_args import add_command, command_group, load_recipe, model_args, recipe_args
+
+
+def _rag_config(args: argparse.Namespace) -> Any:
+    return load_recipe(args).rag
+
+
+def _access(args: argparse.Namespace) -> Any:
+    from lmforge.rag import Access
+
+    where = {}
+    for item in args.where or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--where {item!r}: expected FIELD=VALUE")
+        where[key] = value
+    return Access(user=args.user, groups=args.group or [], tenant=args.tenant, where=where)
+
+
+def cmd_rag_index(args: argparse.Namespace) -> None:
+    from lmforge.rag import RagIndex
+
+    index = RagIndex.create(args.index, _rag_config(args))
+    report = index.sync(args.paths, prune=args.prune)
+    for problem in report.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    print(
+        f"index: {args.index} ({report.added} added, {report.replaced} replaced, "
+        f"{report.unchanged} unchanged, {report.deleted} deleted; {len(index.docs)} documents, "
+        f"{report.chunks} chunks; {report.embedded} embedded, {len(report.problems)} problems)"
+    )
+
+
+def cmd_rag_delete(args: argparse.Namespace) -> None:
+    from lmforge.rag import RagIndex
+
+    index = RagIndex.open(args.index)
+    removed = index.delete(args.doc_ids)
+    index.save()
+    print(f"deleted {removed} of {len(args.doc_ids)} documents; {len(index.docs)} remain")
+
+
+def cmd_rag_train_reranker(args: argparse.Namespace) -> None:
+    from lmforge.pipeline import train_reranker
+
+    config = load_recipe(args)
+    report = train_reranker(args.index, args.queries, config.rag.reranker, config.run.seed)
+    held = report["held_out"]
+    state = "enabled" if report["enabled"] else "disabled: no better than fusion on validation"
+    print(
+        f"reranker: {args.index / 'reranker'} ({state}); held-out recall@1 "
+        f"{held['reranker']['recall@1']:.3f} (fusion {held['fusion']['recall@1']:.3f}, "
+        f"BM25 {held['keyword']['recall@1']:.3f}); report: "
+        f"{args.index / 'reranker' / 'report.md'}"
+    )
+
+
+def cmd_rag_eval(args: argparse.Namespace) -> None:
+    from lmforge.rag import RagIndex, evaluate, read_queries
+
+    index = RagIndex.open(args.index)
+    result = evaluate(
+        index, read_queries(args.queries), args.filter or "", include_trained=args.include_trained
+    )
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    for mode in ("dense", "keyword", "hybrid", "final"):
+        m = result[mode]
+        print(
+            f"{mode:8} recall@1 {m['recall@1']:.3f}  recall@5 {m['recall@5']:.3f}  "
+            f"recall@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  "
+            f"p50 {m['latency_ms']['p50']} ms"
+        )
+    print(
+        f"{result['queries']} questions ({result['excluded_trained']} from the reranker's "
+        f"training contracts left out)"
+    )
+
+
+def cmd_rag_ask(args: argparse.Namespace) -> None:
+    """Retrieval alone without ``--model``; with it, the assistant's grounded answer (the same
+    answer path as ``eval qa`` and the server)."""
+    from lmforge.prompts import NO_ANSWER
+    from lmforge.rag import Grounding
+
+    grounding = Grounding.open(args.index)
+    if args.model:
+        from lmforge.infer import generate_chat, load_for_inference
+        from lmforge.tokenizer import with_system
+
+        assistant = load_recipe(args).assistant
+        model, tok = load_for_inference(args.model, args.adapter, args.quantize)
+        room = model.config.max_seq_len - assistant.sampling.max_new_tokens
+        question = with_system(assistant.system, [{"role": "user", "content": args.question}])
+        grounded = grounding.ground(question, tok, room, _access(args), args.passages)
+        answer: str | None = (generate_chat(model, tok, [grounded.messages],
+                                            assistant.sampling)[0].strip()
+                              if grounded.answerable else NO_ANSWER)
+        sources = grounded.sources()
+    else:
+        retrieved = grounding.retrieve(args.question, _access(args), args.passages)
+        answer = None if retrieved.relevant else NO_ANSWER
+        sources = retrieved.sources() if retrieved.relevant else []
+    if args.json:
+        print(json.dumps({"answer": answer, "sources": sources}, ensure_ascii=False))
+        return
+    if answer is not None:
+        print(answer, end="\n\n")
+    for source in sources:
+        where = " · ".join(str(x) for x in (source["document"],
+                                            source["page"] and f"p. {source['page']}",
+                                            source["heading"]) if x)
+        print(f"[{source['n']}] {where}: {source['text'][:200]}")
+
+
+def add_rag_commands(stages: argparse._SubParsersAction) -> None:
+    index = "runs/insurance-zh/rag"
+    sub = command_group(
+        stages,
+        "rag",
+        "index documents and answer from them (RAG)",
+        "Retrieval-augmented answers over your documents.",
+        f"lmforge rag index data/insurance/passages.jsonl --index {index}",
+    )
+    p = add_command(
+        sub,
+        "index",
+        "add or update documents (files or folders) in an index",
+        f"lmforge rag index docs/ data/insurance/passages.jsonl --index {index}",
+        cmd_rag_index,
+    )
+    recipe_args(p)
+    p.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        help="files or folders (txt, md, html, jsonl, json, pdf, docx)",
+    )
+    p.add_argument("--index", type=Path, required=True, help="index folder")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete indexed documents that are no longer in the given paths",
+    )
+    p = add_command(
+        sub,
+        "delete",
+        "remove documents from an index",
+        f"lmforge rag delete --index {index} p0001 p0002",
+        cmd_rag_delete,
+    )
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("doc_ids", nargs="+", help="document ids")
+    p = add_command(
+        sub,
+        "train-reranker",
+        "train the domain reranker on question-passage pairs",
+        f"lmforge rag train-reranker --index {index} --queries data/insurance/queries.jsonl",
+        cmd_rag_train_reranker,
+    )
+    recipe_args(p)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument(
+        "--queries",
+        type=Path,
+        required=True,
+        help="jsonl: question, gold_pid and the group field (contract)",
+    )
+    p = add_command(
+        sub,
+        "eval",
+        "recall@k and MRR of each retriever",
+        f"lmforge rag eval --index {index} --queries data/insurance/queries.jsonl "
+        "--filter contract --json",
+        cmd_rag_eval,
+    )
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--queries", type=Path, required=True)
+    p.add_argument("--filter", help="restrict each question to documents sharing this field")
+    p.add_argument(
+        "--include-trained",
+        action="store_true",
+        help="also count questions from the reranker's training contracts",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = add_command(
+        sub,
+        "ask",
+        "answer a question from the index, with sources",
+        f"lmforge rag ask --index {index} --model runs/insurance-zh/dpo/model '犹豫期有多长？'",
+        cmd_rag_ask,
+    )
+    model_args(p, model_required=False)
+    p.add_argument("question")
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--passages", type=int, help="passages in the prompt (default: rag.top_k)")
+    p.add_argument("--user", help="answer as this user: only documents whose acl names them")
+    p.add_argument("--group", action="append", help="a group of the user (repeatable)")
+    p.add_argument("--tenant", help="only documents of this tenant")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="only documents with this metadata (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")

@@ -1,0 +1,51 @@
+"""The DPO stage: the starting model is its own reference. Its log-probabilities of every pair
+are computed once, on this process's device, before training (with LoRA: adapters off), then
+the policy trains on the DPO loss (train/preference.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lmforge.config import PreferenceConfig
+from lmforge.data import PreferencePair
+from lmforge.model import Transformer, adapters_disabled, load_model
+from lmforge.tokenizer import load_tokenizer
+from lmforge.train.distributed import DistInfo
+from lmforge.train.finetune import choose_trainable, save_merged
+from lmforge.train.loop import Task
+from lmforge.train.preference import DPOTask, all_logps, encode_preferences
+from lmforge.train.runner import run_task
+
+
+def dpo(config: PreferenceConfig, pairs: list[PreferencePair], data_stats: dict[str, Any],
+        base: Path, out: Path, seed: int, resume: bool = False, show_progress: bool = True
+        ) -> dict[str, Any]:
+    """Preference-tune the model in ``base`` on ``pairs``; leaves ``out/model`` (merged),
+    ``out/adapter`` with LoRA, and the report. ``{}`` on non-main processes."""
+    tok = load_tokenizer(base)
+    stats = dict(data_stats)
+
+    def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
+        model = load_model(base)
+        seq_len = min(config.train.seq_len, model.config.max_seq_len)
+        train, val, encoded = encode_preferences(tok, pairs, config, seq_len, seed)
+        stats.update(encoded)
+        model.to(dist.device).eval()
+        choose_trainable(model, config.method, config)
+        progress = show_progress and dist.is_main
+        with adapters_disabled(model):  # the reference is the starting model
+            ref_train, ref_val = (
+                all_logps(model, data, micro, dist.device,
+                          f"reference log-probs ({name})" if progress else "")
+                for name, data in (("train", train), ("val", val)))
+        return model, DPOTask(train, val, ref_train, ref_val, config.beta, seed, micro)
+
+    def save(model: nn.Module, task: Task) -> dict[str, Any]:
+        assert isinstance(model, Transformer)
+        save_merged(model, config.method, config, base, out)
+        return {"method": config.method, "parameters": model.num_parameters(), **stats}
+
+    return run_task(config.train, build, out, seed, "DPO", save, resume, show_progress)

@@ -1,0 +1,45 @@
+"""What the post-training stages (SFT, DPO, the reward model) share: the seeded train/validation
+split of their examples, what trains (everything, the last blocks, or LoRA adapters), and the
+model folder they leave (the PEFT adapter when LoRA was used, then the merged model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import PreferenceConfig, SFTConfig
+from lmforge.model import Transformer, apply_lora, merge_lora, save_adapter, save_model
+from lmforge.splits import held_out
+from lmforge.tokenizer import copy_tokenizer_files
+
+
+def split(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, validation) by each item's ``where``: an example never changes sides."""
+    train = [i for i in items if not held_out(i.where, fraction, seed)]
+    val = [i for i in items if held_out(i.where, fraction, seed)]
+    if not val or not train:
+        raise ValueError(f"too few examples ({len(items)}) for a train/validation split")
+    return train, val
+
+
+def choose_trainable(model: Transformer, method: str, config: SFTConfig | PreferenceConfig
+                     ) -> None:
+    """Full: everything. Freeze: the last N blocks and final norm. LoRA: adapters only."""
+    if method == "lora":
+        apply_lora(model, config.lora)
+    elif method == "freeze":
+        assert isinstance(config, SFTConfig)
+        keep = {f"layers.{i}." for i in range(model.config.n_layers - config.trainable_blocks,
+                                               model.config.n_layers)}
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(tuple(keep)) or name.startswith("norm."))
+
+
+def save_merged(model: Transformer, method: str, config: SFTConfig | PreferenceConfig,
+                base: Path, out: Path) -> None:
+    """Adapter (PEFT layout) if LoRA, then the merged model as a self-contained folder."""
+    if method == "lora":
+        save_adapter(model, config.lora, out / "adapter", str(base))
+        merge_lora(model)
+    save_model(model, out / "model")
+    copy_tokenizer_files(base, out / "model")

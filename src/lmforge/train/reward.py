@@ -1,0 +1,56 @@
+"""The reward-model stage: a scalar head on the starting model, trained on preference pairs
+with the Bradley-Terry loss (train/preference.py). Leaves the backbone as a model folder with the
+head beside it in ``reward_head.safetensors``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import nn
+
+from lmforge.config import PreferenceConfig
+from lmforge.data import PreferencePair
+from lmforge.model import apply_lora, load_model, merge_lora, save_model
+from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+from lmforge.train.distributed import DistInfo
+from lmforge.train.loop import Task
+from lmforge.train.preference import RewardModel, RewardTask, encode_preferences
+from lmforge.train.runner import run_task
+
+HEAD_NAME = "reward_head.safetensors"
+
+
+def reward_model(config: PreferenceConfig, pairs: list[PreferencePair],
+                 data_stats: dict[str, Any], base: Path, out: Path, seed: int,
+                 resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Train a reward model from the model in ``base`` on ``pairs``; leaves ``out/model`` with
+    its reward head, and the report. ``{}`` on non-main processes."""
+    tok = load_tokenizer(base)
+    stats = dict(data_stats)
+
+    def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
+        backbone = load_model(base)
+        seq_len = min(config.train.seq_len, backbone.config.max_seq_len)
+        train, val, encoded = encode_preferences(tok, pairs, config, seq_len, seed)
+        stats.update(encoded)
+        model = RewardModel(backbone)
+        if config.method == "lora":
+            apply_lora(backbone, config.lora)
+            model.score.weight.requires_grad_(True)
+        return model, RewardTask(train, val, seed, micro)
+
+    def save(model: nn.Module, task: Task) -> dict[str, Any]:
+        assert isinstance(model, RewardModel)
+        if config.method == "lora":
+            merge_lora(model.backbone)
+        save_model(model.backbone, out / "model")
+        save_file({"score.weight": model.score.weight.detach().cpu().contiguous()},
+                  str(out / "model" / HEAD_NAME))
+        copy_tokenizer_files(base, out / "model")
+        return {"method": config.method, "parameters": model.backbone.num_parameters(),
+                **stats}
+
+    return run_task(config.train, build, out, seed, "Reward model", save, resume,
+                    show_progress)
