@@ -11,7 +11,7 @@ import torch
 from lmforge.config import LoraConfig, ModelConfig
 from lmforge.model import Transformer, save_model
 from lmforge.model.lora import adapters_disabled, apply_lora, load_adapter, merge_lora, save_adapter
-from lmforge.tokenizer import IM_END, render_chat
+from lmforge.tokenizer import IM_END, IM_START
 from lmforge.train.preference import dpo_loss, sequence_logps
 from lmforge.train.sft import IGNORE, encode_conversation, pack
 
@@ -26,7 +26,8 @@ CHAT = [{"role": "system", "content": "你是保险助手。"},
 def test_loss_mask_covers_exactly_the_assistant_answers(tok) -> None:  # noqa: ANN001
     example, status = encode_conversation(tok, CHAT, 512)
     assert status == "ok" and example is not None
-    assert tok.decode(example.ids, skip_special_tokens=False) == render_chat(CHAT)
+    chatml = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in CHAT)
+    assert tok.decode(example.ids, skip_special_tokens=False) == chatml
     trained = [i for i, label in zip(example.ids, example.labels, strict=True) if label != IGNORE]
     end = tok.token_to_id(IM_END)
     answers = tok.decode(trained, skip_special_tokens=False).split(IM_END)

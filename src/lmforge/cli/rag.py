@@ -125,20 +125,27 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         print(f"[{source['n']}] {where}: {source['text'][:200]}")
 
 
+INDEX = "runs/insurance-zh/rag"
+
+
 def add_rag_commands(stages: argparse._SubParsersAction) -> None:
-    index = "runs/insurance-zh/rag"
     sub = command_group(
         stages,
         "rag",
         "index documents and answer from them (RAG)",
         "Retrieval-augmented answers over your documents.",
-        f"lmforge rag index data/insurance/passages.jsonl --index {index}",
+        f"lmforge rag index data/insurance/passages.jsonl --index {INDEX}",
     )
+    _index_commands(sub)
+    _query_commands(sub)
+
+
+def _index_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "index",
         "add or update documents (files or folders) in an index",
-        f"lmforge rag index docs/ data/insurance/passages.jsonl --index {index}",
+        f"lmforge rag index docs/ data/insurance/passages.jsonl --index {INDEX}",
         cmd_rag_index,
     )
     recipe_args(p)
@@ -158,7 +165,7 @@ def add_rag_commands(stages: argparse._SubParsersAction) -> None:
         sub,
         "delete",
         "remove documents from an index",
-        f"lmforge rag delete --index {index} p0001 p0002",
+        f"lmforge rag delete --index {INDEX} p0001 p0002",
         cmd_rag_delete,
     )
     p.add_argument("--index", type=Path, required=True)
@@ -167,7 +174,7 @@ def add_rag_commands(stages: argparse._SubParsersAction) -> None:
         sub,
         "train-reranker",
         "train the domain reranker on question-passage pairs",
-        f"lmforge rag train-reranker --index {index} --queries data/insurance/queries.jsonl",
+        f"lmforge rag train-reranker --index {INDEX} --queries data/insurance/queries.jsonl",
         cmd_rag_train_reranker,
     )
     recipe_args(p)
@@ -178,11 +185,14 @@ def add_rag_commands(stages: argparse._SubParsersAction) -> None:
         required=True,
         help="jsonl: question, gold_pid and the group field (contract)",
     )
+
+
+def _query_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "eval",
         "recall@k and MRR of each retriever",
-        f"lmforge rag eval --index {index} --queries data/insurance/queries.jsonl "
+        f"lmforge rag eval --index {INDEX} --queries data/insurance/queries.jsonl "
         "--filter contract --json",
         cmd_rag_eval,
     )
@@ -199,7 +209,7 @@ def add_rag_commands(stages: argparse._SubParsersAction) -> None:
         sub,
         "ask",
         "answer a question from the index, with sources",
-        f"lmforge rag ask --index {index} --model runs/insurance-zh/dpo/model '犹豫期有多长？'",
+        f"lmforge rag ask --index {INDEX} --model runs/insurance-zh/dpo/model '犹豫期有多长？'",
         cmd_rag_ask,
     )
     model_args(p, model_required=False)

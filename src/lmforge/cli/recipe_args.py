@@ -49,13 +49,15 @@ def field_flags(parser: argparse.ArgumentParser, section: str, cls: type, names:
         dest = f"{FIELD}{section}.{name}"
         help_text = f"recipe field {section}.{name}"
         if kind.startswith("list"):
-            parser.add_argument(flag, dest=dest, action="append", help=help_text + " (repeat)")
+            parser.add_argument(flag, dest=dest, action="append", metavar=name.upper(),
+                                help=help_text + " (repeat)")
         elif kind == "bool":
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                 help=help_text)
         else:
             convert = {"int": int, "float": float}.get(kind, str)
-            parser.add_argument(flag, dest=dest, type=convert, help=help_text)
+            parser.add_argument(flag, dest=dest, type=convert, metavar=name.upper(),
+                                help=help_text)
 
 
 def _field_overrides(args: argparse.Namespace) -> list[str]:

@@ -1,5 +1,18 @@
 """Typed configs shared by every stage, and the loader that validates recipes into them."""
 
+from lmforge.config.checks import INPUT
+from lmforge.config.data import (
+    CleanConfig,
+    DataConfig,
+    DedupConfig,
+    IngestConfig,
+    MixConfig,
+    QualityConfig,
+    ShardConfig,
+    SourceConfig,
+    SplitConfig,
+    TokenizerConfig,
+)
 from lmforge.config.loader import (
     ConfigError,
     apply_overrides,
@@ -10,31 +23,24 @@ from lmforge.config.loader import (
 )
 from lmforge.config.schema import (
     AssistantConfig,
-    CleanConfig,
-    DataConfig,
-    DedupConfig,
     EvalConfig,
-    IngestConfig,
-    LoraConfig,
-    MixConfig,
-    ModelConfig,
-    PreferenceConfig,
-    QualityConfig,
     RagConfig,
     RecipeConfig,
-    RerankerConfig,
     RunConfig,
     SamplingConfig,
     ServeConfig,
+)
+from lmforge.config.training import (
+    LoraConfig,
+    ModelConfig,
+    PreferenceConfig,
+    RerankerConfig,
     SFTConfig,
-    ShardConfig,
-    SourceConfig,
-    SplitConfig,
-    TokenizerConfig,
     TrainConfig,
 )
 
 __all__ = [
+    "INPUT",
     "AssistantConfig",
     "CleanConfig",
     "ConfigError",

@@ -1,5 +1,5 @@
 """A stage's fingerprint is a hash of exactly what the pipeline hands it: its config sections,
-the content of every file a config field marks as an input (``config.schema.INPUT``), and, for
+the content of every file a config field marks as an input (``config.INPUT``), and, for
 each path it reads from another stage's folder, that stage's fingerprint. Nothing is listed by
 hand, so a setting or file a stage receives can never be left out of its fingerprint, and the
 stages a stage builds on are read off its paths.

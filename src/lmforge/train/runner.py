@@ -50,4 +50,4 @@ def run_task(train: TrainConfig, build: Build, out: Path, seed: int, title: str 
         return report
     finally:
         teardown()
-        pass  # torch.set_num_threads(threads)  # a stage's threads never leak into the next one
+        torch.set_num_threads(threads)  # a stage's threads never leak into the next one

@@ -1,0 +1,210 @@
+"""The typed configs of the model and of training: the architecture, one run of the shared loop,
+LoRA, SFT, preference training (DPO, the reward model) and the reranker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lmforge.config.checks import INPUT, check, fraction
+from lmforge.config.presets import expand_model_preset
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder; ``preset`` fills in a named size (see config/presets.py) and any
+    field given next to it overrides the preset."""
+
+    preset: str = ""
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    ffn_dim: int = 0  # 0: 8/3 * dim rounded up to a multiple of 64 (the SwiGLU convention)
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    rope_scaling: Literal["none", "linear", "ntk"] = "none"
+    rope_factor: float = 1.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    n_experts: int = 0  # 0: dense MLP; >1: mixture of experts
+    experts_per_token: int = 2
+    moe_aux_weight: float = 0.01
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        check(self.dim > 0 and self.n_layers > 0, "dim", "positive dim and n_layers", self.dim)
+        check(self.n_heads > 0 and self.dim % self.n_heads == 0, "n_heads",
+              f"a divisor of dim ({self.dim})", self.n_heads)
+        check(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
+              f"a divisor of n_heads ({self.n_heads})", self.n_kv_heads)
+        check((self.dim // self.n_heads) % 2 == 0, "n_heads", "an even head size", self.n_heads)
+        check(self.rope_factor >= 1.0, "rope_factor", "at least 1", self.rope_factor)
+        check(self.n_experts == 0 or self.n_experts > 1, "n_experts", "0 or at least 2",
+              self.n_experts)
+        if self.n_experts:
+            check(0 < self.experts_per_token <= self.n_experts, "experts_per_token",
+                  f"between 1 and n_experts ({self.n_experts})", self.experts_per_token)
+        if self.ffn_dim == 0:
+            self.ffn_dim = -(-int(8 * self.dim / 3) // 64) * 64
+
+    @staticmethod
+    def expand_raw(values: dict[str, Any]) -> dict[str, Any]:
+        return expand_model_preset(values)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    """One training run of the shared loop (pretraining, SFT, reward model or DPO)."""
+
+    steps: int = 1000
+    batch_size: int = 16  # sequences per optimizer step, across all processes
+    micro_batch_size: int = 0  # per process and forward pass; 0: batch_size / processes
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    doc_mask: bool = False  # packed documents do not attend to each other
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5
+    # a model folder to start from (SFT, DPO); empty: random init (pretraining) or the previous
+    # stage's model
+    init_from: str = field(default="", metadata=INPUT)
+    threads: int = 0  # CPU threads for torch; 0: leave torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "log_every", "save_every"):
+            check(getattr(self, name) > 0, name, "a positive integer", getattr(self, name))
+        check(self.lr > 0, "lr", "a positive number", self.lr)
+        fraction("min_lr_ratio", self.min_lr_ratio)
+        fraction("decay_fraction", self.decay_fraction)
+        check(0 <= self.warmup_steps < self.steps, "warmup_steps", "fewer than steps",
+              self.warmup_steps)
+        check(self.micro_batch_size >= 0, "micro_batch_size", "0 or more",
+              self.micro_batch_size)
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "at least 1",
+              self.keep_checkpoints)
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on the frozen model's linear layers (PEFT-compatible)."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def __post_init__(self) -> None:
+        check(self.rank >= 1, "rank", "at least 1", self.rank)
+        check(0.0 <= self.dropout < 1.0, "dropout", "a fraction in [0, 1)", self.dropout)
+        check(bool(self.targets), "targets", "module names or ['all-linear']", self.targets)
+
+
+def _post_training_defaults() -> TrainConfig:
+    return TrainConfig(steps=200, batch_size=8, seq_len=512, lr=2e-4, warmup_steps=10,
+                       eval_every=50, eval_batches=8, save_every=100)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on chat data and domain question answering."""
+
+    method: Literal["full", "freeze", "lora"] = "lora"
+    trainable_blocks: int = 2  # freeze: only the last N blocks (and the final norm) train
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    qlora: bool = False  # the frozen base in 4-bit NF4 under the LoRA adapters
+    chat_files: list[str] = field(default_factory=list, metadata=INPUT)
+    identity_file: str = field(default="", metadata=INPUT)
+    # domain QA: {question, answer, gold_pid, contract} per line, and the passages they cite:
+    # {pid, contract, text}
+    qa_queries: str = field(default="", metadata=INPUT)
+    qa_passages: str = field(default="", metadata=INPUT)
+    rag_distractors: int = 2
+    rag_passage_chars: int = 300  # passages shown in RAG-form examples are cut to this (chunks)
+    # what RAG-form examples answer with: the reference answer, or the gold passage's sentences
+    # that best cover it (extractive: a small model learns to copy and stays faithful)
+    rag_answer: Literal["reference", "extract"] = "reference"
+    pack: bool = True
+    val_fraction: float = 0.05
+    train: TrainConfig = field(default_factory=_post_training_defaults)
+
+    def __post_init__(self) -> None:
+        check(self.trainable_blocks >= 1, "trainable_blocks", "at least 1",
+              self.trainable_blocks)
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
+              self.val_fraction)
+        check(self.rag_distractors >= 0, "rag_distractors", "0 or more", self.rag_distractors)
+        check(not self.qlora or self.method == "lora", "qlora", 'method = "lora" with it',
+              self.method)
+
+
+@dataclass
+class PreferenceConfig:
+    """Preference training: DPO, or a Bradley-Terry reward model."""
+
+    method: Literal["full", "lora"] = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    pair_files: list[str] = field(default_factory=list, metadata=INPUT)
+    qa_pairs: bool = True  # also build domain pairs from sft.qa_queries / sft.qa_passages
+    beta: float = 0.1
+    val_fraction: float = 0.1
+    train: TrainConfig = field(default_factory=_post_training_defaults)
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, "beta", "a positive number", self.beta)
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
+              self.val_fraction)
+
+
+@dataclass
+class RerankerConfig:
+    """The domain cross-encoder ``lmforge rag train-reranker`` trains on question-passage pairs
+    (train.seq_len: question + passage tokens; train.batch_size: questions per step)."""
+
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    vocab_size: int = 4000  # of the tokenizer trained on the index when no init model is given
+    negatives: int = 7  # hard negatives per question, from the retrievers' top candidates
+    candidates: int = 30  # how deep it reranks (and mines negatives)
+    val_fraction: float = 0.25  # of groups (contracts): never trained on, used for evaluation
+    group_field: str = "contract"
+    # an lmforge model folder whose tokenizer and weights start the encoder
+    init_from: str = field(default="", metadata=INPUT)
+    inner_val_fraction: float = 0.2  # of training groups: decides whether the text model helps
+    # phase one: the head over retrieval evidence alone (no transformer: seconds)
+    feature_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=300, batch_size=32, seq_len=192, lr=1e-2, warmup_steps=10, eval_every=100,
+        save_every=300, log_every=50, eval_batches=0, threads=2, weight_decay=0.0))
+    # phase two: the transformer reading question and passage, on top of phase one
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=200, batch_size=8, seq_len=192, lr=1e-3, warmup_steps=20, eval_every=50,
+        save_every=200, log_every=20, eval_batches=0, threads=2))
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "negatives", "candidates"):
+            check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        check(self.dim % self.n_heads == 0, "dim", "a multiple of n_heads", self.dim)
+        check(self.candidates > self.negatives, "candidates", "more than negatives",
+              self.candidates)
+        fraction("val_fraction", self.val_fraction)
+        fraction("inner_val_fraction", self.inner_val_fraction)
