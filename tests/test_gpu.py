@@ -33,7 +33,7 @@ def test_bf16_training_steps_reduce_loss(tiny_run, tmp_path) -> None:  # noqa: A
                       tiny_run / "data" / "shards", tmp_path / "pretrain", recipe.run.seed,
                       show_progress=False)
     assert report["device"] == "cuda"
-    assert report["final"]["val_loss"] < report["first_eval"]["val_loss"] - 0.5
+    assert report["final"]["val_loss"] < report["before"]["val_loss"] - 0.5
 
 
 def test_generation_on_cuda_matches_cpu(tiny_run) -> None:  # noqa: ANN001

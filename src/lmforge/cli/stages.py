@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.until and args.until != STAGES[-1].name:
         return
     layout = RunLayout(Path(config.run.out_dir))
-    recipe, model, index = args.recipe, layout.assistant, layout.rag
+    recipe, model, index = args.recipe, layout.assistant, layout.rag  # recipe: its path
     hint = [f"lmforge chat --recipe {recipe} --model {model}",
             f"lmforge serve --recipe {recipe} --model {model} --rag-index {index}  "
             "# web chat: http://127.0.0.1:8000/",
