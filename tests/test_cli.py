@@ -148,3 +148,30 @@ def test_chat_answers_as_the_recipes_assistant(tiny_run: Path, tiny_recipe: Path
     assert seen["sampling"].top_k == 5
     assert main(["chat", "--recipe", str(tiny_recipe), "--model", model, "--system", ""]) == 0
     assert seen["system"] == ""
+
+
+def test_serve_hands_the_recipes_assistant_and_keys_to_the_server(
+        tiny_run: Path, tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lmforge serve`` (and ``run --serve``, through the same function) serves the assistant
+    the recipe trained, with the flags' fields and every key source parsed by one parser."""
+    import lmforge.serve
+
+    seen = {}
+
+    def fake_server(model, tok, assistant, config, keys, grounding, model_name) -> None:  # noqa: ANN001
+        seen.update(assistant=assistant, config=config, keys=keys, name=model_name)
+
+    monkeypatch.setattr(lmforge.serve, "run_server", fake_server)
+    monkeypatch.setenv("LMFORGE_API_KEYS", "sk-env sk-alice:alice:claims,staff:acme")
+    key_file = tmp_path / "keys"
+    key_file.write_text("# ops\nsk-file\n", encoding="utf-8")
+    assert main(["serve", "--recipe", str(tiny_recipe), "--model",
+                 str(tiny_run / "pretrain" / "model"), "--port", "8123", "--frequency-penalty",
+                 "0.4", "--api-key", "sk-flag", "--api-key-file", str(key_file)]) == 0
+    assert seen["assistant"].system.startswith("你是保小助")
+    assert seen["assistant"].sampling.frequency_penalty == 0.4
+    assert seen["config"].port == 8123 and seen["name"] == "model"
+    assert set(seen["keys"].keys) == {"sk-env", "sk-alice", "sk-flag", "sk-file"}
+    alice = seen["keys"].keys["sk-alice"]
+    assert (alice.user, set(alice.groups), alice.tenant) == ("alice", {"claims", "staff"}, "acme")

@@ -167,3 +167,32 @@ def test_unknown_stage_is_named(pipeline_run, capsys) -> None:
     recipe, _, _ = pipeline_run
     assert main(["run", str(recipe), "--until", "deploy"]) == 2
     assert "unknown stage 'deploy'" in capsys.readouterr().err
+
+
+def test_a_fingerprint_covers_exactly_what_the_stage_is_handed(tmp_path: Path) -> None:
+    """Settings, the content of files named by input fields, and the fingerprints of the stages
+    whose folders a path lies in; the stage's own output folder does not count."""
+    from lmforge.config import SFTConfig
+    from lmforge.pipeline import RunLayout
+    from lmforge.pipeline.fingerprint import fingerprint
+
+    layout = RunLayout(tmp_path / "run")
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-8")
+    upstream = {"pretrain": "p1", "data": "d1"}
+
+    def fp(config: SFTConfig, base: Path, ups: dict[str, str] = upstream) -> str:
+        return fingerprint("sft", {"sft": config, "base": base, "out": layout.stage("sft")},
+                           layout, ups)
+
+    config = SFTConfig(chat_files=[str(chats)])
+    first = fp(config, layout.model("pretrain"))
+    assert fp(config, layout.model("pretrain")) == first
+    assert fp(SFTConfig(chat_files=[str(chats)], rag_distractors=3),
+              layout.model("pretrain")) != first  # a setting
+    assert fp(config, layout.model("pretrain"), {**upstream, "pretrain": "p2"}) != first
+    assert fp(config, layout.model("pretrain"), {**upstream, "data": "d2"}) == first  # unread
+    chats.write_text('{"instruction": "a", "output": "c"}\n', encoding="utf-8")
+    assert fp(config, layout.model("pretrain")) != first  # an input file's content
+    with pytest.raises(ValueError, match="stage dpo, which has not run"):
+        fp(config, layout.model("dpo"))

@@ -1,6 +1,5 @@
-"""Bits per byte: the model's cross-entropy on a text, in bits, divided by the text's UTF-8
-bytes. Unlike perplexity it does not depend on the tokenizer, so models with different
-vocabularies (and a Chinese text against an English one) compare fairly.
+"""Bits per byte of a text (``tokenizer/bytes.py`` says why and counts the bytes each token
+stands for, as pretraining's validation does).
 
 Each document is scored in windows of the model's context; a later window keeps the end of the
 previous one as context (a stride of half the context), so no token is scored without history
@@ -21,6 +20,7 @@ from tokenizers import Tokenizer
 
 from lmforge.data import ShardSet, jsonl_records
 from lmforge.model import Transformer
+from lmforge.tokenizer import to_bits_per_byte, token_byte_lengths
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:
@@ -59,17 +59,18 @@ def bits_per_byte(model: Transformer, tok: Tokenizer, texts: list[str]) -> dict[
 def score_documents(model: Transformer, tok: Tokenizer, documents: Iterable[list[int]]
                     ) -> dict[str, Any]:
     model.eval()
+    lengths = token_byte_lengths(tok)
     nll = tokens = size = 0.0
     for ids in documents:
         if len(ids) < 2:
             continue
         nll += document_nll(model, ids)
         tokens += len(ids) - 1
-        size += len(tok.decode(ids[1:]).encode("utf-8"))  # the bytes of the scored tokens
+        size += int(lengths[ids[1:]].sum())  # the bytes of the scored tokens
     if not tokens:
         raise ValueError("no text with at least two tokens to score")
-    return {"bits_per_byte": nll / math.log(2) / size, "tokens": int(tokens), "bytes": int(size),
-            "perplexity": math.exp(nll / tokens)}
+    return {"bits_per_byte": to_bits_per_byte(nll, size), "tokens": int(tokens),
+            "bytes": int(size), "perplexity": math.exp(nll / tokens)}
 
 
 def bits_per_byte_by_source(model: Transformer, tok: Tokenizer, shards: Path,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from lmforge.tokenizer.bytes import to_bits_per_byte, token_byte_lengths
 from lmforge.tokenizer.chat import (
     Message,
     chat_segments,
@@ -37,7 +38,7 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
             shutil.copy2(Path(source) / name, Path(target) / name)
 
 
-__all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES", "Message",
-           "chat_segments", "copy_tokenizer_files", "encode_chat", "encode_text",
-           "load_tokenizer", "plain_text_tokenizer", "train_bpe", "train_tokenizer",
-           "with_system"]
+__all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES",
+           "Message", "chat_segments", "copy_tokenizer_files", "encode_chat", "encode_text",
+           "load_tokenizer", "plain_text_tokenizer", "to_bits_per_byte", "token_byte_lengths",
+           "train_bpe", "train_tokenizer", "with_system"]

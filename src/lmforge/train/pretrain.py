@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,22 +27,16 @@ from torch import Tensor, nn
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.data import ShardSet
 from lmforge.model import Transformer, document_inputs, load_model, save_model
-from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+from lmforge.tokenizer import (
+    copy_tokenizer_files,
+    load_tokenizer,
+    to_bits_per_byte,
+    token_byte_lengths,
+)
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.loop import Task
 from lmforge.train.runner import run_task
 from lmforge.train.sampler import EpochSampler
-
-
-def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
-    """UTF-8 bytes each token id stands for: byte-level pieces map one character per byte;
-    added terms count their text; special tokens count nothing."""
-    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
-    for token, index in tok.get_vocab(with_added_tokens=False).items():
-        lengths[index] = len(token)
-    for index, added in tok.get_added_tokens_decoder().items():
-        lengths[index] = 0 if added.special else len(added.content.encode("utf-8"))
-    return lengths
 
 
 @dataclass
@@ -130,7 +123,7 @@ class PretrainTask:
             sums[2] += self.token_bytes[batch["targets"].cpu()].sum().item()
         all_reduce_sum(sums)
         return {"val_loss": (sums[0] / sums[1]).item(),
-                "val_bpb": (sums[0] / (math.log(2) * sums[2])).item()}
+                "val_bpb": to_bits_per_byte(sums[0].item(), sums[2].item())}
 
 
 def padded_vocab(size: int, multiple: int = 64) -> int:
