@@ -49,3 +49,18 @@ def test_measures() -> None:
 
 def test_any_language_skips_the_language_rule() -> None:
     assert quality_problem(GOOD_EN, "any", QualityConfig()) is None
+
+
+def test_garbage_test_tells_text_from_bytes_decoded_as_gb18030() -> None:
+    import random
+
+    from lmforge.data.quality import garbled_share, looks_garbled
+
+    rng = random.Random(0)
+    noise = bytes(rng.randint(0x81, 0xFE) if i % 2 == 0 else rng.randint(0x40, 0xFE)
+                  for i in range(2000)).replace(b"\x7f", b"A").decode("gb18030")
+    assert garbled_share(noise) > 0.5 and looks_garbled(noise)
+    assert looks_garbled("\x00\x01\x02abc\x03\x04")
+    for text in ("被保险人应当如实告知，保险人有权解除合同。", "The insured shall disclose.",
+                 "《红楼梦》第一回：甄士隐梦幻识通灵，贾雨村风尘怀闺秀。", ""):
+        assert garbled_share(text) < 0.05 and not looks_garbled(text)

@@ -103,11 +103,25 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     max_beams: int = 8  # use_beam_search: the most beams (n) one request may ask for
     retry_after_s: int = 2
+    # what one request may ask of the server (each over-limit request is a 400 naming the
+    # parameter, before any tokenising, retrieval or generation)
+    max_prompt_chars: int = 32_768  # a completion prompt, or all chat message contents together
+    max_messages: int = 256  # messages in one chat request
+    max_question_chars: int = 2_000  # rag: the user question that retrieval reads
+    max_stops: int = 4  # stop strings per request (OpenAI's limit)
+    max_stop_chars: int = 64  # characters of each stop string
+    max_embedding_inputs: int = 128  # texts in one /v1/embeddings request
+    max_embedding_chars: int = 8_192  # characters of each of them
+    disconnect_poll_s: float = 0.25  # how often a non-streaming request checks its client
 
     def __post_init__(self) -> None:
         check(0 < self.port < 65536, "port", "a TCP port", self.port)
-        for name in ("max_batch", "max_waiting", "max_n", "max_body_bytes", "max_beams"):
+        for name in ("max_batch", "max_waiting", "max_n", "max_body_bytes", "max_beams",
+                     "max_prompt_chars", "max_messages", "max_question_chars", "max_stops",
+                     "max_stop_chars", "max_embedding_inputs", "max_embedding_chars"):
             check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        check(self.disconnect_poll_s > 0, "disconnect_poll_s", "positive",
+              self.disconnect_poll_s)
 
 
 @dataclass
@@ -120,6 +134,9 @@ class RagConfig:
     store: Literal["lancedb", "qdrant"] = "lancedb"
     qdrant_location: str = ""  # a folder (default: inside the index) or http(s):// URL
     embed_threads: int = 1
+    # who may read a document whose ``acl`` metadata is missing or empty: "private" only
+    # operators (keys without a user), "tenant" every user of its tenant, "public" every user
+    default_access: Literal["private", "tenant", "public"] = "private"
     # domain terms for jieba: one per line, or jsonl with a "term" field
     user_dict: str = field(default="", metadata=INPUT)
     id_field: str = "auto"  # jsonl/json: the record's id field ("auto": id, pid or doc_id)

@@ -2,9 +2,10 @@
 
 Every reader yields ``Document`` or ``Problem``; a bad file or line becomes a Problem that names
 the file (and line) and is counted in the report, so one broken input never costs the others.
-Text files are read line by line in binary with a length cap, so a gigabyte-long line is skipped
-without being held in memory. Bytes are decoded as UTF-8, then GB18030 (still common for
-Chinese documents), else the line is rejected.
+Text files are read as bounded lines (``textfile.py``); a whole-file text document stops being
+read as soon as it passes the length limit. A link that leads outside the source folder is a
+Problem, never read (a link to ``/etc/passwd`` must not become training data or a public
+document of the RAG index, which reads through this module too).
 
 HTML goes through BeautifulSoup with the standard-library parser (no compiled dependency);
 pdf and docx through pypdf and python-docx, optional extras: when missing, each such file is
@@ -14,12 +15,15 @@ reported with the install command rather than crashing the run.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import IngestConfig, SourceConfig
+from lmforge.data.quality import looks_garbled
+from lmforge.data.textfile import GARBLED, UNDECODABLE, decode_bytes, one_line, read_lines
 
 SUFFIX_FORMATS = {
     ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".jsonl": "jsonl",
@@ -28,6 +32,8 @@ SUFFIX_FORMATS = {
 }
 AUTO_ID_FIELDS = ("id", "pid", "doc_id")
 EXTRA_HINT = "install the optional extra: pip install 'lmforge[docs]'"
+# JSON may escape lone surrogates ("\\ud800"): no UTF-8 for them, so writing them would crash
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -45,7 +51,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.reason}"
+        """One line whatever the file name or message holds (newlines come out as ``\\n``)."""
+        return one_line(f"{self.location}: {self.reason}")
 
 
 Item = Document | Problem
@@ -68,6 +75,8 @@ def jsonl_records(path: Path, fields: Sequence[str]) -> Iterator[dict[str, Any]]
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+        except (ValueError, RecursionError) as err:  # huge integers, too deeply nested
+            raise ValueError(f"{path}:{lineno}: unreadable JSON ({_json_error(err)})") from None
         missing = [f for f in fields if not isinstance(record, dict) or f not in record]
         if missing:
             raise ValueError(f"{path}:{lineno}: expected a JSON object with "
@@ -75,43 +84,25 @@ def jsonl_records(path: Path, fields: Sequence[str]) -> Iterator[dict[str, Any]]
         yield record
 
 
-def decode_bytes(raw: bytes) -> str | None:
-    """UTF-8 first, GB18030 second; None when the bytes are neither."""
-    for encoding in ("utf-8", "gb18030"):
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return None
-
-
-def read_lines(path: Path, limits: IngestConfig) -> Iterator[tuple[int, str | None, str]]:
-    """Yield (line number, text or None, problem) without ever holding an over-long line."""
-    cap = limits.max_line_bytes
-    with path.open("rb") as f:
-        lineno = 0
-        while raw := f.readline(cap + 1):
-            lineno += 1
-            if len(raw) > cap and not raw.endswith(b"\n"):
-                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
-                    pass
-                yield lineno, None, f"line longer than {cap} bytes, skipped"
-                continue
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            text = decode_bytes(raw)
-            if text is None:
-                yield lineno, None, "undecodable bytes (neither UTF-8 nor GB18030), skipped"
-                continue
-            yield lineno, text.rstrip("\r\n"), ""
+def _json_error(err: Exception) -> str:
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return f"{type(err).__name__}: {err}"
 
 
 class Reader:
-    """Reads one source (file or folder) into documents carrying the source's metadata."""
+    """Reads one source (file or folder) into documents carrying the source's metadata.
 
-    def __init__(self, source: SourceConfig, limits: IngestConfig) -> None:
+    ``max_chars`` bounds a whole-file text document: reading stops, and the file is reported,
+    as soon as it is longer (the data stage passes its quality limit; by default the file-size
+    limit applies).
+    """
+
+    def __init__(self, source: SourceConfig, limits: IngestConfig,
+                 max_chars: int | None = None) -> None:
         self.source = source
         self.limits = limits
+        self.max_chars = limits.max_file_bytes if max_chars is None else max_chars
         self.root = Path(source.path)
         self.base_meta = {
             "source": source.name, "licence": source.licence, "language": source.language,
@@ -119,25 +110,54 @@ class Reader:
         }
 
     def files(self) -> list[Path]:
+        """The files to read, in order (links that lead outside the folder left out)."""
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[list[Path], list[Problem]]:
         if self.root.is_file():
-            return [self.root]
+            return [self.root], []
         if not self.root.is_dir():
             raise FileNotFoundError(f"source '{self.source.name}': {self.root} does not exist")
-        return sorted(p for p in self.root.glob(self.source.glob)
-                      if p.is_file() and not any(part.startswith(".") for part in p.parts))
+        root = self.root.resolve()
+        inside: list[Path] = []
+        outside: list[Problem] = []
+        for path in sorted(self.root.glob(self.source.glob)):
+            if any(part.startswith(".") for part in path.parts):
+                continue
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):  # a loop of links
+                outside.append(self._problem(str(path), "link that cannot be resolved, skipped"))
+                continue
+            if not target.is_relative_to(root):
+                outside.append(self._problem(
+                    str(path), f"link to {target}, outside the source folder {root}, skipped"))
+            elif path.is_file():
+                inside.append(path)
+        return inside, outside
 
     def __iter__(self) -> Iterator[Item]:
-        for path in self.files():
+        files, problems = self._scan()
+        yield from problems
+        for path in files:
             yield from self.read_file(path)
 
     def _name(self, path: Path) -> str:
         return str(path.relative_to(self.root)) if path != self.root else path.name
 
     def _doc(self, text: str, doc_id: str, meta: dict[str, str] | None = None) -> Document:
-        return Document(text, self.source.name, doc_id, {**self.base_meta, **(meta or {})})
+        meta = {_SURROGATES.sub("", k): _SURROGATES.sub("", v) for k, v in (meta or {}).items()}
+        return Document(_SURROGATES.sub("", text), self.source.name, _SURROGATES.sub("", doc_id),
+                        {**self.base_meta, **meta})
 
     def _problem(self, where: str, reason: str) -> Problem:
         return Problem(self.source.name, where, reason)
+
+    def _text_doc(self, text: str, doc_id: str, where: str, fallback: list[str]) -> Item:
+        """A document, unless the part of it decoded as GB18030 fails the garbage test."""
+        if fallback and looks_garbled("\n".join(fallback)):
+            return self._problem(where, f"{GARBLED}, skipped")
+        return self._doc(text, doc_id)
 
     def read_file(self, path: Path) -> Iterator[Item]:
         fmt: str = self.source.format
@@ -149,7 +169,8 @@ class Reader:
         if path.stat().st_size == 0:
             yield self._problem(str(path), "empty file, skipped")
             return
-        if fmt in ("json", "html", "pdf", "docx") and path.stat().st_size > self.limits.max_file_bytes:
+        too_big = path.stat().st_size > self.limits.max_file_bytes
+        if fmt in ("json", "html", "pdf", "docx") and too_big:
             yield self._problem(str(path), f"file over {self.limits.max_file_bytes} bytes, skipped")
             return
         reader = getattr(self, f"_read_{fmt}")
@@ -159,26 +180,47 @@ class Reader:
             yield self._problem(str(path), f"cannot read as {fmt}: {type(err).__name__}: {err}")
 
     def _read_txt(self, path: Path) -> Iterator[Item]:
-        unit, cap = self.source.unit, self.source.max_doc_chars
+        if self.source.unit == "line":
+            name = self._name(path)
+            for line in read_lines(path, self.limits):
+                where = f"{path}:{line.number}"
+                if line.text is None:
+                    yield self._problem(where, line.problem)
+                elif line.text.strip():
+                    yield self._text_doc(line.text, f"{name}:{line.number}", where,
+                                         [line.text] if line.fallback else [])
+            return
+        yield from self._read_blocks(path)
+
+    def _read_blocks(self, path: Path) -> Iterator[Item]:
+        """Paragraph units (packed up to max_doc_chars) or the whole file (up to max_chars)."""
+        paragraphs = self.source.unit == "paragraph"
+        cap = self.source.max_doc_chars if paragraphs else self.max_chars
         name = self._name(path)
         buffer: list[str] = []
-        size = 0
-        start = 1
-        for lineno, text, problem in read_lines(path, self.limits):
-            if text is None:
-                yield self._problem(f"{path}:{lineno}", problem)
+        fallback: list[str] = []
+        size, start = 0, 1
+        for line in read_lines(path, self.limits):
+            if line.text is None:
+                yield self._problem(f"{path}:{line.number}", line.problem)
                 continue
-            if unit == "line":
-                if text.strip():
-                    yield self._doc(text, f"{name}:{lineno}")
-                continue
-            if unit == "paragraph" and buffer and size + len(text) > cap:
-                yield self._doc("\n".join(buffer), f"{name}:{start}")
-                buffer, size, start = [], 0, lineno
-            buffer.append(text)
-            size += len(text) + 1
+            if size + len(line.text) > cap:
+                if not paragraphs:
+                    yield self._problem(str(path), f"longer than {cap} characters, skipped "
+                                                   f"(read up to line {line.number})")
+                    return
+                if buffer:
+                    yield self._text_doc("\n".join(buffer), f"{name}:{start}",
+                                         f"{path}:{start}", fallback)
+                    buffer, fallback, size, start = [], [], 0, line.number
+            buffer.append(line.text)
+            if line.fallback:
+                fallback.append(line.text)
+            size += len(line.text) + 1
         if buffer and any(line.strip() for line in buffer):
-            yield self._doc("\n".join(buffer), f"{name}:{start}" if unit == "paragraph" else name)
+            doc_id, where = (f"{name}:{start}", f"{path}:{start}") if paragraphs else (
+                name, str(path))
+            yield self._text_doc("\n".join(buffer), doc_id, where, fallback)
 
     _read_md = _read_txt
 
@@ -221,29 +263,47 @@ class Reader:
 
     def _read_jsonl(self, path: Path) -> Iterator[Item]:
         name = self._name(path)
-        for lineno, text, problem in read_lines(path, self.limits):
-            where = f"{path}:{lineno}"
-            if text is None:
-                yield self._problem(where, problem)
+        for line in read_lines(path, self.limits):
+            where = f"{path}:{line.number}"
+            if line.text is None:
+                yield self._problem(where, line.problem)
                 continue
-            if not text.strip():
+            if not line.text.strip():
                 continue
             try:
-                record = json.loads(text)
+                record = json.loads(line.text)
             except json.JSONDecodeError as err:
                 yield self._problem(where, f"invalid JSON ({err.msg} at column {err.colno})")
                 continue
-            yield self._record(record, where, f"{name}:{lineno}")
+            except (ValueError, RecursionError) as err:  # a 4,300-digit integer, deep nesting
+                yield self._problem(where, f"unreadable JSON ({_json_error(err)}), skipped")
+                continue
+            item = self._record(record, where, f"{name}:{line.number}")
+            if line.fallback and isinstance(item, Document) and looks_garbled(item.text):
+                item = self._problem(where, f"{GARBLED}, skipped")
+            yield item
+
+    def _decode_file(self, path: Path) -> str | Problem:
+        """A whole file as text (for json and html), or the Problem that says why not."""
+        decoded = decode_bytes(path.read_bytes())
+        if decoded is None:
+            return self._problem(str(path), UNDECODABLE)
+        if decoded.fallback and looks_garbled(decoded.text):
+            return self._problem(str(path), f"{GARBLED}, skipped")
+        return decoded.text
 
     def _read_json(self, path: Path) -> Iterator[Item]:
-        text = decode_bytes(path.read_bytes())
-        if text is None:
-            yield self._problem(str(path), "undecodable bytes (neither UTF-8 nor GB18030)")
+        text = self._decode_file(path)
+        if isinstance(text, Problem):
+            yield text
             return
         try:
             data = json.loads(text.lstrip("\ufeff"))
         except json.JSONDecodeError as err:
             yield self._problem(f"{path}:{err.lineno}", f"invalid JSON ({err.msg})")
+            return
+        except (ValueError, RecursionError) as err:
+            yield self._problem(str(path), f"unreadable JSON ({_json_error(err)}), skipped")
             return
         if not isinstance(data, list):
             yield self._problem(str(path), "expected a JSON array of records")
@@ -255,9 +315,9 @@ class Reader:
     def _read_html(self, path: Path) -> Iterator[Item]:
         from bs4 import BeautifulSoup
 
-        text = decode_bytes(path.read_bytes())
-        if text is None:
-            yield self._problem(str(path), "undecodable bytes (neither UTF-8 nor GB18030)")
+        text = self._decode_file(path)
+        if isinstance(text, Problem):
+            yield text
             return
         soup = BeautifulSoup(text, "html.parser")
         for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template"]):

@@ -63,7 +63,7 @@ def collect(config: DataConfig, seed: int, log: list[str]) -> tuple[list[Documen
     kept: list[Document] = []
     for source in config.sources:
         tally = tallies[source.name] = SourceTally()
-        reader = Reader(source, config.ingest)
+        reader = Reader(source, config.ingest, max_chars=config.quality.max_chars)
         with tqdm(total=_file_bytes(reader), unit="B", unit_scale=True,
                   desc=f"data {source.name}", leave=False) as bar:
             for item in reader:

@@ -18,6 +18,8 @@ _UNITS = re.compile(f"[{CJK_CHAR}]|[A-Za-z0-9]+")
 _CJK = re.compile(f"[{CJK_CHAR}]")
 _LATIN = re.compile(r"[A-Za-z]")
 _SYMBOL_EXTRA = set("#*_~^`|\\<>{}[]=@$%&")
+_ODD_CATEGORIES = frozenset({"Cc", "Co", "Cn", "Cs"})  # control, private use, unassigned
+MAX_GARBLED_SHARE = 0.25
 
 
 def symbol_ratio(text: str) -> float:
@@ -27,6 +29,37 @@ def symbol_ratio(text: str) -> float:
         return 1.0
     symbols = sum(1 for c in chars if c in _SYMBOL_EXTRA or unicodedata.category(c)[0] == "S")
     return symbols / len(chars)
+
+
+def _garbled(ch: str) -> bool:
+    if ch.isascii():
+        return not ch.isprintable()
+    if ch == "\ufffd" or unicodedata.category(ch) in _ODD_CATEGORIES:
+        return True
+    try:
+        ch.encode("gb2312")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def garbled_share(text: str) -> float:
+    """Share of non-space characters that decoded text almost never holds: controls,
+    private-use or unassigned code points, and characters outside printable ASCII and GB2312.
+
+    This is the garbage test for bytes that were not UTF-8 and were decoded as GB18030, which
+    accepts most byte pairs: random bytes read that way score about 0.6 to 0.7, simplified
+    Chinese and English text almost 0 (text in traditional characters, which lie mostly outside
+    GB2312, scores about 0.5; in GB18030 it is rare, and such files are better re-encoded).
+    """
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return 0.0
+    return sum(1 for c in chars if _garbled(c)) / len(chars)
+
+
+def looks_garbled(text: str) -> bool:
+    return garbled_share(text) > MAX_GARBLED_SHARE
 
 
 def duplicate_line_fraction(text: str) -> float:

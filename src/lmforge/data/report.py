@@ -13,8 +13,8 @@ def _filters_table(sources: dict[str, Any]) -> str:
     reasons = sorted({r for s in sources.values() for r in s["dropped"]})
     headers = ["source", "docs in", "chars in", "bad inputs", *reasons, "docs kept", "chars kept"]
     rows = [
-        [name, s["docs_in"], s["chars_in"], s["problems"], *(s["dropped"].get(r, 0) for r in reasons),
-         s["docs_kept"], s["chars_kept"]]
+        [name, s["docs_in"], s["chars_in"], s["problems"],
+         *(s["dropped"].get(r, 0) for r in reasons), s["docs_kept"], s["chars_kept"]]
         for name, s in sources.items()
     ]
     return markdown_table(headers, rows)
@@ -64,7 +64,8 @@ def write_data_report(out_dir: Path, report: dict[str, Any]) -> None:
         "## Filters (documents)", _filters_table(sources), "",
         _dedup_line(sources), "", _pii_line(sources), "",
         "## Mix", f"Domain share of training characters: target "
-        f"{report['domain_fraction_target']:.2f}, actual {report['domain_fraction_actual']:.3f}.", "",
+        f"{report['domain_fraction_target']:.2f}, "
+        f"actual {report['domain_fraction_actual']:.3f}.", "",
         _mix_table(sources),
     ]
     if "tokens" in report:

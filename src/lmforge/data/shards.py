@@ -44,7 +44,8 @@ class ShardWriter:
     """Collects documents of one split and writes them out in shards of about ``shard_tokens``."""
 
     def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
-        self.out_dir, self.split, self.dtype, self.shard_tokens = out_dir, split, dtype, shard_tokens
+        self.out_dir, self.split = out_dir, split
+        self.dtype, self.shard_tokens = dtype, shard_tokens
         self.entries: list[dict[str, Any]] = []
         self._chunks: list[np.ndarray] = []
         self._docs: list[tuple[int, int, int]] = []

@@ -1,9 +1,10 @@
 """Retrieval-augmented answering over a company's documents: chunking, embeddings, a vector
 store, BM25, fusion, a trained reranker, access control, answering with citations, evaluation."""
 
+from lmforge.rag.access import Access
 from lmforge.rag.answer import GroundedPrompt, Grounding, Retrieved
 from lmforge.rag.evaluate import evaluate
-from lmforge.rag.index import Access, IndexReport, RagIndex, RagIndexError, read_sources
+from lmforge.rag.index import IndexReport, RagIndex, RagIndexError, read_sources
 from lmforge.rag.rerank import FEATURES as RERANKER_FEATURES
 from lmforge.rag.rerank import FOLDER as RERANKER_FOLDER
 from lmforge.rag.rerank import Reranker, read_queries, training_groups

@@ -10,11 +10,14 @@ Fusion and reranker scores are rank-based or uncalibrated and cannot gate on the
 ``Grounding.ground`` is the one answer path: ``rag ask``, ``eval qa`` and the server all call it,
 so what the evaluation scores is what users get. It retrieves for the conversation's last user
 message, applies the no-answer gate, and fits the passages into the room the caller leaves for
-the prompt (counted in tokens of the model's own chat encoding).
+the prompt (counted in tokens of the model's own chat encoding). Each call first checks (one
+``stat``) whether the index folder published a newer generation; if so the new one is opened
+once, under a lock, and swapped in whole, while calls already running finish on the old one.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,9 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from lmforge.prompts import Passage, rag_user_message
-from lmforge.rag.index import Access, RagIndex
+from lmforge.rag.access import Access, public_meta
+from lmforge.rag.index import RagIndex
+from lmforge.rag.manifest import RagIndexError, stamp
 from lmforge.rag.rerank import Reranker
 from lmforge.rag.retrieve import Hit, Retriever
 from lmforge.tokenizer import Message, encode_chat
@@ -35,10 +40,11 @@ class Retrieved:
     relevant: bool
 
     def sources(self) -> list[dict[str, Any]]:
-        """What a client shows under the answer: [n] -> document, chunk, page, text."""
+        """What a client shows under the answer: [n] -> document, chunk, page, text (and the
+        document's metadata, less who may read it)."""
         return [{"n": n, "document": h.doc.doc_id, "chunk": h.chunk.index, "page": h.chunk.page,
                  "heading": h.chunk.heading, "text": h.chunk.text, "score": round(h.score, 4),
-                 "metadata": h.doc.meta} for n, h in enumerate(self.hits, 1)]
+                 "metadata": public_meta(h.doc.meta)} for n, h in enumerate(self.hits, 1)]
 
     def user_message(self, question: str, passages: int | None = None,
                      max_chars: int | None = None) -> str:
@@ -77,22 +83,47 @@ class GroundedPrompt:
 
 
 class Grounding:
-    """Retrieval for answering: the top passages, and whether any is relevant at all."""
+    """Retrieval for answering: the top passages, and whether any is relevant at all; always
+    over the newest generation its index folder has published."""
 
-    def __init__(self, retriever: Retriever) -> None:
+    def __init__(self, retriever: Retriever, reload_reranker: bool | None = None) -> None:
         self.retriever = retriever
-        config = retriever.index.config
-        self.min_dense, self.min_coverage = config.min_dense_score, config.min_keyword_coverage
+        # a newer generation gets its reranker loaded when this one has (or was opened with) one
+        self._reload_reranker = (retriever.reranker is not None if reload_reranker is None
+                                 else reload_reranker)
+        self._swap = threading.Lock()
+        self._stamp = stamp(retriever.index.folder)
 
     @classmethod
     def open(cls, folder: Path) -> Grounding:
         """The grounding of an index folder, with its trained reranker when it has one."""
         index = RagIndex.open(folder)
-        return cls(Retriever(index, Reranker.load(index)))
+        return cls(Retriever(index, Reranker.load(index)), reload_reranker=True)
 
     @property
     def index(self) -> RagIndex:
-        return self.retriever.index
+        return self.current().index
+
+    def current(self) -> Retriever:
+        """The retriever of the newest published generation. A changed manifest is opened by
+        one caller while the others wait, so nobody is served a state the index has replaced
+        (a revoked document stays revoked); an unreadable one keeps the old state."""
+        retriever = self.retriever
+        if stamp(retriever.index.folder) == self._stamp:
+            return retriever
+        with self._swap:
+            now = stamp(self.retriever.index.folder)
+            if now != self._stamp:
+                try:
+                    fresh = self.retriever.index.reopen()
+                except (RagIndexError, OSError, ValueError):
+                    return self.retriever
+                if fresh is not None:
+                    fresh.lexical  # noqa: B018  (built before anyone is served from it)
+                    reranker = Reranker.load(fresh) if self._reload_reranker else None
+                    self.retriever = Retriever(fresh, reranker)
+                self._stamp = now
+            return self.retriever
 
     def ground(self, messages: Sequence[Message], tok: Tokenizer, room: int,
                access: Access | None = None, k: int | None = None) -> GroundedPrompt:
@@ -114,19 +145,23 @@ class Grounding:
 
     def retrieve(self, question: str, access: Access | None = None, k: int | None = None
                  ) -> Retrieved:
-        k = k or self.retriever.index.config.top_k
-        pool = self.retriever.search(question, access, "final")
-        return Retrieved(pool[:k], self.is_relevant(question, pool, k))
+        retriever = self.current()  # one snapshot for the whole call
+        k = k or retriever.index.config.top_k
+        pool = retriever.search(question, access, "final")
+        return Retrieved(pool[:k], self.is_relevant(question, pool, k, retriever))
 
-    def is_relevant(self, question: str, pool: Sequence[Hit], k: int) -> bool:
+    def is_relevant(self, question: str, pool: Sequence[Hit], k: int,
+                    retriever: Retriever | None = None) -> bool:
         """The pool is what this user may read (a hidden document must not even reveal that an
         answer exists); it holds the dense retriever's whole list, so its best cosine is the
         best readable chunk's."""
         if not pool:
             return False
+        index = (retriever or self.retriever).index
         best_dense = max(h.features.get("dense", 0.0) for h in pool)
-        lexical = self.retriever.index.lexical
+        lexical = index.lexical
         terms = set(lexical.analyzer(question))
         coverage = max(lexical.coverage(terms, set(lexical.analyzer(h.chunk.text)))[0]
                        for h in pool[:k])
-        return best_dense >= self.min_dense or coverage >= self.min_coverage
+        return (best_dense >= index.config.min_dense_score
+                or coverage >= index.config.min_keyword_coverage)

@@ -10,13 +10,24 @@ writes them) give each chunk the page it starts on, so a citation can say where 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lmforge.text import split_sentences
 
-HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
+
+def heading(line: str) -> tuple[int, str] | None:
+    """A markdown ATX heading's level and text (closing hashes dropped), in one linear pass:
+    up to three leading spaces, one to six ``#``, whitespace, then the text."""
+    body = line.lstrip()
+    if len(line) - len(body) > 3 or not body.startswith("#"):
+        return None
+    level = len(body) - len(body.lstrip("#"))
+    rest = body[level:]
+    if level > 6 or not rest[:1].isspace() or len(rest) < 2:
+        return None
+    text = rest.strip()
+    return level, text.rstrip("#").rstrip() or text[:1]
 
 
 @dataclass
@@ -46,12 +57,12 @@ def _sections(text: str, paged: bool) -> Iterator[_Section]:
     current = _Section("", 1 if paged else None, [])
     for number, page_text in enumerate(pages, start=1):
         for line in page_text.split("\n"):
-            heading = HEADING.match(line)
-            if heading:
+            found = heading(line)
+            if found:
                 if current.sentences:
                     yield current
-                level = len(heading.group(1))
-                path = [*path[: level - 1], heading.group(2).strip()]
+                level, title = found
+                path = [*path[: level - 1], title]
                 current = _Section(" > ".join(path), number if paged else None, [])
                 continue
             for sentence in split_sentences(line):

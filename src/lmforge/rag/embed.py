@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -59,7 +60,10 @@ def text_key(embedder: Embedder, text: str) -> str:
     return hashlib.sha256(f"{embedder.name}\0{text}".encode()).hexdigest()
 
 
+# an interrupted indexing run resumes from the last save: every this many batches or seconds,
+# whichever comes first (a first index of a large folder embeds for minutes)
 SAVE_EVERY_BATCHES = 16
+SAVE_EVERY_SECONDS = 30.0
 
 
 class EmbeddingCache:
@@ -82,13 +86,17 @@ class EmbeddingCache:
                           if k not in self.vectors}.items())
         bar = tqdm(total=len(missing), desc="embedding", unit="chunk",
                    disable=not progress or not missing)
+        saved, unsaved = time.monotonic(), 0
         for start in range(0, len(missing), batch):
             part = missing[start : start + batch]
             vectors = embedder.embed_passages([t for _, t in part])
             self.vectors.update(zip((k for k, _ in part), vectors, strict=True))
             bar.update(len(part))
-            if (start // batch + 1) % SAVE_EVERY_BATCHES == 0:
+            unsaved += 1
+            if (unsaved >= SAVE_EVERY_BATCHES
+                    or time.monotonic() - saved >= SAVE_EVERY_SECONDS):
                 self.save()  # an interrupted indexing run resumes from here
+                saved, unsaved = time.monotonic(), 0
             if on_batch:
                 on_batch(len(part))
         bar.close()

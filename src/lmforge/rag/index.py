@@ -4,40 +4,53 @@ BM25 keyword index, an embedding cache, an optional trained reranker, and a mani
 Re-indexing is incremental: each document has a content hash (text + metadata); unchanged
 documents are skipped, changed ones are re-chunked and replaced, and documents can be deleted
 (or pruned: every document no longer in the given sources). The keyword index is rebuilt from
-the chunk table on each update (seconds), so it can never drift from the vector store.
+the chunk table on each update (seconds), so it can never drift from the vector store. Each
+save publishes a new generation (``rag/manifest.py``): readers see one complete state, and the
+next writer repairs a store that a killed run left ahead of its manifest.
 
-Access: a document's ``tenant`` and ``acl`` (comma-separated principals) metadata go into the
-store with every chunk; a search for a user is restricted to chunks whose ACL names the user,
-one of their groups, or ``*`` (documents without an ACL), and to their tenant, inside the
-vector query and as a mask inside BM25 scoring, before the top k are taken.
+Access (``rag/access.py``) is decided from this index's own manifest: the readable documents go
+into the vector query as a condition and into BM25 scoring as a mask, before the top k are
+taken, and a store row the manifest does not list is dropped. Users' keyword statistics are
+computed over their own tenant's documents, so one tenant's documents never move another's
+scores.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from lmforge.atomic import atomic_write_jsonl, atomic_write_text
-from lmforge.config import IngestConfig, RagConfig, SourceConfig, from_dict, to_dict
-from lmforge.data import Document, Problem, Reader
+from lmforge.atomic import atomic_write_jsonl
+from lmforge.config import RagConfig, from_dict, to_dict
+from lmforge.data import Document
+from lmforge.rag.access import Access, acl_of, acl_problems, matches, may_read, open_to_all
 from lmforge.rag.chunk import chunk_text
 from lmforge.rag.embed import E5Embedder, Embedder, EmbeddingCache, text_key
 from lmforge.rag.keyword import ChineseAnalyzer, KeywordIndex, LexicalFeatures
+from lmforge.rag.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    RagIndexError,
+    chunks_path,
+    clear_pending,
+    keyword_path,
+    mark_pending,
+    pending,
+    prune_generations,
+    read_manifest,
+    write_manifest,
+)
+from lmforge.rag.sources import load_user_terms, read_sources
 from lmforge.rag.store import StoredChunk, StoreFilter, VectorStore, open_store
 
-MANIFEST = "index.json"
-CHUNKS = "chunks.jsonl"
-FORMAT_VERSION = 1
-PUBLIC = "*"
-
-
-class RagIndexError(RuntimeError):
-    """A missing or unreadable index folder."""
+__all__ = ["Access", "ChunkInfo", "DocInfo", "IndexReport", "RagIndex", "RagIndexError",
+           "read_sources"]
 
 
 @dataclass
@@ -64,22 +77,8 @@ class DocInfo:
 
     @property
     def acl(self) -> list[str]:
-        principals = [p.strip() for p in self.meta.get("acl", "").split(",") if p.strip()]
-        return principals or [PUBLIC]
-
-
-@dataclass
-class Access:
-    """Who is asking and what they restrict the search to."""
-
-    user: str | None = None  # None: no ACL check (an operator, or evaluation)
-    groups: list[str] = field(default_factory=list)
-    tenant: str | None = None
-    where: dict[str, str] = field(default_factory=dict)  # document metadata that must match
-
-    @property
-    def principals(self) -> list[str] | None:
-        return None if self.user is None else [self.user, *self.groups, PUBLIC]
+        """The principals it names (empty: ``rag.default_access`` decides)."""
+        return acl_of(self.meta)
 
 
 @dataclass
@@ -98,73 +97,125 @@ def document_hash(doc: Document) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def load_user_terms(path: str) -> list[str]:
-    """Domain terms: one per line, or jsonl records with a ``term`` field."""
-    if not path:
-        return []
-    terms = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            line = str(json.loads(line).get("term", ""))
-        if line:
-            terms.append(line)
-    return terms
-
-
 class RagIndex:
     def __init__(self, folder: Path, config: RagConfig, docs: dict[str, DocInfo],
                  chunks: dict[str, ChunkInfo], embedder_name: str | None,
-                 embedder: Embedder | None = None) -> None:
+                 embedder: Embedder | None = None, generation: int = 0,
+                 store: VectorStore | None = None) -> None:
         self.folder = Path(folder)
         self.config = config
         self.docs = docs
         self.chunks = chunks
         self.embedder_name = embedder_name
+        self.generation = generation  # the published state this object holds
         self._embedder = embedder
-        self._store: VectorStore | None = None
+        self._store = store
         self.analyzer = ChineseAnalyzer(load_user_terms(config.user_dict))
         self._keyword: KeywordIndex | None = None
         self._lexical: LexicalFeatures | None = None
+        self._tenants: dict[str, KeywordIndex] = {}  # BM25 over each tenant's documents
+        self._lock = threading.Lock()
 
     # ---- opening and saving -------------------------------------------------------------
     @classmethod
     def create(cls, folder: Path, config: RagConfig, embedder: Embedder | None = None
                ) -> RagIndex:
-        """Open the index in ``folder``, or start an empty one there."""
+        """Open the index in ``folder`` for writing (repairing what a killed run left), or
+        start an empty one there."""
         if (Path(folder) / MANIFEST).exists():
             index = cls.open(folder, embedder)
             index.config = config  # retrieval settings may change between runs
-            return index
-        return cls(folder, config, {}, {}, None, embedder)
+        else:
+            index = cls(folder, config, {}, {}, None, embedder)
+        if (Path(folder) / MANIFEST).exists() or pending(Path(folder)):
+            index.repair()
+        return index
 
     @classmethod
-    def open(cls, folder: Path, embedder: Embedder | None = None) -> RagIndex:
-        path = Path(folder) / MANIFEST
-        if not path.exists():
-            raise RagIndexError(f"{folder}: no RAG index here (run `lmforge rag index` first)")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("version") != FORMAT_VERSION:
-            raise RagIndexError(f"{path}: unsupported index format {manifest.get('version')}")
+    def open(cls, folder: Path, embedder: Embedder | None = None,
+             store: VectorStore | None = None) -> RagIndex:
+        """The published state of ``folder``: manifest, chunk table and keyword index of one
+        generation (retried if a writer pruned that generation while it was being read)."""
+        for attempt in range(3):
+            manifest = read_manifest(folder)
+            try:
+                return cls._from_manifest(Path(folder), manifest, embedder, store)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _from_manifest(cls, folder: Path, manifest: dict, embedder: Embedder | None,
+                       store: VectorStore | None) -> RagIndex:
         known = {f.name for f in fields(RagConfig)}  # settings of older versions are dropped
         config = from_dict(RagConfig, {k: v for k, v in manifest["config"].items()
                                        if k in known})
+        generation = int(manifest["generation"])
         docs = {d["doc_id"]: DocInfo(**d) for d in manifest["docs"]}
         chunks = {}
-        for line in (Path(folder) / CHUNKS).read_text(encoding="utf-8").splitlines():
+        for line in chunks_path(folder, generation).read_text(encoding="utf-8").splitlines():
             info = ChunkInfo(**json.loads(line))
             chunks[info.chunk_id] = info
-        return cls(folder, config, docs, chunks, manifest.get("embedder"), embedder)
+        index = cls(folder, config, docs, chunks, manifest.get("embedder"), embedder,
+                    generation, store)
+        keyword = keyword_path(folder, generation)
+        if (keyword / "chunk_ids.txt").exists():
+            index._keyword = KeywordIndex.load(keyword, index.analyzer)
+        return index
+
+    def reopen(self) -> RagIndex | None:
+        """The newest published generation when it is not this one's (same embedder, and the
+        same store connection when the store settings did not change), else None."""
+        manifest = read_manifest(self.folder)
+        if int(manifest["generation"]) == self.generation:
+            return None
+        fresh = RagIndex.open(self.folder, self._embedder)
+        if (fresh.config.store, fresh.config.qdrant_location) == (self.config.store,
+                                                                 self.config.qdrant_location):
+            fresh._store = self._store
+        return fresh
 
     def save(self) -> None:
-        """Chunks, keyword index, then the manifest last: a crash leaves the old manifest."""
-        self.keyword.save(self.folder / "keyword")
-        atomic_write_jsonl(self.folder / CHUNKS, (asdict(c) for c in self.chunks.values()))
-        manifest = {"version": FORMAT_VERSION, "config": to_dict(self.config),
-                    "embedder": self.embedder_name, "chunk_count": len(self.chunks),
-                    "docs": [asdict(d) for d in self.docs.values()]}
-        atomic_write_text(self.folder / MANIFEST,
-                          json.dumps(manifest, ensure_ascii=False, indent=1))
+        """Publish the next generation: its keyword index and chunk table under their own
+        names, then the manifest naming them, last. A kill anywhere leaves the last one."""
+        generation = self.generation + 1
+        self.keyword.save(keyword_path(self.folder, generation))
+        atomic_write_jsonl(chunks_path(self.folder, generation),
+                           (asdict(c) for c in self.chunks.values()))
+        write_manifest(self.folder, {
+            "version": FORMAT_VERSION, "generation": generation, "config": to_dict(self.config),
+            "embedder": self.embedder_name, "chunk_count": len(self.chunks),
+            "docs": [asdict(d) for d in self.docs.values()]})
+        self.generation = generation
+        clear_pending(self.folder)  # the store and the published manifest agree again
+        prune_generations(self.folder, generation)
+
+    def repair(self) -> int:
+        """Bring the vector store back to this manifest after a killed write: rows of
+        documents it was writing, and rows the manifest does not list, are deleted, and the
+        manifest's chunks missing from the store re-added (vectors from the cache). Returns
+        the number of documents repaired."""
+        suspects = set(pending(self.folder))
+        if not suspects and self.store.count() == len(self.chunks):
+            return 0
+        rows = self.store.rows()
+        suspects |= {doc_id for chunk_id, doc_id in rows.items() if chunk_id not in self.chunks}
+        suspects |= {c.doc_id for c in self.chunks.values() if c.chunk_id not in rows}
+        if not suspects and len(rows) != self.store.count():  # duplicated rows: all again
+            suspects = set(self.docs)
+        doc_ids = sorted(suspects)
+        self.store.delete_docs(doc_ids)
+        restored = [(self.docs[d], [self.chunks[c] for c in self.docs[d].chunks])
+                    for d in doc_ids if d in self.docs]
+        if restored:
+            cache = EmbeddingCache(self.folder / "embeddings.npz")
+            vectors = cache.embed(self.embedder, [c.text for _, cs in restored for c in cs],
+                                  progress=False)
+            self.store.upsert(stored_chunks(restored), vectors)
+            cache.save()
+        clear_pending(self.folder)
+        return len(doc_ids)
 
     # ---- parts, opened on first use --------------------------------------------------------
     @property
@@ -185,12 +236,9 @@ class RagIndex:
 
     @property
     def keyword(self) -> KeywordIndex:
+        """BM25 over every chunk: what operators search."""
         if self._keyword is None:
-            folder = self.folder / "keyword"
-            if (folder / "chunk_ids.txt").exists():
-                self._keyword = KeywordIndex.load(folder, self.analyzer)
-            else:
-                self._rebuild_keyword()
+            self._rebuild_keyword()
         assert self._keyword is not None
         return self._keyword
 
@@ -199,6 +247,21 @@ class RagIndex:
         self._keyword = KeywordIndex.build(self.analyzer, ids,
                                            [self.chunks[i].text for i in ids])
         self._lexical = None
+        self._tenants = {}
+
+    def tenant_keyword(self, tenant: str) -> KeywordIndex:
+        """BM25 over the documents a user of ``tenant`` could read at all (their tenant's,
+        and under ``public`` every document without principals), built on first use."""
+        policy = self.config.default_access
+        with self._lock:
+            if tenant not in self._tenants:
+                ids = [c.chunk_id for c in self.chunks.values()
+                       if (doc := self.docs[c.doc_id]).tenant == tenant
+                       or open_to_all(doc.acl, policy)]
+                self._tenants[tenant] = (self.keyword if len(ids) == len(self.chunks) else
+                                         KeywordIndex.build(self.analyzer, ids,
+                                                            [self.chunks[i].text for i in ids]))
+            return self._tenants[tenant]
 
     @property
     def lexical(self) -> LexicalFeatures:
@@ -235,6 +298,7 @@ class RagIndex:
             if not pieces:
                 report.problems.append(f"{doc.doc_id}: no text to index, skipped")
                 continue
+            report.problems += acl_problems(doc.doc_id, doc.meta, self.config.default_access)
             info = DocInfo(doc.doc_id, digest, doc.source, dict(doc.meta))
             chunks = [ChunkInfo(c.chunk_id, c.doc_id, c.index, c.text, c.page, c.heading)
                       for c in pieces]
@@ -257,13 +321,11 @@ class RagIndex:
         self.embedder_name = self.embedder.name
         for info, _ in changed:
             self._forget(info.doc_id)
-        stored = []
         for info, chunks in changed:
             self.docs[info.doc_id] = info
-            for chunk in chunks:
-                self.chunks[chunk.chunk_id] = chunk
-                stored.append(StoredChunk(chunk.chunk_id, info.doc_id, info.tenant, info.acl))
-        self.store.upsert(stored, vectors)
+            self.chunks.update((chunk.chunk_id, chunk) for chunk in chunks)
+        mark_pending(self.folder, [info.doc_id for info, _ in changed])
+        self.store.upsert(stored_chunks(changed), vectors)
         live = {text_key(self.embedder, c.text) for c in self.chunks.values()}
         cache.save(keep=live)
         self._rebuild_keyword()
@@ -294,6 +356,7 @@ class RagIndex:
     def delete(self, doc_ids: Sequence[str]) -> int:
         present = [d for d in doc_ids if d in self.docs]
         if present:
+            mark_pending(self.folder, present)
             self.store.delete_docs(present)
             for doc_id in present:
                 self._forget(doc_id)
@@ -301,62 +364,44 @@ class RagIndex:
         return len(present)
 
     # ---- access ---------------------------------------------------------------------------
-    def _readable_docs(self, access: Access) -> list[str] | None:
-        """Document ids passing the metadata filter; None when there is none."""
-        if not access.where:
+    def readable(self, access: Access) -> set[str] | None:
+        """The documents ``access`` may read, by this manifest; None: every one."""
+        if access.operator and not access.where:
             return None
-        return [d.doc_id for d in self.docs.values()
-                if all(d.meta.get(k) == v for k, v in access.where.items())]
-
-    def store_filter(self, access: Access) -> StoreFilter | None:
-        doc_ids = self._readable_docs(access)
-        if doc_ids is None and access.tenant is None and access.principals is None:
-            return None
-        return StoreFilter(doc_ids=doc_ids, tenant=access.tenant, principals=access.principals)
-
-    def allowed_mask(self, access: Access) -> np.ndarray | None:
-        """Boolean mask over the keyword index's chunks, the same conditions as store_filter."""
-        where = self.store_filter(access)
-        if where is None:
-            return None
-        readable = None if where.doc_ids is None else set(where.doc_ids)
-        principals = None if where.principals is None else set(where.principals)
-        mask = np.zeros(len(self.keyword.chunk_ids), dtype=bool)
-        for i, chunk_id in enumerate(self.keyword.chunk_ids):
-            doc = self.docs[self.chunks[chunk_id].doc_id]
-            mask[i] = ((readable is None or doc.doc_id in readable)
-                       and (where.tenant is None or doc.tenant == where.tenant)
-                       and (principals is None or bool(principals & set(doc.acl))))
-        return mask
+        policy = self.config.default_access
+        return {d.doc_id for d in self.docs.values()
+                if matches(d.meta, access.where) and may_read(access, d.tenant, d.acl, policy)}
 
     # ---- the two retrievers ---------------------------------------------------------------
     def dense(self, question: str, k: int, access: Access | None = None
               ) -> list[tuple[str, float]]:
+        """Nearest chunks among the readable ones; rows this manifest does not list (a newer
+        or torn write) are dropped, and access is checked again against the manifest."""
         if not self.chunks:
             return []
+        readable = self.readable(access or Access())
+        if readable is not None and not readable:
+            return []
         vector = self.embedder.embed_queries([question])[0]
-        return self.store.search(vector, k, self.store_filter(access or Access()))
+        where = None if readable is None else StoreFilter(doc_ids=sorted(readable))
+        return [(chunk_id, score) for chunk_id, score in self.store.search(vector, k, where)
+                if chunk_id in self.chunks
+                and (readable is None or self.chunks[chunk_id].doc_id in readable)]
 
     def keyword_search(self, question: str, k: int, access: Access | None = None
                        ) -> list[tuple[str, float]]:
-        mask = self.allowed_mask(access or Access())
-        scores = self.keyword.scores(question, mask)
+        access = access or Access()
+        keyword = self.keyword if access.operator else self.tenant_keyword(access.home)
+        readable = self.readable(access)
+        mask = None if readable is None else np.fromiter(
+            (self.chunks[i].doc_id in readable for i in keyword.chunk_ids), dtype=bool,
+            count=len(keyword.chunk_ids))
+        scores = keyword.scores(question, mask)
         order = np.argsort(-scores, kind="stable")[:k]
-        ids = self.keyword.chunk_ids
+        ids = keyword.chunk_ids
         return [(ids[i], float(scores[i])) for i in order if scores[i] > 0]
 
 
-def read_sources(paths: Sequence[Path], config: RagConfig) -> Iterable[Document | Problem]:
-    """Documents from files and folders in any format of the data pipeline; a bad file or
-    record becomes a Problem naming it, and the rest are read."""
-    limits = IngestConfig()
-    for path in paths:
-        source = SourceConfig(name=Path(path).name or str(path), path=str(path),
-                              id_field=config.id_field, meta_fields=config.meta_fields)
-        reader = Reader(source, limits)
-        for item in reader:
-            if isinstance(item, Document):
-                for key, value in reader.base_meta.items():  # the pipeline's, not the user's
-                    if item.meta.get(key) == value:
-                        del item.meta[key]
-            yield item
+def stored_chunks(changed: Iterable[tuple[DocInfo, list[ChunkInfo]]]) -> list[StoredChunk]:
+    return [StoredChunk(chunk.chunk_id, info.doc_id, info.tenant, info.acl)
+            for info, chunks in changed for chunk in chunks]

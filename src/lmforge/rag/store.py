@@ -6,9 +6,10 @@ may read, never cut down afterwards), ANN indexes (IVF-PQ) once a table is large
 one, and versioned, crash-safe writes. For teams that outgrow one machine, Qdrant: the same
 interface over ``qdrant-client``, a local folder or a server URL, with payload filters.
 
-Rows are chunks: id, document id, tenant, ACL principals, and the vector. Arbitrary document
-metadata (contract, title, ...) is resolved to document ids by the index and arrives here as a
-``doc_ids`` condition, so every backend supports every filter the same way.
+Rows are chunks: id, document id, tenant, ACL principals, and the vector. The index decides
+who may read what from its own manifest (``rag/access.py``) and arrives here with the readable
+documents as a ``doc_ids`` condition, so every backend supports every filter the same way and a
+row the manifest does not know (a torn or newer write) is never trusted for access.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +53,8 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def rows(self) -> dict[str, str]: ...
+
 
 def _sql_list(values: Sequence[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
@@ -78,7 +82,8 @@ class LanceStore:
         import pyarrow as pa
 
         self.dim = dim
-        self._db = lancedb.connect(str(folder))
+        # every read sees the latest committed version, also one another process wrote
+        self._db = lancedb.connect(str(folder), read_consistency_interval=timedelta(0))
         self._schema = pa.schema([
             pa.field("id", pa.string()), pa.field("doc_id", pa.string()),
             pa.field("tenant", pa.string()), pa.field("acl", pa.list_(pa.string())),
@@ -115,6 +120,11 @@ class LanceStore:
 
     def count(self) -> int:
         return int(self._table.count_rows())
+
+    def rows(self) -> dict[str, str]:
+        """Chunk id -> document id of every row (to repair the store against a manifest)."""
+        table = self._table.search().select(["id", "doc_id"]).limit(None).to_arrow()
+        return dict(zip(table["id"].to_pylist(), table["doc_id"].to_pylist(), strict=True))
 
 
 def point_id(chunk_id: str) -> str:
@@ -177,6 +187,18 @@ class QdrantStore:
 
     def count(self) -> int:
         return int(self._client.count(self.COLLECTION).count)
+
+    def rows(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        offset = None
+        while True:
+            points, offset = self._client.scroll(self.COLLECTION, limit=1000, offset=offset,
+                                                 with_payload=["id", "doc_id"],
+                                                 with_vectors=False)
+            found.update((str(p.payload["id"]), str(p.payload["doc_id"]))
+                         for p in points if p.payload)
+            if offset is None:
+                return found
 
 
 def open_store(backend: str, folder: Path, dim: int, location: str = "") -> VectorStore:

@@ -8,23 +8,21 @@ No HTTP routing here: ``routes.py`` only hands requests in.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
-from lmforge.infer import Event, beam_search
+from lmforge.infer import beam_search
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
+from lmforge.serve import limits
 from lmforge.serve.keys import Principal, access
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import (
@@ -38,21 +36,14 @@ from lmforge.serve.protocol import (
     new_id,
     usage,
 )
-from lmforge.serve.runner import EngineRunner, QueueFull
+from lmforge.serve.runner import EngineRunner
+from lmforge.serve.streams import Choice, Disconnected, Streams
+from lmforge.serve.tokens import chat_logprobs, completion_logprobs, settle
 from lmforge.tokenizer import encode_chat, with_system
 
 # request fields that, when sent, replace the assistant's sampling value of the same name
 SAMPLED = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
            "frequency_penalty", "seed")
-Stream = tuple[str, "asyncio.Queue[Event]"]
-
-
-@dataclass
-class Choice:
-    text: str
-    finished: str | None
-    tokens: int  # generated tokens
-    events: list[Event]  # empty for beam search
 
 
 def stops(stop: str | list[str] | None) -> list[str]:
@@ -80,6 +71,10 @@ class Serving:
     runner: EngineRunner
     metrics: Metrics
     grounding: Grounding | None = None
+    streams: Streams = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = Streams(self.tok, self.config, self.model_name, self.runner, self.metrics)
 
     @property
     def max_len(self) -> int:
@@ -87,14 +82,16 @@ class Serving:
 
     # -- the two generation endpoints -------------------------------------------------------
 
-    async def complete(self, body: CompletionRequest) -> Any:
+    async def complete(self, body: CompletionRequest,
+                       disconnected: Disconnected | None = None) -> Any:
         self.check(body)
+        limits.check_completion(body, self.config)
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             raise APIError(400, "send one prompt per request", param="prompt")
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         if not text:
             raise APIError(400, "prompt is empty", param="prompt")
-        prompt = self.tok.encode(text, add_special_tokens=False).ids
+        prompt = await run_in_threadpool(self.encode, text)  # off the event loop
         budget = self.budget(len(prompt), body.max_tokens, "prompt")
         request_id = new_id("cmpl")
         self.metrics.prompt_tokens += len(prompt) * body.n
@@ -102,10 +99,12 @@ class Serving:
             results = await self.beams(prompt, body, budget)
         else:
             config = sampling_config(body, self.assistant.sampling, budget, body.logprobs or 0)
-            streams = self.start(prompt, config, body.n, echo=body.echo)
+            streams = self.streams.start(prompt, config, body.n, echo=body.echo)
             if body.stream:
-                return self.sse(self.completion_chunks(request_id, streams), streams)
-            results = await self.collect(streams)
+                chunks = self.streams.completion_chunks(request_id, streams,
+                                                        body.logprobs is not None)
+                return self.streams.sse(chunks, streams)
+            results = await self.streams.collect(streams, disconnected, "prompt")
         total = sum(r.tokens for r in results)
         self.metrics.completion_tokens += total
         choices = []
@@ -119,9 +118,11 @@ class Serving:
         return envelope("text_completion", request_id, self.model_name, choices,
                         usage=usage(len(prompt), total))
 
-    async def chat(self, body: ChatCompletionRequest, principal: Principal | None) -> Any:
+    async def chat(self, body: ChatCompletionRequest, principal: Principal | None,
+                   disconnected: Disconnected | None = None) -> Any:
         """A conversation without a system message gets the assistant's."""
         self.check(body)
+        limits.check_chat(body, self.config)
         messages = with_system(self.assistant.system, [m.model_dump() for m in body.messages])
         requested = body.max_completion_tokens or body.max_tokens
         grounded = await self.ground(body, messages, principal, requested)
@@ -130,7 +131,7 @@ class Serving:
         if grounded is not None:
             messages = grounded.messages
         cited = {} if grounded is None else {"sources": grounded.sources()}
-        prompt = encode_chat(self.tok, messages, add_generation_prompt=True)
+        prompt = await run_in_threadpool(encode_chat, self.tok, messages, True)
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
         self.metrics.prompt_tokens += len(prompt) * body.n
@@ -139,14 +140,17 @@ class Serving:
         else:
             config = sampling_config(body, self.assistant.sampling, budget,
                                      body.top_logprobs or 0)
-            streams = self.start(prompt, config, body.n)
+            streams = self.streams.start(prompt, config, body.n)
             if body.stream:
-                return self.sse(self.chat_chunks(request_id, streams, cited), streams)
-            results = await self.collect(streams)
+                chunks = self.streams.chat_chunks(request_id, streams, cited, body.logprobs)
+                return self.streams.sse(chunks, streams)
+            results = await self.streams.collect(streams, disconnected, "messages")
         total = sum(r.tokens for r in results)
         self.metrics.completion_tokens += total
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
-                    "finish_reason": r.finished, "logprobs": None}
+                    "finish_reason": r.finished,
+                    "logprobs": (chat_logprobs(self.tok, self.streams.token_bytes, r.events)
+                                 if body.logprobs else None)}
                    for i, r in enumerate(results)]
         return envelope("chat.completion", request_id, self.model_name, choices,
                         usage=usage(len(prompt), total), **cited)
@@ -155,10 +159,9 @@ class Serving:
         if self.grounding is None:
             raise APIError(404, "no embedder: start the server with a RAG index (--rag-index)",
                            code="embeddings_unavailable")
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if any(not t for t in texts):
-            raise APIError(400, "input texts must be non-empty", param="input")
         embedder = self.grounding.index.embedder
+        limits.check_model(body.model, (self.model_name, embedder.name))
+        texts = limits.check_embedding(body, self.config)
         embed = embedder.embed_queries if body.input_type == "query" else embedder.embed_passages
         vectors = await run_in_threadpool(embed, texts)
         count = sum(len(t) for t in texts)
@@ -175,7 +178,12 @@ class Serving:
 
     # -- checks, grounding and the token budget ---------------------------------------------
 
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tok.encode(text, add_special_tokens=False).ids
+        return ids
+
     def check(self, body: SamplingFields) -> None:
+        limits.check_model(body.model, (self.model_name,))
         if body.use_beam_search:
             if body.stream:
                 raise APIError(400, "use_beam_search does not stream; send stream=false",
@@ -196,6 +204,8 @@ class Serving:
             raise APIError(400, "this server has no RAG index", param="rag")
         if not any(m["role"] == "user" for m in messages):
             raise APIError(400, "rag needs a user message to answer", param="messages")
+        question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        limits.check_question(question, self.config)
         options = body.rag if isinstance(body.rag, RagOptions) else RagOptions()
         room = self.max_len - (requested or self.assistant.sampling.max_new_tokens)
         return await run_in_threadpool(self.grounding.ground, messages, self.tok, room,
@@ -221,44 +231,13 @@ class Serving:
                                [{"index": 0, "delta": {"role": "assistant",
                                                        "content": NO_ANSWER},
                                  "finish_reason": "stop"}], sources=[])
-            return self.sse(chunks(), [])
+            return self.streams.sse(chunks(), [])
         return envelope("chat.completion", request_id, self.model_name,
                         [{"index": 0, "message": {"role": "assistant", "content": NO_ANSWER},
                           "finish_reason": "stop", "logprobs": None}],
                         usage=usage(0, 0), sources=[])
 
     # -- the engine ---------------------------------------------------------------------------
-
-    def start(self, prompt: list[int], config: SamplingConfig, n: int, echo: bool = False
-              ) -> list[Stream]:
-        """``n`` samples of one prompt (seeds ``seed``, ``seed + 1``, ...), or a 429."""
-        streams: list[Stream] = []
-        try:
-            for i in range(n):
-                request = new_id("gen")
-                seeded = dataclasses.replace(config, seed=config.seed + i)
-                streams.append((request, self.runner.submit(request, prompt, seeded, echo)))
-        except QueueFull as err:
-            for request, _ in streams:
-                self.runner.cancel(request)
-            raise APIError(429, f"server busy ({err}); retry later", kind="rate_limit_error",
-                           code="queue_full") from None
-        return streams
-
-    async def collect(self, streams: list[Stream]) -> list[Choice]:
-        results = []
-        for _, events in streams:
-            text, got = "", []
-            while True:
-                event = await events.get()
-                got.append(event)
-                text += event.text
-                if event.finished:
-                    break
-            if got[-1].finished == "error":
-                raise APIError(500, "generation failed; see the server log", kind="server_error")
-            results.append(Choice(text, got[-1].finished, len(got), got))
-        return results
 
     async def beams(self, prompt: list[int], body: SamplingFields, budget: int) -> list[Choice]:
         """The ``n`` best beams, in a worker thread (the event loop keeps serving)."""
@@ -267,74 +246,11 @@ class Serving:
         cut_at = stops(body.stop) if body.stop is not None else self.assistant.sampling.stop
         results = []
         for beam in found:
-            text = self.tok.decode(beam.tokens)  # without the end-of-turn token
             finished = "stop" if beam.finished else "length"
+            text = settle(self.tok.decode(beam.tokens), finished, beam.tokens,
+                          self.streams.token_bytes)
             hits = [text.find(s) for s in cut_at if s in text]
             if hits:
                 text, finished = text[:min(hits)], "stop"
             results.append(Choice(text, finished, len(beam.tokens), []))
         return results
-
-    async def merged(self, streams: list[Stream]) -> AsyncIterator[tuple[int, Event]]:
-        pending = {i: s for i, (_, s) in enumerate(streams)}
-        while pending:
-            for i, events in list(pending.items()):
-                event = await events.get()
-                yield i, event
-                if event.finished:
-                    del pending[i]
-
-    async def completion_chunks(self, request_id: str, streams: list[Stream]
-                                ) -> AsyncIterator[dict[str, Any]]:
-        async for i, event in self.merged(streams):
-            self.metrics.completion_tokens += 1
-            yield envelope("text_completion", request_id, self.model_name,
-                           [{"index": i, "text": event.text, "logprobs": None,
-                             "finish_reason": event.finished}])
-
-    async def chat_chunks(self, request_id: str, streams: list[Stream],
-                          cited: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        for i in range(len(streams)):
-            yield envelope("chat.completion.chunk", request_id, self.model_name,
-                           [{"index": i, "delta": {"role": "assistant", "content": ""},
-                             "finish_reason": None}], **cited)
-        async for i, event in self.merged(streams):
-            self.metrics.completion_tokens += 1
-            delta = {"content": event.text} if event.text else {}
-            yield envelope("chat.completion.chunk", request_id, self.model_name,
-                           [{"index": i, "delta": delta, "finish_reason": event.finished}])
-
-    def sse(self, chunks: AsyncIterator[dict[str, Any]], streams: list[Stream]
-            ) -> StreamingResponse:
-        requests = [request for request, _ in streams]
-
-        async def body() -> AsyncIterator[str]:
-            try:
-                async for chunk in chunks:
-                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-                yield "data: [DONE]\n\n"
-            finally:  # a client that went away stops its generation at the next step
-                for request in requests:
-                    self.runner.cancel(request)
-
-        return StreamingResponse(body(), media_type="text/event-stream")
-
-
-def completion_logprobs(tok: Tokenizer, prompt: list[int], events: list[Event], echo: bool
-                        ) -> dict[str, Any]:
-    """The legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs)."""
-    tokens: list[str] = []
-    values: list[float | None] = []
-    tops: list[dict[str, float] | None] = []
-    if echo and events and events[0].prompt_logprobs is not None:
-        tokens += [tok.decode([t]) for t in prompt]
-        values += events[0].prompt_logprobs
-        tops += [None] * len(prompt)
-    for event in events:
-        if event.token is None:
-            continue
-        tokens.append(tok.decode([event.token]))
-        values.append(event.logprob)
-        tops.append({tok.decode([t]): lp for t, lp in event.top_logprobs})
-    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
-            "text_offset": []}

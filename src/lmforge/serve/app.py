@@ -9,6 +9,7 @@ are thin; the adapter (``adapter.py``) talks to the engine. No module globals.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,13 +26,15 @@ from lmforge.infer import Engine
 from lmforge.model import Transformer
 from lmforge.rag import Grounding
 from lmforge.serve.adapter import Serving
+from lmforge.serve.body_limit import BodyLimit
 from lmforge.serve.keys import ApiKeys
-from lmforge.serve.metrics import Metrics
+from lmforge.serve.metrics import Metrics, route_label
 from lmforge.serve.protocol import APIError, error_body
 from lmforge.serve.routes import STATIC, router
 from lmforge.serve.runner import EngineRunner
 
 PUBLIC_PATHS = ("/health", "/static/")  # plus "/": the page itself carries no data
+log = logging.getLogger(__name__)
 
 
 def create_app(model: Transformer, tok: Tokenizer, assistant: AssistantConfig,
@@ -53,9 +56,13 @@ def create_app(model: Transformer, tok: Tokenizer, assistant: AssistantConfig,
     app.add_exception_handler(APIError, api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, crashed)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)  # inside guard: counted
     app.middleware("http")(guard)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
+    state.route_paths = frozenset(path for route in [*app.routes, *router.routes]
+                                  if (path := getattr(route, "path", None)))
     return app
 
 
@@ -73,10 +80,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def guard(request: Request, call_next: Any) -> Response:
-    """The API key (its principal goes on ``request.state``), the body limit, and metrics."""
+    """The API key (its principal goes on ``request.state``) and metrics (the body limit is
+    ``BodyLimit``'s, inside)."""
     state = request.app.state
     keys: ApiKeys = state.keys
-    config: ServeConfig = state.config
     path = request.url.path
     request.state.principal = None
     if keys.required and path != "/" and not path.startswith(PUBLIC_PATHS):
@@ -85,19 +92,18 @@ async def guard(request: Request, call_next: Any) -> Response:
             return JSONResponse(error_body("missing or invalid API key", "authentication_error",
                                            code="invalid_api_key"), status_code=401)
         request.state.principal = keys.keys[key]
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > config.max_body_bytes:
-        return JSONResponse(error_body(f"request body over {config.max_body_bytes} bytes",
-                                       code="request_too_large"), status_code=413)
     metrics: Metrics = state.metrics
-    with metrics.timed(path) as record:
+    with metrics.timed(route_label(state.route_paths, path)) as record:
         response: Response = await call_next(request)
         record(response.status_code)
     return response
 
 
 async def api_error(request: Request, err: APIError) -> JSONResponse:
+    """Logged without the request's text: the route, status, parameter and code only."""
     config: ServeConfig = request.app.state.config
+    log.info("%d %s %s: param=%s code=%s", err.status, request.method, request.url.path,
+             err.param, err.code)
     headers = {"Retry-After": str(config.retry_after_s)} if err.status == 429 else None
     return JSONResponse(error_body(err.message, err.kind, err.param, err.code),
                         status_code=err.status, headers=headers)
@@ -106,10 +112,20 @@ async def api_error(request: Request, err: APIError) -> JSONResponse:
 async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
     """A bad parameter is a 400 naming it, as OpenAI answers (FastAPI's default is a 422)."""
     first = err.errors()[0] if err.errors() else {}
-    location = [str(p) for p in first.get("loc", []) if p != "body"]
-    param = location[0] if location else None
+    # the path to the bad value, without pydantic's union tags ("function-after[...]", "str")
+    named = [p for p in first.get("loc", []) if p != "body"
+             and not (isinstance(p, str) and ("[" in p or p in ("str", "list[str]")))]
+    location = [str(p) for p in named]
+    param = named[0] if named and isinstance(named[0], str) else None  # not a JSON offset
     message = f"{'.'.join(location) or 'body'}: {first.get('msg', 'invalid request')}"
     return JSONResponse(error_body(message, param=param), status_code=400)
+
+
+async def crashed(request: Request, err: Exception) -> JSONResponse:
+    """A bug is still answered in OpenAI's shape (never a plain-text 500); the log has it."""
+    log.error("500 %s %s", request.method, request.url.path, exc_info=err)
+    return JSONResponse(error_body("internal error; see the server log", "server_error"),
+                        status_code=500)
 
 
 async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:

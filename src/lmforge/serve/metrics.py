@@ -1,5 +1,9 @@
 """Server metrics in Prometheus' text format: requests by route and status, tokens, latency,
-queue depth. A handful of counters does not need a client library."""
+queue depth. A handful of counters does not need a client library.
+
+Requests are labelled by route template (the matched route's path, "other" for none), so a
+client cannot grow the label set by asking for made-up paths; label values are escaped as the
+text format requires."""
 
 from __future__ import annotations
 
@@ -7,6 +11,22 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+
+OTHER = "other"
+
+
+def route_label(paths: frozenset[str], path: str) -> str:
+    """The route template ``path`` reaches (the app's routes have no path parameters; a
+    mount such as ``/static`` takes what lies below it), else "other"."""
+    if path in paths:
+        return path
+    mount = "/" + path.lstrip("/").split("/", 1)[0]
+    return mount if mount in paths and path.startswith(mount + "/") else OTHER
+
+
+def escape(value: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Metrics:
@@ -31,13 +51,13 @@ class Metrics:
 
     def render(self, queue_depth: int) -> str:
         lines = ["# TYPE lmforge_requests_total counter"]
-        lines += [f'lmforge_requests_total{{route="{r}",status="{s}"}} {n}'
+        lines += [f'lmforge_requests_total{{route="{escape(r)}",status="{s}"}} {n}'
                   for (r, s), n in sorted(self.requests.items())]
         lines += ["# TYPE lmforge_request_seconds summary"]
         for route in sorted(self.latency_count):
-            lines += [f'lmforge_request_seconds_sum{{route="{route}"}} '
+            lines += [f'lmforge_request_seconds_sum{{route="{escape(route)}"}} '
                       f"{self.latency_sum[route]:.6f}",
-                      f'lmforge_request_seconds_count{{route="{route}"}} '
+                      f'lmforge_request_seconds_count{{route="{escape(route)}"}} '
                       f"{self.latency_count[route]}"]
         lines += ["# TYPE lmforge_prompt_tokens_total counter",
                   f"lmforge_prompt_tokens_total {self.prompt_tokens}",

@@ -6,9 +6,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def well_formed(text: str) -> str:
+    """A lone surrogate (JSON's ``"\\ud800"``) is no Unicode text: the tokenizer, the embedder
+    and the UTF-8 response all fail on it, so it is a 400 naming the parameter."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the text holds a lone surrogate (not valid Unicode)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(well_formed)]
 
 
 class SamplingFields(BaseModel):
@@ -18,13 +31,13 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = ""
+    model: Text = ""
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -34,25 +47,25 @@ class SamplingFields(BaseModel):
     # vLLM's beam-search extension: the n most likely continuations (non-streaming only)
     use_beam_search: bool = False
     length_penalty: float = Field(default=1.0, ge=-10.0, le=10.0)
-    user: str | None = None
+    user: Text | None = None
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: Text | list[Text] = Field(min_length=1)
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class RagOptions(BaseModel):
     """The ``rag`` extension of a chat request: answer from the server's index."""
 
     top_k: int | None = Field(default=None, ge=1, le=20)
-    filter: dict[str, str] = Field(default_factory=dict)  # document metadata that must match
+    filter: dict[Text, Text] = Field(default_factory=dict)  # document metadata that must match
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -64,8 +77,8 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class EmbeddingRequest(BaseModel):
-    model: str = ""
-    input: str | list[str] = Field(min_length=1)
+    model: Text = ""
+    input: Text | list[Text] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"  # base64: little-endian float32
     input_type: Literal["query", "passage"] = "passage"  # extension: e5's two prefixes
 

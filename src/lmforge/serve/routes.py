@@ -69,9 +69,9 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    return await serving(request).complete(body)
+    return await serving(request).complete(body, request.is_disconnected)
 
 
 @router.post("/v1/chat/completions")
 async def chat(body: ChatCompletionRequest, request: Request) -> Any:
-    return await serving(request).chat(body, request.state.principal)
+    return await serving(request).chat(body, request.state.principal, request.is_disconnected)

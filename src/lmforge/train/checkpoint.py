@@ -1,6 +1,8 @@
 """Checkpoints that survive ``kill -9``: model and optimizer tensors in safetensors, everything
 else (step, data position, RNG, counters) in JSON, the whole folder renamed into place only when
-complete. Loading never unpickles anything.
+complete. Loading never unpickles anything. A save killed half-way leaves its temporary folder
+(``.step-000008.<random>.tmp``); the next save removes such leftovers, never a complete
+checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lmforge.atomic import atomic_dir
 from lmforge.model import load_state, save_model
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+LEFTOVER = re.compile(r"^\.step-\d{6,}\..+\.tmp$")  # atomic_dir's temporary name for step-N
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor],
@@ -55,6 +58,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any],
                     keep: int) -> Path:
     target = folder / f"step-{step:06d}"
+    remove_leftovers(folder)
     with atomic_dir(target) as tmp:
         save_model(model, tmp)
         opt_tensors, opt_plain = _optimizer_tensors(optimizer)
@@ -66,6 +70,18 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module,
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary folders of saves that were killed (only one process saves into
+    ``folder``, so any found are dead); return what was removed."""
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.iterdir()
+                   if LEFTOVER.match(p.name) and p.is_dir() and not p.is_symlink())
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

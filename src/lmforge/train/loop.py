@@ -27,7 +27,12 @@ from tqdm import tqdm
 
 from lmforge.config import TrainConfig
 from lmforge.model import model_config
-from lmforge.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from lmforge.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    remove_leftovers,
+    save_checkpoint,
+)
 from lmforge.train.distributed import DistInfo, all_reduce_sum, barrier
 from lmforge.train.metrics import MetricsLog, plot_losses
 from lmforge.train.schedule import lr_multiplier
@@ -160,6 +165,8 @@ class Trainer:
         return mean_loss, grad_norm, tokens * self.dist.world
 
     def _resume(self) -> tuple[int, dict[str, Any]]:
+        if self.dist.is_main:  # what saves killed midway left behind
+            remove_leftovers(self.checkpoints)
         found = list_checkpoints(self.checkpoints)
         if not found:
             return 0, {}

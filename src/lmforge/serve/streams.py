@@ -1,0 +1,172 @@
+"""The engine's event streams of one request: started on the engine thread (or a 429),
+collected whole while the client is watched (one that hangs up is cancelled), or sent as
+server-sent events. Either way a last event carries one of OpenAI's finish reasons, an answer
+cut by ``max_tokens`` loses a trailing half character, and log-probabilities are shaped as the
+endpoint's OpenAI object."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+from tokenizers import Tokenizer
+
+from lmforge.config import SamplingConfig, ServeConfig
+from lmforge.infer import Event
+from lmforge.serve.metrics import Metrics
+from lmforge.serve.protocol import APIError, envelope, error_body, new_id
+from lmforge.serve.runner import EngineRunner, QueueFull
+from lmforge.serve.tokens import TokenBytes, chat_logprobs, completion_logprobs, settle
+
+Stream = tuple[str, "asyncio.Queue[Event]"]
+Disconnected = Callable[[], Awaitable[bool]]  # Request.is_disconnected
+FINISHED = ("stop", "length", "tool_calls", "content_filter")  # OpenAI's finish reasons
+
+
+@dataclass
+class Choice:
+    text: str
+    finished: str | None
+    tokens: int  # generated tokens
+    events: list[Event]  # empty for beam search
+
+
+@dataclass
+class Streams:
+    tok: Tokenizer
+    config: ServeConfig
+    model_name: str
+    runner: EngineRunner
+    metrics: Metrics
+    token_bytes: TokenBytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_bytes = TokenBytes(self.tok)
+
+    def start(self, prompt: list[int], config: SamplingConfig, n: int, echo: bool = False
+              ) -> list[Stream]:
+        """``n`` samples of one prompt (seeds ``seed``, ``seed + 1``, ...), or a 429."""
+        streams: list[Stream] = []
+        try:
+            for i in range(n):
+                request = new_id("gen")
+                seeded = dataclasses.replace(config, seed=config.seed + i)
+                streams.append((request, self.runner.submit(request, prompt, seeded, echo)))
+        except QueueFull as err:
+            for request, _ in streams:
+                self.runner.cancel(request)
+            raise APIError(429, f"server busy ({err}); retry later", kind="rate_limit_error",
+                           code="queue_full") from None
+        return streams
+
+    def cancel(self, streams: list[Stream]) -> None:
+        for request, _ in streams:
+            self.runner.cancel(request)
+
+    async def collect(self, streams: list[Stream], disconnected: Disconnected | None,
+                      param: str) -> list[Choice]:
+        """Every stream's whole answer; a client that hangs up meanwhile has its generations
+        cancelled (checked every ``disconnect_poll_s``) instead of holding engine slots."""
+        gathering = asyncio.ensure_future(self.gather(streams, param))
+        finished = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({gathering}, timeout=self.config.disconnect_poll_s)
+                if done:
+                    results = gathering.result()
+                    finished = True
+                    return results
+                if disconnected is not None and await disconnected():
+                    raise APIError(499, "the client closed the request",
+                                   code="client_disconnected")
+        finally:
+            if not finished:
+                gathering.cancel()
+                self.cancel(streams)
+
+    async def gather(self, streams: list[Stream], param: str) -> list[Choice]:
+        results = []
+        for _, events in streams:
+            got: list[Event] = []
+            while True:
+                event = await events.get()
+                got.append(event)
+                if event.finished:
+                    break
+            finished = outcome(got[-1], param)
+            tokens = [e.token for e in got if e.token is not None]
+            text = settle("".join(e.text for e in got), finished, tokens, self.token_bytes)
+            results.append(Choice(text, finished, len(got), got))
+        return results
+
+    async def merged(self, streams: list[Stream]) -> AsyncIterator[tuple[int, Event]]:
+        """The streams' events interleaved; a last event in OpenAI's finish reasons, its text
+        without a half character (an engine failure is raised as an ``APIError``)."""
+        pending = {i: s for i, (_, s) in enumerate(streams)}
+        tokens: dict[int, list[int]] = {i: [] for i in pending}
+        while pending:
+            for i, events in list(pending.items()):
+                event = await events.get()
+                if event.token is not None:
+                    tokens[i].append(event.token)
+                if event.finished:
+                    event.finished = outcome(event, "prompt")
+                    event.text = settle(event.text, event.finished, tokens[i],
+                                        self.token_bytes)
+                    del pending[i]
+                yield i, event
+
+    async def completion_chunks(self, request_id: str, streams: list[Stream], logprobs: bool
+                                ) -> AsyncIterator[dict[str, Any]]:
+        async for i, event in self.merged(streams):
+            self.metrics.completion_tokens += 1
+            yield envelope("text_completion", request_id, self.model_name,
+                           [{"index": i, "text": event.text,
+                             "logprobs": (completion_logprobs(self.tok, [], [event], False)
+                                          if logprobs else None),
+                             "finish_reason": event.finished}])
+
+    async def chat_chunks(self, request_id: str, streams: list[Stream],
+                          cited: dict[str, Any], logprobs: bool = False
+                          ) -> AsyncIterator[dict[str, Any]]:
+        for i in range(len(streams)):
+            yield envelope("chat.completion.chunk", request_id, self.model_name,
+                           [{"index": i, "delta": {"role": "assistant", "content": ""},
+                             "finish_reason": None}], **cited)
+        async for i, event in self.merged(streams):
+            self.metrics.completion_tokens += 1
+            delta = {"content": event.text} if event.text else {}
+            choice = {"index": i, "delta": delta, "finish_reason": event.finished}
+            if logprobs:
+                choice["logprobs"] = chat_logprobs(self.tok, self.token_bytes, [event])
+            yield envelope("chat.completion.chunk", request_id, self.model_name, [choice])
+
+    def sse(self, chunks: AsyncIterator[dict[str, Any]], streams: list[Stream]
+            ) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            try:
+                try:
+                    async for chunk in chunks:
+                        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                except APIError as err:  # the 200 is sent: the failure goes in the stream
+                    failure = error_body(err.message, err.kind, err.param, err.code)
+                    yield f"data: {json.dumps(failure, ensure_ascii=False)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:  # a client that went away stops its generation at the next step
+                self.cancel(streams)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+def outcome(event: Event, param: str) -> str:
+    """A finished event's OpenAI finish reason; what is none of them is an error."""
+    if event.finished == "context_length_exceeded":
+        raise APIError(400, "the prompt leaves no room in this model's context", param=param,
+                       code="context_length_exceeded")
+    if event.finished not in FINISHED:
+        raise APIError(500, "generation failed; see the server log", kind="server_error")
+    return event.finished
