@@ -132,3 +132,17 @@ def test_truncated_pdf_never_crashes(tmp_path: Path) -> None:
 def test_missing_source_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="source 's'"):
         read(tmp_path / "nope")
+
+
+def test_a_source_under_a_dot_folder_is_read_and_its_hidden_files_are_not(tmp_path: Path
+                                                                           ) -> None:
+    """Hidden means hidden inside the source: a root under ``.cache/`` or reached through
+    ``..`` still reads (it read nothing, silently, before)."""
+    root = tmp_path / ".cache" / "docs"
+    (root / ".git").mkdir(parents=True)
+    (root / "policy.txt").write_text("保险合同条款" * 10, encoding="utf-8")
+    (root / ".notes.txt").write_text("私人笔记" * 10, encoding="utf-8")
+    (root / ".git" / "HEAD.txt").write_text("ref: refs/heads/main" * 5, encoding="utf-8")
+    for given in (root, root / ".." / "docs"):
+        docs, problems = read(given)
+        assert [d.doc_id for d in docs] == ["policy.txt"] and not problems

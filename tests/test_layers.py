@@ -35,11 +35,26 @@ def unit_of(path: Path, src: Path) -> str:
     return rel.parts[0].removesuffix(".py") if rel.parts != ("__init__.py",) else "lmforge"
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
+def module_of(path: Path, src: Path) -> list[str]:
+    """``lmforge.rag.index`` as parts (a package's ``__init__`` is the package)."""
+    parts = ["lmforge", *path.relative_to(src).with_suffix("").parts]
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def imports(path: Path, src: Path) -> list[tuple[int, str]]:
+    """Every module an import names, absolute: ``from lmforge import train`` names
+    ``lmforge.train``, and ``from ..rag import x`` is resolved against the file's package."""
     found = []
+    package = module_of(path, src)
+    if path.name != "__init__.py":
+        package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+            names = [f"{module}.{a.name}" if module == "lmforge" else module
+                     for a in node.names]
+            found += [(node.lineno, name) for name in names]
         elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
     return [(line, name) for line, name in found if name.split(".")[0] == "lmforge"]
@@ -50,9 +65,9 @@ def violations(src: Path, arrows: dict[str, set[str]]) -> list[str]:
     problems = []
     for path in sorted(src.rglob("*.py")):
         unit = unit_of(path, src)
-        for line, name in imports(path):
+        for line, name in imports(path, src):
             parts = name.split(".")
-            if len(parts) == 1 or parts[1] == unit:
+            if len(parts) == 1 or parts[1] in (unit, "__version__"):
                 continue  # ``from lmforge import __version__``, or the package itself
             target, where = parts[1], f"{path.relative_to(src.parent)}:{line}"
             if unit not in arrows:
@@ -80,6 +95,9 @@ def test_every_package_and_leaf_module_has_a_row() -> None:
     ("from lmforge.serve import create_app\n", "model -> serve is not an allowed arrow"),
     ("from lmforge.config.loader import ConfigError\n", "reaches past lmforge.config"),
     ("def f():\n    import lmforge.train\n", "model -> train is not an allowed arrow"),
+    ("from lmforge import train\n", "model -> train is not an allowed arrow"),
+    ("from ..rag import Grounding\n", "model -> rag is not an allowed arrow"),
+    ("from ..config.loader import ConfigError\n", "reaches past lmforge.config"),
 ])
 def test_the_check_catches_a_bad_import(tmp_path: Path, source: str, problem: str) -> None:
     """A copy of the tree with one bad import added to ``model`` fails the check."""

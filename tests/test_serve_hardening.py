@@ -221,7 +221,7 @@ def queue_depth(url: str) -> int:
 
 
 def test_a_client_that_hangs_up_is_cancelled(paced: str) -> None:
-    body = {"prompt": "保险", "max_tokens": 300, "temperature": 1.0}  # ~9 s of generation
+    body = {"prompt": "保险", "max_tokens": 300, "temperature": 1.0, "seed": 1}  # 300 tokens: ~9 s
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{paced}/v1/completions", json=body, timeout=0.5)
     left = time.time()

@@ -26,7 +26,7 @@ def test_the_old_comma_separated_env_var_is_an_error_naming_the_entry() -> None:
 
 def test_key_file_and_flags_share_the_parser(tmp_path: Path) -> None:
     key_file = tmp_path / "keys.txt"
-    key_file.write_text("# operators\nsk-ops\n\nsk-alice:alice:claims,staff:acme  # alice\n"
+    key_file.write_text("# operators\nsk-ops\n\n  # alice\nsk-alice:alice:claims,staff:acme  \n"
                         "sk-carol:carol::acme\n", encoding="utf-8")
     keys = load_api_keys(["sk-cli:dave:staff"], key_file, {})
     assert keys.keys == {"sk-cli": Principal("dave", ("staff",)), "sk-ops": None,
@@ -63,9 +63,9 @@ def test_bearer_prefix_is_required() -> None:
     keys = load_api_keys(["sk-ops", "sk-alice:alice"])
     assert keys.required and not ApiKeys().required
     assert keys.match("Bearer sk-ops") == "sk-ops"
-    assert keys.match("bearer  sk-alice ") == "sk-alice"
+    assert keys.match("bearer sk-alice ") == "sk-alice"  # trailing space: dropped
     for header in ("sk-ops", "Bearer sk-op", "Bearer sk-opsx", "Basic sk-ops", "", None,
-                   "Bearer 密钥"):
+                   "Bearer 密钥", "Bearer  sk-ops"):
         assert keys.match(header) is None
 
 

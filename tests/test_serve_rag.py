@@ -90,3 +90,15 @@ def test_rag_filter_extension(server: str) -> None:
     out = httpx.post(f"{server}/v1/chat/completions", json=body,
                      headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert {s["document"] for s in out["sources"]} <= {"cooling-off", "grace"}
+
+
+@pytest.mark.parametrize("field", ["acl", "tenant", "ACL"])
+def test_a_filter_on_access_metadata_is_refused(server: str, field: str) -> None:
+    """Answer versus no-answer under ``{"acl": "alice"}`` would tell a reader who may read
+    what: such a filter is a 400 naming it, never a 500 or an answer."""
+    body = {"model": "tiny-rag", "max_tokens": 2, "rag": {"filter": {field: "alice"}},
+            "messages": [{"role": "user", "content": "理赔准备金提高到多少？"}]}
+    out = httpx.post(f"{server}/v1/chat/completions", json=body,
+                     headers={"Authorization": f"Bearer {ALICE}"})
+    assert out.status_code == 400
+    assert out.json()["error"]["param"] == "rag.filter"

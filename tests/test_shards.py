@@ -80,7 +80,8 @@ def test_crash_midway_leaves_previous_shards_intact(tiny_run: Path, tmp_path: Pa
 
     monkeypatch.setattr(shards_module.ShardWriter, "_flush", dying_flush)
     with pytest.raises(KeyboardInterrupt):
-        tokenize_corpus(data_dir, tiny_run / "tokenizer", ShardConfig(shard_tokens=2048))
+        tokenize_corpus(data_dir, tiny_run / "tokenizer", data_dir / "shards",
+                        ShardConfig(shard_tokens=2048))
     assert (data_dir / "shards" / "index.json").read_bytes() == before
     ShardSet(data_dir / "shards", verify_checksums=True).shards("train")
     assert not [p for p in data_dir.iterdir() if p.name.startswith(".shards")]

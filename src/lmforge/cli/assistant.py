@@ -17,12 +17,10 @@ from lmforge.config import RecipeConfig
 MODEL = "runs/insurance-zh/dpo/model"
 
 
-def _load(args: argparse.Namespace, model: Path | None = None) -> tuple[Any, Any]:
-    """``lmforge run --serve`` has no adapter or quantisation flags: the run's model as it is."""
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from lmforge.infer import load_for_inference
 
-    return load_for_inference(model or args.model, getattr(args, "adapter", None),
-                              getattr(args, "quantize", "none"))
+    return load_for_inference(args.model, args.adapter, args.quantize)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -66,14 +64,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def serve_model(args: argparse.Namespace, config: RecipeConfig, model_dir: Path,
                 rag_index: Path | None) -> None:
     """The server over a model folder (``lmforge serve``, ``lmforge run --serve``)."""
-    from lmforge.rag import Grounding
-    from lmforge.serve import load_api_keys, run_server
+    from lmforge.serve import load_api_keys, serve_folder
 
-    keys = load_api_keys(args.api_key, args.api_key_file, os.environ)
-    grounding = Grounding.open(rag_index) if rag_index else None
-    model, tok = _load(args, model_dir)
-    run_server(model, tok, config.assistant, config.serve, keys, grounding,
-               config.serve.model_name or model_dir.name)
+    serve_folder(model_dir, config.assistant, config.serve,
+                 load_api_keys(args.api_key, args.api_key_file, os.environ), rag_index,
+                 getattr(args, "adapter", None), getattr(args, "quantize", "none"))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

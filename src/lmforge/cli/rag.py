@@ -17,15 +17,10 @@ def _rag_config(args: argparse.Namespace) -> Any:
 
 
 def _access(args: argparse.Namespace) -> Any:
-    from lmforge.rag import Access
+    from lmforge.rag import Access, parse_where
 
-    where = {}
-    for item in args.where or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--where {item!r}: expected FIELD=VALUE")
-        where[key] = value
-    return Access(user=args.user, groups=args.group or [], tenant=args.tenant, where=where)
+    return Access(user=args.user, groups=args.group or [], tenant=args.tenant,
+                  where=parse_where(args.where or []))
 
 
 def cmd_rag_index(args: argparse.Namespace) -> None:

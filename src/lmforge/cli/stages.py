@@ -57,6 +57,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from lmforge.pipeline import STAGES, RunLayout, run_recipe, write_report_card
 
     config = load_recipe(args)
+    if args.serve and args.until and args.until != STAGES[-1].name:
+        raise ValueError("--serve needs every stage; drop --until (or serve the model with "
+                         "`lmforge serve` once the run is complete)")
     results = run_recipe(config, STAGES, print, args.until, set(args.force or []))
     if args.until and args.until != STAGES[-1].name:
         return

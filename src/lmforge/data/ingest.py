@@ -122,8 +122,8 @@ class Reader:
         inside: list[Path] = []
         outside: list[Problem] = []
         for path in sorted(self.root.glob(self.source.glob)):
-            if any(part.startswith(".") for part in path.parts):
-                continue
+            if any(part.startswith(".") for part in path.relative_to(self.root).parts):
+                continue  # hidden files and folders inside the source (not above it)
             try:
                 target = path.resolve()
             except (OSError, RuntimeError):  # a loop of links

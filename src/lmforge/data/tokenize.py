@@ -19,7 +19,7 @@ from lmforge.atomic import atomic_dir
 from lmforge.config import ShardConfig
 from lmforge.data.report import write_data_report
 from lmforge.data.shards import ShardWriter, token_dtype, write_index
-from lmforge.tokenizer import EOS, load_tokenizer
+from lmforge.tokenizer import EOS, load_tokenizer, plain_text_tokenizer
 
 
 def _batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
@@ -39,9 +39,12 @@ def _count_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, config: ShardConfig) -> dict[str, Any]:
-    """Write ``data_dir/shards`` from ``data_dir/corpus``; return the shard index."""
-    tok = load_tokenizer(tokenizer_dir)
+def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, config: ShardConfig
+                    ) -> dict[str, Any]:
+    """Write ``out_dir`` from the corpus the data stage left in ``data_dir``; return the shard
+    index. Document text is encoded as plain text: a document that writes ``<|im_end|>`` does
+    not teach the model a control token."""
+    tok = plain_text_tokenizer(load_tokenizer(tokenizer_dir))
     eos_id = tok.token_to_id(EOS)
     if eos_id is None:
         raise ValueError(f"{tokenizer_dir}: tokenizer has no {EOS} token")
@@ -52,7 +55,7 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, config: ShardConfig) ->
     report = json.loads(report_path.read_text(encoding="utf-8"))
     sources = list(report["sources"])
     splits: dict[str, Any] = {}
-    with atomic_dir(data_dir / "shards") as tmp:
+    with atomic_dir(out_dir) as tmp:
         for split in ("train", "val"):
             path = data_dir / "corpus" / f"{split}.jsonl"
             writer = ShardWriter(tmp, split, dtype, config.shard_tokens)

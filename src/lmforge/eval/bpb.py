@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from lmforge.data import ShardSet, jsonl_records
 from lmforge.model import Transformer
-from lmforge.tokenizer import to_bits_per_byte, token_byte_lengths
+from lmforge.tokenizer import encode_text, to_bits_per_byte, token_byte_lengths
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:
@@ -52,8 +52,7 @@ def document_nll(model: Transformer, ids: list[int]) -> float:
 
 
 def bits_per_byte(model: Transformer, tok: Tokenizer, texts: list[str]) -> dict[str, Any]:
-    return score_documents(model, tok, [tok.encode(t, add_special_tokens=False).ids
-                                        for t in texts])
+    return score_documents(model, tok, [encode_text(tok, t) for t in texts])
 
 
 def score_documents(model: Transformer, tok: Tokenizer, documents: Iterable[list[int]]

@@ -9,7 +9,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from lmforge.atomic import atomic_write_text
+from lmforge.atomic import atomic_dir, atomic_write_text
 from lmforge.config import RerankerConfig, TokenizerConfig, write_resolved
 from lmforge.model import RerankGroup
 from lmforge.rag import RERANKER_FEATURES, RERANKER_FOLDER, RagIndex, read_queries, training_groups
@@ -44,10 +44,9 @@ def train_reranker(index_dir: Path, queries_path: Path, config: RerankerConfig, 
             "enabled": trained["enabled"],
             "max_len": config.train.seq_len, "group_field": config.group_field,
             "trained_groups": sorted({q.group for q in queries} - set(stats["held_out_groups"]))}
-    folder = out / "model"
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder, meta)
-    tok.save(str(folder / "tokenizer.json"))
+    with atomic_dir(out / "model") as folder:  # a running server never loads half a model
+        model.save(folder, meta)
+        tok.save(str(folder / "tokenizer.json"))
     write_resolved(config, out)
     return write_report(out, stats, trained, val)
 

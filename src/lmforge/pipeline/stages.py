@@ -55,11 +55,11 @@ def tokenizer_stage(tokenizer: TokenizerConfig, corpus: Path, out: Path) -> dict
                         "report": str(out / "report.md")}}
 
 
-def shards_stage(shards: ShardConfig, data: Path, tokenizer: Path) -> dict[str, Any]:
-    """``data`` is the data stage's folder: its corpus in, ``data/shards`` out."""
-    index = tokenize_corpus(data, tokenizer, shards)
+def shards_stage(shards: ShardConfig, data: Path, tokenizer: Path, out: Path) -> dict[str, Any]:
+    """``data`` is the data stage's folder (its corpus and report)."""
+    index = tokenize_corpus(data, tokenizer, out, shards)
     counts = ", ".join(f"{s} {v['tokens']:,}" for s, v in index["splits"].items())
-    return {"headline": f"tokens: {counts}", "outputs": {"shards": str(data / "shards")}}
+    return {"headline": f"tokens: {counts}", "outputs": {"shards": str(out)}}
 
 
 def _trained(report: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -151,7 +151,8 @@ STAGES = [
     Stage("tokenizer", tokenizer_stage, lambda r, layout: {
         "tokenizer": r.tokenizer, "corpus": layout.corpus, "out": layout.tokenizer}),
     Stage("shards", shards_stage, lambda r, layout: {
-        "shards": r.data.shards, "data": layout.stage("data"), "tokenizer": layout.tokenizer}),
+        "shards": r.data.shards, "data": layout.stage("data"), "tokenizer": layout.tokenizer,
+        "out": layout.shards}),
     Stage("pretrain", pretrain_stage, lambda r, layout: {
         "model": r.model, "train": r.pretrain, "tokenizer": layout.tokenizer,
         "shards": layout.shards, "out": layout.stage("pretrain"), "seed": r.run.seed},

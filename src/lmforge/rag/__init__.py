@@ -1,7 +1,7 @@
 """Retrieval-augmented answering over a company's documents: chunking, embeddings, a vector
 store, BM25, fusion, a trained reranker, access control, answering with citations, evaluation."""
 
-from lmforge.rag.access import Access
+from lmforge.rag.access import Access, parse_where
 from lmforge.rag.answer import GroundedPrompt, Grounding, Retrieved
 from lmforge.rag.evaluate import evaluate
 from lmforge.rag.index import IndexReport, RagIndex, RagIndexError, read_sources
@@ -12,4 +12,5 @@ from lmforge.rag.retrieve import Hit, Retriever
 
 __all__ = ["RERANKER_FEATURES", "RERANKER_FOLDER", "Access", "GroundedPrompt", "Grounding",
            "Hit", "IndexReport", "RagIndex", "RagIndexError", "Reranker", "Retrieved",
-           "Retriever", "evaluate", "read_queries", "read_sources", "training_groups"]
+           "Retriever", "evaluate", "parse_where", "read_queries", "read_sources",
+           "training_groups"]

@@ -6,12 +6,12 @@ or misspelled) falls to ``rag.default_access``: ``private`` (the default) lets o
 read it, ``tenant`` every user of its tenant, ``public`` every user of every tenant. Operators
 (``Access`` without a user: an operator key, the CLI, evaluation) read everything. A user's key
 without a tenant reads only documents without a tenant. Access metadata never leaves the index:
-``public_meta`` is what a reader is shown.
+``public_meta`` is what a reader is shown, and a filter (``where``) may not name it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 PUBLIC = "*"
@@ -28,6 +28,9 @@ class Access:
     groups: list[str] = field(default_factory=list)
     tenant: str | None = None  # a user without one reads only documents without a tenant
     where: dict[str, str] = field(default_factory=dict)  # document metadata that must match
+
+    def __post_init__(self) -> None:
+        check_where(self.where)
 
     @property
     def operator(self) -> bool:
@@ -66,14 +69,40 @@ def may_read(access: Access, tenant: str, acl: list[str], policy: str) -> bool:
     return bool(set(acl) & set(access.principals or ()))
 
 
+def is_access_field(key: str) -> bool:
+    """Metadata that says who may read a document (or looks like it): never shown, never
+    filtered on."""
+    return key.lower() in ACCESS_FIELDS or key.lower() in ACL_LOOKALIKES
+
+
+def check_where(where: Mapping[str, str]) -> None:
+    """A filter on access metadata would let a reader probe, by answer or no answer, which
+    readable documents carry a value: refused."""
+    for key in where:
+        if is_access_field(str(key)):
+            raise ValueError(f"filter field {key!r} is not allowed (access metadata)")
+
+
+def parse_where(items: Sequence[str]) -> dict[str, str]:
+    """``FIELD=VALUE`` items (the CLI's ``--where``) as a filter."""
+    where: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--where {item!r}: expected FIELD=VALUE")
+        where[key.strip()] = value
+    check_where(where)
+    return where
+
+
 def matches(meta: Mapping[str, str], where: Mapping[str, str]) -> bool:
+    check_where(where)
     return all(meta.get(k) == v for k, v in where.items())
 
 
 def public_meta(meta: Mapping[str, str]) -> dict[str, str]:
     """A document's metadata as a reader may see it: without who may read it."""
-    return {k: v for k, v in meta.items()
-            if k.lower() not in ACCESS_FIELDS and k.lower() not in ACL_LOOKALIKES}
+    return {k: v for k, v in meta.items() if not is_access_field(k)}
 
 
 def acl_problems(doc_id: str, meta: Mapping[str, str], policy: str) -> list[str]:

@@ -11,27 +11,32 @@ Fusion and reranker scores are rank-based or uncalibrated and cannot gate on the
 so what the evaluation scores is what users get. It retrieves for the conversation's last user
 message, applies the no-answer gate, and fits the passages into the room the caller leaves for
 the prompt (counted in tokens of the model's own chat encoding). Each call first checks (one
-``stat``) whether the index folder published a newer generation; if so the new one is opened
-once, under a lock, and swapped in whole, while calls already running finish on the old one.
+``stat``, and a look at the reranker's files) whether the index folder published a newer
+generation or reranker; if so the new one is opened once, under a lock, and swapped in whole,
+while calls already running finish on the old one. One that fails to open is logged, the old
+state kept, and it is not retried until its files change again.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer
 
 from lmforge.prompts import Passage, rag_user_message
 from lmforge.rag.access import Access, public_meta
 from lmforge.rag.index import RagIndex
-from lmforge.rag.manifest import RagIndexError, stamp
-from lmforge.rag.rerank import Reranker
+from lmforge.rag.manifest import stamp
+from lmforge.rag.rerank import Reranker, model_stamp
 from lmforge.rag.retrieve import Hit, Retriever
 from lmforge.tokenizer import Message, encode_chat
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,17 +87,28 @@ class GroundedPrompt:
         return self.retrieved.sources() if self.answerable else []
 
 
+class State(NamedTuple):
+    """What one request is served from, replaced whole in one assignment: the retriever and
+    the stamps (manifest, reranker files) of what it was opened from."""
+
+    index_stamp: object
+    reranker_stamp: object
+    retriever: Retriever
+
+
 class Grounding:
     """Retrieval for answering: the top passages, and whether any is relevant at all; always
-    over the newest generation its index folder has published."""
+    over the newest generation its index folder has published (and its newest reranker)."""
 
     def __init__(self, retriever: Retriever, reload_reranker: bool | None = None) -> None:
-        self.retriever = retriever
-        # a newer generation gets its reranker loaded when this one has (or was opened with) one
+        # a newer reranker is loaded when this one has (or was opened with) one
         self._reload_reranker = (retriever.reranker is not None if reload_reranker is None
                                  else reload_reranker)
         self._swap = threading.Lock()
-        self._stamp = stamp(retriever.index.folder)
+        folder = retriever.index.folder
+        self._state = State(stamp(folder), self._reranker_stamp(folder), retriever)
+        # stamps whose loading failed: retried only once they change again
+        self._failed: tuple[object, object] = (None, None)
 
     @classmethod
     def open(cls, folder: Path) -> Grounding:
@@ -101,29 +117,66 @@ class Grounding:
         return cls(Retriever(index, Reranker.load(index)), reload_reranker=True)
 
     @property
+    def retriever(self) -> Retriever:
+        return self._state.retriever
+
+    @property
     def index(self) -> RagIndex:
         return self.current().index
 
+    def _reranker_stamp(self, folder: Path) -> object:
+        return model_stamp(folder) if self._reload_reranker else None
+
+    def _stale(self, state: State, index_now: object, reranker_now: object) -> bool:
+        return ((index_now != state.index_stamp and index_now != self._failed[0])
+                or (reranker_now != state.reranker_stamp and reranker_now != self._failed[1]))
+
     def current(self) -> Retriever:
-        """The retriever of the newest published generation. A changed manifest is opened by
-        one caller while the others wait, so nobody is served a state the index has replaced
-        (a revoked document stays revoked); an unreadable one keeps the old state."""
-        retriever = self.retriever
-        if stamp(retriever.index.folder) == self._stamp:
-            return retriever
+        """The retriever of the newest published generation. A changed manifest (or reranker)
+        is opened by one caller while the others wait, so nobody is served a state the index
+        has replaced (a revoked document stays revoked). One that cannot be read keeps the old
+        state, and is not tried again until it changes."""
+        state = self._state  # one read: the stamps and the retriever belong together
+        folder = state.retriever.index.folder
+        if not self._stale(state, stamp(folder), self._reranker_stamp(folder)):
+            return state.retriever
         with self._swap:
-            now = stamp(self.retriever.index.folder)
-            if now != self._stamp:
-                try:
-                    fresh = self.retriever.index.reopen()
-                except (RagIndexError, OSError, ValueError):
-                    return self.retriever
+            state = self._state
+            index_now, reranker_now = stamp(folder), self._reranker_stamp(folder)
+            if self._stale(state, index_now, reranker_now):
+                self._state = self._refresh(state, index_now, reranker_now)
+            return self._state.retriever
+
+    def _refresh(self, state: State, index_now: object, reranker_now: object) -> State:
+        """The state for the stamps taken before reading (a write that lands while reading
+        changes them again, and is picked up on the next call)."""
+        index, reranker = state.retriever.index, state.retriever.reranker
+        index_stamp, reranker_stamp = state.index_stamp, state.reranker_stamp
+        failed_index, failed_reranker = self._failed
+        if index_now != index_stamp and index_now != failed_index:
+            try:
+                fresh = index.reopen()
                 if fresh is not None:
                     fresh.lexical  # noqa: B018  (built before anyone is served from it)
-                    reranker = Reranker.load(fresh) if self._reload_reranker else None
-                    self.retriever = Retriever(fresh, reranker)
-                self._stamp = now
-            return self.retriever
+            except Exception:
+                log.exception("%s: the new index generation could not be opened; still "
+                              "serving generation %d", index.folder, index.generation)
+                failed_index = index_now
+            else:
+                index, index_stamp, failed_index = fresh or index, index_now, None
+        if reranker_now != reranker_stamp and reranker_now != failed_reranker:
+            try:
+                reranker = Reranker.load(index)
+            except Exception:
+                log.exception("%s: the reranker could not be loaded; keeping the one loaded "
+                              "before", index.folder)
+                failed_reranker = reranker_now
+            else:
+                reranker_stamp, failed_reranker = reranker_now, None
+        self._failed = (failed_index, failed_reranker)
+        if index is state.retriever.index and reranker is state.retriever.reranker:
+            return State(index_stamp, reranker_stamp, state.retriever)
+        return State(index_stamp, reranker_stamp, Retriever(index, reranker))
 
     def ground(self, messages: Sequence[Message], tok: Tokenizer, room: int,
                access: Access | None = None, k: int | None = None) -> GroundedPrompt:
@@ -148,18 +201,19 @@ class Grounding:
         retriever = self.current()  # one snapshot for the whole call
         k = k or retriever.index.config.top_k
         pool = retriever.search(question, access, "final")
-        return Retrieved(pool[:k], self.is_relevant(question, pool, k, retriever))
+        return Retrieved(pool[:k], self.is_relevant(question, pool, k, retriever, access))
 
     def is_relevant(self, question: str, pool: Sequence[Hit], k: int,
-                    retriever: Retriever | None = None) -> bool:
+                    retriever: Retriever | None = None, access: Access | None = None) -> bool:
         """The pool is what this user may read (a hidden document must not even reveal that an
         answer exists); it holds the dense retriever's whole list, so its best cosine is the
-        best readable chunk's."""
+        best readable chunk's. Term weights are the reader's tenant's (``lexical_for``), so
+        another tenant's documents do not change whether a question counts as answerable."""
         if not pool:
             return False
         index = (retriever or self.retriever).index
         best_dense = max(h.features.get("dense", 0.0) for h in pool)
-        lexical = index.lexical
+        lexical = index.lexical_for(access)
         terms = set(lexical.analyzer(question))
         coverage = max(lexical.coverage(terms, set(lexical.analyzer(h.chunk.text)))[0]
                        for h in pool[:k])

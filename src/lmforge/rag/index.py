@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import RagConfig, from_dict, to_dict
 from lmforge.data import Document
-from lmforge.rag.access import Access, acl_of, acl_problems, matches, may_read, open_to_all
+from lmforge.rag.access import Access, acl_of, acl_problems, matches, may_read
 from lmforge.rag.chunk import chunk_text
 from lmforge.rag.embed import E5Embedder, Embedder, EmbeddingCache, text_key
 from lmforge.rag.keyword import ChineseAnalyzer, KeywordIndex, LexicalFeatures
@@ -48,6 +47,7 @@ from lmforge.rag.manifest import (
 )
 from lmforge.rag.sources import load_user_terms, read_sources
 from lmforge.rag.store import StoredChunk, StoreFilter, VectorStore, open_store
+from lmforge.rag.tenants import TenantStatistics
 
 __all__ = ["Access", "ChunkInfo", "DocInfo", "IndexReport", "RagIndex", "RagIndexError",
            "read_sources"]
@@ -113,8 +113,7 @@ class RagIndex:
         self.analyzer = ChineseAnalyzer(load_user_terms(config.user_dict))
         self._keyword: KeywordIndex | None = None
         self._lexical: LexicalFeatures | None = None
-        self._tenants: dict[str, KeywordIndex] = {}  # BM25 over each tenant's documents
-        self._lock = threading.Lock()
+        self._tenants = TenantStatistics()  # BM25 and coverage statistics per tenant
 
     # ---- opening and saving -------------------------------------------------------------
     @classmethod
@@ -247,26 +246,27 @@ class RagIndex:
         self._keyword = KeywordIndex.build(self.analyzer, ids,
                                            [self.chunks[i].text for i in ids])
         self._lexical = None
-        self._tenants = {}
+        self._tenants.clear()
 
     def tenant_keyword(self, tenant: str) -> KeywordIndex:
         """BM25 over the documents a user of ``tenant`` could read at all (their tenant's,
         and under ``public`` every document without principals), built on first use."""
-        policy = self.config.default_access
-        with self._lock:
-            if tenant not in self._tenants:
-                ids = [c.chunk_id for c in self.chunks.values()
-                       if (doc := self.docs[c.doc_id]).tenant == tenant
-                       or open_to_all(doc.acl, policy)]
-                self._tenants[tenant] = (self.keyword if len(ids) == len(self.chunks) else
-                                         KeywordIndex.build(self.analyzer, ids,
-                                                            [self.chunks[i].text for i in ids]))
-            return self._tenants[tenant]
+        return self._tenants.keyword(tenant, self.docs, self.chunks, self.config.default_access,
+                                     self.analyzer, lambda: self.keyword)
+
+    def lexical_for(self, access: Access | None = None) -> LexicalFeatures:
+        """The coverage statistics ``access`` is judged with (no-answer gate, reranker): over
+        every chunk for operators, over what their tenant could read for users."""
+        if access is None or access.operator:
+            return self.lexical
+        return self._tenants.lexical(access.home, self.docs, self.chunks,
+                                     self.config.default_access, self.analyzer,
+                                     lambda: self.lexical)
 
     @property
     def lexical(self) -> LexicalFeatures:
-        """Term statistics of the chunks, built once and shared by the reranker and the
-        no-answer gate (building them reads every chunk)."""
+        """Term statistics of every chunk (operators'), built once and shared by the reranker
+        and the no-answer gate (building them reads every chunk)."""
         if self._lexical is None:
             self._lexical = LexicalFeatures(self.analyzer, ((c.doc_id, c.text)
                                                             for c in self.chunks.values()))

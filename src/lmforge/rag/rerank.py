@@ -29,7 +29,7 @@ from lmforge.rag.index import RagIndex
 from lmforge.rag.keyword import LexicalFeatures
 from lmforge.rag.retrieve import Hit, Retriever
 from lmforge.splits import held_out
-from lmforge.tokenizer import IM_START, load_tokenizer
+from lmforge.tokenizer import IM_START, encode_text, load_tokenizer
 
 RETRIEVAL_FEATURES = ("rrf", "dense", "keyword", "dense_rank", "keyword_rank")
 COVERAGE = ("idf_coverage", "bigram_coverage", "word_coverage")
@@ -64,20 +64,38 @@ def feature_matrix(hits: Sequence[Hit], question: str, lexical: LexicalFeatures)
 
 
 def pair_ids(tok: Tokenizer, question: str, passage: str, max_len: int) -> list[int]:
-    """Question, a separator, then as much of the passage as fits."""
-    q = tok.encode(question, add_special_tokens=False).ids[: max_len // 3]
+    """Question, a separator, then as much of the passage as fits. Both are untrusted text:
+    a ``<|im_start|>`` inside either is plain text, so neither can forge the separator."""
+    q = encode_text(tok, question)[: max_len // 3]
     sep = tok.token_to_id(IM_START)
     if sep is None:
         raise ValueError(f"the reranker's tokenizer has no {IM_START} token")
-    p = tok.encode(passage, add_special_tokens=False).ids
+    p = encode_text(tok, passage)
     return [*q, sep, *p][:max_len]
+
+
+def model_stamp(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes when the reranker in index folder ``folder`` is (re)written: every file of
+    its model folder, so a load that raced a write is retried once the write moves on."""
+    try:
+        entries = sorted((folder / FOLDER / "model").iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+    stamps = []
+    for path in entries:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        stamps.append((path.name, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
 
 
 class Reranker:
     def __init__(self, model: CrossEncoder, tok: Tokenizer, index: RagIndex,
                  meta: dict[str, Any]) -> None:
         self.model, self.tok, self.meta = model, tok, meta
-        self.lexical = index.lexical
+        self.folder = index.folder  # the index it was loaded from (its statistics come per call)
         self.depth = int(meta["candidates"])
         self.enabled = bool(meta.get("enabled", True))
         self.max_len = int(meta["max_len"])
@@ -90,19 +108,22 @@ class Reranker:
         model, meta = CrossEncoder.load(folder)
         return cls(model, load_tokenizer(folder), index, meta)
 
-    def scores(self, question: str, hits: Sequence[Hit]) -> np.ndarray:
+    def scores(self, question: str, hits: Sequence[Hit], lexical: LexicalFeatures
+               ) -> np.ndarray:
+        """``lexical``: the statistics of the reader (``RagIndex.lexical_for``)."""
         group = RerankGroup([pair_ids(self.tok, question, h.chunk.text, self.max_len)
-                             for h in hits], feature_matrix(hits, question, self.lexical),
+                             for h in hits], feature_matrix(hits, question, lexical),
                             np.zeros(len(hits), dtype=bool), [h.doc.doc_id for h in hits])
         return score_group(self.model, group, torch.device("cpu"))
 
-    def rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+    def rerank(self, question: str, hits: list[Hit], lexical: LexicalFeatures) -> list[Hit]:
         """Reorder the top candidates; a reranker that did not beat fusion on validation
-        questions when it was trained leaves the order alone."""
+        questions when it was trained leaves the order alone. ``lexical``: the reader's
+        coverage statistics (their tenant's for users, the whole index's for operators)."""
         head, tail = hits[: self.depth], hits[self.depth :]
         if not head or not self.enabled:
             return hits
-        scores = self.scores(question, head)
+        scores = self.scores(question, head, lexical)
         for hit, score in zip(head, scores, strict=True):
             hit.features["rerank"] = float(score)
             hit.score = float(score)

@@ -81,7 +81,8 @@ class Retriever:
         else:
             hits = self.candidates(question, access)
             if mode == "final" and self.reranker is not None:
-                hits = self.reranker.rerank(question, hits)  # type: ignore[attr-defined]
+                hits = self.reranker.rerank(  # type: ignore[attr-defined]
+                    question, hits, self.index.lexical_for(access))
         return hits[:k] if k else hits
 
 

@@ -2,7 +2,8 @@
 ``serving_chat``/``serving_completion``). It applies the assistant's defaults (the system
 prompt and sampling SFT and evaluation used), grounds RAG questions through the one answer
 path (``Grounding.ground``), sizes the token budget, starts the engine's streams and collects or
-streams their events as OpenAI bodies. Beam search runs in a worker thread, beside the engine.
+streams their events as OpenAI bodies. Beam search, embeddings and retrieval run in worker
+threads, beside the engine, each counted against ``max_waiting`` with the engine's requests.
 No HTTP routing here: ``routes.py`` only hands requests in.
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
@@ -36,10 +38,12 @@ from lmforge.serve.protocol import (
     new_id,
     usage,
 )
-from lmforge.serve.runner import EngineRunner
-from lmforge.serve.streams import Choice, Disconnected, Streams
+from lmforge.serve.runner import EngineRunner, QueueFull
+from lmforge.serve.streams import Choice, Disconnected, Streams, busy
 from lmforge.serve.tokens import chat_logprobs, completion_logprobs, settle
 from lmforge.tokenizer import encode_chat, with_system
+
+T = TypeVar("T")
 
 # request fields that, when sent, replace the assistant's sampling value of the same name
 SAMPLED = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
@@ -58,7 +62,12 @@ def sampling_config(body: SamplingFields, defaults: SamplingConfig, max_tokens: 
                             if getattr(body, name) is not None}
     if body.stop is not None:
         sent["stop"] = stops(body.stop)
-    return dataclasses.replace(defaults, max_new_tokens=max_tokens, logprobs=logprobs, **sent)
+    config = dataclasses.replace(defaults, max_new_tokens=max_tokens, logprobs=logprobs, **sent)
+    if body.seed is None and config.temperature > 0:
+        # no seed sent: a fresh one, so no two users share the same "random" sample (an
+        # explicit seed stays reproducible; greedy decoding needs none)
+        config = dataclasses.replace(config, seed=secrets.randbits(31))
+    return config
 
 
 @dataclass
@@ -163,7 +172,7 @@ class Serving:
         limits.check_model(body.model, (self.model_name, embedder.name))
         texts = limits.check_embedding(body, self.config)
         embed = embedder.embed_queries if body.input_type == "query" else embedder.embed_passages
-        vectors = await run_in_threadpool(embed, texts)
+        vectors = await self.offload(embed, texts)
         count = sum(len(t) for t in texts)
 
         def encode(vector: Any) -> Any:
@@ -185,6 +194,10 @@ class Serving:
     def check(self, body: SamplingFields) -> None:
         limits.check_model(body.model, (self.model_name,))
         if body.use_beam_search:
+            for name in SAMPLED:  # beam search draws nothing: refused, never silently ignored
+                if getattr(body, name) is not None:
+                    raise APIError(400, f"{name} is a sampling parameter; use_beam_search "
+                                        "does not sample (leave it out)", param=name)
             if body.stream:
                 raise APIError(400, "use_beam_search does not stream; send stream=false",
                                param="stream")
@@ -208,8 +221,12 @@ class Serving:
         limits.check_question(question, self.config)
         options = body.rag if isinstance(body.rag, RagOptions) else RagOptions()
         room = self.max_len - (requested or self.assistant.sampling.max_new_tokens)
-        return await run_in_threadpool(self.grounding.ground, messages, self.tok, room,
-                                       access(principal, options.filter), options.top_k)
+        try:
+            who = access(principal, options.filter)
+        except ValueError as err:  # a filter on access metadata would probe who may read what
+            raise APIError(400, str(err), param="rag.filter") from None
+        return await self.offload(self.grounding.ground, messages, self.tok, room, who,
+                                  options.top_k)
 
     def budget(self, prompt_tokens: int, requested: int | None, param: str) -> int:
         """The answer's token budget: what the client asked for, else the assistant's
@@ -239,9 +256,23 @@ class Serving:
 
     # -- the engine ---------------------------------------------------------------------------
 
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """A worker-thread job (beam search, embeddings, retrieval), counted against
+        ``max_waiting`` with the engine's requests, so a flood of them is a 429 ``queue_full``
+        rather than an unbounded queue. The slot is held until the thread ends (a started
+        thread is waited for, even when its client has left)."""
+        try:
+            self.runner.reserve()
+        except QueueFull as err:
+            raise busy(err) from None
+        try:
+            return await run_in_threadpool(fn, *args)
+        finally:
+            self.runner.release()
+
     async def beams(self, prompt: list[int], body: SamplingFields, budget: int) -> list[Choice]:
         """The ``n`` best beams, in a worker thread (the event loop keeps serving)."""
-        found = await run_in_threadpool(beam_search, self.model, self.tok, prompt, body.n,
+        found = await self.offload(beam_search, self.model, self.tok, prompt, body.n,
                                         budget, body.length_penalty)
         cut_at = stops(body.stop) if body.stop is not None else self.assistant.sampling.stop
         results = []

@@ -16,9 +16,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from lmforge.config import AssistantConfig, ServeConfig
@@ -58,7 +59,7 @@ def create_app(model: Transformer, tok: Tokenizer, assistant: AssistantConfig,
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, crashed)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)  # inside guard: counted
-    app.middleware("http")(guard)
+    app.add_middleware(Guard)  # added last: outermost
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
     state.route_paths = frozenset(path for route in [*app.routes, *router.routes]
@@ -79,31 +80,60 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.runner.close()
 
 
-async def guard(request: Request, call_next: Any) -> Response:
+class Guard:
     """The API key (its principal goes on ``request.state``) and metrics (the body limit is
-    ``BodyLimit``'s, inside)."""
-    state = request.app.state
-    keys: ApiKeys = state.keys
-    path = request.url.path
-    request.state.principal = None
-    if keys.required and path != "/" and not path.startswith(PUBLIC_PATHS):
-        key = keys.match(request.headers.get("authorization"))
-        if key is None:
-            return JSONResponse(error_body("missing or invalid API key", "authentication_error",
-                                           code="invalid_api_key"), status_code=401)
-        request.state.principal = keys.keys[key]
-    metrics: Metrics = state.metrics
-    with metrics.timed(route_label(state.route_paths, path)) as record:
-        response: Response = await call_next(request)
-        record(response.status_code)
-    return response
+    ``BodyLimit``'s, inside). A refused key is counted and logged like every other 4xx.
+
+    A pure ASGI middleware rather than ``@app.middleware("http")``: Starlette's
+    ``BaseHTTPMiddleware`` wraps ``receive`` so that ``request.is_disconnected()`` never sees a
+    client hang up, and a request nobody waits for would run to its end."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        state = request.app.state
+        keys: ApiKeys = state.keys
+        path = request.url.path
+        request.state.principal = None
+        metrics: Metrics = state.metrics
+        with metrics.timed(route_label(state.route_paths, path)) as record:
+            if keys.required and path != "/" and not path.startswith(PUBLIC_PATHS):
+                key = keys.match(request.headers.get("authorization"))
+                if key is None:
+                    refused(request, 401, None, "invalid_api_key")
+                    record(401)
+                    response = JSONResponse(error_body("missing or invalid API key",
+                                                       "authentication_error",
+                                                       code="invalid_api_key"),
+                                            status_code=401)
+                    await response(scope, receive, send)
+                    return
+                request.state.principal = keys.keys[key]
+
+            async def recorded(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    record(message["status"])
+                await send(message)
+
+            await self.app(scope, receive, recorded)
+
+
+def refused(request: Request, status: int, param: Any, code: str | None) -> None:
+    """The log line of a 4xx: status, method, path, parameter and code; never the request's
+    text or its key."""
+    log.info("%d %s %s: param=%s code=%s", status, request.method, request.url.path, param,
+             code)
 
 
 async def api_error(request: Request, err: APIError) -> JSONResponse:
     """Logged without the request's text: the route, status, parameter and code only."""
     config: ServeConfig = request.app.state.config
-    log.info("%d %s %s: param=%s code=%s", err.status, request.method, request.url.path,
-             err.param, err.code)
+    refused(request, err.status, err.param, err.code)
     headers = {"Retry-After": str(config.retry_after_s)} if err.status == 429 else None
     return JSONResponse(error_body(err.message, err.kind, err.param, err.code),
                         status_code=err.status, headers=headers)
@@ -118,6 +148,7 @@ async def invalid(request: Request, err: RequestValidationError) -> JSONResponse
     location = [str(p) for p in named]
     param = named[0] if named and isinstance(named[0], str) else None  # not a JSON offset
     message = f"{'.'.join(location) or 'body'}: {first.get('msg', 'invalid request')}"
+    refused(request, 400, param, first.get("type"))
     return JSONResponse(error_body(message, param=param), status_code=400)
 
 
@@ -129,6 +160,8 @@ async def crashed(request: Request, err: Exception) -> JSONResponse:
 
 
 async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    if err.status_code < 500:
+        refused(request, err.status_code, None, None)
     return JSONResponse(error_body(str(err.detail), "invalid_request_error"),
                         status_code=err.status_code)
 

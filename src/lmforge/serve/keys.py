@@ -4,14 +4,17 @@ A key spec is ``KEY`` (an operator: RAG may retrieve every document) or
 ``KEY:USER[:GROUP,GROUP[:TENANT]]`` (RAG only retrieves what that user may read). Commas
 belong to the group list, so specs are never separated by commas: ``--api-key`` takes one spec
 per flag, ``LMFORGE_API_KEYS`` separates specs by whitespace or newlines, and a key file holds
-one spec per line (``#`` starts a comment), which keeps keys out of ``ps``. Anything malformed
+one spec per line (a line whose first non-space character is ``#`` is a comment; a key may
+not contain ``#``), which keeps keys out of ``ps``. Anything malformed
 is a ``ValueError`` naming the entry and where it came from; a server never starts with a key
 list it misread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,21 +49,36 @@ class ApiKeys:
     is required."""
 
     keys: Mapping[str, Principal | None] = field(default_factory=dict)
+    # keys are compared as HMAC-SHA256 digests under a per-process random salt: equal lengths,
+    # so the comparison's time tells nothing about a key's length either
+    _salt: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False,
+                         compare=False)
+    _digests: tuple[tuple[bytes, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_digests", tuple((self._digest(key), key)
+                                                   for key in self.keys))
+
+    def _digest(self, key: str) -> bytes:
+        return hmac.new(self._salt, key.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()
 
     @property
     def required(self) -> bool:
         return bool(self.keys)
 
     def match(self, authorization: str | None) -> str | None:
-        """The key an ``Authorization: Bearer KEY`` header carries, if it is one of ours. Every
-        key is compared, in constant time, so timing tells nothing about near misses."""
-        header = authorization or ""
+        """The key an ``Authorization: Bearer KEY`` header carries, if it is one of ours: the
+        scheme (any case), one space, then the key exactly (trailing whitespace is dropped;
+        ``Bearer  KEY`` with two spaces is no match). Every key is compared, in constant
+        time, so timing tells nothing about near misses."""
+        header = (authorization or "").rstrip()
         if header[:len(SCHEME)].lower() != SCHEME:
             return None
-        offered = header[len(SCHEME):].strip().encode()
+        offered = self._digest(header[len(SCHEME):])
         found = None
-        for key in self.keys:
-            if hmac.compare_digest(offered, key.encode()):
+        for digest, key in self._digests:
+            if hmac.compare_digest(offered, digest):
                 found = key
         return found
 
@@ -80,6 +98,8 @@ def parse_spec(spec: str, where: str = "key spec") -> tuple[str, Principal | Non
     key, *rest = parts
     if not key:
         raise bad("the key is empty")
+    if "#" in key:
+        raise bad("a key may not contain '#' (it starts a comment in a key file)")
     if "," in key:
         raise bad("a key may not contain ',' (separate specs by whitespace or newlines; "
                   "commas separate groups)")
@@ -115,8 +135,8 @@ def load_api_keys(specs: Sequence[str] | None = (), key_file: Path | None = None
     entries = [(spec, f"--api-key #{i}") for i, spec in enumerate(specs or (), 1)]
     if key_file is not None:
         for number, line in enumerate(Path(key_file).read_text("utf-8").splitlines(), 1):
-            spec = line.split("#", 1)[0].strip()
-            if spec:
+            spec = line.strip()  # a '#' inside a spec is an error, never a cut
+            if spec and not spec.startswith("#"):
                 entries.append((spec, f"{key_file}:{number}"))
     env = (environ or {}).get(ENV_VAR, "")
     entries += [(spec, f"{ENV_VAR} #{i}") for i, spec in enumerate(env.split(), 1)]

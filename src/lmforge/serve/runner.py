@@ -49,12 +49,21 @@ class EngineRunner:
     def queue_depth(self) -> int:
         return self._pending
 
-    def submit(self, request: str, prompt: list[int], config: SamplingConfig, echo: bool = False
-               ) -> asyncio.Queue[Event]:
+    def reserve(self) -> None:
+        """Count one job against ``max_waiting`` (engine requests and the worker-thread jobs:
+        beam search, embeddings, retrieval share it), or ``QueueFull``; ``release`` ends it."""
         with self._lock:
             if self._pending >= self.max_waiting:
                 raise QueueFull(f"{self._pending} requests in flight")
             self._pending += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def submit(self, request: str, prompt: list[int], config: SamplingConfig, echo: bool = False
+               ) -> asyncio.Queue[Event]:
+        self.reserve()
         events: asyncio.Queue[Event] = asyncio.Queue()
         self._inbox.put(_Submission(request, prompt, config, echo, asyncio.get_running_loop(),
                                     events))
@@ -98,8 +107,7 @@ class EngineRunner:
 
     def _done(self, request: str) -> None:
         self._subscribers.pop(request, None)
-        with self._lock:
-            self._pending -= 1
+        self.release()
 
     def _work(self) -> None:
         while True:

@@ -28,6 +28,12 @@ Disconnected = Callable[[], Awaitable[bool]]  # Request.is_disconnected
 FINISHED = ("stop", "length", "tool_calls", "content_filter")  # OpenAI's finish reasons
 
 
+def busy(err: QueueFull) -> APIError:
+    """The 429 of a full server (``max_waiting`` jobs in flight)."""
+    return APIError(429, f"server busy ({err}); retry later", kind="rate_limit_error",
+                    code="queue_full")
+
+
 @dataclass
 class Choice:
     text: str
@@ -60,8 +66,7 @@ class Streams:
         except QueueFull as err:
             for request, _ in streams:
                 self.runner.cancel(request)
-            raise APIError(429, f"server busy ({err}); retry later", kind="rate_limit_error",
-                           code="queue_full") from None
+            raise busy(err) from None
         return streams
 
     def cancel(self, streams: list[Stream]) -> None:

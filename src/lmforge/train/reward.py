@@ -12,9 +12,10 @@ from torch import nn
 
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
-from lmforge.model import apply_lora, load_model, merge_lora, save_model
+from lmforge.model import load_model, merge_lora, save_model
 from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
 from lmforge.train.distributed import DistInfo
+from lmforge.train.finetune import choose_trainable
 from lmforge.train.loop import Task
 from lmforge.train.preference import RewardModel, RewardTask, encode_preferences
 from lmforge.train.runner import run_task
@@ -36,9 +37,8 @@ def reward_model(config: PreferenceConfig, pairs: list[PreferencePair],
         train, val, encoded = encode_preferences(tok, pairs, config, seq_len, seed)
         stats.update(encoded)
         model = RewardModel(backbone)
-        if config.method == "lora":
-            apply_lora(backbone, config.lora)
-            model.score.weight.requires_grad_(True)
+        choose_trainable(backbone, config.method, config)
+        model.score.weight.requires_grad_(True)  # the head always trains
         return model, RewardTask(train, val, seed, micro)
 
     def save(model: nn.Module, task: Task) -> dict[str, Any]:
