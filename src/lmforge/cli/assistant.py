@@ -33,7 +33,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from lmforge.infer import beam_search, stream_generate
+    from lmforge.infer import beam_search, complete, stream_generate
     from lmforge.tokenizer import encode_chat, encode_text, with_system
 
     assistant = load_recipe(args).assistant
@@ -54,9 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
         return
     else:
-        outputs = [""] * len(prompts)
-        for delta in stream_generate(model, tok, prompts, sampling):
-            outputs[delta.row] += delta.text
+        outputs = complete(model, tok, prompts, sampling)
     for prompt, output in zip(args.prompt, outputs, strict=True):
         print(json.dumps({"prompt": prompt, "completion": output}, ensure_ascii=False))
 

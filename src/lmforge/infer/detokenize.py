@@ -33,6 +33,13 @@ class RowText:
             self._folded, self._folded_ids = text, len(self.ids)
         return text
 
+    def whole_characters(self, text: str) -> str:
+        """``text`` (from ``decode``) without the half character its end decodes to when the
+        last ids stop inside a UTF-8 sequence: what an answer cut by its token limit shows."""
+        if self._folded_ids == len(self.ids) or not text.endswith("\ufffd"):
+            return text  # it ends on a character boundary
+        return text[:-1]  # an unfinished sequence decodes to one U+FFFD
+
     def visible(self, tok: Tokenizer) -> tuple[str, bool]:
         """Text so far, cut at a stop string; whether a stop string was hit."""
         text = self.decode(tok)
@@ -53,3 +60,10 @@ class RowText:
                     end -= k
                     break
         return text[self.sent : end]
+
+
+def decode_whole(tok: Tokenizer, ids: list[int]) -> str:
+    """A finished sequence's text, ending on a whole character (beam search's answers)."""
+    row = RowText([])
+    row.ids = list(ids)
+    return row.whole_characters(row.decode(tok))

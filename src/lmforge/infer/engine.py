@@ -159,6 +159,8 @@ class Engine:
             row.history.append(token)
         text, hit_stop = row.text.visible(self.tok)
         done = "stop" if hit_eos or hit_stop else "length" if last_step else None
+        if done == "length":  # cut by the token limit: never half a character at the end
+            text = row.text.whole_characters(text)
         piece = text[row.text.sent :] if done else row.text.streamable(text)
         row.text.sent += len(piece)
         return Event(row.request, piece, token, done)

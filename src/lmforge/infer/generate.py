@@ -42,23 +42,25 @@ def stream_generate(model: Transformer, tok: Tokenizer, prompts: list[list[int]]
         yield Delta(int(event.request), event.text, event.token, event.finished)
 
 
+def complete(model: Transformer, tok: Tokenizer, prompts: list[list[int]],
+             config: SamplingConfig) -> list[str]:
+    """The generated text of each tokenised prompt, batched."""
+    out = [""] * len(prompts)
+    if prompts:
+        for delta in stream_generate(model, tok, prompts, config):
+            out[delta.row] += delta.text
+    return out
+
+
 def generate(model: Transformer, tok: Tokenizer, prompts: list[str],
              config: SamplingConfig) -> list[str]:
-    """Complete each prompt; returns only the generated text."""
-    encoded = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
-    out = [""] * len(prompts)
-    for delta in stream_generate(model, tok, encoded, config):
-        out[delta.row] += delta.text
-    return out
+    """Complete each raw prompt (its caller writes any markup); returns the generated text."""
+    return complete(model, tok, [tok.encode(p, add_special_tokens=False).ids for p in prompts],
+                    config)
 
 
 def generate_chat(model: Transformer, tok: Tokenizer, conversations: Sequence[Sequence[Message]],
                   config: SamplingConfig) -> list[str]:
     """The assistant's reply to each conversation, encoded by the one chat encoder."""
-    if not conversations:
-        return []
-    prompts = [encode_chat(tok, c, add_generation_prompt=True) for c in conversations]
-    out = [""] * len(prompts)
-    for delta in stream_generate(model, tok, prompts, config):
-        out[delta.row] += delta.text
-    return out
+    return complete(model, tok, [encode_chat(tok, c, add_generation_prompt=True)
+                                 for c in conversations], config)

@@ -44,24 +44,28 @@ class TenantStatistics:
                 cache[tenant] = build()
             return cache[tenant]
 
+    def _for_tenant(self, cache: dict[str, T], tenant: str, docs: Mapping[str, DocInfo],
+                    chunks: Mapping[str, ChunkInfo], policy: str,
+                    make: Callable[[list[str]], T], whole: Callable[[], T]) -> T:
+        """``make(chunk ids)`` over what the tenant could read; ``whole()`` when that is every
+        chunk (the statistics the index already has)."""
+        def build() -> T:
+            ids = self.chunk_ids(docs, chunks, tenant, policy)
+            return whole() if len(ids) == len(chunks) else make(ids)
+
+        return self._cached(cache, tenant, build)
+
     def keyword(self, tenant: str, docs: Mapping[str, DocInfo], chunks: Mapping[str, ChunkInfo],
                 policy: str, analyzer: ChineseAnalyzer, whole: Callable[[], KeywordIndex]
                 ) -> KeywordIndex:
-        def build() -> KeywordIndex:
-            ids = self.chunk_ids(docs, chunks, tenant, policy)
-            if len(ids) == len(chunks):
-                return whole()
-            return KeywordIndex.build(analyzer, ids, [chunks[i].text for i in ids])
-
-        return self._cached(self._keyword, tenant, build)
+        return self._for_tenant(
+            self._keyword, tenant, docs, chunks, policy,
+            lambda ids: KeywordIndex.build(analyzer, ids, [chunks[i].text for i in ids]), whole)
 
     def lexical(self, tenant: str, docs: Mapping[str, DocInfo], chunks: Mapping[str, ChunkInfo],
                 policy: str, analyzer: ChineseAnalyzer, whole: Callable[[], LexicalFeatures]
                 ) -> LexicalFeatures:
-        def build() -> LexicalFeatures:
-            ids = self.chunk_ids(docs, chunks, tenant, policy)
-            if len(ids) == len(chunks):
-                return whole()
-            return LexicalFeatures(analyzer, ((chunks[i].doc_id, chunks[i].text) for i in ids))
-
-        return self._cached(self._lexical, tenant, build)
+        return self._for_tenant(
+            self._lexical, tenant, docs, chunks, policy,
+            lambda ids: LexicalFeatures(analyzer, ((chunks[i].doc_id, chunks[i].text)
+                                                   for i in ids)), whole)

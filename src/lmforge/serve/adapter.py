@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
-from lmforge.infer import beam_search
+from lmforge.infer import beam_search, decode_whole
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
@@ -40,7 +40,7 @@ from lmforge.serve.protocol import (
 )
 from lmforge.serve.runner import EngineRunner, QueueFull
 from lmforge.serve.streams import Choice, Disconnected, Streams, busy
-from lmforge.serve.tokens import chat_logprobs, completion_logprobs, settle
+from lmforge.serve.tokens import chat_logprobs, completion_logprobs
 from lmforge.tokenizer import encode_chat, with_system
 
 T = TypeVar("T")
@@ -278,8 +278,7 @@ class Serving:
         results = []
         for beam in found:
             finished = "stop" if beam.finished else "length"
-            text = settle(self.tok.decode(beam.tokens), finished, beam.tokens,
-                          self.streams.token_bytes)
+            text = decode_whole(self.tok, beam.tokens)
             hits = [text.find(s) for s in cut_at if s in text]
             if hits:
                 text, finished = text[:min(hits)], "stop"

@@ -21,7 +21,7 @@ from lmforge.infer import Event
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import APIError, envelope, error_body, new_id
 from lmforge.serve.runner import EngineRunner, QueueFull
-from lmforge.serve.tokens import TokenBytes, chat_logprobs, completion_logprobs, settle
+from lmforge.serve.tokens import TokenBytes, chat_logprobs, completion_logprobs
 
 Stream = tuple[str, "asyncio.Queue[Event]"]
 Disconnected = Callable[[], Awaitable[bool]]  # Request.is_disconnected
@@ -104,25 +104,18 @@ class Streams:
                 if event.finished:
                     break
             finished = outcome(got[-1], param)
-            tokens = [e.token for e in got if e.token is not None]
-            text = settle("".join(e.text for e in got), finished, tokens, self.token_bytes)
-            results.append(Choice(text, finished, len(got), got))
+            results.append(Choice("".join(e.text for e in got), finished, len(got), got))
         return results
 
     async def merged(self, streams: list[Stream]) -> AsyncIterator[tuple[int, Event]]:
-        """The streams' events interleaved; a last event in OpenAI's finish reasons, its text
-        without a half character (an engine failure is raised as an ``APIError``)."""
+        """The streams' events interleaved; a last event in OpenAI's finish reasons (an engine
+        failure is raised as an ``APIError``)."""
         pending = {i: s for i, (_, s) in enumerate(streams)}
-        tokens: dict[int, list[int]] = {i: [] for i in pending}
         while pending:
             for i, events in list(pending.items()):
                 event = await events.get()
-                if event.token is not None:
-                    tokens[i].append(event.token)
                 if event.finished:
                     event.finished = outcome(event, "prompt")
-                    event.text = settle(event.text, event.finished, tokens[i],
-                                        self.token_bytes)
                     del pending[i]
                 yield i, event
 

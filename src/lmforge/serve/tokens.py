@@ -1,11 +1,10 @@
 """Generated tokens as the API shows them: each token's UTF-8 bytes (byte-level BPE maps one
 character per byte), the two OpenAI log-probability shapes (the legacy completions object and
-chat's ``logprobs.content``), and the trailing half character an answer cut by ``max_tokens``
-must not end in."""
+chat's ``logprobs.content``). (An answer cut by ``max_tokens`` ends on a whole character: the
+engine sees to that, ``infer/detokenize.py``.)"""
 
 from __future__ import annotations
 
-import codecs
 from functools import cache
 from typing import Any
 
@@ -44,22 +43,6 @@ class TokenBytes:
 
     def __call__(self, token: int) -> bytes:
         return self.table[token] if 0 <= token < len(self.table) else b""
-
-    def ends_mid_character(self, tokens: list[int]) -> bool:
-        """Whether the bytes of ``tokens`` end inside a UTF-8 character (a multi-byte character
-        whose last bytes were never generated): its decoded text then ends in U+FFFD."""
-        tail = b"".join(self(t) for t in tokens[-4:])  # a character is at most 4 bytes
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        decoder.decode(tail, final=False)
-        return bool(decoder.getstate()[0])
-
-
-def settle(text: str, finished: str | None, tokens: list[int], token_bytes: TokenBytes) -> str:
-    """An answer cut by ``max_tokens`` loses the half character it would otherwise end in."""
-    if finished == "length" and text.endswith("\ufffd") and token_bytes.ends_mid_character(
-            tokens):
-        return text[:-1]
-    return text
 
 
 def completion_logprobs(tok: Tokenizer, prompt: list[int], events: list[Event], echo: bool

@@ -11,12 +11,12 @@ from torch import nn
 
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
-from lmforge.model import Transformer, adapters_disabled, load_model
+from lmforge.model import Transformer, adapters_disabled
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.distributed import DistInfo
 from lmforge.train.finetune import choose_trainable, save_merged
 from lmforge.train.loop import Task
-from lmforge.train.preference import DPOTask, all_logps, encode_preferences
+from lmforge.train.preference import DPOTask, all_logps, starting_point
 from lmforge.train.runner import run_task
 
 
@@ -29,10 +29,7 @@ def dpo(config: PreferenceConfig, pairs: list[PreferencePair], data_stats: dict[
     stats = dict(data_stats)
 
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
-        model = load_model(base)
-        seq_len = min(config.train.seq_len, model.config.max_seq_len)
-        train, val, encoded = encode_preferences(tok, pairs, config, seq_len, seed)
-        stats.update(encoded)
+        model, train, val = starting_point(base, tok, pairs, config, seed, stats)
         model.to(dist.device).eval()
         choose_trainable(model, config.method, config)
         progress = show_progress and dist.is_main

@@ -12,6 +12,7 @@ changes nothing before it, so no mask is needed.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
-from lmforge.model import Transformer
+from lmforge.model import Transformer, load_model
 from lmforge.tokenizer import PAD, chat_segments, encode_chat
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.finetune import split
@@ -103,6 +104,18 @@ def encode_preferences(tok: Tokenizer, pairs: list[PreferencePair], config: Pref
     return train, val, {"pairs": {"train": len(train), "val": len(val)},
                         "dropped_too_long": train.dropped + val.dropped,
                         "prompt_truncated": train.truncated + val.truncated}
+
+
+def starting_point(base: Path, tok: Tokenizer, pairs: list[PreferencePair],
+                   config: PreferenceConfig, seed: int, stats: dict[str, Any]
+                   ) -> tuple[Transformer, PairData, PairData]:
+    """The model in ``base`` and the pairs encoded for its context (DPO and the reward model
+    start alike); what encoding cost goes into ``stats``."""
+    model = load_model(base)
+    seq_len = min(config.train.seq_len, model.config.max_seq_len)
+    train, val, encoded = encode_preferences(tok, pairs, config, seq_len, seed)
+    stats.update(encoded)
+    return model, train, val
 
 
 @torch.no_grad()

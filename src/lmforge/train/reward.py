@@ -12,12 +12,12 @@ from torch import nn
 
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
-from lmforge.model import load_model, merge_lora, save_model
+from lmforge.model import merge_lora, save_model
 from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
 from lmforge.train.distributed import DistInfo
 from lmforge.train.finetune import choose_trainable
 from lmforge.train.loop import Task
-from lmforge.train.preference import RewardModel, RewardTask, encode_preferences
+from lmforge.train.preference import RewardModel, RewardTask, starting_point
 from lmforge.train.runner import run_task
 
 HEAD_NAME = "reward_head.safetensors"
@@ -32,10 +32,7 @@ def reward_model(config: PreferenceConfig, pairs: list[PreferencePair],
     stats = dict(data_stats)
 
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
-        backbone = load_model(base)
-        seq_len = min(config.train.seq_len, backbone.config.max_seq_len)
-        train, val, encoded = encode_preferences(tok, pairs, config, seq_len, seed)
-        stats.update(encoded)
+        backbone, train, val = starting_point(base, tok, pairs, config, seed, stats)
         model = RewardModel(backbone)
         choose_trainable(backbone, config.method, config)
         model.score.weight.requires_grad_(True)  # the head always trains
