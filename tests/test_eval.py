@@ -170,3 +170,25 @@ def test_held_out_bits_per_byte_per_source(tiny_run: Path, capsys) -> None:  # n
     for source in result.values():
         assert 0 < source["bits_per_byte"] < 20 and source["bytes"] > source["tokens"] / 4
     assert main(["eval", "bpb", "--model", str(model)]) == 2  # neither --text nor --shards
+
+
+def test_cmmlu_and_mmlu_layouts_read_like_fineval(tmp_path: Path) -> None:
+    cmmlu = tmp_path / "insurance_cmmlu.csv"
+    cmmlu.write_text(",Question,A,B,C,D,Answer\n0,保险期间多长？,一年,两年,三年,五年,A\n"
+                     '1,"哪项不赔, 为什么？",甲,乙,丙,丁,D\n', encoding="utf-8")
+    mmlu = tmp_path / "insurance_test.csv"  # MMLU: no header row
+    mmlu.write_text("What is a premium?,A fee,A claim,A refund,A fine,A\n"
+                    "Who pays a claim?,The insured,The insurer,A broker,Nobody,B\n",
+                    encoding="utf-8")
+    first = read_questions(cmmlu)
+    assert [(q.question, q.answer) for q in first] == [("保险期间多长？", 0),
+                                                       ("哪项不赔, 为什么？", 3)]
+    assert first[1].choices == ["甲", "乙", "丙", "丁"]
+    second = read_questions(mmlu)
+    assert [q.question for q in second] == ["What is a premium?", "Who pays a claim?"]
+    assert [q.answer for q in second] == [0, 1] and second[1].choices[1] == "The insurer"
+    short = tmp_path / "short.csv"
+    short.write_text("What is a premium?,A fee,A claim,A\nWho pays?,Insurer,B\n",
+                     encoding="utf-8")
+    with pytest.raises(ValueError, match=r"short.csv:2: expected 4 columns"):
+        read_questions(short)

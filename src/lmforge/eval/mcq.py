@@ -7,14 +7,19 @@ option is not penalised for having more tokens. The continuation is the option's
 letter), which is what a small model can actually be judged on. The random-choice baseline is
 reported beside the scores.
 
-Data: the FinEval CSV layout (``id,question,A,B,C,D,answer[,explanation]``) or jsonl with the same
-fields; few-shot examples come from a separate dev file.
+Data, in the layouts the benchmarks users run on open models ship in: FinEval / C-Eval CSV
+(``id,question,A,B,C,D,answer[,explanation]``), CMMLU CSV (an unnamed index column, then
+``Question,A,B,C,D,Answer``: headers are matched regardless of case), MMLU's header-less CSV
+(``question,A,B,...,answer`` per row, recognised by a first row with no ``question`` column), or
+jsonl with the FinEval fields; few-shot examples come from a separate dev file.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,37 @@ def _question(record: dict[str, Any], where: str) -> Question:
                     letters.index(answer))
 
 
+def _csv_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """(where, record) per row with the FinEval field names, whatever the file's header."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return
+    names = [_field_name(name) for name in rows[0]]
+    if "question" in names:
+        body, first = rows[1:], 2
+    else:  # MMLU: no header; question, the options, the answer letter last
+        body, first, names = rows, 1, _headerless_names(len(rows[0]))
+    for lineno, row in enumerate(body, first):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(names):
+            raise ValueError(f"{path}:{lineno}: expected {len(names)} columns "
+                             f"({','.join(names)}), got {len(row)}")
+        yield f"{path}:{lineno}", dict(zip(names, row, strict=True))
+
+
+def _field_name(header: str) -> str:
+    """CMMLU capitalises ``Question``/``Answer``; option letters stay upper case."""
+    name = header.strip()
+    return name.upper() if len(name) == 1 and name.upper() in LETTERS else name.lower()
+
+
+def _headerless_names(columns: int) -> list[str]:
+    """question, A, B, ..., answer, for rows as wide as the file's first."""
+    options = min(max(columns - 2, 0), len(LETTERS))
+    return ["question", *LETTERS[:options], "answer"]
+
+
 def read_questions(path: Path) -> list[Question]:
     path = Path(path)
     if path.is_dir():
@@ -51,8 +87,7 @@ def read_questions(path: Path) -> list[Question]:
                 for q in read_questions(f)]
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".csv":
-        return [_question(row, f"{path}:{i + 2}") for i, row in enumerate(csv.DictReader(
-            text.splitlines()))]
+        return [_question(record, where) for where, record in _csv_records(path, text)]
     questions = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
