@@ -124,6 +124,24 @@ compare_baseline = false
 """
 
 
+def pipeline_recipe(out_dir: Path) -> str:
+    """The tiny recipe plus what the pipeline needs: documents to index and what to measure."""
+    text = tiny_recipe_text(out_dir).replace('group_field = "contract"',
+                                             'group_field = "contract"\nval_fraction = 0.3')
+    return text + f"""
+[rag]
+documents = ["{(TINY / 'rag_passages.jsonl').as_posix()}"]
+top_k = 2
+
+[eval]
+mcq_data = "{(TINY / 'mcq_insurance.jsonl').as_posix()}"
+samples = 2
+
+[assistant.sampling]
+max_new_tokens = 12
+"""
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
@@ -151,6 +169,14 @@ def tok():  # noqa: ANN201
     from lmforge.tokenizer import load_tokenizer
 
     return load_tokenizer(FIXTURE_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def chat():  # noqa: ANN201
+    """The fixture tokenizer's chat format (ChatML, as every lmforge tokenizer carries)."""
+    from lmforge.tokenizer import load_chat_format
+
+    return load_chat_format(FIXTURE_TOKENIZER)
 
 
 @pytest.fixture(scope="session")

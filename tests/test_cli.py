@@ -117,9 +117,10 @@ def test_generate_with_beams_is_the_best_beam(tiny_run: Path, capsys: pytest.Cap
     assert main(["generate", "--model", str(folder), "被保险人", "保险", "--num-beams", "3",
                  "--max-new-tokens", "6"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    model, tok = load_for_inference(folder)
+    model, chat = load_for_inference(folder)
+    tok = chat.tokenizer
     for row in rows:
-        best = beam_search(model, tok, tok.encode(row["prompt"], add_special_tokens=False).ids,
+        best = beam_search(model, chat, tok.encode(row["prompt"], add_special_tokens=False).ids,
                            3, 6, 1.0)[0]
         assert row["completion"] == tok.decode(best.tokens, skip_special_tokens=True)
 
@@ -159,7 +160,7 @@ def test_serve_hands_the_recipes_assistant_and_keys_to_the_server(
 
     seen = {}
 
-    def fake_server(model, tok, assistant, config, keys, grounding, model_name) -> None:  # noqa: ANN001
+    def fake_server(model, chat, assistant, config, keys, grounding, model_name) -> None:  # noqa: ANN001
         seen.update(assistant=assistant, config=config, keys=keys, name=model_name)
 
     monkeypatch.setattr(lmforge.serve, "run_server", fake_server)

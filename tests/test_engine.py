@@ -26,9 +26,9 @@ def collect(engine: Engine, arrivals: dict[int, list[tuple[str, str]]], tok,  # 
     return out
 
 
-def test_staggered_requests_match_one_by_one(model: Transformer, tok) -> None:  # noqa: ANN001
+def test_staggered_requests_match_one_by_one(model: Transformer, tok, chat) -> None:  # noqa: ANN001
     config = SamplingConfig(max_new_tokens=12, temperature=0.0)
-    alone = {p: generate(model, tok, [p], config)[0] for p in PROMPTS}
+    alone = {p: generate(model, chat, [p], config)[0] for p in PROMPTS}
     engine = Engine(model, tok, max_batch=2)  # fewer slots than requests: some must wait
     arrivals = {0: [("a", PROMPTS[0])], 3: [("b", PROMPTS[1]), ("c", PROMPTS[2])],
                 5: [("d", PROMPTS[3])]}
@@ -114,12 +114,12 @@ def test_overflowing_prompts_are_rejected_or_truncated(model: Transformer, tok) 
     assert events[-1].finished in ("length", "stop")
 
 
-def test_terminal_chat_commands_and_history(model: Transformer, tok) -> None:  # noqa: ANN001
+def test_terminal_chat_commands_and_history(model: Transformer, chat) -> None:  # noqa: ANN001
     import io
 
     from lmforge.infer.chat import ChatSession, terminal_chat
 
-    session = ChatSession(model, tok, SamplingConfig(max_new_tokens=6, temperature=0.0),
+    session = ChatSession(model, chat, SamplingConfig(max_new_tokens=6, temperature=0.0),
                           system="你是保险助手。")
     lines = iter(["你好", "什么是犹豫期？", "/system 你是测试助手", "保险", "/reset", "/quit",
                   "never read"])
@@ -139,10 +139,10 @@ def test_terminal_chat_commands_and_history(model: Transformer, tok) -> None:  #
     assert len(session.turns) == 4  # the history grows turn by turn
 
 
-def test_terminal_chat_keeps_to_the_context(model: Transformer, tok) -> None:  # noqa: ANN001
+def test_terminal_chat_keeps_to_the_context(model: Transformer, chat) -> None:  # noqa: ANN001
     from lmforge.infer.chat import ChatSession
 
-    session = ChatSession(model, tok, SamplingConfig(max_new_tokens=8, temperature=0.0))
+    session = ChatSession(model, chat, SamplingConfig(max_new_tokens=8, temperature=0.0))
     for _ in range(12):
         "".join(session.reply("请详细解释一下保险合同中的犹豫期条款和退保规则。" * 2))
     assert len(session.turns) < 24  # the oldest exchanges were dropped to fit the context

@@ -9,17 +9,17 @@ from hypothesis import HealthCheck, settings
 from lmforge.config import AssistantConfig, ModelConfig, SamplingConfig, ServeConfig
 from lmforge.model import Transformer
 from lmforge.serve import create_app
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer import load_chat_format
 
 schemathesis = pytest.importorskip("schemathesis")
 
 
 def tiny_app():  # noqa: ANN201
-    tok = load_tokenizer(FIXTURE_TOKENIZER)
+    chat = load_chat_format(FIXTURE_TOKENIZER)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=16, n_layers=1,
+    model = Transformer(ModelConfig(vocab_size=chat.tokenizer.get_vocab_size(), dim=16, n_layers=1,
                                     n_heads=2, n_kv_heads=1, max_seq_len=128)).eval()
-    return create_app(model, tok, AssistantConfig(sampling=SamplingConfig(max_new_tokens=8)),
+    return create_app(model, chat, AssistantConfig(sampling=SamplingConfig(max_new_tokens=8)),
                       ServeConfig(model_name="fuzz"))
 
 

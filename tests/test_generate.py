@@ -35,19 +35,19 @@ def test_greedy_and_seeded_sampling() -> None:
     assert draws[0] == draws[1]
 
 
-def test_batched_generation_equals_one_by_one(model: Transformer, tok) -> None:  # noqa: ANN001
+def test_batched_generation_equals_one_by_one(model: Transformer, chat) -> None:  # noqa: ANN001
     prompts = ["被保险人", "To be, or not to be", "保"]
     config = SamplingConfig(max_new_tokens=8, temperature=0.0)
-    batched = generate(model, tok, prompts, config)
-    alone = [generate(model, tok, [p], config)[0] for p in prompts]
+    batched = generate(model, chat, prompts, config)
+    alone = [generate(model, chat, [p], config)[0] for p in prompts]
     assert batched == alone
 
 
-def test_stop_string_across_token_boundaries(model: Transformer, tok) -> None:  # noqa: ANN001
-    free = generate(model, tok, ["To be"], SamplingConfig(max_new_tokens=20, temperature=0.0))[0]
+def test_stop_string_across_token_boundaries(model: Transformer, tok, chat) -> None:  # noqa: ANN001
+    free = generate(model, chat, ["To be"], SamplingConfig(max_new_tokens=20, temperature=0.0))[0]
     assert len(free) > 4
     stop = free[2:5]  # three characters that likely span a token boundary
-    deltas = list(stream_generate(model, tok, [tok.encode("To be").ids],
+    deltas = list(stream_generate(model, chat, [tok.encode("To be").ids],
                                   SamplingConfig(max_new_tokens=20, temperature=0.0,
                                                  stop=[stop])))
     text = "".join(d.text for d in deltas)
@@ -75,13 +75,13 @@ def test_streaming_never_splits_a_character(tok) -> None:  # noqa: ANN001
     assert row.streamable(row.visible(tok)[0]) == ""  # the first byte of a 3-byte character
 
 
-def test_length_limit_and_context_guard(model: Transformer, tok) -> None:  # noqa: ANN001
-    deltas = list(stream_generate(model, tok, [[5, 6]], SamplingConfig(max_new_tokens=3,
-                                                                      temperature=0.0)))
+def test_length_limit_and_context_guard(model: Transformer, chat) -> None:  # noqa: ANN001
+    deltas = list(stream_generate(model, chat, [[5, 6]], SamplingConfig(max_new_tokens=3,
+                                                                       temperature=0.0)))
     assert deltas[-1].finished in ("length", "stop")
     assert len(deltas) <= 3
     with pytest.raises(ValueError, match="exceeds the model's context"):
-        list(stream_generate(model, tok, [[5] * 100], SamplingConfig(max_new_tokens=64)))
+        list(stream_generate(model, chat, [[5] * 100], SamplingConfig(max_new_tokens=64)))
 
 
 def test_min_p_and_openai_penalties() -> None:
@@ -93,27 +93,27 @@ def test_min_p_and_openai_penalties() -> None:
     assert out.tolist() == [[0.0, -1.0, 0.0, -0.75]]  # token 1: 0.5 + 2 x 0.25; token 3: 0.75
 
 
-def test_stop_token_ids_end_a_row(model: Transformer, tok) -> None:  # noqa: ANN001
-    free = list(stream_generate(model, tok, [tok.encode("To be").ids],
+def test_stop_token_ids_end_a_row(model: Transformer, tok, chat) -> None:  # noqa: ANN001
+    free = list(stream_generate(model, chat, [tok.encode("To be").ids],
                                 SamplingConfig(max_new_tokens=10, temperature=0.0)))
     stopper = free[3].token
     assert stopper is not None
-    stopped = list(stream_generate(model, tok, [tok.encode("To be").ids],
+    stopped = list(stream_generate(model, chat, [tok.encode("To be").ids],
                                    SamplingConfig(max_new_tokens=10, temperature=0.0,
                                                   stop_token_ids=[stopper])))
     first = next(i for i, d in enumerate(free) if d.token == stopper)
     assert len(stopped) == first + 1 and stopped[-1].finished == "stop"
 
 
-def test_beam_search(model: Transformer, tok) -> None:  # noqa: ANN001
+def test_beam_search(model: Transformer, tok, chat) -> None:  # noqa: ANN001
     from lmforge.infer.beam import beam_search
 
     prompt = tok.encode("被保险人").ids
-    greedy = [d.token for d in stream_generate(model, tok, [prompt],
+    greedy = [d.token for d in stream_generate(model, chat, [prompt],
                                                SamplingConfig(max_new_tokens=6, temperature=0))]
-    one = beam_search(model, tok, prompt, beams=1, max_new_tokens=6, length_penalty=0.0)
+    one = beam_search(model, chat, prompt, beams=1, max_new_tokens=6, length_penalty=0.0)
     assert one[0].tokens == greedy[: len(one[0].tokens)]
-    four = beam_search(model, tok, prompt, beams=4, max_new_tokens=6, length_penalty=0.0)
+    four = beam_search(model, chat, prompt, beams=4, max_new_tokens=6, length_penalty=0.0)
     assert len(four) == 4
     assert four[0].logprob >= one[0].logprob - 1e-5  # a wider search never finds worse
 

@@ -39,12 +39,12 @@ def test_bf16_training_steps_reduce_loss(tiny_run, tmp_path) -> None:  # noqa: A
 def test_generation_on_cuda_matches_cpu(tiny_run) -> None:  # noqa: ANN001
     from lmforge.infer import generate
     from lmforge.model import load_model
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer import load_chat_format
 
     folder = tiny_run / "pretrain" / "model"
-    tok = load_tokenizer(folder)
+    chat = load_chat_format(folder)
     config = SamplingConfig(max_new_tokens=16, temperature=0.0)
     prompts = ["被保险人", "To be"]
-    cpu = generate(load_model(folder), tok, prompts, config)
-    gpu = generate(load_model(folder, device="cuda"), tok, prompts, config)
+    cpu = generate(load_model(folder), chat, prompts, config)
+    gpu = generate(load_model(folder, device="cuda"), chat, prompts, config)
     assert cpu == gpu

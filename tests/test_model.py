@@ -1,6 +1,7 @@
 """The model against transformers' reference implementations, and its own invariants."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,21 @@ VARIANTS = {
     "mha": {"n_kv_heads": 4},
     "rope-linear": {"rope_scaling": "linear", "rope_factor": 2.0},
     "rope-ntk": {"rope_scaling": "ntk", "rope_factor": 4.0, "rope_theta": 500000.0},
+    "rope-llama3": {"rope_scaling": "llama3", "rope_factor": 8.0, "rope_original_max_len": 16},
+    "rope-yarn": {"rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_max_len": 16},
     "qk-norm": {"qk_norm": True},
+    "head-dim": {"qk_norm": True, "head_dim": 32},
+    "qkv-bias": {"qkv_bias": True},
+    "sliding-window": {"sliding_window": 8},
     "moe": {"n_experts": 4, "experts_per_token": 2},
+    "qwen-moe": {"n_experts": 4, "moe_style": "qwen", "norm_topk_prob": False, "qk_norm": True},
+    "shared-expert": {"n_experts": 4, "moe_style": "qwen", "shared_expert_dim": 48,
+                      "qkv_bias": True},
 }
+# the Hugging Face family each is exported as: the plainest that holds it
+EXPORTED_AS = {"qk-norm": "qwen3", "head-dim": "qwen3", "qkv-bias": "qwen2",
+               "sliding-window": "mistral", "moe": "mixtral", "qwen-moe": "qwen3_moe",
+               "shared-expert": "qwen2_moe"}
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -53,6 +66,8 @@ def test_logits_match_transformers(variant: str, tmp_path: Path) -> None:
     model = random_model(tiny_config(**VARIANTS[variant]))
     folder = export_folder(model, tmp_path)
     assert (folder / "model.safetensors.index.json").exists()  # sharded at 64 KiB
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == EXPORTED_AS.get(variant, "llama")
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     tokens = torch.randint(0, 320, (3, 37), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -60,19 +75,19 @@ def test_logits_match_transformers(variant: str, tmp_path: Path) -> None:
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
-@pytest.mark.parametrize("variant", ["tied-gqa", "untied-mqa", "moe"])
+@pytest.mark.parametrize("variant", ["tied-gqa", "untied-mqa", "moe", "sliding-window"])
 def test_greedy_generation_matches_transformers(variant: str, tmp_path: Path) -> None:
     from lmforge.config import SamplingConfig
-    from lmforge.infer import stream_generate
+    from lmforge.infer import Engine
     from lmforge.tokenizer import load_tokenizer
 
     model = random_model(tiny_config(**VARIANTS[variant]))
     folder = export_folder(model, tmp_path)
-    tok = load_tokenizer(folder)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     prompt = [11, 42, 7, 99, 5]
-    config = SamplingConfig(max_new_tokens=12, temperature=0.0)
-    ours = [d.token for d in stream_generate(model, tok, [prompt], config)]
+    engine = Engine(model, load_tokenizer(folder), max_batch=1, max_len=len(prompt) + 12)
+    engine.submit(prompt, SamplingConfig(max_new_tokens=12, temperature=0.0))
+    ours = [event.token for event in engine.run()]
     out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                       eos_token_id=None, pad_token_id=0, min_new_tokens=12,
                       repetition_penalty=1.0)

@@ -11,27 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY, tiny_recipe_text
+from conftest import TINY, pipeline_recipe
 
 STAGES = ["data", "tokenizer", "shards", "pretrain", "sft", "dpo", "rag", "eval", "export"]
-
-
-def pipeline_recipe(out_dir: Path) -> str:
-    """The tiny recipe plus what the pipeline needs: documents to index and what to measure."""
-    text = tiny_recipe_text(out_dir).replace('group_field = "contract"',
-                                             'group_field = "contract"\nval_fraction = 0.3')
-    return text + f"""
-[rag]
-documents = ["{(TINY / 'rag_passages.jsonl').as_posix()}"]
-top_k = 2
-
-[eval]
-mcq_data = "{(TINY / 'mcq_insurance.jsonl').as_posix()}"
-samples = 2
-
-[assistant.sampling]
-max_new_tokens = 12
-"""
 
 
 def statuses(output: str) -> dict[str, str]:

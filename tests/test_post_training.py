@@ -23,8 +23,8 @@ CHAT = [{"role": "system", "content": "你是保险助手。"},
         {"role": "assistant", "content": "可以，全额退还。"}]
 
 
-def test_loss_mask_covers_exactly_the_assistant_answers(tok) -> None:  # noqa: ANN001
-    example, status = encode_conversation(tok, CHAT, 512)
+def test_loss_mask_covers_exactly_the_assistant_answers(tok, chat) -> None:  # noqa: ANN001
+    example, status = encode_conversation(chat, CHAT, 512)
     assert status == "ok" and example is not None
     chatml = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in CHAT)
     assert tok.decode(example.ids, skip_special_tokens=False) == chatml
@@ -35,18 +35,19 @@ def test_loss_mask_covers_exactly_the_assistant_answers(tok) -> None:  # noqa: A
     assert trained.count(end) == 2
 
 
-def test_truncation_drops_oldest_turns_and_never_cuts_an_answer(tok) -> None:  # noqa: ANN001
-    full, _ = encode_conversation(tok, CHAT, 512)
+def test_truncation_drops_oldest_turns_and_never_cuts_an_answer(tok, chat) -> None:  # noqa: ANN001
+    full, _ = encode_conversation(chat, CHAT, 512)
     assert full is not None
-    short, status = encode_conversation(tok, CHAT, len(full.ids) - 1)
+    short, status = encode_conversation(chat, CHAT, len(full.ids) - 1)
     assert status == "truncated" and short is not None
     assert "犹豫期" not in tok.decode(short.ids) and "全额退还" in tok.decode(short.ids)
-    none, status = encode_conversation(tok, CHAT, 10)
+    none, status = encode_conversation(chat, CHAT, 10)
     assert none is None and status == "too_long"
 
 
-def test_packing_keeps_examples_whole_and_apart(tok) -> None:  # noqa: ANN001
-    examples = [encode_conversation(tok, CHAT[:3], 512)[0], encode_conversation(tok, CHAT, 512)[0]]
+def test_packing_keeps_examples_whole_and_apart(chat) -> None:  # noqa: ANN001
+    examples = [encode_conversation(chat, CHAT[:3], 512)[0],
+                encode_conversation(chat, CHAT, 512)[0]]
     examples = [e for e in examples if e is not None] * 3
     ids, labels, docs = pack(examples, 256, 2, seed=0)
     assert ids.shape[1] == 256
@@ -166,7 +167,7 @@ def test_post_training_stages_end_to_end(tiny_run: Path, tmp_path: Path) -> None
     assert (tmp_path / "rm" / "model" / "tokenizer.json").exists()
 
 
-def test_reward_model_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa: ANN001
+def test_reward_model_learns_a_separable_preference(tok, chat, tmp_path: Path) -> None:  # noqa: ANN001
     from lmforge.config import TrainConfig
     from lmforge.data import PreferencePair
     from lmforge.train.distributed import DistInfo
@@ -176,7 +177,7 @@ def test_reward_model_learns_a_separable_preference(tok, tmp_path: Path) -> None
     questions = [f"第{i}个问题：保险{i}怎么办？" for i in range(40)]
     pairs = [PreferencePair([{"role": "user", "content": q}], "好的，可以办理。", "不行。", q)
              for q in questions]
-    train, val = PairData(tok, pairs[:32], 128), PairData(tok, pairs[32:], 128)
+    train, val = PairData(chat, pairs[:32], 128), PairData(chat, pairs[32:], 128)
     torch.manual_seed(0)
     model = RewardModel(Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32,
                                                 n_layers=1, n_heads=4, n_kv_heads=2)))
@@ -250,7 +251,7 @@ def test_qlora_sft_stage_reports_memory_saved(tiny_run: Path, tmp_path: Path) ->
     assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_dpo_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa: ANN001
+def test_dpo_learns_a_separable_preference(tok, chat, tmp_path: Path) -> None:  # noqa: ANN001
     from lmforge.config import TrainConfig
     from lmforge.data import PreferencePair
     from lmforge.train.distributed import DistInfo
@@ -259,7 +260,7 @@ def test_dpo_learns_a_separable_preference(tok, tmp_path: Path) -> None:  # noqa
 
     pairs = [PreferencePair([{"role": "user", "content": f"第{i}个问题：保险{i}怎么办？"}],
                             "好的，可以办理。", "不行。", str(i)) for i in range(40)]
-    train, val = PairData(tok, pairs[:32], 128), PairData(tok, pairs[32:], 128)
+    train, val = PairData(chat, pairs[:32], 128), PairData(chat, pairs[32:], 128)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=1,
                                     n_heads=4, n_kv_heads=2)).eval()

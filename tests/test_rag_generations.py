@@ -19,7 +19,7 @@ from lmforge.config import AssistantConfig, RagConfig, ServeConfig
 from lmforge.data.ingest import Document
 from lmforge.rag import Grounding, RagIndex, Retriever
 from lmforge.serve import create_app, load_api_keys
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer import load_chat_format
 
 # runs `lmforge rag index` and SIGKILLs itself at one point of the write
 KILLER = """
@@ -107,10 +107,10 @@ def test_reindexing_under_a_running_server(tmp_path: Path, embedder) -> None:  #
                 *(Document(d.text, "x", d.doc_id, {"acl": "staff"}) for d in passages)],
                progress=False)
     writer.save()
-    tok = load_tokenizer(FIXTURE_TOKENIZER)
+    chat = load_chat_format(FIXTURE_TOKENIZER)
     keys = load_api_keys(["sk-admin", f"{ALICE}:alice:staff"])
-    app = create_app(tiny_model(tok, max_seq_len=1024), tok, AssistantConfig(), ServeConfig(),
-                     keys, Grounding.open(folder))
+    app = create_app(tiny_model(chat.tokenizer, max_seq_len=1024), chat, AssistantConfig(),
+                     ServeConfig(), keys, Grounding.open(folder))
     with live_server(app) as url:
         assert "handbook" in [s["document"] for s in ask(url, HANDBOOK).json()["sources"]]
 

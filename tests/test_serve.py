@@ -11,7 +11,7 @@ from conftest import live_server, tiny_model
 
 from lmforge.config import AssistantConfig, ServeConfig
 from lmforge.serve import create_app, load_api_keys
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer import load_chat_format
 
 openai = pytest.importorskip("openai")
 FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
@@ -20,10 +20,10 @@ KEY = "sk-test-123"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    tok = load_tokenizer(FIXTURE_TOKENIZER)
-    model = tiny_model(tok, max_seq_len=256)
+    chat = load_chat_format(FIXTURE_TOKENIZER)
+    model = tiny_model(chat.tokenizer, max_seq_len=256)
     config = ServeConfig(model_name="tiny", max_n=4, max_body_bytes=20_000, max_waiting=4)
-    app = create_app(model, tok, AssistantConfig(), config, load_api_keys([KEY]))
+    app = create_app(model, chat, AssistantConfig(), config, load_api_keys([KEY]))
     with live_server(app) as url:
         yield url
 

@@ -31,9 +31,9 @@ def tiny(tok):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def served(tok, tiny) -> Iterator[tuple[TestClient, list[tuple[list[int], Any]]]]:  # noqa: ANN001
+def served(chat, tiny) -> Iterator[tuple[TestClient, list[tuple[list[int], Any]]]]:  # noqa: ANN001
     """The app's client, and every (prompt, SamplingConfig) its engine runner was handed."""
-    app = create_app(tiny, tok, ASSISTANT, ServeConfig(max_beams=3), model_name="tiny")
+    app = create_app(tiny, chat, ASSISTANT, ServeConfig(max_beams=3), model_name="tiny")
     submitted: list[tuple[list[int], Any]] = []
     with TestClient(app) as client:
         runner = app.state.runner
@@ -55,32 +55,34 @@ def post(served, path: str, **body: Any) -> dict[str, Any]:  # noqa: ANN001
     return response.json()
 
 
-def test_chat_without_system_message_gets_the_trained_prompt_and_sampling(served, tok) -> None:  # noqa: ANN001
+def test_chat_without_system_message_gets_the_trained_prompt_and_sampling(served, chat) -> None:  # noqa: ANN001
     post(served, "/v1/chat/completions", messages=QUESTION)
     (prompt, config), = served[1]
     system = {"role": "system", "content": ASSISTANT.system}
     assert ASSISTANT.system.startswith("你是保小助，由测试公司开发")
-    assert prompt == encode_chat(tok, [system, *QUESTION], add_generation_prompt=True)
+    assert prompt == encode_chat(chat, [system, *QUESTION], add_generation_prompt=True)
     assert config.frequency_penalty == 0.7 and config.repetition_penalty == 1.1
     assert (config.temperature, config.top_p, config.top_k) == (0.3, 0.9, 20)
     assert config.max_new_tokens == 6 and config.stop == ["。"]
+    assert set(config.stop_token_ids) == chat.stop_ids  # the model's end of turn and eos
 
 
-def test_explicit_client_values_and_system_message_win(served, tok) -> None:  # noqa: ANN001
+def test_explicit_client_values_and_system_message_win(served, chat) -> None:  # noqa: ANN001
     own = [{"role": "system", "content": "你是测试助手。"}, *QUESTION]
     post(served, "/v1/chat/completions", messages=own, frequency_penalty=0.0, temperature=0,
          max_tokens=3, stop=[], top_k=None)
     (prompt, config), = served[1]
-    assert prompt == encode_chat(tok, own, add_generation_prompt=True)
+    assert prompt == encode_chat(chat, own, add_generation_prompt=True)
     assert config.frequency_penalty == 0.0 and config.temperature == 0.0
     assert config.max_new_tokens == 3 and config.stop == []
     assert config.top_k == 20 and config.repetition_penalty == 1.1  # null/unsent: the recipe's
 
 
-def test_completions_sample_with_the_recipe_too(served) -> None:  # noqa: ANN001
+def test_completions_sample_with_the_recipe_too(served, chat) -> None:  # noqa: ANN001
     out = post(served, "/v1/completions", prompt="保险合同")
     (_, config), = served[1]
     assert config.frequency_penalty == 0.7 and config.max_new_tokens == 6
+    assert set(config.stop_token_ids) == chat.stop_ids
     assert out["usage"]["completion_tokens"] <= 6
 
 
@@ -100,7 +102,7 @@ def whole_characters(tok, beam) -> str:  # noqa: ANN001
     return text[:-1] if not beam.finished and decoder.getstate()[0] else text
 
 
-def test_beam_search_gives_what_infer_beam_search_gives(served, tok, tiny,  # noqa: ANN001
+def test_beam_search_gives_what_infer_beam_search_gives(served, tok, chat, tiny,  # noqa: ANN001
                                                          monkeypatch) -> None:  # noqa: ANN001
     threads = []
 
@@ -114,18 +116,18 @@ def test_beam_search_gives_what_infer_beam_search_gives(served, tok, tiny,  # no
 
     monkeypatch.setattr(serving_adapter, "beam_search", off_the_loop)
     prompt = tok.encode("保险合同", add_special_tokens=False).ids
-    best = beam_search(tiny, tok, prompt, 3, 8, 0.5)
+    best = beam_search(tiny, chat, prompt, 3, 8, 0.5)
     out = post(served, "/v1/completions", prompt="保险合同", use_beam_search=True, n=3,
                max_tokens=8, length_penalty=0.5, stop=[])
     assert [c["text"] for c in out["choices"]] == [whole_characters(tok, b) for b in best]
     assert out["usage"]["completion_tokens"] == sum(len(b.tokens) for b in best)
     assert served[1] == []  # not through the sampling engine
-    chat = post(served, "/v1/chat/completions", messages=QUESTION, use_beam_search=True, n=2,
-                max_tokens=5, stop=[])
+    answer = post(served, "/v1/chat/completions", messages=QUESTION, use_beam_search=True,
+                  n=2, max_tokens=5, stop=[])
     system = {"role": "system", "content": ASSISTANT.system}
-    chat_prompt = encode_chat(tok, [system, *QUESTION], add_generation_prompt=True)
-    expected = whole_characters(tok, beam_search(tiny, tok, chat_prompt, 2, 5, 1.0)[0])
-    assert chat["choices"][0]["message"]["content"] == expected
+    chat_prompt = encode_chat(chat, [system, *QUESTION], add_generation_prompt=True)
+    expected = whole_characters(tok, beam_search(tiny, chat, chat_prompt, 2, 5, 1.0)[0])
+    assert answer["choices"][0]["message"]["content"] == expected
     assert threads == ["worker", "worker"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -57,8 +58,8 @@ def stub() -> StubGrounding:
 
 
 @pytest.fixture(scope="module")
-def client(tok, model, stub) -> Iterator[TestClient]:  # noqa: ANN001
-    app = create_app(model, tok, AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
+def client(chat, model, stub) -> Iterator[TestClient]:  # noqa: ANN001
+    app = create_app(model, chat, AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
                      LIMITS, grounding=stub)  # type: ignore[arg-type]
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
@@ -123,9 +124,9 @@ def test_a_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
     assert small.status_code == 200  # a chunked body under the limit is read as before
 
 
-def test_a_live_chunked_upload_is_cut_off(tok, model) -> None:  # noqa: ANN001
+def test_a_live_chunked_upload_is_cut_off(chat, model) -> None:  # noqa: ANN001
     """Through uvicorn: the server stops reading at the limit instead of buffering 50 MB."""
-    app = create_app(model, tok, AssistantConfig(), LIMITS)
+    app = create_app(model, chat, AssistantConfig(), LIMITS)
     sent = {"bytes": 0}
 
     def chunks() -> Iterator[bytes]:
@@ -188,9 +189,10 @@ class ThreadSpy:
         return getattr(self._tok, name)
 
 
-def test_prompts_are_tokenised_off_the_event_loop(tok, model) -> None:  # noqa: ANN001
+def test_prompts_are_tokenised_off_the_event_loop(tok, chat, model) -> None:  # noqa: ANN001
     spy = ThreadSpy(tok)
-    app = create_app(model, spy, AssistantConfig(), LIMITS)  # type: ignore[arg-type]
+    spied = dataclasses.replace(chat, tokenizer=spy)
+    app = create_app(model, spied, AssistantConfig(), LIMITS)
     with TestClient(app) as test_client:
         spy.on_loop.clear()
         for path, body in (("/v1/completions", {"prompt": "保险合同"}),
@@ -208,8 +210,8 @@ class PacedTransformer(Transformer):
 
 
 @pytest.fixture(scope="module")
-def paced(tok) -> Iterator[str]:  # noqa: ANN001
-    app = create_app(tiny_model(tok, max_seq_len=512, cls=PacedTransformer), tok,
+def paced(tok, chat) -> Iterator[str]:  # noqa: ANN001
+    app = create_app(tiny_model(tok, max_seq_len=512, cls=PacedTransformer), chat,
                      AssistantConfig(), ServeConfig(model_name="tiny", disconnect_poll_s=0.1))
     with live_server(app) as url:
         yield url
@@ -325,8 +327,8 @@ def whole(tok: Any, tokens: list[int]) -> str:
     return text[:-1] if decoder.getstate()[0] else text
 
 
-def test_an_answer_cut_by_max_tokens_ends_on_a_whole_character(tok, model) -> None:  # noqa: ANN001
-    app = create_app(model, tok, AssistantConfig(), LIMITS)
+def test_an_answer_cut_by_max_tokens_ends_on_a_whole_character(tok, chat, model) -> None:  # noqa: ANN001
+    app = create_app(model, chat, AssistantConfig(), LIMITS)
     seen: list[tuple[list[int], Any]] = []
     cut = 0
     with TestClient(app) as test_client:

@@ -14,7 +14,7 @@ from lmforge.data.ingest import Document
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import Grounding, RagIndex, Retriever
 from lmforge.serve import create_app, load_api_keys
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer import load_chat_format
 
 openai = pytest.importorskip("openai")
 ADMIN, ALICE = "sk-admin", "sk-alice"
@@ -29,10 +29,10 @@ def server(tmp_path_factory, embedder) -> Iterator[str]:  # noqa: ANN001
                         "x", "cooling-off", {"contract": "寿险A"}),
                Document("宽限期：分期支付保险费的，宽限期为六十日，宽限期内发生保险事故仍承担责任。",
                         "x", "grace", {"contract": "寿险A"})], progress=False)
-    tok = load_tokenizer(FIXTURE_TOKENIZER)
-    model = tiny_model(tok, max_seq_len=1024)
+    chat = load_chat_format(FIXTURE_TOKENIZER)
+    model = tiny_model(chat.tokenizer, max_seq_len=1024)
     keys = load_api_keys([ADMIN, f"{ALICE}:alice:staff"])
-    app = create_app(model, tok, AssistantConfig(), ServeConfig(model_name="tiny-rag"), keys,
+    app = create_app(model, chat, AssistantConfig(), ServeConfig(model_name="tiny-rag"), keys,
                      Grounding(Retriever(index)))
     with live_server(app) as url:
         yield url

@@ -43,9 +43,9 @@ class BlockingGrounding:
         return np.zeros((len(texts), 4), dtype="float32")
 
 
-def test_worker_thread_jobs_count_against_max_waiting(tok, model) -> None:  # noqa: ANN001
+def test_worker_thread_jobs_count_against_max_waiting(chat, model) -> None:  # noqa: ANN001
     grounding = BlockingGrounding()
-    app = create_app(model, tok, AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
+    app = create_app(model, chat, AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
                      ServeConfig(model_name="tiny", max_waiting=1),
                      grounding=grounding)  # type: ignore[arg-type]
     with live_server(app) as url:
@@ -75,8 +75,8 @@ def test_worker_thread_jobs_count_against_max_waiting(tok, model) -> None:  # no
 
 
 @pytest.fixture(scope="module")
-def keyed(tok, model) -> Iterator[TestClient]:  # noqa: ANN001
-    app = create_app(model, tok, AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
+def keyed(chat, model) -> Iterator[TestClient]:  # noqa: ANN001
+    app = create_app(model, chat, AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
                      ServeConfig(model_name="tiny", max_prompt_chars=50),
                      load_api_keys([KEY]))
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -171,7 +171,7 @@ def test_the_bearer_form_is_exact() -> None:
     assert ApiKeys({"k": None}) == ApiKeys({"k": None})  # the salt is no part of equality
 
 
-def test_serve_folder_loads_and_calls_run_server(tmp_path: Path, tok, model,  # noqa: ANN001
+def test_serve_folder_loads_and_calls_run_server(tmp_path: Path, chat, model,  # noqa: ANN001
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import lmforge.infer
     import lmforge.rag
@@ -181,7 +181,7 @@ def test_serve_folder_loads_and_calls_run_server(tmp_path: Path, tok, model,  # 
     served: list[tuple[Any, ...]] = []
     def load(folder: Path, adapter: Path | None = None, quantize: str = "none") -> Any:
         loaded.append((folder, adapter, quantize))
-        return model, tok
+        return model, chat
 
     monkeypatch.setattr(lmforge.infer, "load_for_inference", load)
     monkeypatch.setattr(lmforge.rag.Grounding, "open", classmethod(lambda cls, f: ("rag", f)))
@@ -190,7 +190,20 @@ def test_serve_folder_loads_and_calls_run_server(tmp_path: Path, tok, model,  # 
     serve_folder(folder, assistant, ServeConfig(), keys, quantize="int8",
                  adapter=tmp_path / "lora")
     assert loaded == [(folder, tmp_path / "lora", "int8")]
-    assert served == [(model, tok, assistant, ServeConfig(), keys, None, "my-model")]
+    assert served == [(model, chat, assistant, ServeConfig(), keys, None, "my-model")]
     serve_folder(folder, assistant, ServeConfig(model_name="named"), keys,
                  rag_index=tmp_path / "index")
     assert served[-1][5] == ("rag", tmp_path / "index") and served[-1][6] == "named"
+
+
+def test_max_context_caps_the_cache_a_long_context_model_would_need(chat, model) -> None:  # noqa: ANN001
+    assert model.config.max_seq_len == 128
+    app = create_app(model, chat, AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
+                     ServeConfig(model_name="tiny", max_context=48))
+    assert app.state.engine.max_len == 48
+    with TestClient(app) as client:
+        long = client.post("/v1/completions",
+                           json={"prompt": "保险 policy 1, " * 30, "max_tokens": 4})
+        short = client.post("/v1/completions", json={"prompt": "保险", "max_tokens": 4})
+    assert long.status_code == 400 and "context is 48 tokens" in long.json()["error"]["message"]
+    assert short.status_code == 200

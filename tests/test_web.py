@@ -14,7 +14,7 @@ from conftest import FIXTURE_TOKENIZER, live_server, tiny_model
 from lmforge.config import AssistantConfig, ServeConfig
 from lmforge.model import Transformer
 from lmforge.serve import create_app
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer import load_chat_format
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,9 +33,9 @@ class PacedTransformer(Transformer):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    tok = load_tokenizer(FIXTURE_TOKENIZER)
-    model = tiny_model(tok, max_seq_len=512, cls=PacedTransformer)
-    app = create_app(model, tok, AssistantConfig(), ServeConfig(model_name="tiny-web"))
+    chat = load_chat_format(FIXTURE_TOKENIZER)
+    model = tiny_model(chat.tokenizer, max_seq_len=512, cls=PacedTransformer)
+    app = create_app(model, chat, AssistantConfig(), ServeConfig(model_name="tiny-web"))
     with live_server(app) as url:
         yield url
 
@@ -63,9 +63,9 @@ def page(browser, server: str):  # noqa: ANN001, ANN201
 def rag_server(rag_index) -> Iterator[str]:  # noqa: ANN001
     from lmforge.rag import Grounding, Retriever
 
-    tok = load_tokenizer(FIXTURE_TOKENIZER)
-    model = tiny_model(tok, max_seq_len=1024)
-    app = create_app(model, tok, AssistantConfig(), ServeConfig(model_name="tiny-rag"),
+    chat = load_chat_format(FIXTURE_TOKENIZER)
+    model = tiny_model(chat.tokenizer, max_seq_len=1024)
+    app = create_app(model, chat, AssistantConfig(), ServeConfig(model_name="tiny-rag"),
                      grounding=Grounding(Retriever(rag_index)))
     with live_server(app) as url:
         yield url

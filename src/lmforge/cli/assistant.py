@@ -27,8 +27,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.infer import ChatSession, terminal_chat
 
     assistant = load_recipe(args).assistant
-    model, tok = _load(args)
-    terminal_chat(ChatSession(model, tok, assistant.sampling, assistant.system), input,
+    model, chat = _load(args)
+    terminal_chat(ChatSession(model, chat, assistant.sampling, assistant.system), input,
                   sys.stdout)
 
 
@@ -37,24 +37,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from lmforge.tokenizer import encode_chat, encode_text, with_system
 
     assistant = load_recipe(args).assistant
-    model, tok = _load(args)
-    prompts = [encode_chat(tok, with_system(assistant.system, [{"role": "user", "content": p}]),
+    model, chat = _load(args)
+    tok = chat.tokenizer
+    prompts = [encode_chat(chat, with_system(assistant.system, [{"role": "user", "content": p}]),
                            add_generation_prompt=True) if args.chat else encode_text(tok, p)
                for p in args.prompt]
     sampling = assistant.sampling
     if args.num_beams:
-        outputs = [tok.decode(beam_search(model, tok, p, args.num_beams, sampling.max_new_tokens,
+        outputs = [tok.decode(beam_search(model, chat, p, args.num_beams, sampling.max_new_tokens,
                                           args.length_penalty)[0].tokens, skip_special_tokens=True)
                    for p in prompts]
     elif len(prompts) == 1:  # stream one prompt to the terminal as it is generated
         sys.stdout.write("" if args.chat else args.prompt[0])
-        for delta in stream_generate(model, tok, prompts, sampling):
+        for delta in stream_generate(model, chat, prompts, sampling):
             sys.stdout.write(delta.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return
     else:
-        outputs = complete(model, tok, prompts, sampling)
+        outputs = complete(model, chat, prompts, sampling)
     for prompt, output in zip(args.prompt, outputs, strict=True):
         print(json.dumps({"prompt": prompt, "completion": output}, ensure_ascii=False))
 

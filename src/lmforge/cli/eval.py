@@ -79,11 +79,13 @@ def cmd_eval_mcq(args: argparse.Namespace) -> None:
 def cmd_eval_qa(args: argparse.Namespace) -> None:
     from lmforge.eval import evaluate_qa, read_qa
     from lmforge.rag import Grounding
+    from lmforge.tokenizer import load_chat_format
 
     assistant = load_recipe(args).assistant
-    model, tok = _eval_model(args)
+    model, _ = _eval_model(args)
     items = read_qa(args.queries)[: args.limit or None]
-    result = evaluate_qa(model, tok, Grounding.open(args.index), items, assistant)
+    result = evaluate_qa(model, load_chat_format(args.model), Grounding.open(args.index), items,
+                         assistant)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return

@@ -96,11 +96,11 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         from lmforge.tokenizer import with_system
 
         assistant = load_recipe(args).assistant
-        model, tok = load_for_inference(args.model, args.adapter, args.quantize)
+        model, chat = load_for_inference(args.model, args.adapter, args.quantize)
         room = model.config.max_seq_len - assistant.sampling.max_new_tokens
         question = with_system(assistant.system, [{"role": "user", "content": args.question}])
-        grounded = grounding.ground(question, tok, room, _access(args), args.passages)
-        answer: str | None = (generate_chat(model, tok, [grounded.messages],
+        grounded = grounding.ground(question, chat, room, _access(args), args.passages)
+        answer: str | None = (generate_chat(model, chat, [grounded.messages],
                                             assistant.sampling)[0].strip()
                               if grounded.answerable else NO_ANSWER)
         sources = grounded.sources()

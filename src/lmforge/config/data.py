@@ -168,7 +168,9 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Byte-level BPE trained on the prepared corpus."""
+    """Byte-level BPE trained on the prepared corpus; with ``[model] base``, the base's own
+    tokenizer extended with the terms (``vocab_size``, ``min_frequency`` and ``pretokenizer``
+    are then the base's)."""
 
     vocab_size: int = 16000
     min_frequency: int = 2
@@ -178,6 +180,9 @@ class TokenizerConfig:
     terms_file: str = field(default="", metadata=INPUT)
     terms_field: str = "term"
     max_term_chars: int = 8
+    # with [model] base: a Jinja chat template file for a base that ships none (Llama 3 base
+    # models do not; their instruct model's template fits) or to replace its own
+    chat_template: str = field(default="", metadata=INPUT)
     max_train_chars: int = 50_000_000
     model_max_length: int = 4096
     compare_baseline: bool = True

@@ -98,6 +98,9 @@ class ServeConfig:
     port: int = 8000
     model_name: str = ""  # the id the API reports; "": the model folder's name
     max_batch: int = 8  # sequences decoded together
+    # prompt + answer tokens each of the max_batch cache slots holds, when the model's context
+    # is longer (an imported Llama 3.1's 131,072 positions would be a ~68 GB cache at 8 slots)
+    max_context: int = 8192
     max_waiting: int = 64  # requests in flight before 429
     max_n: int = 8
     max_body_bytes: int = 1 << 20
@@ -116,12 +119,17 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check(0 < self.port < 65536, "port", "a TCP port", self.port)
-        for name in ("max_batch", "max_waiting", "max_n", "max_body_bytes", "max_beams",
-                     "max_prompt_chars", "max_messages", "max_question_chars", "max_stops",
+        for name in ("max_batch", "max_context", "max_waiting", "max_n", "max_body_bytes",
+                     "max_beams", "max_prompt_chars", "max_messages", "max_question_chars",
+                     "max_stops",
                      "max_stop_chars", "max_embedding_inputs", "max_embedding_chars"):
             check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
         check(self.disconnect_poll_s > 0, "disconnect_poll_s", "positive",
               self.disconnect_poll_s)
+
+    def context(self, model_context: int) -> int:
+        """The tokens one request may fill: the model's context, capped by ``max_context``."""
+        return min(model_context, self.max_context)
 
 
 @dataclass

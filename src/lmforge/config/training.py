@@ -3,60 +3,101 @@ LoRA, SFT, preference training (DPO, the reward model) and the reranker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config.checks import INPUT, check, fraction
 from lmforge.config.presets import expand_model_preset
 
+# The Hugging Face model types an imported model can come from (model/weights.py reads and
+# writes each); "" is lmforge's own architecture, exported as the closest of them.
+Family = Literal["", "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"]
+
 
 @dataclass
 class ModelConfig:
     """A Llama-style decoder; ``preset`` fills in a named size (see config/presets.py) and any
-    field given next to it overrides the preset."""
+    field given next to it overrides the preset. The open-model families are a few of these
+    fields each (see model/llama.py), so one model class runs all of them."""
 
     preset: str = ""
+    # a local Hugging Face model folder the pipeline starts from
+    base: str = ""
+    family: Family = ""  # the HF model_type an imported model came from; "" for lmforge's own
     vocab_size: int = 0  # 0: taken from the tokenizer
     dim: int = 256
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int = 4
-    ffn_dim: int = 0  # 0: 8/3 * dim rounded up to a multiple of 64 (the SwiGLU convention)
+    head_dim: int = 0  # 0: dim // n_heads; Qwen3 and Mistral Nemo set it explicitly
+    ffn_dim: int = 0  # 0: 8/3 * dim rounded up to a multiple of 64 (the SwiGLU convention);
+    # with experts, the width of each expert
     max_seq_len: int = 512
+    qkv_bias: bool = False  # Qwen2: biases on the query, key and value projections (not output)
+    qk_norm: bool = False  # Qwen3: RMSNorm on each query and key head
+    sliding_window: int = 0  # Mistral: a query sees only this many latest keys; 0: all of them
     rope_theta: float = 10000.0
-    rope_scaling: Literal["none", "linear", "ntk"] = "none"
+    rope_scaling: Literal["none", "linear", "ntk", "llama3", "yarn"] = "none"
     rope_factor: float = 1.0
+    # llama3 and yarn: the context the model was pretrained with; 0: max_seq_len
+    rope_original_max_len: int = 0
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths above original / low are scaled
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original / high are kept
+    rope_beta_fast: float = 32.0  # yarn: rotations where interpolation starts
+    rope_beta_slow: float = 1.0  # yarn: rotations where it is complete
+    rope_attention_factor: float = 0.0  # yarn: scale of cos/sin; 0: 0.1 * ln(factor) + 1
     norm_eps: float = 1e-5
-    qk_norm: bool = False
     tie_embeddings: bool = True
     n_experts: int = 0  # 0: dense MLP; >1: mixture of experts
     experts_per_token: int = 2
+    # parameter names: Mixtral's (block_sparse_moe, w1/w3/w2) or Qwen's (mlp, gate/up/down_proj)
+    moe_style: Literal["mixtral", "qwen"] = "mixtral"
+    norm_topk_prob: bool = True  # the chosen experts' weights renormalised to sum to 1
+    shared_expert_dim: int = 0  # Qwen2-MoE: an always-on expert of this width, sigmoid-gated
     moe_aux_weight: float = 0.01
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.base:
+            folder = Path(self.base)
+            check(folder.is_dir() and (folder / "config.json").is_file(), "base",
+                  "a local Hugging Face model folder with config.json (weights are never "
+                  "downloaded)", self.base)
+            given = [f.name for f in fields(self) if f.name not in ("base", "moe_aux_weight")
+                     and getattr(self, f.name) != f.default]
+            check(not given, "base", f"no architecture fields beside it (the base's config.json "
+                  f"sets them; remove {', '.join(given)})", self.base)
         check(self.dim > 0 and self.n_layers > 0, "dim", "positive dim and n_layers", self.dim)
-        check(self.n_heads > 0 and self.dim % self.n_heads == 0, "n_heads",
-              f"a divisor of dim ({self.dim})", self.n_heads)
+        check(self.n_heads > 0 and (self.head_dim > 0 or self.dim % self.n_heads == 0),
+              "n_heads", f"a divisor of dim ({self.dim}), or head_dim set", self.n_heads)
         check(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
               f"a divisor of n_heads ({self.n_heads})", self.n_kv_heads)
-        check((self.dim // self.n_heads) % 2 == 0, "n_heads", "an even head size", self.n_heads)
+        check(self.head_dim >= 0, "head_dim", "0 or more", self.head_dim)
+        if self.head_dim == 0:
+            self.head_dim = self.dim // self.n_heads
+        check(self.head_dim % 2 == 0, "head_dim", "an even head size", self.head_dim)
+        check(self.sliding_window >= 0, "sliding_window", "0 (off) or more", self.sliding_window)
         check(self.rope_factor >= 1.0, "rope_factor", "at least 1", self.rope_factor)
+        if self.rope_scaling in ("llama3", "yarn") and self.rope_original_max_len == 0:
+            self.rope_original_max_len = self.max_seq_len
+        check(self.rope_high_freq_factor > self.rope_low_freq_factor, "rope_high_freq_factor",
+              f"more than rope_low_freq_factor ({self.rope_low_freq_factor})",
+              self.rope_high_freq_factor)
         check(self.n_experts == 0 or self.n_experts > 1, "n_experts", "0 or at least 2",
               self.n_experts)
         if self.n_experts:
             check(0 < self.experts_per_token <= self.n_experts, "experts_per_token",
                   f"between 1 and n_experts ({self.n_experts})", self.experts_per_token)
+        check(self.shared_expert_dim == 0 or (self.n_experts > 0 and self.moe_style == "qwen"),
+              "shared_expert_dim", '0 unless n_experts is set with moe_style = "qwen"',
+              self.shared_expert_dim)
         if self.ffn_dim == 0:
             self.ffn_dim = -(-int(8 * self.dim / 3) // 64) * 64
 
     @staticmethod
     def expand_raw(values: dict[str, Any]) -> dict[str, Any]:
         return expand_model_preset(values)
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
 
 
 @dataclass

@@ -73,14 +73,20 @@ def score_documents(model: Transformer, tok: Tokenizer, documents: Iterable[list
 
 
 def bits_per_byte_by_source(model: Transformer, tok: Tokenizer, shards: Path,
-                            max_tokens: int = 100_000) -> dict[str, dict[str, Any]]:
+                            max_tokens: int = 100_000, own: Tokenizer | None = None
+                            ) -> dict[str, dict[str, Any]]:
     """Held-out bits per byte of each source of a run's shards (domain vs general), over at
-    most ``max_tokens`` of each."""
+    most ``max_tokens`` of each; ``tok`` is the tokenizer the shards were cut with.
+
+    ``own``: the model's own tokenizer when it is another (an open base before its vocabulary
+    was extended): each document is decoded and encoded again with it, so both are scored on
+    the same text, which bits per byte makes comparable."""
     by_source: dict[str, list[list[int]]] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
     for tokens, source in ShardSet(shards).documents("val"):
         if counts[source] < max_tokens:
-            by_source[source].append(tokens.astype("int64").tolist())
+            ids = tokens.astype("int64").tolist()
+            by_source[source].append(ids if own is None else encode_text(own, tok.decode(ids)))
             counts[source] += len(tokens)
-    return {source: score_documents(model, tok, docs) for source, docs in
+    return {source: score_documents(model, own or tok, docs) for source, docs in
             sorted(by_source.items())}

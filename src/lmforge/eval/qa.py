@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-
 from lmforge.config import AssistantConfig, SamplingConfig
 from lmforge.data import jsonl_records
 from lmforge.infer import generate_chat
@@ -27,7 +25,7 @@ from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import Grounding
 from lmforge.text import char_f1, scored_chars, split_sentences
-from lmforge.tokenizer import with_system
+from lmforge.tokenizer import ChatFormat, with_system
 
 
 @dataclass
@@ -82,19 +80,19 @@ def greedy(sampling: SamplingConfig) -> SamplingConfig:
                           frequency_penalty=sampling.frequency_penalty, stop=sampling.stop)
 
 
-def evaluate_qa(model: Transformer, tok: Tokenizer, grounding: Grounding,
+def evaluate_qa(model: Transformer, chat: ChatFormat, grounding: Grounding,
                 items: Sequence[QAItem], assistant: AssistantConfig, samples: int = 5
                 ) -> dict[str, Any]:
-    """The assistant as users get it (its system prompt, its grounding through the same answer
-    path as ``rag ask`` and the server), answering greedily."""
+    """The assistant as users get it (its system prompt, its chat format, its grounding through
+    the same answer path as ``rag ask`` and the server), answering greedily."""
     config = greedy(assistant.sampling)
     asked = [with_system(assistant.system, [{"role": "user", "content": i.question}])
              for i in items]
     room = model.config.max_seq_len - config.max_new_tokens
-    grounded = [grounding.ground(conversation, tok, room) for conversation in asked]
-    bare = generate_chat(model, tok, asked, config)
-    answerable = iter(generate_chat(model, tok, [g.messages for g in grounded if g.answerable],
-                               config))
+    grounded = [grounding.ground(conversation, chat, room) for conversation in asked]
+    bare = generate_chat(model, chat, asked, config)
+    answerable = iter(generate_chat(model, chat, [g.messages for g in grounded if g.answerable],
+                                    config))
     with_rag = [next(answerable) if g.answerable else NO_ANSWER for g in grounded]
     hits = [g.retrieved.hits for g in grounded]
     baseline = [best_sentence(i.question, h[0].chunk.text) if h else ""

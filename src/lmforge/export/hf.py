@@ -2,10 +2,12 @@
 llama.cpp's converter read.
 
 The weights are a rename (``model.`` prefix; our names are HF's), sharded with an index above a
-size; the config carries both the current ``rope_parameters`` and the legacy
-``rope_theta``/``torch_dtype`` keys; the tokenizer files come along with the chat template, and
-eos is set to both ``<|endoftext|>`` and ``<|im_end|>`` so that every consumer stops generating
-at the end of a chat turn.
+size; the config is the model's own family (an imported Qwen2 goes back as Qwen2) and carries
+both the current ``rope_parameters`` and the legacy ``rope_theta``/``torch_dtype`` keys; the
+tokenizer files come along with the chat template. A model started from a Hugging Face base
+keeps that base's special ids (its ``generation_config.json``, copied beside the model): the
+base's tokenizer has no ``<|endoftext|>``/``<|im_end|>``. lmforge's own models set eos to both of
+those, so that every consumer stops generating at the end of a chat turn.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lmforge.model import HF_INDEX_NAME, WEIGHTS_NAME, hf_config, load_model, mo
 from lmforge.tokenizer import BOS, EOS, IM_END, PAD, copy_tokenizer_files, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GENERATION_CONFIG = "generation_config.json"
 
 
 def hf_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -57,24 +60,34 @@ def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes:
     (folder / HF_INDEX_NAME).write_text(json.dumps(index, indent=2), encoding="utf-8")
 
 
-def generation_config(bos: int | None, eos: list[int], pad: int | None) -> dict[str, Any]:
+def generation_config(bos: int | None, eos: list[int] | None, pad: int | None
+                      ) -> dict[str, Any]:
     return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad, "do_sample": True,
             "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1,
             "transformers_version": "4.45.0"}
 
 
+def model_generation_config(model_dir: Path) -> dict[str, Any]:
+    """The base model's generation config when the folder carries one, else lmforge's (with
+    whichever of its special tokens the tokenizer has)."""
+    if (model_dir / GENERATION_CONFIG).exists():
+        return json.loads((model_dir / GENERATION_CONFIG).read_text(encoding="utf-8"))
+    tok = load_tokenizer(model_dir)
+    eos = [i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None]
+    return generation_config(tok.token_to_id(BOS), eos or None, tok.token_to_id(PAD))
+
+
 def export_hf(model_dir: Path, out_dir: Path, dtype: str = "float32",
               max_shard_bytes: int = 2 * 1024**3) -> Path:
+    model_dir = Path(model_dir)
     model = load_model(model_dir)
-    tok = load_tokenizer(model_dir)
-    bos, pad = tok.token_to_id(BOS), tok.token_to_id(PAD)
-    eos = [i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None]
-    config = hf_config(model.config, bos, eos, pad)
+    generation = model_generation_config(model_dir)
+    config = hf_config(model.config, generation.get("bos_token_id"),
+                       generation.get("eos_token_id"), generation.get("pad_token_id"))
     config["torch_dtype"] = config["dtype"] = dtype
     with atomic_dir(out_dir) as tmp:
         write_weights(hf_state(model_state(model), DTYPES[dtype]), tmp, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        (tmp / "generation_config.json").write_text(
-            json.dumps(generation_config(bos, eos, pad), indent=2), encoding="utf-8")
+        (tmp / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2), encoding="utf-8")
         copy_tokenizer_files(model_dir, tmp)
     return out_dir

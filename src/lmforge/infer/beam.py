@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tokenizers import Tokenizer
 
-from lmforge.infer.detokenize import stop_ids
 from lmforge.model import KVCache, Transformer
+from lmforge.tokenizer import ChatFormat
 
 
 @dataclass
@@ -23,14 +22,15 @@ class Beam:
 
 
 @torch.no_grad()
-def beam_search(model: Transformer, tok: Tokenizer, prompt: list[int], beams: int = 4,
+def beam_search(model: Transformer, chat: ChatFormat, prompt: list[int], beams: int = 4,
                 max_new_tokens: int = 64, length_penalty: float = 1.0) -> list[Beam]:
-    """Finished (or length-limited) beams, best first; each holds its generated tokens."""
+    """Finished (or length-limited) beams, best first; each holds its generated tokens (a beam
+    finishes on one of the chat format's stop ids, which it keeps)."""
     if len(prompt) + max_new_tokens > model.config.max_seq_len:
         raise ValueError("prompt + max_new_tokens exceeds the model's context")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    stops = stop_ids(tok)
+    stops = chat.stop_ids
     cache = KVCache(model.config, 1, len(prompt) + max_new_tokens, device, dtype)
     logp = torch.log_softmax(model(torch.tensor([prompt], device=device), cache=cache)
                              .logits[:, -1].float(), -1)
@@ -50,9 +50,9 @@ def beam_search(model: Transformer, tok: Tokenizer, prompt: list[int], beams: in
             elif len(next_alive) < beams:
                 next_alive.append(beam)
                 keep_rows.append(row)
-        if len(done) >= beams or not next_alive:
+        alive = next_alive  # before stopping too: the unexpanded beams are not candidates
+        if len(done) >= beams or not alive:
             break
-        alive = next_alive
         rows = torch.tensor(keep_rows, device=device)
         cache.reorder(rows)
         last = torch.tensor([[b.tokens[-1]] for b in alive], device=device)

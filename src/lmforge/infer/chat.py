@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from tokenizers import Tokenizer
-
 from lmforge.config import SamplingConfig
+from lmforge.infer.detokenize import stopping
 from lmforge.infer.engine import Engine
 from lmforge.model import Transformer
-from lmforge.tokenizer import encode_chat, with_system
+from lmforge.tokenizer import ChatFormat, encode_chat, with_system
 
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /quit"
 
@@ -21,7 +20,7 @@ HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt
 @dataclass
 class ChatSession:
     model: Transformer
-    tok: Tokenizer
+    chat: ChatFormat
     sampling: SamplingConfig
     system: str = ""
     turns: list[dict[str, str]] = field(default_factory=list)
@@ -38,8 +37,8 @@ class ChatSession:
         while len(prompt) > limit and len(self.turns) > 1:
             self.turns = self.turns[2:]
             prompt = self._prompt()
-        engine = Engine(self.model, self.tok, max_batch=1, overflow="truncate")
-        engine.submit(prompt, self.sampling)
+        engine = Engine(self.model, self.chat.tokenizer, max_batch=1, overflow="truncate")
+        engine.submit(prompt, stopping(self.chat, self.sampling))
         answer = ""
         for event in engine.run():
             answer += event.text
@@ -48,7 +47,7 @@ class ChatSession:
         self.turns.append({"role": "assistant", "content": answer})
 
     def _prompt(self) -> list[int]:
-        return encode_chat(self.tok, self.messages(), add_generation_prompt=True)
+        return encode_chat(self.chat, self.messages(), add_generation_prompt=True)
 
 
 def terminal_chat(session: ChatSession, read: Callable[[str], str], out: TextIO) -> None:

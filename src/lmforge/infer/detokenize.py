@@ -3,13 +3,28 @@ never a broken UTF-8 character or a half-sent stop string on the wire."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from tokenizers import Tokenizer
 
-from lmforge.tokenizer import EOS, IM_END
+from lmforge.config import SamplingConfig
+from lmforge.tokenizer import EOS, IM_END, ChatFormat
 
 
 def stop_ids(tok: Tokenizer) -> set[int]:
+    """The end markers of lmforge's own tokenizers, which the engine always stops at; a model's
+    chat format adds its own to each request (``stopping``)."""
     return {i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None}
+
+
+def stopping(chat: ChatFormat, config: SamplingConfig) -> SamplingConfig:
+    """``config`` that also ends at the chat format's stop ids (its eos ids and its template's
+    end-of-turn token: ``<|eot_id|>``, ``</s>`` ...), through the engine's per-request
+    ``stop_token_ids``."""
+    missing = sorted(chat.stop_ids - set(config.stop_token_ids))
+    if not missing:
+        return config
+    return dataclasses.replace(config, stop_token_ids=[*config.stop_token_ids, *missing])
 
 
 class RowText:

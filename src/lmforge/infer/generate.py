@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
-
 from lmforge.config import SamplingConfig
+from lmforge.infer.detokenize import stopping
 from lmforge.infer.engine import Engine
 from lmforge.model import Transformer
-from lmforge.tokenizer import Message, encode_chat
+from lmforge.tokenizer import ChatFormat, Message, encode_chat
 
 
 @dataclass
@@ -26,41 +25,46 @@ class Delta:
     finished: str | None = None  # "stop" (eos or stop string) or "length"
 
 
-def stream_generate(model: Transformer, tok: Tokenizer, prompts: list[list[int]],
+def stream_generate(model: Transformer, chat: ChatFormat, prompts: list[list[int]],
                     config: SamplingConfig) -> Iterator[Delta]:
-    """Yield text deltas for a batch of tokenised prompts until every row stops."""
+    """Yield text deltas for a batch of tokenised prompts until every row stops (at a stop id
+    of the model's chat format, a stop string or the token limit)."""
     if not prompts or any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
     if longest + config.max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({longest}) + max_new_tokens ({config.max_new_tokens}) "
                          f"exceeds the model's context ({model.config.max_seq_len})")
-    engine = Engine(model, tok, max_batch=len(prompts), max_len=longest + config.max_new_tokens)
+    engine = Engine(model, chat.tokenizer, max_batch=len(prompts),
+                    max_len=longest + config.max_new_tokens)
+    config = stopping(chat, config)
     for i, prompt in enumerate(prompts):
         engine.submit(prompt, config, str(i))
     for event in engine.run():
         yield Delta(int(event.request), event.text, event.token, event.finished)
 
 
-def complete(model: Transformer, tok: Tokenizer, prompts: list[list[int]],
+def complete(model: Transformer, chat: ChatFormat, prompts: list[list[int]],
              config: SamplingConfig) -> list[str]:
     """The generated text of each tokenised prompt, batched."""
     out = [""] * len(prompts)
     if prompts:
-        for delta in stream_generate(model, tok, prompts, config):
+        for delta in stream_generate(model, chat, prompts, config):
             out[delta.row] += delta.text
     return out
 
 
-def generate(model: Transformer, tok: Tokenizer, prompts: list[str],
+def generate(model: Transformer, chat: ChatFormat, prompts: list[str],
              config: SamplingConfig) -> list[str]:
     """Complete each raw prompt (its caller writes any markup); returns the generated text."""
-    return complete(model, tok, [tok.encode(p, add_special_tokens=False).ids for p in prompts],
+    tok = chat.tokenizer
+    return complete(model, chat, [tok.encode(p, add_special_tokens=False).ids for p in prompts],
                     config)
 
 
-def generate_chat(model: Transformer, tok: Tokenizer, conversations: Sequence[Sequence[Message]],
-                  config: SamplingConfig) -> list[str]:
-    """The assistant's reply to each conversation, encoded by the one chat encoder."""
-    return complete(model, tok, [encode_chat(tok, c, add_generation_prompt=True)
-                                 for c in conversations], config)
+def generate_chat(model: Transformer, chat: ChatFormat,
+                  conversations: Sequence[Sequence[Message]], config: SamplingConfig
+                  ) -> list[str]:
+    """The assistant's reply to each conversation, encoded in the model's chat format."""
+    return complete(model, chat, [encode_chat(chat, c, add_generation_prompt=True)
+                                  for c in conversations], config)

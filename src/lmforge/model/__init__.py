@@ -1,6 +1,7 @@
-"""The model: one Llama-style transformer (model/llama.py), what is applied to it without editing
-it (LoRA adapters, int8 / NF4 weights), the reranker's cross-encoder built on it, and its on-disk
-formats (our folders and Hugging Face's)."""
+"""The model: one Llama-style transformer (model/llama.py) that also runs the open-model families
+(Llama, Mistral, Qwen2/3, Mixtral, Qwen MoE), what is applied to it without editing it (LoRA
+adapters, int8 / NF4 weights), the reranker's cross-encoder built on it, and its on-disk formats
+(our folders and Hugging Face's)."""
 
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
 from lmforge.model.llama import (
@@ -20,20 +21,26 @@ from lmforge.model.lora import (
     save_adapter,
 )
 from lmforge.model.quant import NF4Linear, quantize_linears
+from lmforge.model.resize import extend_embeddings
 from lmforge.model.weights import (
+    ARCHITECTURES,
     HF_INDEX_NAME,
     WEIGHTS_NAME,
+    LoadStats,
+    config_from_hf,
     hf_config,
     load_model,
+    load_model_with_stats,
     load_state,
     model_config,
     model_state,
     save_model,
 )
 
-__all__ = ["HF_INDEX_NAME", "WEIGHTS_NAME", "CrossEncoder", "KVCache", "NF4Linear", "Output",
-           "RerankGroup", "Transformer", "adapters_disabled", "apply_lora", "causal_mask",
-           "doc_rank", "document_inputs", "document_mask", "hf_config", "load_adapter",
-           "load_model", "load_state", "merge_lora", "model_config", "model_state", "pad",
-           "positions_within_documents", "quantize_linears", "save_adapter", "save_model",
+__all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "WEIGHTS_NAME", "CrossEncoder", "KVCache",
+           "LoadStats", "NF4Linear", "Output", "RerankGroup", "Transformer", "adapters_disabled",
+           "apply_lora", "causal_mask", "config_from_hf", "doc_rank", "document_inputs",
+           "document_mask", "extend_embeddings", "hf_config", "load_adapter", "load_model",
+           "load_model_with_stats", "load_state", "merge_lora", "model_config", "model_state",
+           "pad", "positions_within_documents", "quantize_linears", "save_adapter", "save_model",
            "score_group"]

@@ -5,8 +5,21 @@ RMSNorm -> SwiGLU MLP (or a mixture of SwiGLU experts) -> residual] -> RMSNorm -
 
 Written for one device and left alone: LoRA, DDP/FSDP, compile and quantisation wrap it from
 outside. Parameter names are Hugging Face's (``layers.0.self_attn.q_proj``...) and RoPE uses the
-``rotate_half`` convention, so exporting to ``LlamaForCausalLM``/``MixtralForCausalLM`` is a rename
-with a ``model.`` prefix, checked by a logits test against transformers.
+``rotate_half`` convention, so a Hugging Face checkpoint loads by dropping a ``model.`` prefix,
+checked by logits tests against transformers.
+
+The open-model families are this one architecture with a few fields of ModelConfig each:
+- Llama 2/3: the plain model; Llama 3.1/3.2 add ``rope_scaling = "llama3"`` (model/rope.py).
+- Mistral: ``sliding_window`` (each query sees only the latest keys; ``within_window``).
+- Qwen2/2.5: ``qkv_bias`` (biases on q/k/v, none on the output projection).
+- Qwen3: ``qk_norm`` and an explicit ``head_dim`` (heads x head_dim need not equal dim).
+- Mixtral: ``n_experts`` with ``moe_style = "mixtral"`` (``block_sparse_moe``, w1/w3/w2).
+- Qwen3-MoE: ``moe_style = "qwen"`` (``mlp.gate``, ``mlp.experts.N.gate_proj``...) and
+  ``norm_topk_prob``; Qwen2-MoE adds ``shared_expert_dim`` (an always-on, sigmoid-gated expert).
+- YaRN context extension for any of them: ``rope_scaling = "yarn"``.
+Gemma (scaled embeddings, (1 + w) norms, GeGLU, soft-capping, extra norms) and GLM-4 (partial
+interleaved rotary, fused projections, sandwich norms) are refused rather than added: each would
+be a handful of branches through every class here, and the file is meant to read as one model.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
+from lmforge.model.rope import rope_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -34,18 +48,6 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
-
-
-def rope_frequencies(config: ModelConfig) -> Tensor:
-    """Inverse frequencies, with linear (position interpolation) or NTK-aware scaling."""
-    dim = config.head_dim
-    base = config.rope_theta
-    if config.rope_scaling == "ntk":  # stretch the base so low frequencies cover longer contexts
-        base = base * config.rope_factor ** (dim / (dim - 2))
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    if config.rope_scaling == "linear":
-        inv_freq = inv_freq / config.rope_factor
-    return inv_freq
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -100,11 +102,12 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = (config.n_heads, config.n_kv_heads,
                                                         config.head_dim)
-        self.q_proj = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        bias = config.qkv_bias  # Qwen2
+        self.q_proj = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None  # Qwen3
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
@@ -127,7 +130,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); also each expert of Qwen's MoE."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -153,27 +156,40 @@ class Expert(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """Top-k routed experts (Mixtral): softmax router, renormalised top-k weights, and the
-    Switch-Transformer load-balancing loss (n_experts * sum_i fraction_i * mean_prob_i)."""
+    """Top-k routed experts: a softmax router, the top-k weights renormalised to sum to 1
+    (Mixtral always, Qwen when ``norm_topk_prob``), Qwen2-MoE's shared expert added behind a
+    sigmoid gate, and the Switch-Transformer load-balancing loss
+    (n_experts * sum_i fraction_i * mean_prob_i)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.top_k = config.experts_per_token
+        self.renormalize = config.norm_topk_prob
         self.gate = nn.Linear(config.dim, config.n_experts, bias=False)
-        self.experts = nn.ModuleList(Expert(config.dim, config.ffn_dim)
+        expert = Expert if config.moe_style == "mixtral" else MLP
+        self.experts = nn.ModuleList(expert(config.dim, config.ffn_dim)
                                      for _ in range(config.n_experts))
+        self.shared_expert: MLP | None = None
+        self.shared_expert_gate: nn.Linear | None = None
+        if config.shared_expert_dim:  # Qwen2-MoE
+            self.shared_expert = MLP(config.dim, config.shared_expert_dim)
+            self.shared_expert_gate = nn.Linear(config.dim, 1, bias=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         probs = F.softmax(self.gate(flat), dim=-1, dtype=torch.float32)
         weights, chosen = probs.topk(self.top_k, dim=-1)
-        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        if self.renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights.to(x.dtype)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             token, slot = torch.where(chosen == e)
             if token.numel():
                 out.index_add_(0, token, expert(flat[token]) * weights[token, slot, None])
+        if self.shared_expert is not None and self.shared_expert_gate is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
         n = len(self.experts)
         fraction = F.one_hot(chosen, n).sum(1).float().mean(0) / self.top_k
         aux = n * (fraction * probs.mean(0)).sum()
@@ -186,20 +202,23 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
-        self.moe = config.n_experts > 0
-        if self.moe:
+        # Mixtral calls its routed layer block_sparse_moe; Qwen's MoE keeps the dense name
+        self.mixtral_moe = config.n_experts > 0 and config.moe_style == "mixtral"
+        self.mlp: MLP | SparseMoE
+        if self.mixtral_moe:
             self.block_sparse_moe = SparseMoE(config)
         else:
-            self.mlp = MLP(config.dim, config.ffn_dim)
+            self.mlp = SparseMoE(config) if config.n_experts else MLP(config.dim, config.ffn_dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: Cache | None, layer: int) -> tuple[Tensor, Tensor | None]:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         h = self.post_attention_layernorm(x)
-        if self.moe:
-            out, aux = self.block_sparse_moe(h)
+        ffn = self.block_sparse_moe if self.mixtral_moe else self.mlp
+        if isinstance(ffn, SparseMoE):
+            out, aux = ffn(h)
             return x + out, aux
-        return x + self.mlp(h), None
+        return x + ffn(h), None
 
 
 @dataclass
@@ -222,14 +241,31 @@ class Transformer(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.inv_freq: Tensor
-        self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
+        inv_freq, self.rope_scale = rope_frequencies(config)  # the scale: YaRN's cos/sin factor
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.reset_parameters()
 
+    @classmethod
+    def empty(cls, config: ModelConfig, device: str | torch.device,
+              dtype: torch.dtype) -> Transformer:
+        """The architecture with uninitialised weights for a checkpoint to fill: built on the
+        meta device, so a real-size model is neither initialised nor held twice."""
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to(dtype=dtype).to_empty(device=device)
+        if config.tie_embeddings:  # to_empty gives every module a tensor of its own
+            model.lm_head.weight = model.embed_tokens.weight
+        model.inv_freq = rope_frequencies(config)[0].to(device)
+        return model
+
     def reset_parameters(self) -> None:
-        """Normal(0, std) weights; output projections scaled by 1/sqrt(2 * layers) (GPT-2)."""
+        """Normal(0, std) weights, zero biases; output projections scaled by 1/sqrt(2 * layers)
+        (GPT-2)."""
         std = self.config.init_std
         for name, p in self.named_parameters():
-            if p.dim() == 1:
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 1:
                 nn.init.ones_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
                 nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layers))
@@ -239,7 +275,7 @@ class Transformer(nn.Module):
     def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         freqs = positions[..., None].float() * self.inv_freq  # [b, t, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [b, 1, t, hd]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return (emb.cos() * self.rope_scale).to(dtype), (emb.sin() * self.rope_scale).to(dtype)
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None,
                 mask: Tensor | None = None, cache: Cache | None = None,
@@ -248,14 +284,21 @@ class Transformer(nn.Module):
 
         ``positions`` [b, t] default to 0.. (continuing after the cache). ``mask`` is a boolean
         [b, 1, t, keys] attention mask (True = may attend) for packed documents, padding or
-        cached decoding; None means plain causal attention.
+        cached decoding; None means plain causal attention. A sliding window narrows either.
         """
         b, t = tokens.shape
         start = cache.length if cache is not None else 0
+        window = self.config.sliding_window
         if positions is None:
             positions = torch.arange(start, start + t, device=tokens.device).expand(b, t)
-        if mask is None and cache is not None and start > 0 and t > 1:
+        if mask is None and (window or cache is not None and start > 0 and t > 1):
             mask = causal_mask(t, start + t, tokens.device)[None, None].expand(b, 1, t, start + t)
+        if window and mask is not None:
+            # a cache holds each row's positions 0.. (both caches fill rows from 0); without
+            # one, the keys are the queries themselves
+            keys = (torch.arange(mask.shape[-1], device=tokens.device)[None]
+                    if cache is not None else positions)
+            mask = mask & within_window(positions, keys, window)
         x = self.embed_tokens(tokens)
         cos, sin = self.rope(positions, x.dtype)
         aux_total = None
@@ -298,6 +341,13 @@ def causal_mask(queries: int, keys: int, device: torch.device) -> Tensor:
     offset = keys - queries
     q = torch.arange(queries, device=device)[:, None] + offset
     return torch.arange(keys, device=device)[None, :] <= q
+
+
+def within_window(queries: Tensor, keys: Tensor, window: int) -> Tensor:
+    """[b, 1, t, keys]: True where a key is fewer than ``window`` positions before its query
+    (Mistral's sliding window; with the causal mask, each query sees its ``window`` latest
+    keys, itself included), from query positions [b, t] and key positions [b or 1, keys]."""
+    return (queries[:, :, None] - keys[:, None, :] < window)[:, None]
 
 
 def positions_within_documents(doc_ids: Tensor) -> Tensor:

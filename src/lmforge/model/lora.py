@@ -44,8 +44,9 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
-        if self.enabled:
-            out = out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+        if self.enabled:  # in the adapter's dtype: fp32 adapters train on a bf16 base
+            update = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype))))
+            out = out + (update * self.scaling).to(out.dtype)
         return out
 
     def merged(self) -> nn.Linear:

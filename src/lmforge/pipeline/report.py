@@ -14,7 +14,7 @@ from typing import Any
 
 from lmforge.atomic import atomic_write_text
 from lmforge.config import RecipeConfig
-from lmforge.pipeline.evaluate import eval_tables
+from lmforge.pipeline.evaluate import MODEL_LABELS, eval_tables
 from lmforge.pipeline.layout import TRAINING_STAGES, RunLayout
 from lmforge.pipeline.run import StageResult
 from lmforge.reporting import markdown_table, pyplot, read_report, save_figure
@@ -76,9 +76,13 @@ def plot_eval(results: dict[str, Any], path: Path) -> None:
         left.legend()
     bpb = results.get("bpb", {})
     sources = list(bpb.get("base", {}))
-    for offset, model in ((-0.2, "base"), (0.2, "assistant")):
+    names = [n for n in MODEL_LABELS if n in bpb]
+    width = 0.8 / max(1, len(names))
+    for k, name in enumerate(names):
+        offset = (k - (len(names) - 1) / 2) * width
         right.bar([i + offset for i in range(len(sources))],
-                  [bpb[model][s]["bits_per_byte"] for s in sources], width=0.4, label=model)
+                  [bpb[name][s]["bits_per_byte"] for s in sources], width=width,
+                  label=MODEL_LABELS[name])
     right.set_xticks(range(len(sources)), sources, rotation=20)
     right.set_title("held-out bits per byte (lower is better)")
     right.legend()
@@ -106,6 +110,8 @@ def tokenizer_section(layout: RunLayout) -> list[str]:
     tok = read_report(layout.stage("tokenizer") / "report.json")
     if not tok:
         return []
+    if "vocab_size_after" in tok:  # the base model's tokenizer, extended
+        return base_tokenizer_section(tok)
     rows = [[group, v["chars_per_token"], v.get("baseline_chars_per_token", "-")]
             for group, v in tok["held_out"].items()]
     terms = tok.get("terms", {})
@@ -114,6 +120,19 @@ def tokenizer_section(layout: RunLayout) -> list[str]:
             f"{terms.get('single_token', 0)} domain terms are single tokens"
             + (f" (baseline tokenizer: {baseline})." if baseline is not None else "."), "",
             markdown_table(["held-out text", "chars/token", "baseline chars/token"], rows), ""]
+
+
+def base_tokenizer_section(tok: dict[str, Any]) -> list[str]:
+    terms, held = tok["terms"], tok["held_out"]
+    return ["## Tokenizer", "", f"The base model's own (`{tok['base']}`), vocabulary "
+            f"{tok['vocab_size_before']:,} -> {tok['vocab_size_after']:,}: {terms['added']} of "
+            f"{terms['offered']} domain terms added ({terms['single_token']} were already one "
+            f"token, {terms['absent']} never occur in the corpus, {terms['inexact']} would not "
+            "decode back exactly). Details: [tokenizer/report.md](tokenizer/report.md).", "",
+            markdown_table(["held-out domain text", "chars/token before", "chars/token after"],
+                           [[f"{held['docs']} documents, {held['chars']:,} chars",
+                             held["chars_per_token_before"], held["chars_per_token_after"]]]),
+            ""]
 
 
 def model_section(layout: RunLayout) -> list[str]:

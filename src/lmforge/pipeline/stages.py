@@ -36,7 +36,7 @@ from lmforge.pipeline.layout import RunLayout
 from lmforge.pipeline.reranker import train_reranker
 from lmforge.pipeline.run import Stage
 from lmforge.rag import RagIndex
-from lmforge.tokenizer import train_tokenizer
+from lmforge.tokenizer import base_tokenizer, train_tokenizer
 from lmforge.train import dpo, pretrain, reward_model, sft
 
 
@@ -47,12 +47,22 @@ def data_stage(data: DataConfig, out: Path, seed: int) -> dict[str, Any]:
                                                 "report": str(out / "report.md")}}
 
 
-def tokenizer_stage(tokenizer: TokenizerConfig, corpus: Path, out: Path) -> dict[str, Any]:
+def tokenizer_stage(tokenizer: TokenizerConfig, corpus: Path, out: Path,
+                    base: Path | None = None) -> dict[str, Any]:
+    """Train a tokenizer on the corpus, or, with a ``base`` model, take the base's own and
+    extend it with the domain terms."""
+    outputs = {"tokenizer": str(out / "tokenizer.json"), "report": str(out / "report.md")}
+    if base is not None:
+        report = base_tokenizer(tokenizer, corpus, base, out)
+        held = report["held_out"]
+        return {"headline": f"{base.name}'s tokenizer + {report['terms']['added']} domain terms "
+                            f"(vocab {report['vocab_size_after']:,}); characters per token on "
+                            f"held-out domain text {held['chars_per_token_before']:.2f} -> "
+                            f"{held['chars_per_token_after']:.2f}", "outputs": outputs}
     report = train_tokenizer(tokenizer, corpus, out)
     rates = ", ".join(f"{k} {v['chars_per_token']:.2f}" for k, v in report["held_out"].items())
     return {"headline": f"vocab {report['vocab_size']:,}; characters per token {rates}",
-            "outputs": {"tokenizer": str(out / "tokenizer.json"),
-                        "report": str(out / "report.md")}}
+            "outputs": outputs}
 
 
 def shards_stage(shards: ShardConfig, data: Path, tokenizer: Path, out: Path) -> dict[str, Any]:
@@ -142,14 +152,15 @@ def _eval_args(r: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
     return {"eval": r.eval, "assistant": r.assistant, "model": layout.assistant,
             "base": layout.model("pretrain"), "shards": layout.shards, "corpus": layout.corpus,
             "index": layout.rag, "queries": Path(r.sft.qa_queries) if r.sft.qa_queries else None,
-            "out": layout.stage("eval")}
+            "out": layout.stage("eval"), **({"origin": Path(r.model.base)} if r.model.base else {})}
 
 
 STAGES = [
     Stage("data", data_stage, lambda r, layout: {"data": r.data, "out": layout.stage("data"),
                                                  "seed": r.run.seed}),
     Stage("tokenizer", tokenizer_stage, lambda r, layout: {
-        "tokenizer": r.tokenizer, "corpus": layout.corpus, "out": layout.tokenizer}),
+        "tokenizer": r.tokenizer, "corpus": layout.corpus, "out": layout.tokenizer,
+        **({"base": Path(r.model.base)} if r.model.base else {})}),
     Stage("shards", shards_stage, lambda r, layout: {
         "shards": r.data.shards, "data": layout.stage("data"), "tokenizer": layout.tokenizer,
         "out": layout.shards}),

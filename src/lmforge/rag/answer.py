@@ -10,7 +10,7 @@ Fusion and reranker scores are rank-based or uncalibrated and cannot gate on the
 ``Grounding.ground`` is the one answer path: ``rag ask``, ``eval qa`` and the server all call it,
 so what the evaluation scores is what users get. It retrieves for the conversation's last user
 message, applies the no-answer gate, and fits the passages into the room the caller leaves for
-the prompt (counted in tokens of the model's own chat encoding). Each call first checks (one
+the prompt (counted in tokens of the model's own chat format). Each call first checks (one
 ``stat``, and a look at the reranker's files) whether the index folder published a newer
 generation or reranker; if so the new one is opened once, under a lock, and swapped in whole,
 while calls already running finish on the old one. One that fails to open is logged, the old
@@ -26,15 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tokenizers import Tokenizer
-
 from lmforge.prompts import Passage, rag_user_message
 from lmforge.rag.access import Access, public_meta
 from lmforge.rag.index import RagIndex
 from lmforge.rag.manifest import stamp
 from lmforge.rag.rerank import Reranker, model_stamp
 from lmforge.rag.retrieve import Hit, Retriever
-from lmforge.tokenizer import Message, encode_chat
+from lmforge.tokenizer import ChatFormat, Message, encode_chat
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +176,7 @@ class Grounding:
             return State(index_stamp, reranker_stamp, state.retriever)
         return State(index_stamp, reranker_stamp, Retriever(index, reranker))
 
-    def ground(self, messages: Sequence[Message], tok: Tokenizer, room: int,
+    def ground(self, messages: Sequence[Message], chat: ChatFormat, room: int,
                access: Access | None = None, k: int | None = None) -> GroundedPrompt:
         """Retrieve for the last user message and put the passages into it, trimmed so the
         encoded prompt takes at most ``room`` tokens (the context minus the answer's budget)."""
@@ -191,7 +189,7 @@ class Grounding:
         if retrieved.relevant:
             def fits(message: str) -> bool:
                 last["content"] = message
-                return len(encode_chat(tok, conversation, add_generation_prompt=True)) <= room
+                return len(encode_chat(chat, conversation, add_generation_prompt=True)) <= room
 
             last["content"] = retrieved.fitted_message(question, fits)
         return GroundedPrompt(conversation, retrieved)

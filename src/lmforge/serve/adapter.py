@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
-from lmforge.infer import beam_search, decode_whole
+from lmforge.infer import beam_search, decode_whole, stopping
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
@@ -41,7 +41,7 @@ from lmforge.serve.protocol import (
 from lmforge.serve.runner import EngineRunner, QueueFull
 from lmforge.serve.streams import Choice, Disconnected, Streams, busy
 from lmforge.serve.tokens import chat_logprobs, completion_logprobs
-from lmforge.tokenizer import encode_chat, with_system
+from lmforge.tokenizer import ChatFormat, encode_chat, with_system
 
 T = TypeVar("T")
 
@@ -72,8 +72,10 @@ def sampling_config(body: SamplingFields, defaults: SamplingConfig, max_tokens: 
 
 @dataclass
 class Serving:
+    """Prompts are encoded in the model's chat format and end at its stop ids."""
+
     model: Transformer
-    tok: Tokenizer
+    chat_format: ChatFormat
     assistant: AssistantConfig
     config: ServeConfig
     model_name: str
@@ -86,8 +88,16 @@ class Serving:
         self.streams = Streams(self.tok, self.config, self.model_name, self.runner, self.metrics)
 
     @property
+    def tok(self) -> Tokenizer:
+        return self.chat_format.tokenizer
+
+    @property
     def max_len(self) -> int:
-        return self.model.config.max_seq_len
+        return self.config.context(self.model.config.max_seq_len)
+
+    def sampling(self, body: SamplingFields, max_tokens: int, logprobs: int) -> SamplingConfig:
+        return stopping(self.chat_format,
+                        sampling_config(body, self.assistant.sampling, max_tokens, logprobs))
 
     # -- the two generation endpoints -------------------------------------------------------
 
@@ -107,7 +117,7 @@ class Serving:
         if body.use_beam_search:
             results = await self.beams(prompt, body, budget)
         else:
-            config = sampling_config(body, self.assistant.sampling, budget, body.logprobs or 0)
+            config = self.sampling(body, budget, body.logprobs or 0)
             streams = self.streams.start(prompt, config, body.n, echo=body.echo)
             if body.stream:
                 chunks = self.streams.completion_chunks(request_id, streams,
@@ -140,15 +150,14 @@ class Serving:
         if grounded is not None:
             messages = grounded.messages
         cited = {} if grounded is None else {"sources": grounded.sources()}
-        prompt = await run_in_threadpool(encode_chat, self.tok, messages, True)
+        prompt = await run_in_threadpool(encode_chat, self.chat_format, messages, True)
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
         self.metrics.prompt_tokens += len(prompt) * body.n
         if body.use_beam_search:
             results = await self.beams(prompt, body, budget)
         else:
-            config = sampling_config(body, self.assistant.sampling, budget,
-                                     body.top_logprobs or 0)
+            config = self.sampling(body, budget, body.top_logprobs or 0)
             streams = self.streams.start(prompt, config, body.n)
             if body.stream:
                 chunks = self.streams.chat_chunks(request_id, streams, cited, body.logprobs)
@@ -225,7 +234,7 @@ class Serving:
             who = access(principal, options.filter)
         except ValueError as err:  # a filter on access metadata would probe who may read what
             raise APIError(400, str(err), param="rag.filter") from None
-        return await self.offload(self.grounding.ground, messages, self.tok, room, who,
+        return await self.offload(self.grounding.ground, messages, self.chat_format, room, who,
                                   options.top_k)
 
     def budget(self, prompt_tokens: int, requested: int | None, param: str) -> int:
@@ -272,8 +281,8 @@ class Serving:
 
     async def beams(self, prompt: list[int], body: SamplingFields, budget: int) -> list[Choice]:
         """The ``n`` best beams, in a worker thread (the event loop keeps serving)."""
-        found = await self.offload(beam_search, self.model, self.tok, prompt, body.n,
-                                        budget, body.length_penalty)
+        found = await self.offload(beam_search, self.model, self.chat_format, prompt, body.n,
+                                   budget, body.length_penalty)
         cut_at = stops(body.stop) if body.stop is not None else self.assistant.sampling.stop
         results = []
         for beam in found:

@@ -1,8 +1,8 @@
 """``lmforge serve``: an OpenAI-compatible HTTP API and web chat over the inference engine.
 
 ``create_app`` is the factory: it puts the server's state on ``app.state`` (the engine and, while
-the server runs, its runner thread and the serving adapter; the settings, tokenizer,
-assistant, API keys, grounding and metrics), adds the middleware (API keys, body limit,
+the server runs, its runner thread and the serving adapter; the settings, the model's chat
+format, assistant, API keys, grounding and metrics), adds the middleware (API keys, body limit,
 metrics) and the OpenAI-shaped error handlers, and mounts the page. The routes (``routes.py``)
 are thin; the adapter (``adapter.py``) talks to the engine. No module globals.
 """
@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from tokenizers import Tokenizer
 
 from lmforge.config import AssistantConfig, ServeConfig
 from lmforge.infer import Engine
@@ -33,27 +32,30 @@ from lmforge.serve.metrics import Metrics, route_label
 from lmforge.serve.protocol import APIError, error_body
 from lmforge.serve.routes import STATIC, router
 from lmforge.serve.runner import EngineRunner
+from lmforge.tokenizer import ChatFormat
 
 PUBLIC_PATHS = ("/health", "/static/")  # plus "/": the page itself carries no data
 log = logging.getLogger(__name__)
 
 
-def create_app(model: Transformer, tok: Tokenizer, assistant: AssistantConfig,
+def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
                config: ServeConfig, keys: ApiKeys | None = None,
                grounding: Grounding | None = None, model_name: str = "lmforge") -> FastAPI:
-    """The server of ``model``, answering as ``assistant``. ``grounding`` (a RAG index) enables
+    """The server of ``model``, answering as ``assistant`` in the model's ``chat`` format
+    (its template and stop ids). ``grounding`` (a RAG index) enables
     the ``rag`` chat option, sources in answers and ``/v1/embeddings``; ``keys`` (if any)
     are required on every route but ``/``, ``/health`` and the static files. The API reports
     the model as ``config.model_name``, or else ``model_name``."""
     app = FastAPI(title="lmforge", description="OpenAI-compatible API of an lmforge model",
                   lifespan=lifespan)
     state = app.state
-    state.model, state.tok, state.assistant, state.config = model, tok, assistant, config
+    state.model, state.chat, state.assistant, state.config = model, chat, assistant, config
     state.keys = keys or ApiKeys()
     state.grounding = grounding
     state.model_name = config.model_name or model_name
     state.metrics = Metrics()
-    state.engine = Engine(model, tok, max_batch=config.max_batch)
+    state.engine = Engine(model, chat.tokenizer, max_batch=config.max_batch,
+                          max_len=config.context(model.config.max_seq_len))
     app.add_exception_handler(APIError, api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
@@ -72,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The engine thread lives as long as the server (a test client may start it many times)."""
     state = app.state
     state.runner = EngineRunner(state.engine, state.config.max_waiting)
-    state.serving = Serving(state.model, state.tok, state.assistant, state.config,
+    state.serving = Serving(state.model, state.chat, state.assistant, state.config,
                             state.model_name, state.runner, state.metrics, state.grounding)
     try:
         yield
@@ -166,13 +168,13 @@ async def http_error(request: Request, err: StarletteHTTPException) -> JSONRespo
                         status_code=err.status_code)
 
 
-def run_server(model: Transformer, tok: Tokenizer, assistant: AssistantConfig,
+def run_server(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
                config: ServeConfig, keys: ApiKeys | None = None,
                grounding: Grounding | None = None, model_name: str = "lmforge") -> None:
     """Serve until interrupted (``lmforge serve`` and ``lmforge run --serve``)."""
     import uvicorn
 
-    app = create_app(model, tok, assistant, config, keys, grounding, model_name)
+    app = create_app(model, chat, assistant, config, keys, grounding, model_name)
     print(banner(app))
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 

@@ -22,7 +22,7 @@ def serve_folder(model_dir: Path, assistant: AssistantConfig, config: ServeConfi
         raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
     # the index first: a bad one fails before the (slow) model load
     grounding = rag.Grounding.open(Path(rag_index)) if rag_index is not None else None
-    model, tok = infer.load_for_inference(Path(model_dir), adapter=adapter,
-                                          quantize=cast(Literal["none", "int8"], quantize))
-    package.run_server(model, tok, assistant, config, keys, grounding,
+    model, chat = infer.load_for_inference(Path(model_dir), adapter=adapter,
+                                           quantize=cast(Literal["none", "int8"], quantize))
+    package.run_server(model, chat, assistant, config, keys, grounding,
                        config.model_name or Path(model_dir).name)

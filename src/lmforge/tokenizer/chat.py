@@ -1,28 +1,40 @@
-"""The one ChatML encoder: conversations to token ids, for training (with which tokens are
-learned) and for answering (the generation prompt).
+"""The one chat encoder: conversations to token ids in the model's own chat format, for training
+(with which tokens are learned) and for answering (the generation prompt).
 
 Every path that puts a conversation in front of the model (SFT, DPO, chat, ``generate --chat``,
-RAG answers, the server) encodes through here, so the model answers in exactly the token layout
-it was trained on. A message is encoded as its template segments: the header
-``<|im_start|>role\\n``, the content, ``<|im_end|>`` and ``\\n``. Only the header and the end
-marker produce control tokens: message text is encoded with special-token matching switched off,
-so a user, a system prompt or a retrieved passage that contains ``<|im_end|>`` cannot close its
-turn and speak as another role. (The Jinja template in ``vocab.py``, which exported folders
-carry, gives the same ids wherever the text holds no control-token strings; a test checks it.)
+RAG answers, evaluation, the server) encodes through here, so the model answers in exactly the
+token layout it was trained on, which is the layout of its template (``template.py``).
+
+No text inside a message (a user's, a system prompt, an answer in SFT or preference data, a
+retrieved passage) ever becomes a control token; only the template's own markup does. The
+rendering is encoded as transformers encodes it, and the result is kept when no control token
+overlaps a message's text (then the ids are exactly ``apply_chat_template``'s). Otherwise a
+message wrote control-token strings, and the rendering is encoded in runs between the markup's
+own control tokens, with every control token's string plain text inside the runs.
+
+An assistant message's text, and the markup after it up to and including the first special
+token (its end of turn: ``<|im_end|>``, ``<|eot_id|>``, ``</s>``), are what training learns,
+so the model learns to stop; everything else is context.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from tokenizers import Tokenizer
 
-from lmforge.tokenizer.vocab import IM_END, IM_START
+from lmforge.tokenizer.template import ChatFormat, Message, Span
 
-Message = dict[str, str]
 _plain: dict[int, tuple[Tokenizer, Tokenizer]] = {}
 _plain_lock = threading.Lock()
+
+
+class Token(NamedTuple):
+    id: int
+    start: int  # characters of the rendering
+    end: int
 
 
 def plain_text_tokenizer(tok: Tokenizer) -> Tokenizer:
@@ -38,32 +50,93 @@ def plain_text_tokenizer(tok: Tokenizer) -> Tokenizer:
 
 
 def encode_text(tok: Tokenizer, text: str) -> list[int]:
-    """Untrusted text as tokens: never a control token."""
+    """Untrusted text as tokens: never a special token."""
     return plain_text_tokenizer(tok).encode(text, add_special_tokens=False).ids
 
 
-def _markup(tok: Tokenizer, text: str) -> list[int]:
-    return tok.encode(text, add_special_tokens=False).ids
+def _overlaps(token: Token, spans: Sequence[Span]) -> bool:
+    return any(token.start < s.end and token.end > s.start for s in spans)
 
 
-def chat_segments(tok: Tokenizer, messages: Sequence[Message],
+def _as_transformers(chat: ChatFormat, text: str) -> list[Token]:
+    encoding = chat.tokenizer.encode(text, add_special_tokens=False)
+    return [Token(i, s, e) for i, (s, e) in zip(encoding.ids, encoding.offsets, strict=True)]
+
+
+def _in_runs(chat: ChatFormat, text: str, spans: Sequence[Span]) -> list[Token]:
+    """The markup's control tokens as themselves, everything between them as plain text."""
+    edges = [0, *(x for s in sorted(spans, key=lambda s: s.start) for x in (s.start, s.end)),
+             len(text)]
+    cuts = [Token(chat.controls[found.group()], found.start(), found.end())
+            for start, end in zip(edges[::2], edges[1::2], strict=True)  # markup stretches
+            for found in chat.control_pattern.finditer(text, start, end)]
+    tokens: list[Token] = []
+    at = 0
+    for cut in cuts:
+        tokens += _plain_run(chat, text, at, cut.start)
+        tokens.append(cut)
+        at = cut.end
+    return tokens + _plain_run(chat, text, at, len(text))
+
+
+def _plain_run(chat: ChatFormat, text: str, start: int, end: int) -> list[Token]:
+    if start == end:
+        return []
+    run = chat.plain.encode(text[start:end], add_special_tokens=False)
+    return [Token(i, start + s, start + e) for i, (s, e) in zip(run.ids, run.offsets, strict=True)]
+
+
+def _chat_tokens(chat: ChatFormat, messages: Sequence[Message], add_generation_prompt: bool
+                ) -> tuple[list[Token], list[Span]]:
+    """The rendering's tokens and where each message's text lies in it."""
+    text, spans = chat.marked(messages, add_generation_prompt)
+    controls = set(chat.controls.values())
+    tokens = _as_transformers(chat, text)
+    if any(t.id in controls and _overlaps(t, spans) for t in tokens):
+        tokens = _in_runs(chat, text, spans)
+        forged = [t for t in tokens if t.id in controls and _overlaps(t, spans)]
+        if forged:  # only a tokenizer whose merges spell a control token can get here
+            raise ValueError(f"the tokenizer makes the control token "
+                             f"{chat.tokenizer.id_to_token(forged[0].id)!r} out of plain text")
+    return tokens, spans
+
+
+def _learned(tokens: Sequence[Token], spans: Sequence[Span], messages: Sequence[Message],
+             specials: set[int]) -> list[bool]:
+    """Per token: part of an assistant's text, or of the markup after it up to its end of turn
+    (never into the next message's text)."""
+    learned = [False] * len(tokens)
+    for span in spans:
+        if messages[span.message]["role"] != "assistant":
+            continue
+        following = min((s.start for s in spans if s.start >= span.end), default=tokens[-1].end)
+        j = next((j for j, t in enumerate(tokens) if t.end > span.start), len(tokens))
+        while j < len(tokens) and tokens[j].start < following:
+            learned[j] = True
+            if tokens[j].start >= span.end and tokens[j].id in specials:
+                break
+            j += 1
+    return learned
+
+
+def chat_segments(chat: ChatFormat, messages: Sequence[Message],
                   add_generation_prompt: bool = False) -> list[tuple[list[int], bool]]:
-    """(token ids, learned?) per template segment: an assistant turn's content and its
-    ``<|im_end|>`` are learned (so the model learns to stop), everything else is context."""
+    """(token ids, learned?) for each run of tokens that training learns or reads as context:
+    the assistants' texts with their end-of-turn tokens are learned."""
+    tokens, spans = _chat_tokens(chat, messages, add_generation_prompt)
+    learned = _learned(tokens, spans, messages, set(chat.specials.values()))
     segments: list[tuple[list[int], bool]] = []
-    for message in messages:
-        answer = message["role"] == "assistant"
-        segments += [(_markup(tok, f"{IM_START}{message['role']}\n"), False),
-                     (encode_text(tok, message["content"]), answer),
-                     (_markup(tok, IM_END), answer), (_markup(tok, "\n"), False)]
-    if add_generation_prompt:
-        segments.append((_markup(tok, f"{IM_START}assistant\n"), False))
+    for token, flag in zip(tokens, learned, strict=True):
+        if segments and segments[-1][1] == flag:
+            segments[-1][0].append(token.id)
+        else:
+            segments.append(([token.id], flag))
     return segments
 
 
-def encode_chat(tok: Tokenizer, messages: Sequence[Message],
+def encode_chat(chat: ChatFormat, messages: Sequence[Message],
                 add_generation_prompt: bool = False) -> list[int]:
-    return [i for ids, _ in chat_segments(tok, messages, add_generation_prompt) for i in ids]
+    return [t.id for t in _chat_tokens(chat, messages, add_generation_prompt)[0]]
 
 
 def with_system(system: str, messages: Sequence[Message]) -> list[Message]:

@@ -12,7 +12,8 @@ IM_END = "<|im_end|>"
 SPECIAL_TOKENS = [EOS, BOS, PAD, IM_START, IM_END]
 CHAT_ROLES = ("system", "user", "assistant")
 
-# ChatML. Every turn ends with <|im_end|>, which is also an end-of-generation token for chat.
+# ChatML, the template of every tokenizer lmforge trains (a model imported from a Hugging Face
+# folder keeps its own). Every turn ends with <|im_end|>, which also ends generation.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"

@@ -12,7 +12,7 @@ from torch import nn
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
 from lmforge.model import Transformer, adapters_disabled
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer import load_chat_format
 from lmforge.train.distributed import DistInfo
 from lmforge.train.finetune import choose_trainable, save_merged
 from lmforge.train.loop import Task
@@ -25,11 +25,11 @@ def dpo(config: PreferenceConfig, pairs: list[PreferencePair], data_stats: dict[
         ) -> dict[str, Any]:
     """Preference-tune the model in ``base`` on ``pairs``; leaves ``out/model`` (merged),
     ``out/adapter`` with LoRA, and the report. ``{}`` on non-main processes."""
-    tok = load_tokenizer(base)
+    chat = load_chat_format(base)
     stats = dict(data_stats)
 
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
-        model, train, val = starting_point(base, tok, pairs, config, seed, stats)
+        model, train, val = starting_point(base, chat, pairs, config, seed, stats)
         model.to(dist.device).eval()
         choose_trainable(model, config.method, config)
         progress = show_progress and dist.is_main

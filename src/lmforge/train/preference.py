@@ -17,14 +17,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
 from lmforge.model import Transformer, load_model
-from lmforge.tokenizer import PAD, chat_segments, encode_chat
+from lmforge.tokenizer import PAD, ChatFormat, Message, chat_segments
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.finetune import split
 from lmforge.train.sampler import EpochSampler
@@ -37,23 +36,28 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return -F.logsigmoid(beta * margin)
 
 
-def answer_ids(tok: Tokenizer, answer: str) -> list[int]:
-    """An assistant answer's learned tokens: its content and closing ``<|im_end|>``."""
-    segments = chat_segments(tok, [{"role": "assistant", "content": answer}])
-    return [i for ids, learned in segments if learned for i in ids]
+def prompt_and_answer(chat: ChatFormat, prompt: list[Message], answer: str
+                      ) -> tuple[list[int], list[int]]:
+    """The ids of the conversation ending in ``answer``, split where the answer's learned tokens
+    (its text and end of turn) begin; what the template writes after them is left out."""
+    segments = chat_segments(chat, [*prompt, {"role": "assistant", "content": answer}])
+    last = max((i for i, (_, learned) in enumerate(segments) if learned), default=None)
+    if last is None:
+        raise ValueError("a preference answer is empty")
+    return [i for ids, _ in segments[:last] for i in ids], segments[last][0]
 
 
-def encode_pair(tok: Tokenizer, pair: PreferencePair, max_len: int
+def encode_pair(chat: ChatFormat, pair: PreferencePair, max_len: int
                 ) -> tuple[list[int], list[int], list[int], list[int], bool] | None:
     """(chosen ids, chosen labels, rejected ids, rejected labels, prompt truncated?)."""
-    prompt = encode_chat(tok, pair.prompt, add_generation_prompt=True)
-    answers = [answer_ids(tok, a) for a in (pair.chosen, pair.rejected)]
-    longest = max(len(a) for a in answers)
+    (prompt, chosen), (_, rejected) = (prompt_and_answer(chat, pair.prompt, a)
+                                       for a in (pair.chosen, pair.rejected))
+    longest = max(len(chosen), len(rejected))
     if longest >= max_len:
         return None
     truncated = len(prompt) + longest > max_len
     prompt = prompt[-(max_len - longest):] if truncated else prompt
-    rows = [(prompt + a, [IGNORE] * len(prompt) + a) for a in answers]
+    rows = [(prompt + a, [IGNORE] * len(prompt) + a) for a in (chosen, rejected)]
     return rows[0][0], rows[0][1], rows[1][0], rows[1][1], truncated
 
 
@@ -68,14 +72,14 @@ def sequence_logps(logits: Tensor, targets: Tensor) -> Tensor:
 class PairData:
     """Encoded pairs as padded tensors: ids [n, 2, T] and next-token targets [n, 2, T]."""
 
-    def __init__(self, tok: Tokenizer, pairs: list[PreferencePair], max_len: int) -> None:
-        encoded = [e for e in (encode_pair(tok, p, max_len) for p in pairs) if e is not None]
+    def __init__(self, chat: ChatFormat, pairs: list[PreferencePair], max_len: int) -> None:
+        encoded = [e for e in (encode_pair(chat, p, max_len) for p in pairs) if e is not None]
         self.dropped = len(pairs) - len(encoded)
         self.truncated = sum(1 for e in encoded if e[4])
         if not encoded:
             raise ValueError("no preference pair fits the sequence length")
         width = max(max(len(e[0]), len(e[2])) for e in encoded)
-        pad = tok.token_to_id(PAD) or 0
+        pad = chat.tokenizer.token_to_id(PAD) or 0
         self.ids = torch.full((len(encoded), 2, width), pad, dtype=torch.long)
         self.targets = torch.full((len(encoded), 2, width), IGNORE, dtype=torch.long)
         for n, (c_ids, c_lab, r_ids, r_lab, _) in enumerate(encoded):
@@ -91,7 +95,7 @@ class PairData:
                 self.targets[index].flatten(0, 1).to(device))
 
 
-def encode_preferences(tok: Tokenizer, pairs: list[PreferencePair], config: PreferenceConfig,
+def encode_preferences(chat: ChatFormat, pairs: list[PreferencePair], config: PreferenceConfig,
                        seq_len: int, seed: int) -> tuple[PairData, PairData, dict[str, Any]]:
     """Train and validation pairs, encoded, and what encoding cost. Only what the run will
     use: every pair costs a reference forward pass up front (DPO) and validation runs
@@ -100,20 +104,20 @@ def encode_preferences(tok: Tokenizer, pairs: list[PreferencePair], config: Pref
     rng, batch = random.Random(seed), config.train.batch_size
     train_pairs = rng.sample(train_pairs, min(len(train_pairs), config.train.steps * batch))
     val_pairs = rng.sample(val_pairs, min(len(val_pairs), config.train.eval_batches * batch))
-    train, val = PairData(tok, train_pairs, seq_len), PairData(tok, val_pairs, seq_len)
+    train, val = PairData(chat, train_pairs, seq_len), PairData(chat, val_pairs, seq_len)
     return train, val, {"pairs": {"train": len(train), "val": len(val)},
                         "dropped_too_long": train.dropped + val.dropped,
                         "prompt_truncated": train.truncated + val.truncated}
 
 
-def starting_point(base: Path, tok: Tokenizer, pairs: list[PreferencePair],
+def starting_point(base: Path, chat: ChatFormat, pairs: list[PreferencePair],
                    config: PreferenceConfig, seed: int, stats: dict[str, Any]
                    ) -> tuple[Transformer, PairData, PairData]:
     """The model in ``base`` and the pairs encoded for its context (DPO and the reward model
     start alike); what encoding cost goes into ``stats``."""
     model = load_model(base)
     seq_len = min(config.train.seq_len, model.config.max_seq_len)
-    train, val, encoded = encode_preferences(tok, pairs, config, seq_len, seed)
+    train, val, encoded = encode_preferences(chat, pairs, config, seq_len, seed)
     stats.update(encoded)
     return model, train, val
 

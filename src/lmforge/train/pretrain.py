@@ -26,8 +26,15 @@ from torch import Tensor, nn
 
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.data import ShardSet
-from lmforge.model import Transformer, document_inputs, load_model, save_model
+from lmforge.model import (
+    Transformer,
+    document_inputs,
+    extend_embeddings,
+    load_model,
+    save_model,
+)
 from lmforge.tokenizer import (
+    added_term_pieces,
     copy_tokenizer_files,
     load_tokenizer,
     to_bits_per_byte,
@@ -139,6 +146,17 @@ def resolve_model_config(config: ModelConfig, tokenizer_vocab: int) -> ModelConf
     return dataclasses.replace(config, vocab_size=vocab)
 
 
+def open_base(base: Path, tokenizer_dir: Path, tok: Tokenizer) -> Transformer:
+    """The open model continued pretraining starts from, with rows for the terms the tokenizer
+    stage added to its vocabulary (each starting at the mean of the term's old pieces)."""
+    network = load_model(base)
+    extend_embeddings(network, added_term_pieces(tokenizer_dir), tok.get_vocab_size())
+    if network.config.vocab_size < tok.get_vocab_size():
+        raise ValueError(f"{tokenizer_dir}: the tokenizer has {tok.get_vocab_size():,} tokens but "
+                         f"{base} only {network.config.vocab_size:,} embedding rows")
+    return network
+
+
 def check_shards_match(shards_dir: Path, tokenizer_dir: Path) -> None:
     index = ShardSet(shards_dir).index
     digest = hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
@@ -150,7 +168,8 @@ def check_shards_match(shards_dir: Path, tokenizer_dir: Path) -> None:
 def pretrain(model: ModelConfig, train: TrainConfig, tokenizer_dir: Path, shards_dir: Path,
              out: Path, seed: int, resume: bool = False, show_progress: bool = True
              ) -> dict[str, Any]:
-    """Pretrain a new model (or continue ``train.init_from``) on the token shards; leaves
+    """Pretrain a new model, or continue ``train.init_from`` or the open ``model.base``
+    (continued pretraining), on the token shards; leaves
     ``out/model`` (weights, config, tokenizer) and the report. ``{}`` on non-main processes."""
     tok = load_tokenizer(tokenizer_dir)
     check_shards_match(shards_dir, tokenizer_dir)
@@ -158,12 +177,13 @@ def pretrain(model: ModelConfig, train: TrainConfig, tokenizer_dir: Path, shards
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
         if train.init_from:
             network = load_model(Path(train.init_from))
+        elif model.base:
+            network = open_base(Path(model.base), tokenizer_dir, tok)
         else:
-            config = resolve_model_config(model, tok.get_vocab_size())
-            if train.seq_len > config.max_seq_len:
-                raise ValueError(f"pretrain.seq_len ({train.seq_len}) exceeds "
-                                 f"model.max_seq_len ({config.max_seq_len})")
-            network = Transformer(config)
+            network = Transformer(resolve_model_config(model, tok.get_vocab_size()))
+        if train.seq_len > network.config.max_seq_len:
+            raise ValueError(f"pretrain.seq_len ({train.seq_len}) exceeds the model's "
+                             f"max_seq_len ({network.config.max_seq_len})")
         return network, PretrainTask(shards_dir, tok, train.seq_len, seed, train.doc_mask,
                                      train.eval_batches, micro)
 

@@ -13,7 +13,7 @@ from torch import nn
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
 from lmforge.model import merge_lora, save_model
-from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+from lmforge.tokenizer import copy_tokenizer_files, load_chat_format
 from lmforge.train.distributed import DistInfo
 from lmforge.train.finetune import choose_trainable
 from lmforge.train.loop import Task
@@ -28,11 +28,11 @@ def reward_model(config: PreferenceConfig, pairs: list[PreferencePair],
                  resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Train a reward model from the model in ``base`` on ``pairs``; leaves ``out/model`` with
     its reward head, and the report. ``{}`` on non-main processes."""
-    tok = load_tokenizer(base)
+    chat = load_chat_format(base)
     stats = dict(data_stats)
 
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
-        backbone, train, val = starting_point(base, tok, pairs, config, seed, stats)
+        backbone, train, val = starting_point(base, chat, pairs, config, seed, stats)
         model = RewardModel(backbone)
         choose_trainable(backbone, config.method, config)
         model.score.weight.requires_grad_(True)  # the head always trains

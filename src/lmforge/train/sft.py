@@ -1,10 +1,10 @@
 """Supervised fine-tuning: conversations -> token rows with loss only on assistant tokens.
 
-Each message is tokenised as its chat-template segments (``<|im_start|>role\\n``, content,
-``<|im_end|>\\n``); labels are the assistant contents and their closing ``<|im_end|>`` (so the
-model learns to stop), everything else is ignored. Long conversations lose their oldest
-exchanges first; a final answer that cannot fit is never cut, the conversation is dropped, and
-both cases are counted in the report.
+Each conversation is encoded in the base model's own chat format (``tokenizer.chat_segments``);
+labels are the assistant contents and their end-of-turn token (``<|im_end|>`` in lmforge's
+ChatML, ``<|eot_id|>`` in Llama 3's template ...: the model learns to stop), everything else is
+ignored. Long conversations lose their oldest exchanges first; a final answer that cannot fit is
+never cut, the conversation is dropped, and both cases are counted in the report.
 
 Short conversations are packed into rows of ``seq_len`` with document ids, so attention stays
 inside each conversation and positions restart (the model's document mask), with no padding
@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lmforge.config import SFTConfig
 from lmforge.data import Conversation
 from lmforge.model import Transformer, document_inputs, load_model, quantize_linears
-from lmforge.tokenizer import PAD, Message, chat_segments, load_tokenizer
+from lmforge.tokenizer import PAD, ChatFormat, Message, chat_segments, load_chat_format
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.finetune import choose_trainable, save_merged, split
 from lmforge.train.loop import Task
@@ -43,23 +42,23 @@ class Example:
     labels: list[int]
 
 
-def encode_messages(tok: Tokenizer, messages: list[Message]) -> Example:
+def encode_messages(chat: ChatFormat, messages: list[Message]) -> Example:
     ids: list[int] = []
     labels: list[int] = []
-    for piece, trained in chat_segments(tok, messages):
+    for piece, trained in chat_segments(chat, messages):
         ids += piece
         labels += piece if trained else [IGNORE] * len(piece)
     return Example(ids, labels)
 
 
-def encode_conversation(tok: Tokenizer, messages: list[Message], max_len: int
+def encode_conversation(chat: ChatFormat, messages: list[Message], max_len: int
                         ) -> tuple[Example | None, str]:
     """The example and ``"ok"``, ``"truncated"`` (oldest turns dropped) or ``"too_long"``."""
     head = messages[:1] if messages[0]["role"] == "system" else []
     turns = messages[len(head):]
     status = "ok"
     while True:
-        example = encode_messages(tok, head + turns)
+        example = encode_messages(chat, head + turns)
         if len(example.ids) <= max_len:
             return example, status
         if len(turns) <= 2:
@@ -105,9 +104,9 @@ def shifted(ids: np.ndarray, labels: np.ndarray, docs: np.ndarray
 class SFTTask:
     name = "sft"
 
-    def __init__(self, tok: Tokenizer, train: list[Example], val: list[Example], seq_len: int,
+    def __init__(self, chat: ChatFormat, train: list[Example], val: list[Example], seq_len: int,
                  seed: int, packed: bool, eval_batch_size: int) -> None:
-        pad = tok.token_to_id(PAD) or 0
+        pad = chat.tokenizer.token_to_id(PAD) or 0
         size = seq_len if packed else max(len(e.ids) for e in train + val)
         self.packed = packed
         self.train = self._rows(train, size, pad, seed, packed)
@@ -162,12 +161,12 @@ class SFTTask:
         return {"val_loss": (sums[0] / sums[1].clamp(min=1)).item()}
 
 
-def encode_all(tok: Tokenizer, conversations: list[Conversation], max_len: int
+def encode_all(chat: ChatFormat, conversations: list[Conversation], max_len: int
                ) -> tuple[list[Example], Counter[str]]:
     examples: list[Example] = []
     counts: Counter[str] = Counter()
     for conversation in conversations:
-        example, status = encode_conversation(tok, conversation.messages, max_len)
+        example, status = encode_conversation(chat, conversation.messages, max_len)
         counts[status] += 1
         if example is not None:
             examples.append(example)
@@ -179,21 +178,21 @@ def sft(config: SFTConfig, conversations: list[Conversation], data_stats: dict[s
         ) -> dict[str, Any]:
     """Fine-tune the model in ``base`` on ``conversations``; leaves ``out/model`` (merged),
     ``out/adapter`` with LoRA, and the report. ``{}`` on non-main processes."""
-    tok = load_tokenizer(base)
+    chat = load_chat_format(base)
     train_conv, val_conv = split(conversations, config.val_fraction, seed)
     stats = dict(data_stats)
 
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
         model = load_model(base)
         seq_len = min(config.train.seq_len, model.config.max_seq_len)
-        train_ex, counts = encode_all(tok, train_conv, seq_len)
-        val_ex, val_counts = encode_all(tok, val_conv, seq_len)
+        train_ex, counts = encode_all(chat, train_conv, seq_len)
+        val_ex, val_counts = encode_all(chat, val_conv, seq_len)
         if config.qlora:  # the frozen base in NF4, adapters on top
             before, after = quantize_linears(model)
             stats["qlora_linear_bytes"] = {"fp32": before, "nf4": after,
                                            "saved": round(1 - after / before, 4)}
         choose_trainable(model, config.method, config)
-        task = SFTTask(tok, train_ex, val_ex, seq_len, seed, config.pack, micro)
+        task = SFTTask(chat, train_ex, val_ex, seq_len, seed, config.pack, micro)
         stats.update(examples={"train": len(train_ex), "val": len(val_ex)},
                      encoding=dict(counts + val_counts), rows=len(task.train[0]))
         return model, task

@@ -1,0 +1,310 @@
+"""A model's own chat format, read from its folder: the tokenizer, the Jinja chat template, the
+bos/eos tokens and the ids that end an answer.
+
+A model imported from a Hugging Face folder (Llama 3, Mistral, Qwen, DeepSeek ...) only knows
+the turn layout it was tuned on, so it is trained, chatted with, evaluated and served in the
+template its folder carries, read as transformers reads it (``chat_template.jinja``, else
+``tokenizer_config.json``'s ``chat_template``) and rendered as transformers renders it (a
+sandboxed Jinja environment with the same options and helpers). lmforge's own tokenizers carry
+ChatML (``vocab.CHAT_TEMPLATE``), written by the tokenizer trainer.
+
+``marked`` renders a conversation with every message's text between unpredictable markers, so
+that the encoder (``chat.py``) knows which characters of the rendering came from a message and
+which are the template's markup: only markup may become control tokens, and an assistant
+message's span is what training learns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+Message = dict[str, str]
+# what the end-of-turn probe renders; any template must take one user/assistant exchange
+_PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+_PRIVATE_USE = range(0xE000, 0xF900)  # the BMP private-use area: in no template's markup
+_TAG_CHARS = 6  # 6400**6 tags: a message cannot guess the one of its call
+
+
+class Span(NamedTuple):
+    """Where the text of ``messages[message]`` lies in a rendering: ``[start, end)``."""
+
+    message: int
+    start: int
+    end: int
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # Jinja's own filter escapes <, >, & and ' for HTML and every non-ASCII character
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    """The environment transformers renders chat templates in (a template from the Hub is
+    untrusted code: sandboxed, and unable to change what it is given)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """``eos_ids``: the ids that end a sequence (the tokenizer's eos token and the generation
+    config's); ``stop_ids`` adds the template's end-of-turn token."""
+
+    tokenizer: Tokenizer = field(repr=False)
+    template: str = field(repr=False)
+    bos_token: str | None
+    eos_token: str | None
+    eos_ids: frozenset[int]
+
+    @cached_property
+    def _compiled(self) -> jinja2.Template:
+        return _environment().from_string(self.template)
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+        """The template's text for ``messages``, as ``apply_chat_template(tokenize=False)``."""
+        named = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token))
+                 if v is not None}  # an unset token is undefined for the template, not "None"
+        return self._compiled.render(messages=[dict(m) for m in messages], tools=None,
+                                     documents=None, add_generation_prompt=add_generation_prompt,
+                                     **named)
+
+    def marked(self, messages: Sequence[Message], add_generation_prompt: bool = False
+               ) -> tuple[str, list[Span]]:
+        """The rendering and where each message's text lies in it (messages whose text is
+        empty or blank have no span). Each text is rendered between markers made fresh for the
+        call, so no message can imitate them; its leading and trailing whitespace stays
+        outside, so a template that trims still sees it. A template that drops, repeats or cuts
+        a message's text, or renders differently once the markers are in, is an error: its
+        markup could not be told from the text."""
+        tag = _fresh_tag(messages)
+        wrapped = [dict(m) for m in messages]
+        for i, message in enumerate(wrapped):
+            text = message["content"]
+            core = text.strip()
+            if core:
+                lead = text[: len(text) - len(text.lstrip())]
+                message["content"] = (f"{lead}{tag}o{i}{tag}{core}{tag}c{i}{tag}"
+                                      f"{text[len(lead) + len(core):]}")
+        rendered, spans = _unmark(self.render(wrapped, add_generation_prompt), tag, messages)
+        if rendered != self.render(messages, add_generation_prompt):
+            raise ValueError("the chat template renders this conversation differently once "
+                             "its messages are marked (it inspects their text), so its markup "
+                             "cannot be told from the messages")
+        return rendered, spans
+
+    @cached_property
+    def controls(self) -> dict[str, int]:
+        """The control tokens, which no message text may produce: every special token, and
+        the other added tokens that the template writes (DeepSeek's ``<｜User｜>`` is not
+        special; a domain term is not written by the template)."""
+        literal = _literal_text(self._compiled.environment, self.template)
+        return {t.content: i for i, t in self.tokenizer.get_added_tokens_decoder().items()
+                if t.special or t.content in literal}
+
+    @cached_property
+    def control_pattern(self) -> re.Pattern[str]:
+        """Matches any control token's string, a longer one first (never matches if none)."""
+        return _alternatives(self.controls)
+
+    @cached_property
+    def specials(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.tokenizer.get_added_tokens_decoder().items()
+                if t.special}
+
+    @cached_property
+    def plain(self) -> Tokenizer:
+        """A copy of the tokenizer that encodes every control token's string as ordinary text
+        (a copy: the tokenizer itself is shared by the server's threads)."""
+        data = json.loads(self.tokenizer.to_str())
+        for added in data["added_tokens"]:
+            if added["content"] in self.controls:
+                added["special"] = True  # encode_special_tokens then skips it
+        copy = Tokenizer.from_str(json.dumps(data))
+        copy.encode_special_tokens = True
+        return copy
+
+    @cached_property
+    def end_of_turn(self) -> int | None:
+        """The first special token the template writes after an assistant's text (``<|im_end|>``,
+        ``<|eot_id|>``, ``</s>``), which ends the answer; None if it writes none."""
+        rendered, spans = self.marked(_PROBE)
+        after = next(s.end for s in spans if s.message == 1)
+        found = _alternatives(self.specials).search(rendered, after)
+        return self.specials[found.group()] if found else None
+
+    @cached_property
+    def stop_ids(self) -> frozenset[int]:
+        turn = self.end_of_turn
+        return self.eos_ids | ({turn} if turn is not None else set())
+
+
+def _alternatives(strings: Iterable[str]) -> re.Pattern[str]:
+    """A pattern matching any of ``strings``, a longer one before any it contains."""
+    longest_first = sorted(strings, key=len, reverse=True)
+    return re.compile("|".join(re.escape(s) for s in longest_first) or "(?!)")
+
+
+def _fresh_tag(messages: Sequence[Message]) -> str:
+    while True:
+        tag = "".join(chr(secrets.choice(_PRIVATE_USE)) for _ in range(_TAG_CHARS))
+        if not any(tag in m["content"] for m in messages):
+            return tag
+
+
+def _unmark(text: str, tag: str, messages: Sequence[Message]) -> tuple[str, list[Span]]:
+    """``text`` without its markers, and the span between each message's pair."""
+    marker = re.compile(f"{re.escape(tag)}([oc])(\\d+){re.escape(tag)}")
+    pieces: list[str] = []
+    spans: list[Span] = []
+    length, at = 0, 0
+    opened: tuple[int, int] | None = None  # (message, start) of the text being read
+    for found in marker.finditer(text):
+        pieces.append(text[at: found.start()])
+        length += found.start() - at
+        at = found.end()
+        kind, index = found.group(1), int(found.group(2))
+        if kind == "o" and opened is None:
+            opened = (index, length)
+        elif kind == "c" and opened is not None and opened[0] == index:
+            spans.append(Span(index, opened[1], length))
+            opened = None
+        else:
+            raise _unrendered(messages, index, "cut or interleaved")
+    if opened is not None:
+        raise _unrendered(messages, opened[0], "cut")
+    pieces.append(text[at:])
+    seen = [s.message for s in spans]
+    for index, message in enumerate(messages):
+        if message["content"].strip() and seen.count(index) != 1:
+            raise _unrendered(messages, index, "dropped" if index not in seen else "repeated")
+    return "".join(pieces), spans
+
+
+def _unrendered(messages: Sequence[Message], index: int, how: str) -> ValueError:
+    return ValueError(f"the chat template {how} the text of message {index} "
+                      f"({messages[index]['role']}): it must render each message's text once, "
+                      "whole, for its markup to be told from the text")
+
+
+def _literal_text(env: jinja2.Environment, template: str) -> str:
+    """The template's own strings (its raw text and string constants), joined by NULs so that
+    no search matches across two of them."""
+    tree = env.parse(template)
+    literals = {n.data for n in tree.find_all(nodes.TemplateData)}
+    literals |= {n.value for n in tree.find_all(nodes.Const) if isinstance(n.value, str)}
+    return "\0".join(sorted(literals))
+
+
+# -- reading a folder -------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _template(folder: Path, config: dict[str, Any]) -> str:
+    """The folder's chat template, where transformers looks for it."""
+    standalone = folder / "chat_template.jinja"
+    if standalone.exists():
+        return standalone.read_text(encoding="utf-8")
+    found = config.get("chat_template")
+    if isinstance(found, list):  # named templates: [{"name": ..., "template": ...}]
+        named = {t.get("name"): t.get("template") for t in found if isinstance(t, dict)}
+        found = named.get("default")
+    if found is None:
+        raise ValueError(f"{folder}: no chat template (expected chat_template.jinja, or a "
+                         "'chat_template' in tokenizer_config.json); a model is trained and "
+                         "served in the template its folder carries")
+    if not isinstance(found, str):
+        raise ValueError(f"{folder / 'tokenizer_config.json'}: chat_template must be a "
+                         "template string or a list of {name, template} with a 'default'")
+    return found
+
+
+def _token_string(config: dict[str, Any], name: str, path: Path) -> str | None:
+    value = config.get(name)
+    if isinstance(value, dict):  # a serialised AddedToken
+        value = value.get("content")
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{path}: {name} must be a token string or {{\"content\": ...}}, "
+                         f"not {value!r}")
+    return value
+
+
+def _eos_ids(folder: Path, tok: Tokenizer, eos_token: str | None) -> frozenset[int]:
+    ids: set[int] = set()
+    if eos_token is not None:
+        eos = tok.token_to_id(eos_token)
+        if eos is None:
+            raise ValueError(f"{folder / 'tokenizer_config.json'}: eos_token {eos_token!r} is "
+                             "not in tokenizer.json")
+        ids.add(eos)
+    path = folder / "generation_config.json"
+    listed = _read_json(path).get("eos_token_id")
+    listed = [listed] if isinstance(listed, int) else listed or []
+    if not isinstance(listed, list) or not all(isinstance(i, int) for i in listed):
+        raise ValueError(f"{path}: eos_token_id must be an id or a list of ids")
+    return frozenset(ids | set(listed))
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    path = Path(folder) / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no tokenizer; run `lmforge tokenizer train`")
+    return Tokenizer.from_file(str(path))
+
+
+def load_chat_format(folder: Path) -> ChatFormat:
+    """The chat format of a model or tokenizer folder (its ``tokenizer.json``, chat template,
+    ``tokenizer_config.json`` and, if present, ``generation_config.json``)."""
+    folder = Path(folder)
+    tok = load_tokenizer(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = _read_json(config_path)
+    bos_token = _token_string(config, "bos_token", config_path)
+    eos_token = _token_string(config, "eos_token", config_path)
+    chat = ChatFormat(tok, _template(folder, config), bos_token, eos_token,
+                      _eos_ids(folder, tok, eos_token))
+    try:
+        stops = chat.stop_ids  # renders a user/assistant exchange: a broken template fails here
+    except (jinja2.TemplateError, ValueError) as err:
+        raise ValueError(f"{folder}: its chat template cannot render a user/assistant "
+                         f"exchange: {err}") from err
+    if not stops:
+        raise ValueError(f"{folder}: nothing ends an answer (no eos_token in "
+                         "tokenizer_config.json, no eos_token_id in generation_config.json, "
+                         "and the template writes no special token after an assistant turn)")
+    return chat
