@@ -1,29 +1,55 @@
-"""``lmforge run`` from an open model on disk: a tiny random Qwen2 folder (transformers' own
-``Qwen2Config``, its tokenizer trained here with Qwen's special tokens and Qwen2.5's chat
-template) goes through every stage: its tokenizer extended with the glossary, continued
-pretraining of its weights, SFT and DPO in its template, eval with the base before and after,
-and an export that transformers reads back as the same family."""
+"""``lmforge run`` from an open model on disk: tiny random Qwen2 and Llama 3 folders
+(transformers' own config classes, their tokenizers trained here with each family's special
+tokens, framing and real chat template) go through every stage: the base's tokenizer extended
+with the glossary, continued pretraining of its weights, SFT and DPO in its template, eval with
+the base before and after, and an export that transformers reads back as the same family."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY, pipeline_recipe
 
-TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "qwen2.5-instruct.jinja"
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 
 
-def write_qwen2_base(folder: Path) -> None:
-    """A Qwen2-shaped base folder as a user would bring one: config.json, safetensors weights,
-    tokenizer.json and tokenizer_config.json with the chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, Qwen2Config
+@dataclass(frozen=True)
+class Family:
+    """What a base folder of one family carries: its special tokens, template and framing."""
+
+    name: str
+    template: Path
+    specials: tuple[str, ...]
+    bos: str | None
+    eos: str
+    end_of_turn: str
+    prompt_start: str  # how its rendering of a bare user question begins
+    prompt_end: str
+
+
+QWEN2 = Family("qwen2", TEMPLATES / "qwen2.5-instruct.jinja",
+               ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), None, "<|endoftext|>",
+               "<|im_end|>", "<|im_start|>system\nYou are Qwen", "<|im_start|>assistant\n")
+LLAMA = Family("llama", TEMPLATES / "llama-3.1-instruct.jinja",
+               ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"),
+               "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>",
+               "<|begin_of_text|><|start_header_id|>system<|end_header_id|>",
+               "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def write_base(family: Family, folder: Path) -> None:
+    """A base folder as a user would bring one: config.json, safetensors weights,
+    tokenizer.json and tokenizer_config.json with the chat template (a Llama tokenizer puts
+    its bos first, through its post-processor, as Meta's does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     texts = [line for name in ("pretrain_zh.txt", "pretrain_en.txt")
              for line in (TINY / name).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -31,84 +57,108 @@ def write_qwen2_base(folder: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=SPECIALS, show_progress=False,
+        vocab_size=600, special_tokens=list(family.specials), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if family.bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B",
+            special_tokens=[(family.bos, tok.token_to_id(family.bos))])
     folder.mkdir(parents=True)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>", "bos_token": None, "model_max_length": 1024,
-        "chat_template": TEMPLATE.read_text(encoding="utf-8")}), encoding="utf-8")
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": family.eos,
+        "bos_token": family.bos, "model_max_length": 1024,
+        "chat_template": family.template.read_text(encoding="utf-8")}), encoding="utf-8")
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         eos_token_id=tok.token_to_id("<|endoftext|>"))
+    shape = {"vocab_size": tok.get_vocab_size(), "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 512, "eos_token_id": tok.token_to_id(family.eos)}
+    config = Qwen2Config(tie_word_embeddings=True, **shape) if family.name == "qwen2" else \
+        LlamaConfig(tie_word_embeddings=False, bos_token_id=tok.token_to_id(family.bos),
+                    **shape)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+@pytest.fixture(scope="module", params=[QWEN2, LLAMA], ids=lambda f: f.name)
+def base_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[Path, Path, str, Family]:
     from lmforge.cli import main
 
-    root = tmp_path_factory.mktemp("base-run")
-    write_qwen2_base(root / "qwen2-tiny")
+    family: Family = request.param
+    root = tmp_path_factory.mktemp(f"base-run-{family.name}")
+    base = root / f"{family.name}-tiny"
+    write_base(family, base)
     text = pipeline_recipe(root / "run").replace(
-        '[model]\npreset = "tiny"', f'[model]\nbase = "{(root / "qwen2-tiny").as_posix()}"')
-    assert f'base = "{(root / "qwen2-tiny").as_posix()}"' in text
+        '[model]\npreset = "tiny"', f'[model]\nbase = "{base.as_posix()}"')
+    assert f'base = "{base.as_posix()}"' in text
     recipe = root / "base.toml"
     recipe.write_text(text, encoding="utf-8")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["run", str(recipe)]) == 0
-    return root / "qwen2-tiny", root / "run", out.getvalue()
+    return base, root / "run", out.getvalue(), family
 
 
-def test_every_stage_runs_from_the_base(base_run: tuple[Path, Path, str]) -> None:
-    base, run, output = base_run
+Run = tuple[Path, Path, str, Family]
+
+
+def test_every_stage_runs_from_the_base(base_run: Run) -> None:
+    base, run, output, family = base_run
     for stage in ("data", "tokenizer", "shards", "pretrain", "sft", "dpo", "rag", "eval",
                   "export"):
         assert f"{stage}: running" in output, stage
-    assert "qwen2-tiny's tokenizer +" in output
+    assert f"{family.name}-tiny's tokenizer +" in output
 
 
 def test_the_vocabulary_grows_by_domain_terms_and_the_weights_are_the_base(
-        base_run: tuple[Path, Path, str]) -> None:
+        base_run: Run) -> None:
     from lmforge.model import load_model
     from lmforge.tokenizer import load_tokenizer
 
-    base, run, _ = base_run
+    base, run, _, family = base_run
     added = json.loads((run / "tokenizer" / "added_terms.json").read_text(encoding="utf-8"))
     assert added and all(len(entry["pieces"]) > 1 for entry in added)
     tok = load_tokenizer(run / "tokenizer")
     for entry in added:
         assert tok.encode(entry["term"], add_special_tokens=False).ids == [entry["id"]]
     config = json.loads((run / "pretrain" / "model" / "lmforge_config.json").read_text())
-    assert config["family"] == "qwen2" and config["qkv_bias"] is True
+    assert config["family"] == family.name and config["qkv_bias"] is (family.name == "qwen2")
     assert config["vocab_size"] >= tok.get_vocab_size() > load_tokenizer(base).get_vocab_size()
     start, trained = load_model(base), load_model(run / "pretrain" / "model")
-    moved = (trained.layers[0].self_attn.q_proj.bias - start.layers[0].self_attn.q_proj.bias)
-    assert 0 < moved.abs().max() < 1.0  # continued from the base's weights, not a fresh init
+    moved = trained.layers[0].self_attn.q_proj.weight - start.layers[0].self_attn.q_proj.weight
+    assert 0 < moved.abs().max() < 0.5  # continued from the base's weights, not a fresh init
 
 
-def test_post_training_and_serving_use_the_base_template(base_run: tuple[Path, Path, str]
+def test_documents_are_framed_as_the_base_frames_them(base_run: Run) -> None:
+    from lmforge.data import ShardSet
+    from lmforge.tokenizer import load_tokenizer
+
+    _, run, _, family = base_run
+    tok = load_tokenizer(run / "tokenizer")
+    documents = [tokens.tolist() for tokens, _ in ShardSet(run / "data" / "shards")
+                 .documents("val")]
+    assert documents and all(d[-1] == tok.token_to_id(family.eos) for d in documents)
+    bos = tok.token_to_id(family.bos) if family.bos else None
+    assert all((d[0] == bos) is (bos is not None) for d in documents)
+
+
+def test_post_training_and_serving_use_the_base_template(base_run: Run
                                                           ) -> None:
     from lmforge.tokenizer import encode_chat, load_chat_format
 
-    _, run, _ = base_run
+    _, run, _, family = base_run
     chat = load_chat_format(run / "dpo" / "model")
-    assert chat.template == TEMPLATE.read_text(encoding="utf-8")
-    assert chat.tokenizer.token_to_id("<|im_end|>") in chat.stop_ids
+    assert chat.template == family.template.read_text(encoding="utf-8")
+    assert chat.tokenizer.token_to_id(family.end_of_turn) in chat.stop_ids
     ids = encode_chat(chat, [{"role": "user", "content": "保险期间多长？"}],
                       add_generation_prompt=True)
     text = chat.tokenizer.decode(ids, skip_special_tokens=False)
-    # no system message given: Qwen2.5's template supplies its own
-    assert text.startswith("<|im_start|>system\nYou are Qwen") and text.endswith(
-        "<|im_start|>assistant\n")
+    # no system message given: both templates write a system turn of their own
+    assert text.startswith(family.prompt_start) and text.endswith(family.prompt_end)
 
 
-def test_eval_reports_the_base_before_and_after(base_run: tuple[Path, Path, str]) -> None:
-    _, run, _ = base_run
+def test_eval_reports_the_base_before_and_after(base_run: Run) -> None:
+    _, run, _, _ = base_run
     bpb = json.loads((run / "eval" / "report.json").read_text(encoding="utf-8"))["bpb"]
     assert set(bpb) == {"origin", "base", "assistant"}
     assert set(bpb["origin"]) == set(bpb["base"]) >= {"insurance", "zh", "en"}
@@ -121,16 +171,18 @@ def test_eval_reports_the_base_before_and_after(base_run: tuple[Path, Path, str]
 
 
 def test_the_export_is_the_base_family_and_transformers_agrees(
-        base_run: tuple[Path, Path, str]) -> None:
+        base_run: Run) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmforge.model import load_model
     from lmforge.tokenizer import encode_chat, load_chat_format
 
-    _, run, _ = base_run
+    _, run, _, family = base_run
     hf_dir = run / "export" / "hf"
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    assert config["model_type"] == "qwen2" and config["architectures"] == ["Qwen2ForCausalLM"]
+    assert config["model_type"] == family.name
+    assert config["architectures"] == [{"qwen2": "Qwen2ForCausalLM",
+                                        "llama": "LlamaForCausalLM"}[family.name]]
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ours = load_model(run / "dpo" / "model").eval()
     messages = [{"role": "system", "content": "你是保险助手。"},

@@ -19,7 +19,7 @@ from lmforge.atomic import atomic_dir
 from lmforge.config import ShardConfig
 from lmforge.data.report import write_data_report
 from lmforge.data.shards import ShardWriter, token_dtype, write_index
-from lmforge.tokenizer import EOS, load_tokenizer, plain_text_tokenizer
+from lmforge.tokenizer import document_end_id, load_tokenizer, plain_text_tokenizer
 
 
 def _batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
@@ -43,11 +43,9 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, config: 
                     ) -> dict[str, Any]:
     """Write ``out_dir`` from the corpus the data stage left in ``data_dir``; return the shard
     index. Document text is encoded as plain text: a document that writes ``<|im_end|>`` does
-    not teach the model a control token."""
+    not teach the model a control token. Each document ends with the tokenizer's eos."""
     tok = plain_text_tokenizer(load_tokenizer(tokenizer_dir))
-    eos_id = tok.token_to_id(EOS)
-    if eos_id is None:
-        raise ValueError(f"{tokenizer_dir}: tokenizer has no {EOS} token")
+    eos_id = document_end_id(tokenizer_dir)
     dtype = token_dtype(tok.get_vocab_size())
     report_path = data_dir / "report.json"
     if not report_path.exists():
@@ -62,7 +60,9 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, config: 
             with tqdm(total=_count_lines(path), unit="doc", desc=f"tokenize {split}") as bar:
                 for batch in _batches(path, config.batch_docs):
                     texts = [r["text"] for r in batch]
-                    for record, enc in zip(batch, tok.encode_batch(texts, add_special_tokens=False),
+                    # the tokenizer's own framing: a Llama base's post-processor puts its
+                    # bos first, as in its pretraining; lmforge's and Qwen's add nothing
+                    for record, enc in zip(batch, tok.encode_batch(texts, add_special_tokens=True),
                                            strict=True):
                         writer.add([*enc.ids, eos_id], sources.index(record["source"]),
                                    len(record["text"].encode("utf-8")))

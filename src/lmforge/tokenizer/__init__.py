@@ -15,7 +15,13 @@ from lmforge.tokenizer.chat import (
     plain_text_tokenizer,
     with_system,
 )
-from lmforge.tokenizer.template import ChatFormat, Message, load_chat_format, load_tokenizer
+from lmforge.tokenizer.template import (
+    ChatFormat,
+    Message,
+    document_end_id,
+    load_chat_format,
+    load_tokenizer,
+)
 from lmforge.tokenizer.train import train_bpe, train_tokenizer
 from lmforge.tokenizer.vocab import BOS, CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD
 
@@ -34,7 +40,7 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
 
 __all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES",
            "ChatFormat", "Message", "added_term_pieces", "base_tokenizer", "chat_segments",
-           "copy_tokenizer_files", "encode_chat",
+           "copy_tokenizer_files", "document_end_id", "encode_chat",
            "encode_text", "load_chat_format", "load_tokenizer", "plain_text_tokenizer",
            "to_bits_per_byte", "token_byte_lengths", "train_bpe", "train_tokenizer",
            "with_system"]

@@ -287,6 +287,20 @@ def load_tokenizer(folder: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
+def document_end_id(folder: Path) -> int:
+    """The id that ends every pretraining document: the folder's ``eos_token`` (lmforge's
+    ``<|endoftext|>``, a base's ``<|end_of_text|>`` or ``</s>``), so that continued pretraining
+    separates documents the way the base was trained to."""
+    folder = Path(folder)
+    config_path = folder / "tokenizer_config.json"
+    eos = _token_string(_read_json(config_path), "eos_token", config_path)
+    found = load_tokenizer(folder).token_to_id(eos) if eos is not None else None
+    if found is None:
+        raise ValueError(f"{config_path}: expected an eos_token that tokenizer.json knows, "
+                         f"got {eos!r}")
+    return found
+
+
 def load_chat_format(folder: Path) -> ChatFormat:
     """The chat format of a model or tokenizer folder (its ``tokenizer.json``, chat template,
     ``tokenizer_config.json`` and, if present, ``generation_config.json``)."""
