@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from train_throughput import RandomTokens, sync  # the same fixed-batch task and timing
 
 # Qwen2.5's published architecture (config.json of the released models); the vocabulary is
 # the padded embedding size they ship with.
@@ -89,36 +90,6 @@ def timed(step: Any, args: argparse.Namespace, device: torch.device) -> float:
     return best
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-class RandomBatches:
-    """An SFT-shaped task on fixed random batches (every token learned): measures the
-    model, adapters and loop, not the data."""
-
-    name = "bench"
-
-    def __init__(self, data: list[torch.Tensor]) -> None:
-        self.data = data
-
-    def batch(self, step, micro, micro_batches, micro_size, dist):  # noqa: ANN001, ANN201
-        tokens = self.data[(step * micro_batches + micro) % len(self.data)].to(dist.device)
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-
-    def loss(self, model, batch):  # noqa: ANN001, ANN201
-        logits = model(batch["inputs"]).logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten()), \
-            batch["targets"].numel()
-
-    def tokens_per_batch(self, batch):  # noqa: ANN001, ANN201
-        return batch["inputs"].numel()
-
-    def evaluate(self, model, dist):  # noqa: ANN001, ANN201
-        return {}
-
-
 def import_lmforge() -> None:
     import lmforge.model
     import lmforge.train  # noqa: F401
@@ -142,7 +113,7 @@ def run_lmforge(args: argparse.Namespace, device: torch.device) -> float:
                         warmup_steps=1, eval_every=10**6, save_every=10**6, log_every=10**6,
                         precision="fp32" if device.type == "cpu" else "bf16")
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(train, model, RandomBatches(batches(args)), Path(out),
+        trainer = Trainer(train, model, RandomTokens(batches(args)), Path(out),
                           DistInfo(0, 1, 0, device), 0, show_progress=False)
         model.train()
         return timed(trainer.train_step, args, device)

@@ -81,3 +81,19 @@ def test_recipe_extends_a_base(tmp_path: Path) -> None:
     (tmp_path / "loop.toml").write_text('extends = "loop.toml"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="extends itself"):
         load_config(RecipeConfig, tmp_path / "loop.toml")
+
+
+def test_a_base_model_refuses_settings_it_would_ignore(tmp_path: Path) -> None:
+    from lmforge.config import RecipeConfig, from_dict
+
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    base = {"model": {"base": str(tmp_path)}}
+    assert from_dict(RecipeConfig, base).model.base == str(tmp_path)
+    for extra, named in (({"model": {"base": str(tmp_path), "dim": 64}}, "remove dim"),
+                         ({"model": {"base": str(tmp_path), "moe_aux_weight": 0.1}},
+                          "remove moe_aux_weight"),
+                         ({**base, "tokenizer": {"vocab_size": 8000}}, "remove vocab_size")):
+        with pytest.raises(ConfigError, match=named):
+            from_dict(RecipeConfig, extra)
+    with pytest.raises(ConfigError, match="never downloaded"):
+        from_dict(RecipeConfig, {"model": {"base": str(tmp_path / "missing")}})

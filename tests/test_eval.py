@@ -192,3 +192,22 @@ def test_cmmlu_and_mmlu_layouts_read_like_fineval(tmp_path: Path) -> None:
                      encoding="utf-8")
     with pytest.raises(ValueError, match=r"short.csv:2: expected 4 columns"):
         read_questions(short)
+
+
+def test_a_reframed_model_is_scored_on_the_same_text_and_ends(tiny_run: Path) -> None:
+    """The open base before extension is scored in its own tokenizer; reframed in the same
+    tokenizer, a model must get exactly the figures it gets on the shards themselves."""
+    from lmforge.eval import Reframing, bits_per_byte_by_source
+    from lmforge.model import load_model
+    from lmforge.tokenizer import document_end_id, load_tokenizer
+
+    model_dir, shards = tiny_run / "pretrain" / "model", tiny_run / "data" / "shards"
+    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    direct = bits_per_byte_by_source(model, tok, shards, 2_000)
+    again = bits_per_byte_by_source(model, tok, shards, 2_000,
+                                    Reframing(tok, document_end_id(model_dir)))
+    assert direct.keys() == again.keys() and len(direct) >= 2
+    for source, figures in direct.items():
+        assert again[source]["tokens"] == figures["tokens"]
+        assert again[source]["bytes"] == figures["bytes"]
+        assert again[source]["bits_per_byte"] == pytest.approx(figures["bits_per_byte"], 1e-9)

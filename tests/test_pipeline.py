@@ -178,3 +178,39 @@ def test_a_fingerprint_covers_exactly_what_the_stage_is_handed(tmp_path: Path) -
     assert fp(config, layout.model("pretrain")) != first  # an input file's content
     with pytest.raises(ValueError, match="stage dpo, which has not run"):
         fp(config, layout.model("dpo"))
+
+
+def test_large_inputs_are_identified_without_reading_them_whole(tmp_path: Path,
+                                                                monkeypatch) -> None:  # noqa: ANN001
+    import os
+
+    from lmforge.pipeline import fingerprint
+
+    monkeypatch.setattr(fingerprint, "WHOLE_HASH_LIMIT", 2 << 20)
+    weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    weights.write_bytes(bytes(3 << 20))
+    config.write_text('{"hidden_size": 64}', encoding="utf-8")
+    first = fingerprint.content_hash([tmp_path])
+
+    def rewrite(path: Path, data: bytes) -> None:  # new bytes, the old modification time
+        stat = path.stat()
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    middle = bytearray(3 << 20)
+    middle[len(middle) // 2] = 1
+    rewrite(weights, bytes(middle))
+    assert fingerprint.content_hash([tmp_path]) == first  # the trade-off, stated in the module
+    ends = bytearray(3 << 20)
+    ends[-1] = 1
+    rewrite(weights, bytes(ends))
+    assert fingerprint.content_hash([tmp_path]) != first
+    rewrite(weights, bytes(3 << 20))
+    assert fingerprint.content_hash([tmp_path]) == first
+    original = weights.stat().st_mtime_ns
+    os.utime(weights, ns=(0, original + 10**9))
+    assert fingerprint.content_hash([tmp_path]) != first
+    os.utime(weights, ns=(0, original))
+    assert fingerprint.content_hash([tmp_path]) == first
+    rewrite(config, b'{"hidden_size": 65}')  # small files: every byte counts
+    assert fingerprint.content_hash([tmp_path]) != first

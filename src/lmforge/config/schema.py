@@ -9,7 +9,7 @@ lives here: stages import these types, never each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from lmforge.config.checks import INPUT, check, fraction
@@ -211,3 +211,15 @@ class RecipeConfig:
     rag: RagConfig = field(default_factory=RagConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.base:  # the tokenizer is the base's, extended, not one trained here
+            trained = [f.name for f in fields(TokenizerConfig) if f.name in TRAINING_ONLY
+                       and getattr(self.tokenizer, f.name) != f.default]
+            check(not trained, "tokenizer", "no tokenizer-training settings beside model.base "
+                  f"(remove {', '.join(trained)})", trained)
+
+
+# what only a tokenizer trained from scratch uses
+TRAINING_ONLY = ("vocab_size", "min_frequency", "pretokenizer", "model_max_length",
+                 "compare_baseline")

@@ -64,7 +64,7 @@ class ModelConfig:
             check(folder.is_dir() and (folder / "config.json").is_file(), "base",
                   "a local Hugging Face model folder with config.json (weights are never "
                   "downloaded)", self.base)
-            given = [f.name for f in fields(self) if f.name not in ("base", "moe_aux_weight")
+            given = [f.name for f in fields(self) if f.name != "base"
                      and getattr(self, f.name) != f.default]
             check(not given, "base", f"no architecture fields beside it (the base's config.json "
                   f"sets them; remove {', '.join(given)})", self.base)

@@ -7,8 +7,8 @@ from lmforge.data.ingest import Document, Problem, Reader, jsonl_records
 from lmforge.data.posttrain import preference_examples, sft_examples
 from lmforge.data.prepare import prepare
 from lmforge.data.shards import ShardError, ShardSet
-from lmforge.data.tokenize import tokenize_corpus
+from lmforge.data.tokenize import encode_document, tokenize_corpus
 
 __all__ = ["Conversation", "Document", "PreferencePair", "Problem", "Reader", "ShardError",
-           "ShardSet", "heldout_contracts", "heldout_questions", "jsonl_records",
+           "ShardSet", "encode_document", "heldout_contracts", "heldout_questions", "jsonl_records",
            "preference_examples", "prepare", "sft_examples", "tokenize_corpus"]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from lmforge.atomic import atomic_dir
@@ -32,6 +33,13 @@ def _batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
                 batch = []
     if batch:
         yield batch
+
+
+def encode_document(tok: Tokenizer, text: str) -> list[int]:
+    """A document's ids as the shards hold them, less the closing eos: plain text (no control
+    tokens) in the tokenizer's own framing (a Llama base's bos first), so bits per byte and
+    benchmarks score text the way the model was trained on it."""
+    return plain_text_tokenizer(tok).encode(text, add_special_tokens=True).ids
 
 
 def _count_lines(path: Path) -> int:

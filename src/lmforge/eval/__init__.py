@@ -2,10 +2,11 @@
 way lm-evaluation-harness does (and cross-checked against it), and generative domain QA with and
 without RAG beside a retrieval-only baseline."""
 
-from lmforge.eval.bpb import bits_per_byte, bits_per_byte_by_source, read_texts
+from lmforge.eval.bpb import Reframing, bits_per_byte, bits_per_byte_by_source, read_texts
 from lmforge.eval.harness import harness_mcq
 from lmforge.eval.mcq import Question, evaluate_mcq, read_questions
 from lmforge.eval.qa import QAItem, evaluate_qa, read_qa
 
-__all__ = ["QAItem", "Question", "bits_per_byte", "bits_per_byte_by_source", "evaluate_mcq",
-           "evaluate_qa", "harness_mcq", "read_qa", "read_questions", "read_texts"]
+__all__ = ["QAItem", "Question", "Reframing", "bits_per_byte", "bits_per_byte_by_source",
+           "evaluate_mcq", "evaluate_qa", "harness_mcq", "read_qa", "read_questions",
+           "read_texts"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from lmforge.data import ShardSet, jsonl_records
+from lmforge.data import ShardSet, encode_document, jsonl_records
 from lmforge.model import Transformer
-from lmforge.tokenizer import encode_text, to_bits_per_byte, token_byte_lengths
+from lmforge.tokenizer import to_bits_per_byte, token_byte_lengths
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:
@@ -52,7 +53,7 @@ def document_nll(model: Transformer, ids: list[int]) -> float:
 
 
 def bits_per_byte(model: Transformer, tok: Tokenizer, texts: list[str]) -> dict[str, Any]:
-    return score_documents(model, tok, [encode_text(tok, t) for t in texts])
+    return score_documents(model, tok, [encode_document(tok, t) for t in texts])
 
 
 def score_documents(model: Transformer, tok: Tokenizer, documents: Iterable[list[int]]
@@ -73,20 +74,34 @@ def score_documents(model: Transformer, tok: Tokenizer, documents: Iterable[list
 
 
 def bits_per_byte_by_source(model: Transformer, tok: Tokenizer, shards: Path,
-                            max_tokens: int = 100_000, own: Tokenizer | None = None
+                            max_tokens: int = 100_000, own: Reframing | None = None
                             ) -> dict[str, dict[str, Any]]:
     """Held-out bits per byte of each source of a run's shards (domain vs general), over at
     most ``max_tokens`` of each; ``tok`` is the tokenizer the shards were cut with.
 
-    ``own``: the model's own tokenizer when it is another (an open base before its vocabulary
-    was extended): each document is decoded and encoded again with it, so both are scored on
-    the same text, which bits per byte makes comparable."""
+    ``own``: the model's own tokenizer and eos when they are others (an open base before its
+    vocabulary was extended): each document's text is framed again in them, so both models
+    are scored on the same text and the same document ends, which bits per byte makes
+    comparable."""
     by_source: dict[str, list[list[int]]] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
     for tokens, source in ShardSet(shards).documents("val"):
         if counts[source] < max_tokens:
             ids = tokens.astype("int64").tolist()
-            by_source[source].append(ids if own is None else encode_text(own, tok.decode(ids)))
+            by_source[source].append(ids if own is None else own.reframe(tok, ids))
             counts[source] += len(tokens)
-    return {source: score_documents(model, own or tok, docs) for source, docs in
-            sorted(by_source.items())}
+    return {source: score_documents(model, own.tok if own else tok, docs)
+            for source, docs in sorted(by_source.items())}
+
+
+@dataclass(frozen=True)
+class Reframing:
+    """Another tokenizer's framing of a shard document: its ids for the document's text, then
+    its own eos in place of the shard's."""
+
+    tok: Tokenizer
+    eos_id: int
+
+    def reframe(self, shard_tok: Tokenizer, ids: list[int]) -> list[int]:
+        text = shard_tok.decode(ids)  # the shard's bos / eos are special: not part of the text
+        return [*encode_document(self.tok, text), self.eos_id]

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from lmforge.data import encode_document
 from lmforge.model import Transformer
+from lmforge.tokenizer import encode_text
 
 LETTERS = "ABCDEFGH"
 
@@ -114,12 +116,17 @@ def prompt(question: Question, shots: list[Question]) -> str:
 def choice_logprobs(model: Transformer, tok: Tokenizer, context: str, choices: list[str]
                     ) -> list[float]:
     """Summed log-probability of each choice's tokens after ``context`` (left-truncated to
-    the model's window, as the harness does)."""
+    the model's window), with the choice's tokens taken from the encoding of context + choice
+    as the harness does, so a tokenizer that spells a word differently at the start of a text
+    (sentencepiece's ``▁``) scores the choice as it reads after the context; the context is
+    framed as a document (a Llama base's bos first)."""
     device = next(model.parameters()).device
-    context_ids = tok.encode(context, add_special_tokens=False).ids
+    context_ids = encode_document(tok, context)
     scores = []
     for choice in choices:
-        target = tok.encode(choice, add_special_tokens=False).ids
+        whole = encode_document(tok, context + choice)
+        shared = len(context_ids) if whole[: len(context_ids)] == context_ids else 0
+        target = whole[shared:] if shared else encode_text(tok, choice)
         ids = (context_ids + target)[-(model.config.max_seq_len + 1):]
         inputs = torch.tensor([ids[:-1]], device=device)
         logp = torch.log_softmax(model(inputs).logits[0].float(), dim=-1)

@@ -8,22 +8,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
+import torch
 
 from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import AssistantConfig, EvalConfig
 from lmforge.data import heldout_questions
-from lmforge.eval import QAItem, bits_per_byte_by_source, evaluate_mcq, evaluate_qa, read_questions
+from lmforge.eval import (
+    QAItem,
+    Reframing,
+    bits_per_byte_by_source,
+    evaluate_mcq,
+    evaluate_qa,
+    read_questions,
+)
 from lmforge.model import Transformer, load_model
 from lmforge.rag import Grounding
 from lmforge.reporting import markdown_table, write_report_pair
-from lmforge.tokenizer import load_chat_format, load_tokenizer
+from lmforge.tokenizer import document_end_id, load_chat_format, load_tokenizer
 
 
-def _timed(results: dict[str, Any], name: str, work: Any) -> None:
+def _timed(results: dict[str, Any], name: str, work: Any, key: str | None = None) -> None:
+    """``results[name] = work()`` (or ``results[name][key]``), its seconds added up by name."""
     start = time.perf_counter()
-    results[name] = work()
-    results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
+    value = work()
+    if key is None:
+        results[name] = value
+    else:
+        results.setdefault(name, {})[key] = value
+    seconds = results.setdefault("seconds", {})
+    seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
 
 
 def evaluate_run(eval: EvalConfig, assistant: AssistantConfig, model: Path, base: Path,
@@ -31,25 +44,31 @@ def evaluate_run(eval: EvalConfig, assistant: AssistantConfig, model: Path, base
                  origin: Path | None = None) -> dict[str, Any]:
     """``model`` is the assistant, ``base`` the pretrained model it started from; domain QA asks
     the ``queries`` of the contracts the data stage held out of ``corpus``. ``origin``: the
-    open model continued pretraining started from, scored beside them (with its own
-    tokenizer) so that what the domain gained and the general text lost are both visible."""
+    open model continued pretraining started from, scored beside them (in its own tokenizer)
+    so that what the domain gained and the general text lost are both visible. One model is
+    in memory at a time, on the GPU when there is one."""
     chat = load_chat_format(model)
     tok = chat.tokenizer
-    assistant_model = load_model(model).eval()
-    models: list[tuple[str, Transformer, Tokenizer | None]] = [
-        ("base", load_model(base).eval(), None), ("assistant", assistant_model, None)]
-    if origin is not None:
-        models.insert(0, ("origin", load_model(origin).eval(), load_tokenizer(origin)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shots = read_questions(Path(eval.mcq_dev))[: eval.mcq_shots] \
+        if eval.mcq_data and eval.mcq_dev and eval.mcq_shots else []
+    questions = read_questions(Path(eval.mcq_data)) if eval.mcq_data else []
+    folders = [*([("origin", origin)] if origin is not None else []), ("base", base),
+               ("assistant", model)]
     results: dict[str, Any] = {"model": str(model)}
-    _timed(results, "bpb", lambda: {
-        name: bits_per_byte_by_source(m, tok, shards, eval.bpb_tokens, own)
-        for name, m, own in models})
-    if eval.mcq_data:
-        shots = read_questions(Path(eval.mcq_dev))[: eval.mcq_shots] \
-            if eval.mcq_dev and eval.mcq_shots else []
-        questions = read_questions(Path(eval.mcq_data))
-        _timed(results, "mcq", lambda: {name: evaluate_mcq(m, own or tok, questions, shots)
-                                        for name, m, own in models})
+
+    def score(name: str, network: Transformer, own: Reframing | None) -> None:
+        _timed(results, "bpb", lambda: bits_per_byte_by_source(
+            network, tok, shards, eval.bpb_tokens, own), name)
+        if questions:
+            _timed(results, "mcq", lambda: evaluate_mcq(
+                network, own.tok if own else tok, questions, shots), name)
+
+    for name, folder in folders:
+        network = load_model(folder, device=device).eval()
+        score(name, network, Reframing(load_tokenizer(folder), document_end_id(folder))
+              if name == "origin" else None)
+    assistant_model = network  # the last one loaded
     if queries is not None:
         records = heldout_questions(queries, corpus, True)
         atomic_write_jsonl(out / "heldout_queries.jsonl", records)

@@ -3,6 +3,11 @@ the content of every file a config field marks as an input (``config.INPUT``), a
 each path it reads from another stage's folder, that stage's fingerprint. Nothing is listed by
 hand, so a setting or file a stage receives can never be left out of its fingerprint, and the
 stages a stage builds on are read off its paths.
+
+A file above ``WHOLE_HASH_LIMIT`` (an open base's multi-GB weights) is identified by its size,
+modification time and first and last MiB instead of all of its bytes, as ``make`` and ``rsync``
+judge files: re-hashing 15 GB of weights on every ``lmforge run`` would cost longer than the
+skipped stages, and weights are replaced, not edited in place.
 """
 
 from __future__ import annotations
@@ -26,13 +31,27 @@ def content_hash(paths: Iterable[str | Path]) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             digest.update(str(file).encode() + b"\0")
-            if file.exists():
+            if not file.exists():
+                digest.update(b"<missing>")
+            elif file.stat().st_size > WHOLE_HASH_LIMIT:
+                _identify_large(file, digest)
+            else:
                 with file.open("rb") as handle:
                     for block in iter(lambda: handle.read(1 << 20), b""):
                         digest.update(block)
-            else:
-                digest.update(b"<missing>")
     return digest.hexdigest()
+
+
+WHOLE_HASH_LIMIT = 256 * 2**20
+
+
+def _identify_large(file: Path, digest: Any) -> None:
+    stat = file.stat()
+    digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with file.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(-(1 << 20), 2)
+        digest.update(handle.read(1 << 20))
 
 
 class StageInputs:
