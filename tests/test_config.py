@@ -15,9 +15,16 @@ from lmforge.config import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bundled_recipes_validate() -> None:
+def test_bundled_recipes_validate(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")  # a base model folder
     for recipe in (ROOT / "recipes").glob("*.toml"):
-        config = load_config(RecipeConfig, recipe)
+        if "base" in recipe.stem:  # starts from an open model the user names
+            with pytest.raises(ConfigError, match=r"model\.base: .*--set model\.base="):
+                load_config(RecipeConfig, recipe)
+            config = load_config(RecipeConfig, recipe, [f"model.base={str(tmp_path)!r}"])
+            assert config.model.base == str(tmp_path)
+        else:
+            config = load_config(RecipeConfig, recipe)
         assert config.data.sources, recipe
         for source in config.data.sources:
             assert Path(ROOT / source.path).exists(), source.path
