@@ -200,6 +200,20 @@ def tiny_model(tok: Any, max_seq_len: int = 256, seed: int = 0, cls: Any = None)
                                             max_seq_len=max_seq_len)).eval()
 
 
+def spy_on_submit(runner: Any) -> list[tuple[list[int], Any]]:
+    """Every (prompt, SamplingConfig) a server's engine runner is handed from now on (each
+    still runs)."""
+    submitted: list[tuple[list[int], Any]] = []
+    submit = runner.submit
+
+    def spy(request: str, prompt: list[int], config: Any, echo: bool = False) -> Any:
+        submitted.append((prompt, config))
+        return submit(request, prompt, config, echo)
+
+    runner.submit = spy
+    return submitted
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -151,7 +151,13 @@ def test_trained_model_exports_in_its_family(name: str, tmp_path: Path) -> None:
     assert config["model_type"] == source_config["model_type"]
     assert config["architectures"] == source_config["architectures"]
     generation = json.loads((source / "generation_config.json").read_text())
-    assert config["eos_token_id"] == generation.get("eos_token_id")
+    base_eos = generation.get("eos_token_id")
+    base_eos = [base_eos] if isinstance(base_eos, int) else base_eos or []
+    # the base's eos first, then what ends a turn in the template: <|endoftext|>, <|im_end|>
+    assert config["eos_token_id"][: len(base_eos)] == base_eos
+    assert set(config["eos_token_id"]) == set(base_eos) | {0, 4}
+    assert json.loads((exported / "generation_config.json").read_text()) == \
+        generation | {"eos_token_id": config["eos_token_id"]}
     again = transformers.AutoModelForCausalLM.from_pretrained(str(exported)).eval()
     assert (logits_of(again, TOKENS) - trained).abs().max() < 1e-4
 
@@ -269,3 +275,108 @@ def test_export_without_a_base_or_lmforge_special_tokens(tmp_path: Path) -> None
         (None, None, None)
     again = transformers.AutoModelForCausalLM.from_pretrained(str(exported)).eval()
     assert (logits_of(again, TOKENS) - logits_of(model.eval(), TOKENS)).abs().max() < 1e-4
+
+
+def test_export_stops_at_the_templates_end_of_turn(tmp_path: Path) -> None:
+    """A base whose generation config ends sequences at <|endoftext|> only (as Qwen2.5's and
+    Llama 3.1's bases do) still stops the exported assistant at its <|im_end|>."""
+    from lmforge.export import export_hf
+    from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+
+    tok = load_tokenizer(FIXTURE_TOKENIZER)
+    end_of_text, im_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")
+    model = load_model(saved(hf_model("qwen2"), tmp_path / "hf")).eval()
+    prompt = [11, 42, 7, 99, 5]
+    tokens = list(prompt)
+    while tokens[-1] in tokens[:-1] or len(tokens) == len(prompt):  # greedy to a new token
+        tokens.append(int(logits_of(model, torch.tensor([tokens]))[0, -1].argmax()))
+    assert im_end not in tokens and end_of_text not in tokens
+    with torch.no_grad():  # the model now writes <|im_end|> there (the rows are tied)
+        model.lm_head.weight[[tokens[-1], im_end]] = model.lm_head.weight[[im_end, tokens[-1]]]
+    ours = tmp_path / "ours"
+    save_model(model, ours)
+    copy_tokenizer_files(FIXTURE_TOKENIZER, ours)  # its template ends a turn with <|im_end|>
+    base_generation = {"bos_token_id": end_of_text, "do_sample": False,
+                       "eos_token_id": end_of_text, "max_new_tokens": 2048}
+    (ours / "generation_config.json").write_text(json.dumps(base_generation))
+    exported = export_hf(ours, tmp_path / "export")
+    config = json.loads((exported / "config.json").read_text())
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert config["eos_token_id"] == generation["eos_token_id"] == [end_of_text, im_end]
+    assert generation == base_generation | {"eos_token_id": [end_of_text, im_end]}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(exported)).eval()
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, pad_token_id=end_of_text)
+    assert out[0].tolist() == tokens[:-1] + [im_end]
+
+
+def test_qlora_merge_keeps_the_qkv_biases() -> None:
+    from lmforge.model import merge_lora, quantize_linears
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                    qkv_bias=True)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.3)
+    quantize_linears(model)  # QLoRA as the SFT stage does it: NF4 base, adapters on top
+    apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.1)
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    adapted = logits_of(model, tokens)
+    merge_lora(model)
+    assert isinstance(model.layers[0].self_attn.q_proj, torch.nn.Linear)
+    assert (logits_of(model, tokens) - adapted).abs().max() < 1e-5
+
+
+def test_a_window_wider_than_the_sequence_takes_the_plain_causal_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmforge.model.llama import Attention
+
+    masks: list[torch.Tensor | None] = []
+    forward = Attention.forward
+
+    def spy(self: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            mask: torch.Tensor | None, cache: Any, layer: int) -> torch.Tensor:
+        masks.append(mask)
+        return forward(self, x, cos, sin, mask, cache, layer)
+
+    monkeypatch.setattr(Attention, "forward", spy)
+    hf = transformers.AutoModelForCausalLM.from_config(
+        transformers.MistralConfig(**TINY, sliding_window=32)).eval()
+    ours = load_model(saved(hf, tmp_path / "hf")).eval()
+    tokens = torch.randint(0, 160, (2, 40), generator=torch.Generator().manual_seed(4))
+    assert (logits_of(ours, tokens[:, :32]) - logits_of(hf, tokens[:, :32])).abs().max() < 1e-4
+    assert masks and all(mask is None for mask in masks)
+    cache = KVCache(ours.config, 2, 40, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        ours(tokens[:, :31], cache=cache)
+        ours(tokens[:, 31:32], cache=cache)  # 32 keys: still all within the window
+    assert all(mask is None for mask in masks)
+    masks.clear()
+    assert (logits_of(ours, tokens) - logits_of(hf, tokens)).abs().max() < 1e-4  # 40 > 32
+    assert masks and all(mask is not None for mask in masks)
+
+
+def test_rotary_frequencies_stay_fp32_whatever_the_dtype(tmp_path: Path) -> None:
+    """Rounded to bf16 the frequencies turn each position by a slightly wrong angle, an error
+    that grows with the position; transformers keeps them in fp32 too."""
+    hf = hf_model("llama")
+    folder = saved(hf, tmp_path / "hf")
+    exact = load_model(folder).inv_freq
+    assert exact.dtype == torch.float32
+    ours = load_model(folder, dtype=torch.bfloat16).eval()
+    assert ours.embed_tokens.weight.dtype == torch.bfloat16
+    assert ours.inv_freq.dtype == torch.float32 and torch.equal(ours.inv_freq, exact)
+    for cast in (lambda m: m.half(), lambda m: m.to(torch.bfloat16), lambda m: m.double()):
+        assert torch.equal(cast(load_model(folder)).inv_freq, exact)
+    tokens = torch.randint(0, 160, (1, 420), generator=torch.Generator().manual_seed(2))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.bfloat16).eval()
+    assert reference.model.rotary_emb.inv_freq.dtype == torch.float32
+    late = slice(380, None)  # positions ~400, where a bf16 angle error has grown
+    assert (logits_of(ours, tokens)[0, late] - logits_of(reference, tokens)[0, late]) \
+        .abs().max() < 1e-2

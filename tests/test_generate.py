@@ -1,14 +1,17 @@
 """Sampling and generation: filters, penalties, stops across token boundaries, UTF-8 streaming,
-and batching that changes nothing."""
+batching that changes nothing, and caches as long as the answer needs."""
 
+from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from lmforge.config import SamplingConfig
-from lmforge.infer import generate, next_tokens, stream_generate
+from lmforge.infer import ChatSession, Engine, generate, next_tokens, stream_generate
 from lmforge.infer.sampling import apply_repetition_penalty, filter_top_k_top_p
 from lmforge.model import Transformer
+from lmforge.tokenizer import encode_chat
 
 
 def test_top_k_and_top_p() -> None:
@@ -82,6 +85,32 @@ def test_length_limit_and_context_guard(model: Transformer, chat) -> None:  # no
     assert len(deltas) <= 3
     with pytest.raises(ValueError, match="exceeds the model's context"):
         list(stream_generate(model, chat, [[5] * 100], SamplingConfig(max_new_tokens=64)))
+
+
+def test_a_chat_reply_caches_its_prompt_and_answer_only(tok, chat,  # noqa: ANN001
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An imported Llama 3.1 has a context of 131072: a cache that long for every reply of a
+    1B model is ~8.6 GB in fp32. The cache holds the prompt and the answer; a conversation
+    longer than the context is still trimmed to it, its prompt cut from the left."""
+    import lmforge.infer.chat
+
+    engines: list[Engine] = []
+
+    class Kept(Engine):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            engines.append(self)
+
+    monkeypatch.setattr(lmforge.infer.chat, "Engine", Kept)
+    sampling = SamplingConfig(max_new_tokens=5, temperature=0.0)
+    session = ChatSession(tiny_model(tok, max_seq_len=100_000), chat, sampling, "你是保险助手。")
+    "".join(session.reply("你好"))
+    prompt = encode_chat(chat, session.messages()[:2], add_generation_prompt=True)
+    assert engines[-1].cache.k.shape[3] == len(prompt) + 5
+    short = ChatSession(tiny_model(tok, max_seq_len=48), chat, sampling)
+    "".join(short.reply("请详细解释一下保险合同中的犹豫期条款和退保规则。" * 3))
+    assert len(encode_chat(chat, short.messages()[:1], add_generation_prompt=True)) > 48
+    assert engines[-1].cache.k.shape[3] == 48
 
 
 def test_min_p_and_openai_penalties() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import tiny_model
+from conftest import spy_on_submit, tiny_model
 from fastapi.testclient import TestClient
 
 from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
@@ -34,17 +34,8 @@ def tiny(tok):  # noqa: ANN001, ANN201
 def served(chat, tiny) -> Iterator[tuple[TestClient, list[tuple[list[int], Any]]]]:  # noqa: ANN001
     """The app's client, and every (prompt, SamplingConfig) its engine runner was handed."""
     app = create_app(tiny, chat, ASSISTANT, ServeConfig(max_beams=3), model_name="tiny")
-    submitted: list[tuple[list[int], Any]] = []
     with TestClient(app) as client:
-        runner = app.state.runner
-        submit = runner.submit
-
-        def spy(request: str, prompt: list[int], config: Any, echo: bool = False) -> Any:
-            submitted.append((prompt, config))
-            return submit(request, prompt, config, echo)
-
-        runner.submit = spy
-        yield client, submitted
+        yield client, spy_on_submit(app.state.runner)
 
 
 def post(served, path: str, **body: Any) -> dict[str, Any]:  # noqa: ANN001

@@ -13,6 +13,7 @@ the family has one, generation_config.json with its eos ids.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,20 +22,21 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import FIXTURE_TOKENIZER, ROOT, tiny_model
+from conftest import FIXTURE_TOKENIZER, ROOT, spy_on_submit, tiny_model
 from fastapi.testclient import TestClient
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 
 from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
 from lmforge.data import PreferencePair
-from lmforge.infer import ChatSession, Engine, beam_search, stream_generate
+from lmforge.infer import ChatSession, Engine, beam_search, stream_generate, terminal_chat
 from lmforge.rag import Grounding, Hit, Retrieved
 from lmforge.rag.index import ChunkInfo, DocInfo
 from lmforge.serve import create_app
 from lmforge.tokenizer import (
     ChatFormat,
     Message,
+    TemplateRefused,
     chat_segments,
     encode_chat,
     load_chat_format,
@@ -66,7 +68,9 @@ FAMILIES = {
                         "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>",
                         generation_eos=["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]),
     "qwen2.5": Family("qwen2.5-instruct.jinja", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                      None, "<|im_end|>", "<|im_end|>", added=["<tool_call>", "</tool_call>"],
+                      None, "<|im_end|>", "<|im_end|>",
+                      added=["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                             "<|repo_name|>", "<|file_sep|>", "<tool_call>", "</tool_call>"],
                       generation_eos=["<|im_end|>", "<|endoftext|>"]),
     "qwen3": Family("qwen3.jinja", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None,
                     "<|im_end|>", "<|im_end|>",
@@ -233,6 +237,48 @@ def test_control_strings_in_messages_are_plain_text(family: Loaded, conversation
     assert family.shown(FORGED) in family.chat.tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def test_markup_the_template_never_writes_is_plain_text_in_messages(
+        folders: dict[str, Path]) -> None:
+    """Qwen2.5 marks its fill-in-the-middle, repository and tool-call tokens non-special, and
+    its template writes only the tool-call tags: a message writing any of them gets their text,
+    never the token, as transformers gives once it is told them (``chat_control_tokens``)."""
+    folder = folders["qwen2.5"]
+    chat = load_chat_format(folder)
+    markup = FAMILIES["qwen2.5"].added
+    messages = [{"role": "user", "content": "补全：" + " x = 1\n".join(markup)}]
+    ids = encode_chat(chat, messages, True)
+    markup_ids = {chat.tokenizer.token_to_id(t) for t in markup}
+    assert markup_ids <= set(chat.controls.values())
+    assert not markup_ids & set(ids)
+    told = transformers.AutoTokenizer.from_pretrained(str(folder), chat_control_tokens=markup)
+    assert ids == Loaded("qwen2.5", chat, told).reference(messages, True, sanitize=True)
+    assert messages[0]["content"] in chat.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize(("name", "term"), [("chatml", "被保险人"), ("qwen2.5", "保险金额")])
+def test_a_domain_term_in_the_templates_text_is_one_token_in_messages(
+        folders: dict[str, Path], name: str, term: str) -> None:
+    """A domain term is a non-special added token (forced by lmforge's trainer, as in the
+    ChatML fixture, or added to a base's tokenizer): one id in a message, as in pretraining,
+    even where the template's own text has it (here its default system prompt)."""
+    tok = Tokenizer.from_str(load_chat_format(folders[name]).tokenizer.to_str())
+    if tok.token_to_id(term) is None:
+        tok.add_tokens([AddedToken(term, normalized=False, special=False)])
+    template = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n"
+                f"你为{term}解答问题。<|im_end|>\n{{% endif %}}"
+                "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                "<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    chat = ChatFormat(tok, template, None, "<|im_end|>", frozenset())
+    messages = [{"role": "user", "content": f"{term}是多少？"}]
+    ids = encode_chat(chat, messages, True)
+    assert ids.count(tok.token_to_id(term)) == 2  # the template's and the message's
+    assert term not in chat.controls
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert ids == list(hf.apply_chat_template(messages, chat_template=template, tokenize=True,
+                                              add_generation_prompt=True, return_dict=False))
+
+
 def test_sft_learns_the_replies_and_their_end_of_turn(family: Loaded) -> None:
     tok = family.chat.tokenizer
     plain = CONVERSATIONS["multi-turn"][0]
@@ -290,17 +336,8 @@ def served(family: Loaded) -> Iterator[tuple[TestClient, list[tuple[list[int], A
     """A server over the family's format, and every (prompt, config) its engine was handed."""
     model = tiny_model(family.chat.tokenizer, max_seq_len=1024)
     app = create_app(model, family.chat, AssistantConfig(), ServeConfig(), grounding=PASSAGE)
-    submitted: list[tuple[list[int], Any]] = []
     with TestClient(app) as client:
-        runner = app.state.runner
-        submit = runner.submit
-
-        def spy(request: str, prompt: list[int], config: Any, echo: bool = False) -> Any:
-            submitted.append((prompt, config))
-            return submit(request, prompt, config, echo)
-
-        runner.submit = spy
-        yield client, submitted
+        yield client, spy_on_submit(app.state.runner)
 
 
 @pytest.mark.parametrize("rag", [False, True])
@@ -448,3 +485,66 @@ def test_markup_between_an_answer_and_its_end_of_turn_is_learned(folders: dict[s
     runs = [ids for ids, learned in chat_segments(chat, messages) if learned]
     assert [tok.decode(r, skip_special_tokens=False) for r in runs] == [
         f"{m['content']} (end)<|im_end|>" for m in messages if m["role"] == "assistant"]
+
+
+# -- conversations a template refuses ---------------------------------------------------------
+
+MIXTRAL_ROLES = ("the chat template refuses this conversation: After the optional system "
+                 "message, conversation roles must alternate user/assistant/user/assistant/...")
+
+
+def refusal(folder: Path, messages: list[Message], rag: bool = False) -> dict[str, Any]:
+    """The server's answer to ``messages`` in ``folder``'s format, which must be a 400."""
+    chat = load_chat_format(folder)
+    app = create_app(tiny_model(chat.tokenizer), chat, AssistantConfig(), ServeConfig(),
+                     grounding=PASSAGE)
+    with TestClient(app) as client:
+        response = client.post("/v1/chat/completions",
+                               json={"messages": messages, "max_tokens": 2, "rag": rag})
+    assert response.status_code == 400, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error", "messages", "chat_template_refused")
+    return error
+
+
+@pytest.mark.parametrize("rag", [False, True])
+def test_roles_the_template_refuses_are_a_400_with_its_reason(folders: dict[str, Path],
+                                                              rag: bool) -> None:
+    """Mixtral's template raises unless user and assistant alternate (with RAG, the template
+    first refuses while the passages are fitted)."""
+    twice = [{"role": "user", "content": "你好"}, {"role": "user", "content": "犹豫期多长？"}]
+    assert refusal(folders["mixtral"], twice, rag)["message"] == MIXTRAL_ROLES
+
+
+def test_an_answer_the_template_rewrites_is_a_400(folders: dict[str, Path]) -> None:
+    """Qwen3 keeps only what an earlier answer writes after ``</think>``; the message it names
+    counts the system prompt the server put first."""
+    history = [{"role": "user", "content": "你好"},
+               {"role": "assistant", "content": "<think>x</think>y"},
+               {"role": "user", "content": "再说一遍"}]
+    message = refusal(folders["qwen3"], history)["message"]
+    assert message.startswith("the chat template cut or interleaved the text of message 2 "
+                              "(assistant)")
+    assert message.endswith("(message 0 is the assistant's system prompt, put first)")
+
+
+def test_the_terminal_chat_shows_a_refusal_and_goes_on(folders: dict[str, Path]) -> None:
+    chat = load_chat_format(folders["qwen3"])
+    session = ChatSession(tiny_model(chat.tokenizer), chat,
+                          SamplingConfig(max_new_tokens=2, temperature=0.0))
+    history = [{"role": "user", "content": "你好"},
+               {"role": "assistant", "content": "<think>x</think>y"}]
+    session.turns = list(history)
+    with pytest.raises(TemplateRefused, match="message 1 \\(assistant\\)"):
+        "".join(session.reply("再说一遍"))
+    assert session.turns == history  # the refused message is not kept
+    lines = iter(["再说一遍", "/reset", "你好", "/quit"])
+    out = io.StringIO()
+    terminal_chat(session, lambda prompt: next(lines), out)
+    shown = out.getvalue().splitlines()
+    assert shown[1].startswith("assistant> (not sent: the chat template cut or interleaved "
+                               "the text of message 1 (assistant)")
+    assert shown[2] == "(new conversation)"
+    assert shown[3].startswith("assistant> ") and "not sent" not in shown[3]
+    assert [t["role"] for t in session.turns] == ["user", "assistant"]

@@ -5,9 +5,13 @@ The weights are a rename (``model.`` prefix; our names are HF's), sharded with a
 size; the config is the model's own family (an imported Qwen2 goes back as Qwen2) and carries
 both the current ``rope_parameters`` and the legacy ``rope_theta``/``torch_dtype`` keys; the
 tokenizer files come along with the chat template. A model started from a Hugging Face base
-keeps that base's special ids (its ``generation_config.json``, copied beside the model): the
-base's tokenizer has no ``<|endoftext|>``/``<|im_end|>``. lmforge's own models set eos to both of
-those, so that every consumer stops generating at the end of a chat turn.
+keeps that base's generation config (its ``generation_config.json``, copied beside the model):
+the base's tokenizer has no ``<|endoftext|>``/``<|im_end|>``; lmforge's own models get
+lmforge's, with eos on those two. Either way the eos ids, in ``config.json`` and
+``generation_config.json`` alike, gain whatever ends an answer in the folder's chat template:
+a base lists only its end of text (Qwen2.5's ``<|endoftext|>``, Llama 3.1's
+``<|end_of_text|>``), and the assistant trained on it ends its turns with ``<|im_end|>`` or
+``<|eot_id|>``, where transformers and vLLM must stop.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from safetensors.torch import save_file
 
 from lmforge.atomic import atomic_dir
 from lmforge.model import HF_INDEX_NAME, WEIGHTS_NAME, hf_config, load_model, model_state
-from lmforge.tokenizer import BOS, EOS, IM_END, PAD, copy_tokenizer_files, load_tokenizer
+from lmforge.tokenizer import (
+    BOS,
+    EOS,
+    IM_END,
+    PAD,
+    copy_tokenizer_files,
+    has_chat_template,
+    load_chat_format,
+    load_tokenizer,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GENERATION_CONFIG = "generation_config.json"
@@ -69,12 +82,26 @@ def generation_config(bos: int | None, eos: list[int] | None, pad: int | None
 
 def model_generation_config(model_dir: Path) -> dict[str, Any]:
     """The base model's generation config when the folder carries one, else lmforge's (with
-    whichever of its special tokens the tokenizer has)."""
+    whichever of its special tokens the tokenizer has); its eos ids, then those of the chat
+    template's that it lacks."""
     if (model_dir / GENERATION_CONFIG).exists():
-        return json.loads((model_dir / GENERATION_CONFIG).read_text(encoding="utf-8"))
-    tok = load_tokenizer(model_dir)
-    eos = [i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None]
-    return generation_config(tok.token_to_id(BOS), eos or None, tok.token_to_id(PAD))
+        generation = json.loads((model_dir / GENERATION_CONFIG).read_text(encoding="utf-8"))
+    else:
+        tok = load_tokenizer(model_dir)
+        eos = [i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None]
+        generation = generation_config(tok.token_to_id(BOS), eos or None, tok.token_to_id(PAD))
+    listed = generation.get("eos_token_id")
+    listed = [listed] if isinstance(listed, int) else list(listed or [])
+    eos = listed + sorted(chat_stop_ids(model_dir) - set(listed))
+    generation["eos_token_id"] = eos or None
+    return generation
+
+
+def chat_stop_ids(model_dir: Path) -> frozenset[int]:
+    """The ids that end an answer in the folder's chat template (its end of turn, its eos);
+    none for a folder without a template (where transformers looks for one), such as a base
+    that was never a chat model."""
+    return load_chat_format(model_dir).stop_ids if has_chat_template(model_dir) else frozenset()
 
 
 def export_hf(model_dir: Path, out_dir: Path, dtype: str = "float32",
@@ -88,6 +115,6 @@ def export_hf(model_dir: Path, out_dir: Path, dtype: str = "float32",
     with atomic_dir(out_dir) as tmp:
         write_weights(hf_state(model_state(model), DTYPES[dtype]), tmp, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        copy_tokenizer_files(model_dir, tmp)  # the base's generation config too: replaced here
         (tmp / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2), encoding="utf-8")
-        copy_tokenizer_files(model_dir, tmp)
     return out_dir

@@ -1,6 +1,7 @@
 """Multi-turn chat over the engine: the conversation state, and the terminal loop of
 ``lmforge chat`` (``/reset``, ``/system TEXT``, ``/quit``), with input and output passed in so
-the loop is tested without a terminal."""
+the loop is tested without a terminal. A message the model's chat template refuses is shown
+the template's reason and left out of the history; the chat goes on."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lmforge.config import SamplingConfig
 from lmforge.infer.detokenize import stopping
 from lmforge.infer.engine import Engine
 from lmforge.model import Transformer
-from lmforge.tokenizer import ChatFormat, encode_chat, with_system
+from lmforge.tokenizer import ChatFormat, TemplateRefused, encode_chat, with_system
 
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /quit"
 
@@ -30,14 +31,25 @@ class ChatSession:
 
     def reply(self, user: str) -> Iterator[str]:
         """Stream the assistant's answer to ``user``; the exchange joins the history. The
-        oldest exchanges are dropped when the conversation outgrows the context."""
+        oldest exchanges are dropped when the conversation outgrows the context. A
+        conversation the template refuses raises ``TemplateRefused`` with the history as it
+        was."""
+        earlier = list(self.turns)
         self.turns.append({"role": "user", "content": user})
-        limit = self.model.config.max_seq_len - self.sampling.max_new_tokens
-        prompt = self._prompt()
-        while len(prompt) > limit and len(self.turns) > 1:
-            self.turns = self.turns[2:]
+        context = self.model.config.max_seq_len
+        try:
             prompt = self._prompt()
-        engine = Engine(self.model, self.chat.tokenizer, max_batch=1, overflow="truncate")
+            while len(prompt) > context - self.sampling.max_new_tokens and len(self.turns) > 1:
+                self.turns = self.turns[2:]
+                prompt = self._prompt()
+        except TemplateRefused:
+            self.turns = earlier
+            raise
+        # the cache holds this reply only, not the model's whole context (131072 positions
+        # for a Llama 3.1: gigabytes per reply); a prompt still too long is cut from the left
+        engine = Engine(self.model, self.chat.tokenizer, max_batch=1,
+                        max_len=min(len(prompt) + self.sampling.max_new_tokens, context),
+                        overflow="truncate")
         engine.submit(prompt, stopping(self.chat, self.sampling))
         answer = ""
         for event in engine.run():
@@ -73,7 +85,10 @@ def terminal_chat(session: ChatSession, read: Callable[[str], str], out: TextIO)
             out.write("(system prompt set; new conversation)\n")
             continue
         out.write("assistant> ")
-        for piece in session.reply(line):
-            out.write(piece)
-            out.flush()
+        try:
+            for piece in session.reply(line):
+                out.write(piece)
+                out.flush()
+        except TemplateRefused as err:
+            out.write(f"(not sent: {err})")
         out.write("\n")

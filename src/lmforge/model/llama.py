@@ -25,6 +25,7 @@ be a handful of branches through every class here, and the file is meant to read
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -245,6 +246,16 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.reset_parameters()
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Transformer:
+        """Every move or cast (``.to``, ``.half()``, ``.to_empty``, ``.cuda()``) ends with the
+        rotary frequencies recomputed in float32 on the new device: cast to bf16 they would
+        be off by up to 2**-8 of themselves, an angle error that grows with the position
+        (transformers keeps them in float32 too), and ``to_empty`` would leave them
+        uninitialised."""
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_frequencies(self.config)[0].to(self.inv_freq.device)
+        return self
+
     @classmethod
     def empty(cls, config: ModelConfig, device: str | torch.device,
               dtype: torch.dtype) -> Transformer:
@@ -255,7 +266,6 @@ class Transformer(nn.Module):
         model = model.to(dtype=dtype).to_empty(device=device)
         if config.tie_embeddings:  # to_empty gives every module a tensor of its own
             model.lm_head.weight = model.embed_tokens.weight
-        model.inv_freq = rope_frequencies(config)[0].to(device)
         return model
 
     def reset_parameters(self) -> None:
@@ -284,21 +294,26 @@ class Transformer(nn.Module):
 
         ``positions`` [b, t] default to 0.. (continuing after the cache). ``mask`` is a boolean
         [b, 1, t, keys] attention mask (True = may attend) for packed documents, padding or
-        cached decoding; None means plain causal attention. A sliding window narrows either.
+        cached decoding; None means plain causal attention. A sliding window narrows either,
+        once there are more keys than the window: before that it hides nothing, and the plain
+        causal path (no mask) is the faster one.
         """
         b, t = tokens.shape
         start = cache.length if cache is not None else 0
-        window = self.config.sliding_window
         if positions is None:
             positions = torch.arange(start, start + t, device=tokens.device).expand(b, t)
-        if mask is None and (window or cache is not None and start > 0 and t > 1):
+        # positions count from 0 along each row's keys (a cache's, or packed documents'), so
+        # a query's farthest key is fewer positions back than there are keys
+        keys = mask.shape[-1] if mask is not None else start + t
+        windowed = 0 < self.config.sliding_window < keys
+        if mask is None and (windowed or cache is not None and start > 0 and t > 1):
             mask = causal_mask(t, start + t, tokens.device)[None, None].expand(b, 1, t, start + t)
-        if window and mask is not None:
+        if windowed and mask is not None:
             # a cache holds each row's positions 0.. (both caches fill rows from 0); without
             # one, the keys are the queries themselves
-            keys = (torch.arange(mask.shape[-1], device=tokens.device)[None]
-                    if cache is not None else positions)
-            mask = mask & within_window(positions, keys, window)
+            key_positions = (torch.arange(keys, device=tokens.device)[None]
+                             if cache is not None else positions)
+            mask = mask & within_window(positions, key_positions, self.config.sliding_window)
         x = self.embed_tokens(tokens)
         cos, sin = self.rope(positions, x.dtype)
         aux_total = None

@@ -10,6 +10,11 @@ dequantizes on the fly for each matmul; LoRA adapters train in full precision on
 it in plain PyTorch rather than depend on bitsandbytes: it runs on CPU and any GPU, it is ~100
 lines, and the same container serves the weights' 4.5 bits per value on every device.
 bitsandbytes' fused CUDA kernels are faster; this is the portable path.
+
+Merging (``merge_lora``) folds the adapters into the dequantised base, as QLoRA merges commonly
+do (peft's ``merge_and_unload`` on a 4-bit model): the merged weights are the 4-bit rounded
+base plus the scaled B·A, exactly what the adapters were trained on, not the original full
+precision base plus B·A. The biases were never quantised and come back unchanged.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class NF4Linear(nn.Module):
                            device=self.packed.device)
         with torch.no_grad():
             linear.weight.copy_(self.dequantized())
+            if self.bias is not None:  # Qwen2's q/k/v biases, kept in full precision
+                linear.bias.copy_(self.bias)
         return linear
 
 

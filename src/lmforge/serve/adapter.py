@@ -4,6 +4,8 @@ prompt and sampling SFT and evaluation used), grounds RAG questions through the 
 path (``Grounding.ground``), sizes the token budget, starts the engine's streams and collects or
 streams their events as OpenAI bodies. Beam search, embeddings and retrieval run in worker
 threads, beside the engine, each counted against ``max_waiting`` with the engine's requests.
+A conversation the model's chat template refuses (roles out of the order it takes, an answer it
+would rewrite) is the client's to fix: a 400 that says what the template refused.
 No HTTP routing here: ``routes.py`` only hands requests in.
 """
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,7 +44,7 @@ from lmforge.serve.protocol import (
 from lmforge.serve.runner import EngineRunner, QueueFull
 from lmforge.serve.streams import Choice, Disconnected, Streams, busy
 from lmforge.serve.tokens import chat_logprobs, completion_logprobs
-from lmforge.tokenizer import ChatFormat, encode_chat, with_system
+from lmforge.tokenizer import ChatFormat, TemplateRefused, encode_chat, with_system
 
 T = TypeVar("T")
 
@@ -68,6 +71,21 @@ def sampling_config(body: SamplingFields, defaults: SamplingConfig, max_tokens: 
         # explicit seed stays reproducible; greedy decoding needs none)
         config = dataclasses.replace(config, seed=secrets.randbits(31))
     return config
+
+
+@contextmanager
+def template_refusals(system_added: bool) -> Iterator[None]:
+    """Encoding the messages (and grounding them, which encodes them to fit the passages): a
+    refusal by the template is a 400 naming what it refused, never a 500. A message it names
+    is counted in the conversation the template saw, which starts with the assistant's system
+    prompt when the client sent none: the answer says so."""
+    try:
+        yield
+    except TemplateRefused as err:
+        shifted = system_added and err.message_index is not None
+        note = " (message 0 is the assistant's system prompt, put first)" if shifted else ""
+        raise APIError(400, f"{err}{note}", param="messages",
+                       code="chat_template_refused") from None
 
 
 @dataclass
@@ -144,13 +162,14 @@ class Serving:
         limits.check_chat(body, self.config)
         messages = with_system(self.assistant.system, [m.model_dump() for m in body.messages])
         requested = body.max_completion_tokens or body.max_tokens
-        grounded = await self.ground(body, messages, principal, requested)
-        if grounded is not None and not grounded.answerable:
-            return self.no_answer(body)
-        if grounded is not None:
-            messages = grounded.messages
+        with template_refusals(len(messages) > len(body.messages)):
+            grounded = await self.ground(body, messages, principal, requested)
+            if grounded is not None and not grounded.answerable:
+                return self.no_answer(body)
+            if grounded is not None:
+                messages = grounded.messages
+            prompt = await run_in_threadpool(encode_chat, self.chat_format, messages, True)
         cited = {} if grounded is None else {"sources": grounded.sources()}
-        prompt = await run_in_threadpool(encode_chat, self.chat_format, messages, True)
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
         self.metrics.prompt_tokens += len(prompt) * body.n

@@ -18,7 +18,9 @@ from lmforge.tokenizer.chat import (
 from lmforge.tokenizer.template import (
     ChatFormat,
     Message,
+    TemplateRefused,
     document_end_id,
+    has_chat_template,
     load_chat_format,
     load_tokenizer,
 )
@@ -39,8 +41,8 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
 
 
 __all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES",
-           "ChatFormat", "Message", "added_term_pieces", "base_tokenizer", "chat_segments",
-           "copy_tokenizer_files", "document_end_id", "encode_chat",
-           "encode_text", "load_chat_format", "load_tokenizer", "plain_text_tokenizer",
-           "to_bits_per_byte", "token_byte_lengths", "train_bpe", "train_tokenizer",
-           "with_system"]
+           "ChatFormat", "Message", "TemplateRefused", "added_term_pieces", "base_tokenizer",
+           "chat_segments", "copy_tokenizer_files", "document_end_id", "encode_chat",
+           "encode_text", "has_chat_template", "load_chat_format", "load_tokenizer",
+           "plain_text_tokenizer", "to_bits_per_byte", "token_byte_lengths", "train_bpe",
+           "train_tokenizer", "with_system"]

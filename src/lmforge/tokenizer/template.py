@@ -11,7 +11,9 @@ ChatML (``vocab.CHAT_TEMPLATE``), written by the tokenizer trainer.
 ``marked`` renders a conversation with every message's text between unpredictable markers, so
 that the encoder (``chat.py``) knows which characters of the rendering came from a message and
 which are the template's markup: only markup may become control tokens, and an assistant
-message's span is what training learns.
+message's span is what training learns. A conversation the template will not render (it raises,
+or rewrites a message's text) is a ``TemplateRefused``: the conversation's fault, which a server
+answers as a bad request and a chat shows to its user.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jinja2
-from jinja2 import nodes
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
@@ -37,6 +38,20 @@ Message = dict[str, str]
 _PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
 _PRIVATE_USE = range(0xE000, 0xF900)  # the BMP private-use area: in no template's markup
 _TAG_CHARS = 6  # 6400**6 tags: a message cannot guess the one of its call
+# a whole bracketed token without whitespace: <|fim_prefix|>, <tool_call>, <｜User｜>, [INST]
+MARKUP = re.compile(r"<\S+>|\[\S+\]")
+
+
+class TemplateRefused(ValueError):
+    """The chat template will not render this conversation: it raised (Mixtral's
+    ``raise_exception`` when roles do not alternate), or it dropped, repeated or rewrote a
+    message's text (Qwen3 moves an answer's text before ``</think>`` into a reasoning block), so
+    its markup could not be told from the text. The conversation is at fault, not the model.
+    ``message_index``: the message whose text it would not render whole, if one."""
+
+    def __init__(self, reason: str, message_index: int | None = None) -> None:
+        super().__init__(reason)
+        self.message_index = message_index
 
 
 class Span(NamedTuple):
@@ -89,12 +104,17 @@ class ChatFormat:
         return _environment().from_string(self.template)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
-        """The template's text for ``messages``, as ``apply_chat_template(tokenize=False)``."""
+        """The template's text for ``messages``, as ``apply_chat_template(tokenize=False)``;
+        a template that raises while rendering them refuses them (``TemplateRefused``)."""
         named = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token))
                  if v is not None}  # an unset token is undefined for the template, not "None"
-        return self._compiled.render(messages=[dict(m) for m in messages], tools=None,
-                                     documents=None, add_generation_prompt=add_generation_prompt,
-                                     **named)
+        compiled = self._compiled  # a template that does not compile is broken, not refusing
+        try:
+            return compiled.render(messages=[dict(m) for m in messages], tools=None,
+                                   documents=None, add_generation_prompt=add_generation_prompt,
+                                   **named)
+        except jinja2.TemplateError as err:
+            raise TemplateRefused(f"the chat template refuses this conversation: {err}") from err
 
     def marked(self, messages: Sequence[Message], add_generation_prompt: bool = False
                ) -> tuple[str, list[Span]]:
@@ -102,8 +122,8 @@ class ChatFormat:
         empty or blank have no span). Each text is rendered between markers made fresh for the
         call, so no message can imitate them; its leading and trailing whitespace stays
         outside, so a template that trims still sees it. A template that drops, repeats or cuts
-        a message's text, or renders differently once the markers are in, is an error: its
-        markup could not be told from the text."""
+        a message's text, or renders differently once the markers are in, refuses the
+        conversation (``TemplateRefused``): its markup could not be told from the text."""
         tag = _fresh_tag(messages)
         wrapped = [dict(m) for m in messages]
         for i, message in enumerate(wrapped):
@@ -115,19 +135,24 @@ class ChatFormat:
                                       f"{text[len(lead) + len(core):]}")
         rendered, spans = _unmark(self.render(wrapped, add_generation_prompt), tag, messages)
         if rendered != self.render(messages, add_generation_prompt):
-            raise ValueError("the chat template renders this conversation differently once "
-                             "its messages are marked (it inspects their text), so its markup "
-                             "cannot be told from the messages")
+            raise TemplateRefused("the chat template renders this conversation differently once "
+                                  "its messages are marked (it inspects their text), so its "
+                                  "markup cannot be told from the messages")
         return rendered, spans
 
     @cached_property
     def controls(self) -> dict[str, int]:
         """The control tokens, which no message text may produce: every special token, and
-        the other added tokens that the template writes (DeepSeek's ``<｜User｜>`` is not
-        special; a domain term is not written by the template)."""
-        literal = _literal_text(self._compiled.environment, self.template)
+        every other added token that is markup, by its shape alone: the whole token is one
+        bracketed run, ``<`` to ``>`` or ``[`` to ``]``, with no whitespace in it.
+
+        Bases mark much of their markup non-special (DeepSeek's ``<｜User｜>``, Qwen2.5's
+        ``<|fim_prefix|>`` and ``<tool_call>``), often markup the template never writes, which
+        a user could still write. A domain term (``保险金额``, added non-special by the trainer or
+        a base's extension) is a word, never bracketed, so it stays one token in every message
+        as in pretraining, even where the template's own text contains it."""
         return {t.content: i for i, t in self.tokenizer.get_added_tokens_decoder().items()
-                if t.special or t.content in literal}
+                if t.special or MARKUP.fullmatch(t.content)}
 
     @cached_property
     def control_pattern(self) -> re.Pattern[str]:
@@ -208,19 +233,10 @@ def _unmark(text: str, tag: str, messages: Sequence[Message]) -> tuple[str, list
     return "".join(pieces), spans
 
 
-def _unrendered(messages: Sequence[Message], index: int, how: str) -> ValueError:
-    return ValueError(f"the chat template {how} the text of message {index} "
-                      f"({messages[index]['role']}): it must render each message's text once, "
-                      "whole, for its markup to be told from the text")
-
-
-def _literal_text(env: jinja2.Environment, template: str) -> str:
-    """The template's own strings (its raw text and string constants), joined by NULs so that
-    no search matches across two of them."""
-    tree = env.parse(template)
-    literals = {n.data for n in tree.find_all(nodes.TemplateData)}
-    literals |= {n.value for n in tree.find_all(nodes.Const) if isinstance(n.value, str)}
-    return "\0".join(sorted(literals))
+def _unrendered(messages: Sequence[Message], index: int, how: str) -> TemplateRefused:
+    return TemplateRefused(f"the chat template {how} the text of message {index} "
+                           f"({messages[index]['role']}): it must render each message's text "
+                           "once, whole, for its markup to be told from the text", index)
 
 
 # -- reading a folder -------------------------------------------------------------------------
@@ -233,6 +249,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether the folder carries a chat template where transformers looks for one (a base
+    that was never a chat model has none)."""
+    folder = Path(folder)
+    return (folder / "chat_template.jinja").exists() or \
+        _read_json(folder / "tokenizer_config.json").get("chat_template") is not None
 
 
 def _template(folder: Path, config: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from lmforge.atomic import atomic_dir, atomic_write_text
 from lmforge.config import ConfigError, TokenizerConfig
 from lmforge.tokenizer.report import compression_report, write_report
+from lmforge.tokenizer.template import MARKUP
 from lmforge.tokenizer.vocab import (
     BOS,
     CHAT_TEMPLATE,
@@ -71,6 +72,8 @@ def word_like(term: str) -> bool:
     Glossaries mined from text contain fragments ("A", "90", "r"); forced in, they would cut
     every English word and number apart, so they are left out.
     """
+    if MARKUP.fullmatch(term):  # would read as a control token (ChatFormat.controls)
+        return False
     if _CJK.search(term):
         return len(term) >= 2
     return len(term) >= 3 and sum(c.isalpha() for c in term) >= 2 and term.isascii()
