@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.config.presets import MODEL_PRESETS
-from lmforge.model import Transformer
-from lmforge.model.weights import hf_config
+from lmforge.model import Transformer, hf_config
 from lmforge.train.distributed import DistInfo
 from lmforge.train.loop import Trainer
 

@@ -125,6 +125,8 @@ def test_the_vocabulary_grows_by_domain_terms_and_the_weights_are_the_base(
     config = json.loads((run / "pretrain" / "model" / "lmforge_config.json").read_text())
     assert config["family"] == family.name and config["qkv_bias"] is (family.name == "qwen2")
     assert config["vocab_size"] >= tok.get_vocab_size() > load_tokenizer(base).get_vocab_size()
+    loaded = json.loads((run / "pretrain" / "report.json").read_text())["base_load"]
+    assert loaded["tensors"] > 0 and loaded["peak_rss_mib"] > 0
     start, trained = load_model(base), load_model(run / "pretrain" / "model")
     moved = trained.layers[0].self_attn.q_proj.weight - start.layers[0].self_attn.q_proj.weight
     assert 0 < moved.abs().max() < 0.5  # continued from the base's weights, not a fresh init

@@ -4,6 +4,7 @@ adapters, int8 / NF4 weights), the reranker's cross-encoder built on it, and its
 (our folders and Hugging Face's)."""
 
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
+from lmforge.model.hf_config import ARCHITECTURES, config_from_hf, hf_config
 from lmforge.model.llama import (
     KVCache,
     Output,
@@ -23,12 +24,9 @@ from lmforge.model.lora import (
 from lmforge.model.quant import NF4Linear, quantize_linears
 from lmforge.model.resize import extend_embeddings
 from lmforge.model.weights import (
-    ARCHITECTURES,
     HF_INDEX_NAME,
     WEIGHTS_NAME,
     LoadStats,
-    config_from_hf,
-    hf_config,
     load_model,
     load_model_with_stats,
     load_state,

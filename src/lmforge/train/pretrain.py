@@ -27,10 +27,12 @@ from torch import Tensor, nn
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.data import ShardSet
 from lmforge.model import (
+    LoadStats,
     Transformer,
     document_inputs,
     extend_embeddings,
     load_model,
+    load_model_with_stats,
     save_model,
 )
 from lmforge.tokenizer import (
@@ -146,15 +148,19 @@ def resolve_model_config(config: ModelConfig, tokenizer_vocab: int) -> ModelConf
     return dataclasses.replace(config, vocab_size=vocab)
 
 
-def open_base(base: Path, tokenizer_dir: Path, tok: Tokenizer) -> Transformer:
+def open_base(base: Path, tokenizer_dir: Path, tok: Tokenizer) -> tuple[Transformer, LoadStats]:
     """The open model continued pretraining starts from, with rows for the terms the tokenizer
-    stage added to its vocabulary (each starting at the mean of the term's old pieces)."""
-    network = load_model(base)
+    stage added to its vocabulary (each starting at the mean of the term's old pieces), and
+    what loading it cost (printed: a user sizing a machine needs the peak)."""
+    network, stats = load_model_with_stats(base)
+    print(f"loaded {base}: {stats.tensors:,} tensors from {stats.files} file(s) in "
+          f"{stats.seconds:.1f} s ({stats.converted:,} converted), peak memory "
+          f"{stats.peak_rss_mib:,.0f} MiB")
     extend_embeddings(network, added_term_pieces(tokenizer_dir), tok.get_vocab_size())
     if network.config.vocab_size < tok.get_vocab_size():
         raise ValueError(f"{tokenizer_dir}: the tokenizer has {tok.get_vocab_size():,} tokens but "
                          f"{base} only {network.config.vocab_size:,} embedding rows")
-    return network
+    return network, stats
 
 
 def check_shards_match(shards_dir: Path, tokenizer_dir: Path) -> None:
@@ -174,11 +180,14 @@ def pretrain(model: ModelConfig, train: TrainConfig, tokenizer_dir: Path, shards
     tok = load_tokenizer(tokenizer_dir)
     check_shards_match(shards_dir, tokenizer_dir)
 
+    loaded: dict[str, Any] = {}  # with a base: what loading it cost, for the report
+
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
         if train.init_from:
             network = load_model(Path(train.init_from))
         elif model.base:
-            network = open_base(Path(model.base), tokenizer_dir, tok)
+            network, stats = open_base(Path(model.base), tokenizer_dir, tok)
+            loaded["base_load"] = dataclasses.asdict(stats)
         else:
             network = Transformer(resolve_model_config(model, tok.get_vocab_size()))
         if train.seq_len > network.config.max_seq_len:
@@ -194,6 +203,6 @@ def pretrain(model: ModelConfig, train: TrainConfig, tokenizer_dir: Path, shards
         return {"parameters": network.num_parameters(),
                 "non_embedding_parameters": network.num_parameters(exclude_embeddings=True),
                 "flops_per_token": network.flops_per_token(train.seq_len),
-                "model_config": dataclasses.asdict(network.config)}
+                "model_config": dataclasses.asdict(network.config), **loaded}
 
     return run_task(train, build, out, seed, "Pretraining", save, resume, show_progress)
