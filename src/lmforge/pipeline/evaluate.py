@@ -105,17 +105,21 @@ def eval_tables(results: dict[str, Any]) -> list[str]:
     md = []
     if "qa" in results:
         qa = results["qa"]
+        systems = [("assistant + RAG", "rag"), ("assistant alone", "no_rag"),
+                   ("retrieval-only baseline (best sentence of top passage, cited [1])",
+                    "baseline")]
         md += [f"### Domain QA ({qa['questions']} questions of held-out contracts; "
                f"{qa['answered_with_rag']} answered from retrieved passages)", "",
-               markdown_table(["system", "char F1", "ROUGE-L"],
-                              [["assistant + RAG", qa["rag"]["char_f1"], qa["rag"]["rouge_l"]],
-                               ["assistant alone", qa["no_rag"]["char_f1"],
-                                qa["no_rag"]["rouge_l"]],
-                               ["retrieval-only baseline (best sentence of top passage)",
-                                qa["baseline"]["char_f1"], qa["baseline"]["rouge_l"]]]), "",
+               markdown_table(["system", "char F1", "ROUGE-L", "citation precision",
+                               "citation coverage"],
+                              [[label, qa[k]["char_f1"], qa[k]["rouge_l"],
+                                _figure(qa[k].get("citation_precision")),
+                                _figure(qa[k].get("citation_coverage"))]
+                               for label, k in systems]), "",
                f"RAG vs the baseline: {qa['rag']['char_f1'] - qa['baseline']['char_f1']:+.3f} "
                f"char F1; RAG vs no RAG: {qa['rag']['char_f1'] - qa['no_rag']['char_f1']:+.3f} "
-               "(the assistant is worth generating when both are positive).", ""]
+               "(the assistant is worth generating when both are positive).", "",
+               *_citation_note(qa), *_checked_samples(qa.get("samples", []))]
     bpb = results["bpb"]
     names = [n for n in MODEL_LABELS if n in bpb]
     md += ["### Held-out bits per byte by source", "",
@@ -134,6 +138,33 @@ def eval_tables(results: dict[str, Any]) -> list[str]:
                markdown_table(["model", "questions", "shots", "acc", "acc_norm", "random"],
                               rows), ""]
     return md
+
+
+def _figure(value: float | None) -> float | str:
+    """A figure that may be missing: no cited sentence, or a report from before the check."""
+    return "—" if value is None else value
+
+
+def _citation_note(qa: dict[str, Any]) -> list[str]:
+    if "citation_threshold" not in qa:
+        return []
+    return [f"Citation precision: cited sentences with at least {qa['citation_threshold']:.0%} "
+            "of their character bigrams in the passages they cite (character overlap, not "
+            "entailment); coverage: answer sentences that cite.", ""]
+
+
+def _checked_samples(samples: list[dict[str, Any]], shown: int = 3) -> list[str]:
+    """Up to ``shown`` RAG answers, sentence by sentence: ✓ supported by the passage it cites,
+    ✗ not (or citing a missing source), · cites nothing."""
+    with_checks = [s for s in samples if "citations" in s][:shown]
+    if not with_checks:
+        return []
+    md = ["Sample RAG answers, their citations checked:", ""]
+    for sample in with_checks:
+        md.append(f"- {sample['question']}")
+        md += [f"  - {('✓' if c['supported'] else '✗') if c['cites'] else '·'} {c['text']}"
+               for c in sample["citations"]["rag"]] or ["  - (no sentence to check)"]
+    return [*md, ""]
 
 
 def eval_markdown(results: dict[str, Any]) -> str:
