@@ -39,7 +39,8 @@ from tokenizers import AddedToken, Tokenizer, models
 from lmforge.atomic import atomic_dir, atomic_write_text
 from lmforge.config import TokenizerConfig
 from lmforge.reporting import markdown_table, write_report_pair
-from lmforge.tokenizer.report import held_out_groups
+from lmforge.tokenizer.chat import plain_text_tokenizer
+from lmforge.tokenizer.report import chars_per_token, held_out_groups
 from lmforge.tokenizer.template import load_chat_format
 from lmforge.tokenizer.train import iter_texts, read_terms, word_like
 
@@ -110,8 +111,8 @@ def tokenizer_from_base(base: Path, out: Path, terms: Sequence[str],
                   "absent": len(candidates) - len(present), "inexact": len(inexact),
                   "added": len(added), "inexact_examples": inexact[:20]},
         "held_out": {"docs": len(held_out_texts), "chars": sum(map(len, held_out_texts)),
-                     "chars_per_token_before": chars_per_token(tok, held_out_texts),
-                     "chars_per_token_after": chars_per_token(extended, held_out_texts)},
+                     "chars_per_token_before": plain_chars_per_token(tok, held_out_texts),
+                     "chars_per_token_after": plain_chars_per_token(extended, held_out_texts)},
     }
     write_folder(base, out, extended, added, report, chat_template)
     return report
@@ -136,19 +137,12 @@ def write_folder(base: Path, out: Path, extended: Tokenizer, added: list[dict[st
         write_report_pair(tmp, report, report_markdown(report))
 
 
-def plain(tok: Tokenizer) -> Tokenizer:
-    """A copy that reads special-token strings as text, as lmforge encodes untrusted text."""
-    copy = Tokenizer.from_str(tok.to_str())
-    copy.encode_special_tokens = True
-    return copy
-
-
 def term_pieces(tok: Tokenizer, terms: Sequence[str]) -> dict[str, list[int]]:
     """The base's ids for each term, without a leading piece that adds nothing to the decoded
     text: the dummy-prefix "▁" a sentencepiece-style tokenizer puts before a text (mid-sentence
     the term has none). Byte-fallback pieces also decode to nothing alone, but not in sequence."""
     pieces = {}
-    for term, encoding in zip(terms, plain(tok).encode_batch(list(terms),
+    for term, encoding in zip(terms, plain_text_tokenizer(tok).encode_batch(list(terms),
                                                              add_special_tokens=False),
                               strict=True):
         ids = encoding.ids
@@ -200,8 +194,9 @@ def exact_failures(tok: Tokenizer, extended: Tokenizer, terms: Sequence[str]) ->
     """Terms that are not one id alone, are not used in every context, or change what a
     context decodes to."""
     texts = [c.format(t) for t in terms for c in CONTEXTS]
-    before = [tok.decode(e.ids) for e in plain(tok).encode_batch(texts, add_special_tokens=False)]
-    after = plain(extended).encode_batch(texts, add_special_tokens=False)
+    before = [tok.decode(e.ids) for e in
+              plain_text_tokenizer(tok).encode_batch(texts, add_special_tokens=False)]
+    after = plain_text_tokenizer(extended).encode_batch(texts, add_special_tokens=False)
     failed = []
     for i, term in enumerate(terms):
         term_id = extended.token_to_id(term)
@@ -229,9 +224,9 @@ def write_tokenizer_config(source: Path, folder: Path, extended: Tokenizer) -> N
                       json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def chars_per_token(tok: Tokenizer, texts: Sequence[str]) -> float:
-    encodings = plain(tok).encode_batch(list(texts), add_special_tokens=False)
-    return sum(map(len, texts)) / max(1, sum(len(e.ids) for e in encodings))
+def plain_chars_per_token(tok: Tokenizer, texts: Sequence[str]) -> float:
+    """Characters per token with the text encoded as lmforge encodes untrusted text."""
+    return chars_per_token(plain_text_tokenizer(tok), list(texts))
 
 
 def added_term_pieces(folder: Path) -> dict[int, list[int]]:
