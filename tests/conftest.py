@@ -206,9 +206,10 @@ def spy_on_submit(runner: Any) -> list[tuple[list[int], Any]]:
     submitted: list[tuple[list[int], Any]] = []
     submit = runner.submit
 
-    def spy(request: str, prompt: list[int], config: Any, echo: bool = False) -> Any:
+    def spy(request: str, prompt: list[int], config: Any, echo: bool = False,
+            evidence: Any = None) -> Any:
         submitted.append((prompt, config))
-        return submit(request, prompt, config, echo)
+        return submit(request, prompt, config, echo, evidence=evidence)
 
     runner.submit = spy
     return submitted

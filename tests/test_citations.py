@@ -8,9 +8,9 @@ from conftest import TINY, tiny_model
 
 from lmforge.config import AssistantConfig, SamplingConfig
 from lmforge.eval import check_answer, citation_summary, evaluate_qa, read_qa
-from lmforge.eval.citations import answer_sentences, citations, support
 from lmforge.pipeline.evaluate import eval_tables
 from lmforge.rag import Grounding
+from lmforge.rag.citations import answer_sentences, citations, support
 from lmforge.text import char_f1
 
 P1 = "本合同犹豫期为十五日。"

@@ -27,6 +27,21 @@ def split_sentences(text: str) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+def sentence_runs(text: str, max_sentences: int, max_chars: int) -> list[str]:
+    """Every run of 1 to ``max_sentences`` consecutive sentences of ``text`` within
+    ``max_chars`` (a longer single sentence cut there): the spans an evidence-first answer may
+    quote, and the ones SFT teaches it to."""
+    sentences = split_sentences(text)
+    runs = []
+    for first in range(len(sentences)):
+        for count in range(1, max_sentences + 1):
+            run = "".join(sentences[first:first + count])
+            if first + count > len(sentences) or count > 1 and len(run) > max_chars:
+                break
+            runs.append(run[:max_chars])
+    return runs
+
+
 def scored_chars(text: str) -> list[str]:
     """Characters that carry content: no whitespace, punctuation or markdown symbols."""
     text = unicodedata.normalize("NFKC", text).lower()

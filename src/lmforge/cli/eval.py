@@ -89,14 +89,32 @@ def cmd_eval_qa(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return
+    print("\n".join(qa_lines(result)))
+
+
+def qa_lines(result: dict[str, Any]) -> list[str]:
+    """``eval qa``'s text output: each system's figures (those it has, named as in the report
+    card), then the counts."""
+    from lmforge.pipeline.evaluate import QA_FIGURES
+
+    lines = []
     for name in ("rag", "no_rag", "baseline"):
-        print(
-            f"{name:8} char F1 {result[name]['char_f1']:.3f}  ROUGE-L {result[name]['rouge_l']:.3f}"
-        )
-    print(
+        section = result[name]
+        figures = [f"char F1 {section['char_f1']:.3f}", f"ROUGE-L {section['rouge_l']:.3f}"]
+        figures += [
+            f"{label} {section[key]:.3f}"
+            for key, label in QA_FIGURES.items()
+            if section.get(key) is not None
+        ]
+        lines.append(f"{name:8} " + "  ".join(figures))
+    unanswerable = result["rag"].get("unanswerable_questions")
+    lines.append(
         f"{result['questions']} questions, {result['answered_with_rag']} answered from "
         "retrieved passages (the rest: no answer)"
+        + ("" if unanswerable is None else f"; {unanswerable} asked again with their own "
+           "contract's documents hidden")
     )
+    return lines
 
 
 def add_eval_commands(stages: argparse._SubParsersAction) -> None:

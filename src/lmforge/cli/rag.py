@@ -92,7 +92,9 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
 
     grounding = Grounding.open(args.index)
     if args.model:
-        from lmforge.infer import generate_chat, load_for_inference
+        from lmforge.eval.qa import answer_grounded
+        from lmforge.infer import load_for_inference, read_grounding
+        from lmforge.rag.citations import check_answer
         from lmforge.tokenizer import with_system
 
         assistant = load_recipe(args).assistant
@@ -100,16 +102,18 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         room = model.config.max_seq_len - assistant.sampling.max_new_tokens
         question = with_system(assistant.system, [{"role": "user", "content": args.question}])
         grounded = grounding.ground(question, chat, room, _access(args), args.passages)
-        answer: str | None = (generate_chat(model, chat, [grounded.messages],
-                                            assistant.sampling)[0].strip()
-                              if grounded.answerable else NO_ANSWER)
+        answer: str | None = answer_grounded(model, chat, [grounded], assistant.sampling,
+                                             read_grounding(args.model))[0].strip()
         sources = grounded.sources()
+        checked = [c.as_dict() for c in check_answer(answer, [s["text"] for s in sources])]
     else:
         retrieved = grounding.retrieve(args.question, _access(args), args.passages)
         answer = None if retrieved.relevant else NO_ANSWER
         sources = retrieved.sources() if retrieved.relevant else []
+        checked = []
     if args.json:
-        print(json.dumps({"answer": answer, "sources": sources}, ensure_ascii=False))
+        print(json.dumps({"answer": answer, "sources": sources, "citations": checked},
+                         ensure_ascii=False))
         return
     if answer is not None:
         print(answer, end="\n\n")

@@ -24,6 +24,7 @@ from lmforge.config.loader import (
 from lmforge.config.schema import (
     AssistantConfig,
     EvalConfig,
+    GroundingConfig,
     RagConfig,
     RecipeConfig,
     RunConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "CleanConfig",
     "ConfigError",
     "DataConfig",
+    "GroundingConfig",
     "DedupConfig",
     "EvalConfig",
     "IngestConfig",

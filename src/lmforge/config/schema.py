@@ -66,6 +66,47 @@ class SamplingConfig:
 
 
 @dataclass
+class GroundingConfig:
+    """How an answer uses the passages in its prompt (RAG answers only; a prompt without
+    passages decodes as ``SamplingConfig`` says). Chosen per model on validation questions and
+    stored in the model folder's ``generation_config.json``, so eval, chat, ``rag ask`` and the
+    server decode alike (``lmforge.infer.grounded``).
+
+    ``quote``: evidence-first answers; the answer opens with a verbatim span of one passage (1
+    to ``quote_sentences`` consecutive sentences, at most ``quote_chars`` characters) and its
+    ``[n]``, the span chosen by the model's likelihood of it given the prompt (log-probability
+    over tokens ** ``quote_length_norm``); then up to ``answer_tokens`` more tokens of the
+    model's own. ``knn_weight``: kNN-LM over the prompt's passage tokens (0: off).
+    ``contrast``: context-aware decoding's strength (0: off).
+    """
+
+    quote: bool = False
+    quote_sentences: int = 2
+    quote_chars: int = 200
+    quote_length_norm: float = 1.0  # 1: mean log-probability per token; 0: the sum
+    answer_tokens: int = 0  # the model's own tokens after the quote
+    knn_weight: float = 0.0
+    knn_temperature: float = 1.0  # on squared L2 distances of the final hidden states
+    knn_neighbours: int = 16
+    contrast: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.quote_sentences >= 1, "quote_sentences", "at least 1", self.quote_sentences)
+        check(self.quote_chars >= 1, "quote_chars", "at least 1", self.quote_chars)
+        fraction("quote_length_norm", self.quote_length_norm)
+        check(self.answer_tokens >= 0, "answer_tokens", "0 or more", self.answer_tokens)
+        fraction("knn_weight", self.knn_weight)
+        check(self.knn_temperature > 0, "knn_temperature", "a positive number",
+              self.knn_temperature)
+        check(self.knn_neighbours >= 1, "knn_neighbours", "at least 1", self.knn_neighbours)
+        check(0.0 <= self.contrast <= 10.0, "contrast", "a number in [0, 10]", self.contrast)
+
+    @property
+    def active(self) -> bool:
+        return self.quote or self.knn_weight > 0 or self.contrast > 0
+
+
+@dataclass
 class AssistantConfig:
     """Who the assistant is and how it speaks by default: read by SFT data (the system prompt it
     is trained with), chat, ``generate --chat``, evaluation and the server, so the assistant

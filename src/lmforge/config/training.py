@@ -183,7 +183,12 @@ class SFTConfig:
     rag_passage_chars: int = 300  # passages shown in RAG-form examples are cut to this (chunks)
     # what RAG-form examples answer with: the reference answer, or the gold passage's sentences
     # that best cover it (extractive: a small model learns to copy and stays faithful)
-    rag_answer: Literal["reference", "extract"] = "reference"
+    # ... or "evidence": that passage's best run of sentences verbatim (the quote the
+    # evidence-first decoder opens with, ``GroundingConfig``), then the reference
+    rag_answer: Literal["reference", "extract", "evidence"] = "reference"
+    # training-side contracts whose questions SFT and DPO leave out: the questions the grounded
+    # decoding is chosen on (0: none kept out, and the decoding is not tuned)
+    decoding_val_fraction: float = 0.0
     pack: bool = True
     val_fraction: float = 0.05
     train: TrainConfig = field(default_factory=_post_training_defaults)
@@ -194,6 +199,8 @@ class SFTConfig:
         check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
               self.val_fraction)
         check(self.rag_distractors >= 0, "rag_distractors", "0 or more", self.rag_distractors)
+        check(0.0 <= self.decoding_val_fraction < 1.0, "decoding_val_fraction",
+              "a fraction in [0, 1)", self.decoding_val_fraction)
         check(not self.qlora or self.method == "lora", "qlora", 'method = "lora" with it',
               self.method)
 

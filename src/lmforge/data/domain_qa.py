@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.config import GroundingConfig, SFTConfig
 from lmforge.data.chat import Conversation, Message, PreferencePair
 from lmforge.data.ingest import jsonl_records
+from lmforge.splits import held_out
 from lmforge.prompts import Passage, rag_user_message
-from lmforge.text import extract_answer
+from lmforge.text import char_f1, extract_answer, sentence_runs
 
 EVASIVE = ["这个问题比较复杂，建议您咨询保险公司客服。", "我无法确定，请参考具体合同条款。",
            "保险条款因产品而异，具体以合同约定为准。"]
@@ -76,11 +78,25 @@ def _passages(pids: list[str], by_pid: dict[str, dict[str, str]], max_chars: int
     return [Passage(by_pid[p]["text"][:max_chars], by_pid[p]["contract"]) for p in pids]
 
 
-def grounded_answer(reference: str, gold: Passage, answer: str) -> str:
-    """The answer a RAG-form example teaches: the reference, or its extract from the passage
-    (the reference when the passage shares nothing with it)."""
-    return (extract_answer(gold.text, reference) or reference) if answer == "extract" \
-        else reference
+def evidence_quote(passage: str, reference: str, quoting: GroundingConfig | None = None
+                   ) -> str:
+    """The run of the passage's sentences (as the evidence-first decoder may quote them) that
+    best covers the reference."""
+    quoting = quoting or GroundingConfig()
+    runs = sentence_runs(passage, quoting.quote_sentences, quoting.quote_chars)
+    return max(runs, key=lambda run: char_f1(run, reference), default="")
+
+
+def grounded_answer(reference: str, gold: Passage, number: int, answer: str) -> str:
+    """The answer a RAG-form example teaches, citing passage ``number``: the reference; or its
+    extract from the passage (the reference when the passage shares nothing with it); or
+    evidence first: the passage's best run of sentences, verbatim, then the reference."""
+    if answer == "extract":
+        return f"{extract_answer(gold.text, reference) or reference}[{number}]"
+    if answer == "evidence":
+        quote = evidence_quote(gold.text, reference)
+        return f"{quote}[{number}]\n{reference}" if quote else f"{reference}[{number}]"
+    return f"{reference}[{number}]"
 
 
 def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
@@ -95,10 +111,10 @@ def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system
                                 f"qa:{item.qid}:bare"))
         pids, gold = _context(item, by_pid, distractors, rng)
         shown = _passages(pids, by_pid, max_chars)
-        reply = grounded_answer(item.answer, shown[gold - 1], answer)
+        reply = grounded_answer(item.answer, shown[gold - 1], gold, answer)
         user = rag_user_message(item.question, shown)
         out.append(Conversation([*head, {"role": "user", "content": user},
-                                 {"role": "assistant", "content": f"{reply}[{gold}]"}],
+                                 {"role": "assistant", "content": reply}],
                                 f"qa:{item.qid}:rag"))
     return out
 
@@ -120,11 +136,11 @@ def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system:
                  for q in by_gold.get(p, [])]
         if n % 2 == 0 and wrong:
             number, other = rng.choice(wrong)
-            rejected = f"{grounded_answer(other.answer, shown[number - 1], answer)}[{number}]"
+            rejected = grounded_answer(other.answer, shown[number - 1], number, answer)
         else:
             rejected = rng.choice(EVASIVE)
-        chosen = grounded_answer(item.answer, shown[gold - 1], answer)
-        pairs.append(PreferencePair(prompt, f"{chosen}[{gold}]", rejected,
+        chosen = grounded_answer(item.answer, shown[gold - 1], gold, answer)
+        pairs.append(PreferencePair(prompt, chosen, rejected,
                                     f"qa:{item.qid}:pair"))
     return pairs
 
@@ -140,6 +156,36 @@ def heldout_contracts(corpus_dir: Path) -> set[str]:
         if record.get("contract"):
             contracts.add(record["contract"])
     return contracts
+
+
+def validation_contracts(queries: Path, heldout: set[str], fraction: float, seed: int
+                         ) -> set[str]:
+    """Training-side contracts whose questions no post-training stage sees: the questions the
+    grounded decoding is chosen on (``pipeline``), so its settings are never tuned on the
+    held-out contracts the evaluation reports, nor on answers the model was trained on."""
+    contracts = {str(r["contract"]) for r in jsonl_records(queries, ("contract",))}
+    return {c for c in contracts - heldout if held_out(c, fraction, seed, "decoding")}
+
+
+@dataclass
+class KeptOut:
+    """Contracts whose questions post-training never sees: the data stage's held-out ones
+    (evaluation's) and the training-side ones the grounded decoding is chosen on."""
+
+    heldout: set[str]
+    validation: set[str]
+
+    @property
+    def all(self) -> set[str]:
+        return self.heldout | self.validation
+
+
+def kept_out(sft: SFTConfig, corpus: Path, seed: int) -> KeptOut:
+    heldout = heldout_contracts(corpus)
+    if not sft.qa_queries or not sft.decoding_val_fraction:
+        return KeptOut(heldout, set())
+    return KeptOut(heldout, validation_contracts(Path(sft.qa_queries), heldout,
+                                                 sft.decoding_val_fraction, seed))
 
 
 def heldout_questions(queries: Path, corpus_dir: Path, held_out: bool) -> list[dict[str, Any]]:

@@ -25,18 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import AssistantConfig, SamplingConfig
+from lmforge.config import AssistantConfig, GroundingConfig, SamplingConfig
 from lmforge.data import jsonl_records
-from lmforge.eval.citations import (
+from lmforge.eval.unanswerable import refusal_rates, wrong_refusal_rate
+from lmforge.infer import GroundedAsk, generate_chat, generate_grounded
+from lmforge.model import Transformer
+from lmforge.prompts import NO_ANSWER
+from lmforge.rag import GroundedPrompt, Grounding
+from lmforge.rag.citations import (
     CITATION_THRESHOLD,
     CheckedSentence,
     check_answer,
     citation_summary,
 )
-from lmforge.infer import generate_chat
-from lmforge.model import Transformer
-from lmforge.prompts import NO_ANSWER
-from lmforge.rag import Grounding
 from lmforge.text import char_f1, scored_chars, split_sentences
 from lmforge.tokenizer import ChatFormat, with_system
 
@@ -45,10 +46,11 @@ from lmforge.tokenizer import ChatFormat, with_system
 class QAItem:
     question: str
     answer: str
+    contract: str = ""  # the document group it is about: hidden to ask it unanswerable
 
 
 def read_qa(path: Path) -> list[QAItem]:
-    return [QAItem(str(r["question"]), str(r["answer"]))
+    return [QAItem(str(r["question"]), str(r["answer"]), str(r.get("contract") or ""))
             for r in jsonl_records(path, ("question", "answer"))]
 
 
@@ -98,20 +100,41 @@ def _checked(answers: Sequence[str], sources: Sequence[Sequence[str]], threshold
     return [check_answer(a, s, threshold) for a, s in zip(answers, sources, strict=True)]
 
 
+def answer_grounded(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPrompt],
+                    config: SamplingConfig, settings: GroundingConfig) -> list[str]:
+    """Each grounded prompt's answer as ``rag ask`` and the server give it: ``NO_ANSWER`` where
+    nothing relevant was retrieved, the model's grounded decoding over its passages elsewhere."""
+    asks = [GroundedAsk(g.messages, g.question, g.retrieved.shown)
+            for g in grounded if g.answerable]
+    answers = iter(generate_grounded(model, chat, asks, config, settings))
+    return [next(answers) if g.answerable else NO_ANSWER for g in grounded]
+
+
 def evaluate_qa(model: Transformer, chat: ChatFormat, grounding: Grounding,
                 items: Sequence[QAItem], assistant: AssistantConfig, samples: int = 5,
-                citation_threshold: float = CITATION_THRESHOLD) -> dict[str, Any]:
+                citation_threshold: float = CITATION_THRESHOLD,
+                settings: GroundingConfig | None = None) -> dict[str, Any]:
     """The assistant as users get it (its system prompt, its chat format, its grounding through
-    the same answer path as ``rag ask`` and the server), answering greedily."""
+    the same answer path as ``rag ask`` and the server, its model folder's grounded decoding:
+    ``settings``), answering greedily."""
     config = greedy(assistant.sampling)
+    settings = settings or GroundingConfig()
     asked = [with_system(assistant.system, [{"role": "user", "content": i.question}])
              for i in items]
     room = model.config.max_seq_len - config.max_new_tokens
     grounded = [grounding.ground(conversation, chat, room) for conversation in asked]
     bare = generate_chat(model, chat, asked, config)
-    answerable = iter(generate_chat(model, chat, [g.messages for g in grounded if g.answerable],
-                                    config))
-    with_rag = [next(answerable) if g.answerable else NO_ANSWER for g in grounded]
+
+    def answer(prompts: list[GroundedPrompt]) -> list[str]:
+        return answer_grounded(model, chat, prompts, config, settings)
+
+    with_rag = answer(grounded)
+    unanswerable = refusal_rates(answer, grounding, chat, asked, [i.contract for i in items],
+                                 room, bare)
+    refused = {"rag": wrong_refusal_rate(with_rag), "no_rag": wrong_refusal_rate(bare),
+               # the baseline refuses where the no-answer gate does
+               "baseline": round(sum(not g.answerable for g in grounded) / max(len(items), 1),
+                                 4)}
     hits = [g.retrieved.hits for g in grounded]
     baseline = [best_sentence(i.question, h[0].chunk.text) if h else ""
                 for h, i in zip(hits, items, strict=True)]
@@ -130,6 +153,7 @@ def evaluate_qa(model: Transformer, chat: ChatFormat, grounding: Grounding,
                                                      strict=True))]
     sections = {"rag": with_rag, "no_rag": bare, "baseline": baseline}
     return {"questions": len(items), "citation_threshold": citation_threshold,
-            **{name: {**summary(answers, items), **citation_summary(checked[name])}
+            **{name: {**summary(answers, items), **citation_summary(checked[name]),
+                      **unanswerable[name], "answerable_refusal_rate": refused[name]}
                for name, answers in sections.items()},
             "answered_with_rag": sum(g.answerable for g in grounded), "samples": shown[:samples]}

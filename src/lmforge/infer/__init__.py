@@ -5,10 +5,26 @@ from lmforge.infer.beam import Beam, beam_search
 from lmforge.infer.chat import ChatSession, terminal_chat
 from lmforge.infer.detokenize import decode_whole, stopping
 from lmforge.infer.engine import Engine, Event
-from lmforge.infer.generate import Delta, complete, generate, generate_chat, stream_generate
+from lmforge.infer.generate import (
+    Delta,
+    GroundedAsk,
+    complete,
+    generate,
+    generate_chat,
+    generate_grounded,
+    stream_generate,
+)
+from lmforge.infer.grounded import (
+    GENERATION_CONFIG,
+    Evidence,
+    evidence_prompt,
+    read_grounding,
+    write_grounding,
+)
 from lmforge.infer.loading import load_for_inference
 from lmforge.infer.sampling import next_tokens
 
-__all__ = ["Beam", "ChatSession", "Delta", "Engine", "Event", "beam_search", "complete",
-           "decode_whole", "generate", "generate_chat", "load_for_inference", "next_tokens",
-           "stopping", "stream_generate", "terminal_chat"]
+__all__ = ["GENERATION_CONFIG", "Beam", "ChatSession", "Delta", "Engine", "Event", "Evidence",
+           "GroundedAsk", "beam_search", "complete", "decode_whole", "evidence_prompt", "generate",
+           "generate_chat", "generate_grounded", "load_for_inference", "next_tokens",
+           "read_grounding", "stopping", "stream_generate", "terminal_chat", "write_grounding"]

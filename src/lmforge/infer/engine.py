@@ -21,6 +21,13 @@ from torch import Tensor
 
 from lmforge.config import SamplingConfig
 from lmforge.infer.detokenize import RowText, stop_ids
+from lmforge.infer.grounded import (
+    Evidence,
+    best_quote,
+    contrast_logits,
+    knn_mix,
+    passage_memory,
+)
 from lmforge.infer.sampling import next_tokens
 from lmforge.model import Transformer
 
@@ -48,6 +55,12 @@ class _Active:
     position: int = 0  # cache positions filled in this slot
     history: list[int] = field(default_factory=list)
     echo: bool = False
+    slot: int = -1
+    evidence: Evidence | None = None
+    memory: tuple[Tensor, Tensor] | None = None  # kNN keys and values from the prefill
+    shadow: _Active | None = None  # the prompt without passages (context-aware decoding)
+    forced: list[int] = field(default_factory=list)  # quote tokens still to emit
+    stop_at: int | None = None  # the answer ends after this many tokens (quote + own)
 
 
 class SlotCache:
@@ -118,9 +131,10 @@ class Engine:
         self.device = next(model.parameters()).device
 
     def submit(self, prompt: list[int], config: SamplingConfig, request: str | None = None,
-               echo: bool = False) -> str:
+               echo: bool = False, evidence: Evidence | None = None) -> str:
         """Queue a tokenised prompt; returns the request id its events will carry. With
-        ``echo`` the first event carries the log-probability of every prompt token."""
+        ``echo`` the first event carries the log-probability of every prompt token;
+        ``evidence`` (the prompt's passages) turns on its grounded decoding."""
         if not prompt:
             raise ValueError("the prompt is empty")
         room = self.max_len - config.max_new_tokens
@@ -129,8 +143,10 @@ class Engine:
         name = request or f"req-{next(self._ids)}"
         seed = config.seed % (1 << 63)  # an API client may send any integer
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        if evidence is not None and not evidence.settings.active:
+            evidence = None
         self.waiting.append(_Active(name, prompt, config, RowText(config.stop), generator,
-                                    history=list(prompt), echo=echo))
+                                    history=list(prompt), echo=echo, evidence=evidence))
         return name
 
     def cancel(self, request: str) -> bool:
@@ -141,10 +157,16 @@ class Engine:
                 return True
         for slot, row in list(self.active.items()):
             if row.request == request:
-                del self.active[slot]
-                self.free.append(slot)
+                self._release(slot)
                 return True
         return False
+
+    def _release(self, slot: int) -> None:
+        """Free a finished (or cancelled) row's slot, and its contrast row's."""
+        row = self.active.pop(slot)
+        self.free.append(slot)
+        if row.shadow is not None:
+            self.free.append(row.shadow.slot)
 
     @property
     def busy(self) -> bool:
@@ -157,8 +179,11 @@ class Engine:
         if not hit_eos:
             row.text.ids.append(token)
             row.history.append(token)
+            if row.shadow is not None:
+                row.shadow.history.append(token)
         text, hit_stop = row.text.visible(self.tok)
-        done = "stop" if hit_eos or hit_stop else "length" if last_step else None
+        said_all = row.stop_at is not None and len(row.text.ids) >= row.stop_at
+        done = "stop" if hit_eos or hit_stop or said_all else "length" if last_step else None
         if done == "length":  # cut by the token limit: never half a character at the end
             text = row.text.whole_characters(text)
         piece = text[row.text.sent :] if done else row.text.streamable(text)
@@ -169,8 +194,8 @@ class Engine:
         """Next token of each row from its logits [n, vocab]: plain greedy rows in one batched
         argmax, the rest through the full sampler with their own generator and penalties."""
         greedy = logits.argmax(-1).tolist()
-        return [greedy[i] if plain_greedy(row.config) else self._draw(row, logits[i])
-                for i, row in enumerate(rows)]
+        return [row.forced.pop(0) if row.forced else greedy[i] if plain_greedy(row.config)
+                else self._draw(row, logits[i]) for i, row in enumerate(rows)]
 
     def _draw(self, row: _Active, logits: Tensor) -> int:
         config = row.config
@@ -199,74 +224,131 @@ class Engine:
             events.append(event)
         return events
 
-    def _admit(self) -> list[Event]:
-        """Prefill every waiting request that fits, in one right-padded batch (pad positions are
-        never attended: each row's decode overwrites them before its mask reaches them)."""
+    def _take_waiting(self) -> tuple[list[_Active], list[Event]]:
+        """The waiting requests that fit the free slots (a context-aware row takes two) and the
+        prefill budget; a prompt that cannot fit the context is refused."""
         events: list[Event] = []
         rows: list[_Active] = []
-        width = 0
-        while len(rows) < len(self.free) and self.waiting:
+        width = slots = 0
+        while self.waiting:
             row = self.waiting[0]
+            contrast = row.evidence.contrast if row.evidence is not None else None
+            need = 2 if contrast else 1
             grown = max(width, len(row.prompt))
-            if rows and grown * (len(rows) + 1) > self.prefill_tokens:
+            over_budget = bool(rows) and grown * (slots + need) > self.prefill_tokens
+            if slots + need > len(self.free) or over_budget:
                 break  # the rest waits for the next step: bounded logits memory
             self.waiting.popleft()
             if len(row.prompt) + row.config.max_new_tokens > self.max_len:
                 events.append(Event(row.request, "", None, "context_length_exceeded"))
-            else:
-                rows.append(row)
-                width = grown
+                continue
+            if contrast:
+                row.shadow = _Active(row.request, contrast, row.config, RowText([]),
+                                     row.generator, history=list(contrast))
+            rows.append(row)
+            width, slots = grown, slots + need
+        return rows, events
+
+    def _admit(self) -> list[Event]:
+        """Prefill every waiting request that fits, in one right-padded batch (pad positions are
+        never attended: each row's decode overwrites them before its mask reaches them)."""
+        rows, events = self._take_waiting()
         if not rows:
             return events
-        slots = [self.free.pop() for _ in rows]
-        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
-        for i, row in enumerate(rows):
+        batch = rows + [row.shadow for row in rows if row.shadow is not None]
+        width = max(len(row.prompt) for row in batch)
+        tokens = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
+        for row in batch:
+            row.slot = self.free.pop()
+        for i, row in enumerate(batch):
             tokens[i, : len(row.prompt)] = torch.tensor(row.prompt, device=self.device)
-        self.cache.select(slots, [0] * len(rows))
-        last, full = self._prefill(tokens, rows)
-        sampled = self._sample(rows, last, [row.config.max_new_tokens == 1 for row in rows])
-        for i, (slot, row, event) in enumerate(zip(slots, rows, sampled, strict=True)):
-            length = row.position = len(row.prompt)
+            row.position = len(row.prompt)
+        self.cache.select([row.slot for row in batch], [0] * len(batch))
+        last, hidden, full = self._prefill(tokens, batch)
+        for i, row in enumerate(rows):
+            self._ground_prompt(row, hidden[i, : len(row.prompt)], last[i])
+        lasts = hidden[torch.arange(len(batch)), [len(row.prompt) - 1 for row in batch]]
+        logits = self._grounded(rows, last, lasts, batch)
+        sampled = self._sample(rows, logits, [row.config.max_new_tokens == 1 for row in rows])
+        for i, (row, event) in enumerate(zip(rows, sampled, strict=True)):
             if row.echo and full is not None:
-                logp = torch.log_softmax(full[i, : length - 1].float(), dim=-1)
-                picked = logp.gather(1, tokens[i, 1:length, None])[:, 0].tolist()
+                logp = torch.log_softmax(full[i, : row.position - 1].float(), dim=-1)
+                picked = logp.gather(1, tokens[i, 1:row.position, None])[:, 0].tolist()
                 event.prompt_logprobs = [None, *picked]
             events.append(event)
+            self.active[row.slot] = row
             if event.finished:
-                self.free.append(slot)
-            else:
-                self.active[slot] = row
+                self._release(row.slot)
         return events
 
-    def _prefill(self, tokens: Tensor, rows: list[_Active]) -> tuple[Tensor, Tensor | None]:
-        """Each row's next-token logits [n, vocab], and all positions' logits only when a row
-        echoes: the vocabulary projection of a whole long prompt is most of its prefill time."""
+    def _prefill(self, tokens: Tensor, rows: list[_Active]
+                 ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Each row's next-token logits [n, vocab], the final hidden states [n, t, dim], and
+        all positions' logits only when a row echoes: the vocabulary projection of a whole long
+        prompt is most of its prefill time."""
         lasts = torch.tensor([len(row.prompt) - 1 for row in rows], device=self.device)
         picked = torch.arange(len(rows), device=self.device), lasts
-        if any(row.echo for row in rows):
-            full = self.model(tokens, cache=self.cache).logits
-            return full[picked], full
         hidden = self.model(tokens, cache=self.cache, return_hidden=True).hidden
-        return self.model.lm_head(hidden[picked]), None
+        full = self.model.lm_head(hidden) if any(row.echo for row in rows) else None
+        last = full[picked] if full is not None else self.model.lm_head(hidden[picked])
+        return last, hidden, full
+
+    def _ground_prompt(self, row: _Active, hidden: Tensor, first: Tensor) -> None:
+        """What a grounded row needs from its prefill: its kNN memory, and its quote (chosen
+        over a copy of its slot's cache) as the tokens it will emit first."""
+        evidence = row.evidence
+        if evidence is None:
+            return
+        if evidence.settings.knn_weight > 0:
+            row.memory = passage_memory(hidden, row.prompt, evidence)
+        if evidence.settings.quote:
+            end = len(row.prompt)
+            quote = best_quote(self.model, self.tok, evidence, self.cache.k[:, row.slot, :, :end],
+                               self.cache.v[:, row.slot, :, :end], first,
+                               row.config.max_new_tokens)
+            if quote is not None:
+                row.forced = list(quote.tokens)
+                row.stop_at = len(quote.tokens) + evidence.settings.answer_tokens
+
+    def _grounded(self, rows: list[_Active], logits: Tensor, hidden: Tensor,
+                  batch: list[_Active]) -> Tensor:
+        """Each row's logits after its grounded decoding: contrasted with its shadow row's
+        (found in ``batch``, whose first rows are ``rows``), then mixed with its kNN memory."""
+        if all(row.evidence is None for row in rows):
+            return logits[: len(rows)]
+        where = {id(row): i for i, row in enumerate(batch)}
+        out = []
+        for i, row in enumerate(rows):
+            mine = logits[i]
+            if row.evidence is not None:
+                settings = row.evidence.settings
+                if row.shadow is not None:
+                    mine = contrast_logits(mine, logits[where[id(row.shadow)]],
+                                           settings.contrast)
+                if row.memory is not None:
+                    mine = knn_mix(mine, hidden[i], *row.memory, settings)
+            out.append(mine.float())
+        return torch.stack(out)
 
     def _decode(self) -> list[Event]:
-        slots = sorted(self.active)
-        rows = [self.active[s] for s in slots]
-        positions = [r.position for r in rows]
-        self.cache.select(slots, positions)
-        last = torch.tensor([[r.history[-1]] for r in rows], device=self.device)
+        rows = [self.active[s] for s in sorted(self.active)]
+        batch = rows + [row.shadow for row in rows if row.shadow is not None]
+        positions = [r.position for r in batch]
+        self.cache.select([r.slot for r in batch], positions)
+        last = torch.tensor([[r.history[-1]] for r in batch], device=self.device)
         pos = torch.tensor(positions, device=self.device)
         keys = torch.arange(max(positions) + 1, device=self.device)
         mask = (keys[None, :] <= pos[:, None])[:, None, None]
-        logits = self.model(last, positions=pos[:, None], mask=mask, cache=self.cache).logits
-        for row in rows:
+        hidden = self.model(last, positions=pos[:, None], mask=mask, cache=self.cache,
+                            return_hidden=True).hidden[:, -1]
+        for row in batch:
             row.position += 1
+        logits = self._grounded(rows, self.model.lm_head(hidden), hidden, batch)
         last_steps = [len(row.text.ids) + 1 >= row.config.max_new_tokens for row in rows]
-        events = self._sample(rows, logits[:, -1], last_steps)
-        for slot, event in zip(slots, events, strict=True):
+        events = self._sample(rows, logits, last_steps)
+        for row, event in zip(rows, events, strict=True):
             if event.finished:
-                del self.active[slot]
-                self.free.append(slot)
+                self._release(row.slot)
         return events
 
     @torch.no_grad()

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from lmforge.config import SamplingConfig
+from lmforge.config import GroundingConfig, SamplingConfig
 from lmforge.infer.detokenize import stopping
 from lmforge.infer.engine import Engine
+from lmforge.infer.grounded import Evidence, evidence_prompt
 from lmforge.model import Transformer
 from lmforge.tokenizer import ChatFormat, Message, encode_chat
 
@@ -26,30 +27,33 @@ class Delta:
 
 
 def stream_generate(model: Transformer, chat: ChatFormat, prompts: list[list[int]],
-                    config: SamplingConfig) -> Iterator[Delta]:
+                    config: SamplingConfig, evidence: Sequence[Evidence | None] = ()
+                    ) -> Iterator[Delta]:
     """Yield text deltas for a batch of tokenised prompts until every row stops (at a stop id
-    of the model's chat format, a stop string or the token limit)."""
+    of the model's chat format, a stop string or the token limit); ``evidence[i]``, when
+    given, grounds prompt i's decoding in its passages."""
     if not prompts or any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
     if longest + config.max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({longest}) + max_new_tokens ({config.max_new_tokens}) "
                          f"exceeds the model's context ({model.config.max_seq_len})")
-    engine = Engine(model, chat.tokenizer, max_batch=len(prompts),
+    contrasts = sum(e is not None and e.contrast is not None for e in evidence)
+    engine = Engine(model, chat.tokenizer, max_batch=len(prompts) + contrasts,
                     max_len=longest + config.max_new_tokens)
     config = stopping(chat, config)
     for i, prompt in enumerate(prompts):
-        engine.submit(prompt, config, str(i))
+        engine.submit(prompt, config, str(i), evidence=evidence[i] if evidence else None)
     for event in engine.run():
         yield Delta(int(event.request), event.text, event.token, event.finished)
 
 
 def complete(model: Transformer, chat: ChatFormat, prompts: list[list[int]],
-             config: SamplingConfig) -> list[str]:
+             config: SamplingConfig, evidence: Sequence[Evidence | None] = ()) -> list[str]:
     """The generated text of each tokenised prompt, batched."""
     out = [""] * len(prompts)
     if prompts:
-        for delta in stream_generate(model, chat, prompts, config):
+        for delta in stream_generate(model, chat, prompts, config, evidence):
             out[delta.row] += delta.text
     return out
 
@@ -68,3 +72,22 @@ def generate_chat(model: Transformer, chat: ChatFormat,
     """The assistant's reply to each conversation, encoded in the model's chat format."""
     return complete(model, chat, [encode_chat(chat, c, add_generation_prompt=True)
                                   for c in conversations], config)
+
+
+@dataclass
+class GroundedAsk:
+    """A conversation whose last user message carries retrieved passages: the question it
+    replaced, and the passages' texts as that message shows them."""
+
+    messages: Sequence[Message]
+    question: str
+    passages: Sequence[str]
+
+
+def generate_grounded(model: Transformer, chat: ChatFormat, asks: Sequence[GroundedAsk],
+                      config: SamplingConfig, settings: GroundingConfig) -> list[str]:
+    """The assistant's reply to each grounded conversation, decoded with ``settings``
+    (``grounded.py``; plain decoding when none is active)."""
+    encoded = [evidence_prompt(chat, a.messages, a.question, a.passages, settings) for a in asks]
+    return complete(model, chat, [prompt for prompt, _ in encoded], config,
+                    [evidence for _, evidence in encoded])

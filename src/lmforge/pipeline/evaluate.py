@@ -21,6 +21,7 @@ from lmforge.eval import (
     evaluate_qa,
     read_questions,
 )
+from lmforge.infer import read_grounding
 from lmforge.model import Transformer, load_model
 from lmforge.rag import Grounding
 from lmforge.reporting import markdown_table, write_report_pair
@@ -72,11 +73,13 @@ def evaluate_run(eval: EvalConfig, assistant: AssistantConfig, model: Path, base
     if queries is not None:
         records = heldout_questions(queries, corpus, True)
         atomic_write_jsonl(out / "heldout_queries.jsonl", records)
-        items = [QAItem(str(r["question"]), str(r["answer"])) for r in records]
+        items = [QAItem(str(r["question"]), str(r["answer"]), str(r["contract"]))
+                 for r in records]
         items = items[: eval.qa_limit or None]
         grounding = Grounding.open(index)
         _timed(results, "qa", lambda: evaluate_qa(assistant_model, chat, grounding, items,
-                                                  assistant, eval.samples))
+                                                  assistant, eval.samples,
+                                                  settings=read_grounding(model)))
     write_report_pair(out, results, eval_markdown(results))
     return {"headline": headline(results), "outputs": {"results": str(out / "report.json"),
                                                        "report": str(out / "report.md")},
@@ -98,6 +101,10 @@ def headline(results: dict[str, Any]) -> str:
 
 # the models the eval stage scores, as its tables name them
 MODEL_LABELS = {"origin": "open base (before)", "base": "base model", "assistant": "assistant"}
+# the Domain QA figures that a report may lack (from before they were measured), as named there
+QA_FIGURES = {"citation_precision": "citation precision", "citation_coverage": "citation coverage",
+              "unanswerable_refusal_rate": "refuses unanswerable",
+              "answerable_refusal_rate": "refuses answerable"}
 
 
 def eval_tables(results: dict[str, Any]) -> list[str]:
@@ -110,16 +117,14 @@ def eval_tables(results: dict[str, Any]) -> list[str]:
                     "baseline")]
         md += [f"### Domain QA ({qa['questions']} questions of held-out contracts; "
                f"{qa['answered_with_rag']} answered from retrieved passages)", "",
-               markdown_table(["system", "char F1", "ROUGE-L", "citation precision",
-                               "citation coverage"],
+               markdown_table(["system", "char F1", "ROUGE-L", *QA_FIGURES.values()],
                               [[label, qa[k]["char_f1"], qa[k]["rouge_l"],
-                                _figure(qa[k].get("citation_precision")),
-                                _figure(qa[k].get("citation_coverage"))]
+                                *(_figure(qa[k].get(key)) for key in QA_FIGURES)]
                                for label, k in systems]), "",
                f"RAG vs the baseline: {qa['rag']['char_f1'] - qa['baseline']['char_f1']:+.3f} "
                f"char F1; RAG vs no RAG: {qa['rag']['char_f1'] - qa['no_rag']['char_f1']:+.3f} "
                "(the assistant is worth generating when both are positive).", "",
-               *_citation_note(qa), *_checked_samples(qa.get("samples", []))]
+               *_citation_note(qa), *_refusal_note(qa), *_checked_samples(qa.get("samples", []))]
     bpb = results["bpb"]
     names = [n for n in MODEL_LABELS if n in bpb]
     md += ["### Held-out bits per byte by source", "",
@@ -141,7 +146,8 @@ def eval_tables(results: dict[str, Any]) -> list[str]:
 
 
 def _figure(value: float | None) -> float | str:
-    """A figure that may be missing: no cited sentence, or a report from before the check."""
+    """A figure that may be missing: no cited sentence, no unanswerable question, or a report
+    from before the figure was measured."""
     return "—" if value is None else value
 
 
@@ -151,6 +157,18 @@ def _citation_note(qa: dict[str, Any]) -> list[str]:
     return [f"Citation precision: cited sentences with at least {qa['citation_threshold']:.0%} "
             "of their character bigrams in the passages they cite (character overlap, not "
             "entailment); coverage: answer sentences that cite.", ""]
+
+
+def _refusal_note(qa: dict[str, Any]) -> list[str]:
+    if not any(k in qa[s] for s in ("rag", "no_rag", "baseline")
+               for k in ("unanswerable_refusal_rate", "answerable_refusal_rate")):
+        return []
+    asked = qa["rag"].get("unanswerable_questions")
+    count = "" if asked is None else f"; {asked} questions"
+    return ["Refuses unanswerable: the share of questions, asked with their own contract's "
+            "documents hidden from retrieval, where the assistant says it does not know (as it "
+            f"should{count}); refuses answerable: the share of the questions as asked that it "
+            "wrongly refuses.", ""]
 
 
 def _checked_samples(samples: list[dict[str, Any]], shown: int = 3) -> list[str]:

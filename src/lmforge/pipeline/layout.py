@@ -9,6 +9,7 @@ runs/<name>/
   tokenizer/       tokenizer.json, ...                                <- tokenizer
   pretrain/ sft/ dpo/ rm/   model/, checkpoints/, metrics.jsonl, loss.png, report.md
   rag/             the index (store, keyword index, manifest, reranker/)
+  decoding/        model/ (the trained assistant + its chosen grounded decoding), report.md
   eval/            report.json, report.md, heldout_queries.jsonl
   export/hf/       the assistant as a Hugging Face folder
   report.md        the run's report card (+ training.png, eval.png, report.json)
@@ -22,7 +23,7 @@ from pathlib import Path
 
 STAGE_FOLDERS = {"data": "data", "shards": "data/shards", "tokenizer": "tokenizer",
                  "pretrain": "pretrain", "sft": "sft", "dpo": "dpo", "rm": "rm", "rag": "rag",
-                 "eval": "eval", "export": "export"}
+                 "decoding": "decoding", "eval": "eval", "export": "export"}
 TRAINING_STAGES = ("pretrain", "sft", "dpo")  # the chain that makes the assistant
 ASSISTANT_STAGE = TRAINING_STAGES[-1]
 
@@ -55,9 +56,15 @@ class RunLayout:
         return self.stage("rag")
 
     @property
-    def assistant(self) -> Path:
-        """The final model: what chat, eval, export and the server use."""
+    def trained(self) -> Path:
+        """The last training stage's model."""
         return self.model(ASSISTANT_STAGE)
+
+    @property
+    def assistant(self) -> Path:
+        """The final model (the trained one with its decoding chosen): what chat, eval,
+        export and the server use."""
+        return self.model("decoding")
 
     @property
     def hf_export(self) -> Path:

@@ -23,14 +23,15 @@ from lmforge.config import (
     TrainConfig,
 )
 from lmforge.data import (
-    heldout_contracts,
     heldout_questions,
+    kept_out,
     preference_examples,
     prepare,
     sft_examples,
     tokenize_corpus,
 )
 from lmforge.export import export_hf
+from lmforge.pipeline.decoding import decoding_stage
 from lmforge.pipeline.evaluate import evaluate_run
 from lmforge.pipeline.layout import RunLayout
 from lmforge.pipeline.reranker import train_reranker
@@ -89,7 +90,8 @@ def pretrain_stage(model: ModelConfig, train: TrainConfig, tokenizer: Path, shar
 
 def sft_stage(config: SFTConfig, assistant: AssistantConfig, corpus: Path, base: Path, out: Path,
               seed: int, resume: bool = False) -> dict[str, Any]:
-    conversations, stats = sft_examples(config, assistant, heldout_contracts(corpus), seed)
+    conversations, stats = sft_examples(config, assistant, kept_out(config, corpus, seed).all,
+                                        seed)
     return _trained(sft(config, conversations, stats, base, out, seed, resume), out)
 
 
@@ -99,7 +101,7 @@ def _preference_stage(train: Any) -> Any:
              corpus: Path, base: Path, out: Path, seed: int, resume: bool = False
              ) -> dict[str, Any]:
         pairs, stats = preference_examples(preference, sft, assistant,
-                                           heldout_contracts(corpus), seed)
+                                           kept_out(sft, corpus, seed).all, seed)
         return _trained(train(preference, pairs, stats, base, out, seed, resume), out)
 
     return body
@@ -175,6 +177,9 @@ STAGES = [
     Stage("dpo", _preference_stage(dpo), _preference_args("dpo", "sft"), resumable=True),
     Stage("rag", rag_stage, lambda r, layout: {"rag": r.rag, "corpus": layout.corpus,
                                                "out": layout.rag, "seed": r.run.seed}),
+    Stage("decoding", decoding_stage, lambda r, layout: {
+        "sft": r.sft, "assistant": r.assistant, "model": layout.trained, "index": layout.rag,
+        "corpus": layout.corpus, "out": layout.stage("decoding"), "seed": r.run.seed}),
     Stage("eval", evaluate_run, _eval_args),
     Stage("export", export_stage, lambda r, layout: {"model": layout.assistant,
                                                      "out": layout.hf_export}),

@@ -6,7 +6,8 @@ or misspelled) falls to ``rag.default_access``: ``private`` (the default) lets o
 read it, ``tenant`` every user of its tenant, ``public`` every user of every tenant. Operators
 (``Access`` without a user: an operator key, the CLI, evaluation) read everything. A user's key
 without a tenant reads only documents without a tenant. Access metadata never leaves the index:
-``public_meta`` is what a reader is shown, and a filter (``where``) may not name it.
+``public_meta`` is what a reader is shown, and a filter (``where``, or ``exclude``: documents
+hidden from one query, as the evaluation hides a question's own contract) may not name it.
 """
 
 from __future__ import annotations
@@ -28,9 +29,21 @@ class Access:
     groups: list[str] = field(default_factory=list)
     tenant: str | None = None  # a user without one reads only documents without a tenant
     where: dict[str, str] = field(default_factory=dict)  # document metadata that must match
+    # documents whose metadata matches all of these are hidden, as if not in the index
+    exclude: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_where(self.where)
+        check_where(self.exclude)
+
+    @property
+    def filtered(self) -> bool:
+        """Whether this query sees less than every document its reader may read."""
+        return bool(self.where or self.exclude)
+
+    def selects(self, meta: Mapping[str, str]) -> bool:
+        """Whether a document with ``meta`` passes this query's filters (not who may read it)."""
+        return matches(meta, self.where) and not (self.exclude and matches(meta, self.exclude))
 
     @property
     def operator(self) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 class Retrieved:
     hits: list[Hit]
     relevant: bool
+    shown: list[str] = field(default_factory=list)  # the passages' texts as the prompt has them
 
     def sources(self) -> list[dict[str, Any]]:
         """What a client shows under the answer: [n] -> document, chunk, page, text (and the
@@ -54,6 +55,7 @@ class Retrieved:
         chosen = [Passage(h.chunk.text[:max_chars], h.doc.meta.get("title")
                           or h.doc.meta.get("contract") or h.doc.doc_id)
                   for h in self.hits[:passages]]
+        self.shown = [p.text for p in chosen]
         return rag_user_message(question, chosen)
 
     def fitted_message(self, question: str, fits: Callable[[str], bool]) -> str:
@@ -76,6 +78,7 @@ class GroundedPrompt:
 
     messages: list[Message]
     retrieved: Retrieved
+    question: str = ""  # the last user message before the passages were put into it
 
     @property
     def answerable(self) -> bool:
@@ -192,7 +195,7 @@ class Grounding:
                 return len(encode_chat(chat, conversation, add_generation_prompt=True)) <= room
 
             last["content"] = retrieved.fitted_message(question, fits)
-        return GroundedPrompt(conversation, retrieved)
+        return GroundedPrompt(conversation, retrieved, question)
 
     def retrieve(self, question: str, access: Access | None = None, k: int | None = None
                  ) -> Retrieved:

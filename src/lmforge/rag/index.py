@@ -28,7 +28,7 @@ import numpy as np
 from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import RagConfig, from_dict, to_dict
 from lmforge.data import Document
-from lmforge.rag.access import Access, acl_of, acl_problems, matches, may_read
+from lmforge.rag.access import Access, acl_of, acl_problems, may_read
 from lmforge.rag.chunk import chunk_text
 from lmforge.rag.embed import E5Embedder, Embedder, EmbeddingCache, text_key
 from lmforge.rag.keyword import ChineseAnalyzer, KeywordIndex, LexicalFeatures
@@ -366,11 +366,11 @@ class RagIndex:
     # ---- access ---------------------------------------------------------------------------
     def readable(self, access: Access) -> set[str] | None:
         """The documents ``access`` may read, by this manifest; None: every one."""
-        if access.operator and not access.where:
+        if access.operator and not access.filtered:
             return None
         policy = self.config.default_access
         return {d.doc_id for d in self.docs.values()
-                if matches(d.meta, access.where) and may_read(access, d.tenant, d.acl, policy)}
+                if access.selects(d.meta) and may_read(access, d.tenant, d.acl, policy)}
 
     # ---- the two retrievers ---------------------------------------------------------------
     def dense(self, question: str, k: int, access: Access | None = None

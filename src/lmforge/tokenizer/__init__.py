@@ -11,6 +11,7 @@ from lmforge.tokenizer.bytes import to_bits_per_byte, token_byte_lengths
 from lmforge.tokenizer.chat import (
     chat_segments,
     encode_chat,
+    encode_chat_locating,
     encode_text,
     plain_text_tokenizer,
     with_system,
@@ -43,6 +44,6 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
 __all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES",
            "ChatFormat", "Message", "TemplateRefused", "added_term_pieces", "base_tokenizer",
            "chat_segments", "copy_tokenizer_files", "document_end_id", "encode_chat",
-           "encode_text", "has_chat_template", "load_chat_format", "load_tokenizer",
-           "plain_text_tokenizer", "to_bits_per_byte", "token_byte_lengths", "train_bpe",
-           "train_tokenizer", "with_system"]
+           "encode_chat_locating", "encode_text", "has_chat_template", "load_chat_format",
+           "load_tokenizer", "plain_text_tokenizer", "to_bits_per_byte", "token_byte_lengths",
+           "train_bpe", "train_tokenizer", "with_system"]

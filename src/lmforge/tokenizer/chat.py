@@ -139,6 +139,30 @@ def encode_chat(chat: ChatFormat, messages: Sequence[Message],
     return [t.id for t in _chat_tokens(chat, messages, add_generation_prompt)[0]]
 
 
+def encode_chat_locating(chat: ChatFormat, messages: Sequence[Message], texts: Sequence[str],
+                         add_generation_prompt: bool = True
+                         ) -> tuple[list[int], list[tuple[int, int]]]:
+    """The encoded conversation and, for each of ``texts`` (found in order inside the last
+    message's text), the token range [start, end) that covers it: where retrieved passages lie
+    in a RAG prompt, for decoders that read them back (``infer/grounded.py``). A text that is
+    not found gets the empty range (0, 0)."""
+    tokens, spans = _chat_tokens(chat, messages, add_generation_prompt)
+    last = next((s for s in spans if s.message == len(messages) - 1), None)
+    content = messages[-1]["content"] if messages else ""
+    ranges = []
+    cursor = 0
+    for text in texts:
+        found = content.find(text, cursor) if text and last is not None else -1
+        if found < 0 or last is None:
+            ranges.append((0, 0))
+            continue
+        cursor = found + len(text)
+        start, end = last.start + found, last.start + cursor
+        inside = [j for j, t in enumerate(tokens) if t.start < end and t.end > start]
+        ranges.append((inside[0], inside[-1] + 1) if inside else (0, 0))
+    return [t.id for t in tokens], ranges
+
+
 def with_system(system: str, messages: Sequence[Message]) -> list[Message]:
     """The conversation led by the assistant's system prompt, unless it brings its own (or the
     prompt is empty)."""

@@ -1,0 +1,186 @@
+"""Answers that use their passages: three decoders over the passages of a RAG prompt, for a
+model too small to copy from its context by attention alone (``docs/experiments.md``).
+
+- **Evidence-first quotes**: the answer opens with a verbatim span of one passage and its
+  ``[n]``; which span is the model's choice, by its likelihood of each candidate span (1 to
+  ``quote_sentences`` consecutive sentences of a passage) right after the prompt, scored in
+  one batch over a copy of the prompt's cached keys/values. What is quoted is the passage's
+  text, so a quoted sentence is supported by the passage it cites by construction; the model
+  then writes ``answer_tokens`` more of its own.
+- **kNN-LM over the prompt** (Khandelwal et al., 2020): the final hidden states of the passage
+  tokens from the prefill are the keys, the token after each the value; each step's hidden
+  state finds its nearest keys and their values' distribution is mixed into the model's. No
+  training and no change to the model file, so exported models load everywhere.
+- **Context-aware decoding** (Shi et al., 2023): the logits with the passages are contrasted
+  with those of the same conversation without them, ``(1 + a) * with - a * without``, which
+  favours what the passages add over the model's prior.
+
+The engine (``engine.py``) calls these per request; the settings (``GroundingConfig``) live in
+the model folder's ``generation_config.json`` under ``lmforge_grounding`` (a key transformers
+keeps and ignores), chosen on validation questions (``pipeline``) so every path that answers
+(eval, chat, ``rag ask``, the server) decodes the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from lmforge.atomic import atomic_write_text
+from lmforge.config import GroundingConfig
+from lmforge.model import KVCache, Transformer
+from lmforge.text import sentence_runs
+from lmforge.tokenizer import ChatFormat, Message, encode_chat, encode_chat_locating
+from lmforge.tokenizer.chat import encode_text
+
+GENERATION_CONFIG = "generation_config.json"
+SETTINGS_KEY = "lmforge_grounding"
+QUOTE_BATCH = 8  # candidate spans scored per forward pass (bounds the logits' memory)
+
+
+@dataclass
+class Evidence:
+    """The passages of one prompt, for decoders that read them: their texts as the prompt
+    shows them (numbered from 1), the token range each takes in the prompt, and the prompt
+    without them (context-aware decoding's contrast)."""
+
+    passages: list[str]
+    positions: list[tuple[int, int]]
+    settings: GroundingConfig
+    contrast: list[int] | None = None
+
+
+def evidence_prompt(chat: ChatFormat, messages: Sequence[Message], question: str,
+                    passages: Sequence[str], settings: GroundingConfig
+                    ) -> tuple[list[int], Evidence]:
+    """The generation prompt of a grounded conversation (its last message carries the
+    passages) and its evidence; the contrast replaces that message by the bare question."""
+    prompt, positions = encode_chat_locating(chat, messages, passages)
+    contrast = None
+    if settings.contrast > 0:
+        bare = [*(dict(m) for m in messages[:-1]), {"role": "user", "content": question}]
+        contrast = encode_chat(chat, bare, add_generation_prompt=True)
+    return prompt, Evidence(list(passages), positions, settings, contrast)
+
+
+# -- evidence-first quotes ---------------------------------------------------------------------
+
+@dataclass
+class Quote:
+    text: str
+    passage: int  # its [n]
+    tokens: list[int]
+    score: float = float("-inf")
+
+
+def quote_candidates(tok: Tokenizer, evidence: Evidence, max_tokens: int) -> list[Quote]:
+    """Every run of sentences of every passage (``text.sentence_runs``) followed by its
+    ``[n]``, none longer than ``max_tokens``."""
+    settings = evidence.settings
+    out: list[Quote] = []
+    for n, passage in enumerate(evidence.passages, 1):
+        for text in sentence_runs(passage, settings.quote_sentences, settings.quote_chars):
+            tokens = encode_text(tok, f"{text}[{n}]")
+            if len(tokens) <= max_tokens:
+                out.append(Quote(text, n, tokens))
+    return out
+
+
+@torch.no_grad()
+def score_quotes(model: Transformer, keys: Tensor, values: Tensor, first: Tensor,
+                 quotes: list[Quote], length_norm: float) -> None:
+    """Each quote's log-likelihood after the prompt, ** ``length_norm`` over its tokens.
+    ``keys``/``values`` [layers, kv_heads, prompt, head_dim] are the prompt's cache, ``first``
+    the prompt's next-token logits [vocab]."""
+    first_logp = torch.log_softmax(first.float(), -1)
+    prompt = keys.shape[2]
+    for start in range(0, len(quotes), QUOTE_BATCH):
+        batch = quotes[start:start + QUOTE_BATCH]
+        width = max(len(q.tokens) for q in batch)
+        tokens = torch.zeros(len(batch), width, dtype=torch.long, device=keys.device)
+        for i, q in enumerate(batch):
+            tokens[i, :len(q.tokens)] = torch.tensor(q.tokens, device=keys.device)
+        cache = KVCache(model.config, len(batch), prompt + width, keys.device, keys.dtype)
+        cache.k[:, :, :, :prompt] = keys[:, None]
+        cache.v[:, :, :, :prompt] = values[:, None]
+        cache.length = prompt
+        logp = torch.log_softmax(model(tokens, cache=cache).logits.float(), -1)
+        for i, q in enumerate(batch):
+            n = len(q.tokens)
+            rest = logp[i, :n - 1].gather(1, tokens[i, 1:n, None]).sum()
+            total = float(first_logp[q.tokens[0]] + rest)
+            q.score = total / n ** length_norm
+
+
+def best_quote(model: Transformer, tok: Tokenizer, evidence: Evidence, keys: Tensor,
+               values: Tensor, first: Tensor, max_tokens: int) -> Quote | None:
+    quotes = quote_candidates(tok, evidence, max_tokens)
+    if not quotes:
+        return None
+    score_quotes(model, keys, values, first, quotes, evidence.settings.quote_length_norm)
+    return max(quotes, key=lambda q: q.score)
+
+
+# -- kNN-LM and context-aware decoding ------------------------------------------------------------
+
+def passage_memory(hidden: Tensor, prompt: Sequence[int], evidence: Evidence
+                   ) -> tuple[Tensor, Tensor]:
+    """kNN keys (the final hidden state at each passage token but a passage's last) and values
+    (the token that follows it) from one prompt's prefill ``hidden`` [prompt, dim]."""
+    spots = [p for start, end in evidence.positions for p in range(start, end - 1)]
+    index = torch.tensor(spots, dtype=torch.long, device=hidden.device)
+    values = torch.tensor([prompt[p + 1] for p in spots], dtype=torch.long, device=hidden.device)
+    return hidden[index].float(), values
+
+
+def knn_mix(logits: Tensor, query: Tensor, keys: Tensor, values: Tensor,
+            settings: GroundingConfig) -> Tensor:
+    """log((1 - w) p_model + w p_knn) for one step: ``logits`` [vocab], ``query`` [dim]. The
+    neighbours' weights are softmax(-d / T) over the mean squared difference d of the states
+    (per dimension, so T does not depend on the model's width)."""
+    probs = torch.softmax(logits.float(), -1)
+    if settings.knn_weight == 0.0 or keys.numel() == 0:
+        return torch.log(probs)
+    distance = (keys - query.float()[None]).pow(2).mean(-1)
+    near = torch.topk(-distance, min(settings.knn_neighbours, len(distance)))
+    weights = torch.softmax(near.values / settings.knn_temperature, -1)
+    knn = torch.zeros_like(probs).scatter_add_(0, values[near.indices], weights)
+    mixed = (1 - settings.knn_weight) * probs + settings.knn_weight * knn
+    return torch.log(mixed.clamp_min(1e-30))
+
+
+def contrast_logits(with_passages: Tensor, without: Tensor, strength: float) -> Tensor:
+    """Context-aware decoding: what the passages change, amplified by ``strength``."""
+    return (1 + strength) * with_passages.float() - strength * without.float()
+
+
+# -- the model folder's settings -------------------------------------------------------------
+
+def read_grounding(folder: Path) -> GroundingConfig:
+    """The grounded decoding a model folder was tuned for (plain decoding when none)."""
+    path = Path(folder) / GENERATION_CONFIG
+    if not path.exists():
+        return GroundingConfig()
+    saved = json.loads(path.read_text(encoding="utf-8")).get(SETTINGS_KEY, {})
+    known = {f.name for f in fields(GroundingConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"{path}: {SETTINGS_KEY} has unknown settings {unknown}; expected "
+                         f"some of {sorted(known)}")
+    return GroundingConfig(**saved)
+
+
+def write_grounding(folder: Path, settings: GroundingConfig) -> Path:
+    """Store ``settings`` in the folder's generation config, keeping whatever else it holds
+    (an open base's own generation settings)."""
+    path = Path(folder) / GENERATION_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    config[SETTINGS_KEY] = asdict(settings)
+    atomic_write_text(path, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    return path

@@ -1,0 +1,204 @@
+"""Grounded decoding (``infer/grounded.py`` inside the engine): kNN-LM over the prompt's
+passages, context-aware decoding, evidence-first quotes, and the settings in a model folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from lmforge.config import ConfigError, GroundingConfig, SamplingConfig
+from lmforge.data.domain_qa import evidence_quote, grounded_answer
+from lmforge.infer import (
+    Evidence,
+    GroundedAsk,
+    evidence_prompt,
+    generate_chat,
+    generate_grounded,
+    read_grounding,
+    write_grounding,
+)
+from lmforge.infer.engine import Engine
+from lmforge.infer.grounded import knn_mix, quote_candidates, score_quotes
+from lmforge.model import KVCache
+from lmforge.prompts import Passage, rag_user_message
+from lmforge.text import sentence_runs
+from lmforge.tokenizer import encode_chat_locating
+from lmforge.tokenizer.chat import encode_text
+
+
+@pytest.fixture(scope="module")
+def model(tok):  # noqa: ANN001, ANN201
+    """Room for a RAG prompt of two passages."""
+    return tiny_model(tok, max_seq_len=512, seed=3)
+
+
+GREEDY = SamplingConfig(max_new_tokens=8, temperature=0.0)
+PASSAGES = ["第十条 被保险人身故的，我们按基本保险金额给付身故保险金。本合同终止。",
+            "第五条 犹豫期为十五日。犹豫期内解除合同的，我们退还已交保险费。"]
+QUESTION = "犹豫期内退保能退多少钱？"
+
+
+def ask(passages: list[str] = PASSAGES) -> GroundedAsk:
+    message = rag_user_message(QUESTION, [Passage(p, "合同") for p in passages])
+    return GroundedAsk([{"role": "user", "content": message}], QUESTION, passages)
+
+
+def run_alone(model, tok, prompt: list[int], evidence: Evidence | None,  # noqa: ANN001
+              config: SamplingConfig = GREEDY) -> list[int]:
+    engine = Engine(model, tok, max_batch=2)
+    engine.submit(prompt, config, "r", evidence=evidence)
+    return [e.token for e in engine.run() if e.token is not None]
+
+
+def test_passage_positions_cover_exactly_the_passages(chat) -> None:  # noqa: ANN001
+    a = ask()
+    prompt, ranges = encode_chat_locating(chat, a.messages, PASSAGES)
+    for passage, (start, end) in zip(PASSAGES, ranges, strict=True):
+        assert passage in chat.tokenizer.decode(prompt[start:end])
+        assert passage not in chat.tokenizer.decode(prompt[start + 1:end])
+        assert passage not in chat.tokenizer.decode(prompt[start:end - 1])
+    assert encode_chat_locating(chat, a.messages, ["不在提示里的文字"])[1] == [(0, 0)]
+
+
+def test_knn_over_a_planted_passage_copies_its_continuation(model, tok) -> None:  # noqa: ANN001
+    """The prompt ends on a token of the passage: the nearest key is that token's own state,
+    and the copy goes on from there token for token."""
+    passage = encode_text(tok, "被保险人身故的，我们按基本保险金额给付身故保险金。")
+    cut = 4
+    prompt = [*passage, *encode_text(tok, "问题：请回答"), *passage[:cut]]
+    settings = GroundingConfig(knn_weight=1.0, knn_neighbours=1)
+    evidence = Evidence(["x"], [(0, len(passage))], settings)
+    copied = run_alone(model, tok, prompt, evidence)
+    assert copied == passage[cut:cut + GREEDY.max_new_tokens]
+    assert run_alone(model, tok, prompt, None) != copied  # the plain model does not copy
+
+
+def test_knn_weight_zero_is_the_plain_model(model, tok) -> None:  # noqa: ANN001
+    logits = torch.randn(tok.get_vocab_size())
+    keys, values = torch.randn(5, 32), torch.tensor([1, 2, 3, 4, 5])
+    mixed = knn_mix(logits, torch.randn(32), keys, values, GroundingConfig(knn_weight=0.0))
+    assert torch.allclose(mixed, torch.log_softmax(logits, -1), atol=1e-5)
+    half = knn_mix(logits, keys[2], keys, values, GroundingConfig(knn_weight=0.5,
+                                                                   knn_neighbours=1))
+    expected = 0.5 * torch.softmax(logits, -1)
+    expected[3] += 0.5
+    assert torch.allclose(half.exp(), expected, atol=1e-5)
+
+
+def test_context_aware_decoding_at_strength_zero_is_plain(model, chat) -> None:  # noqa: ANN001
+    plain = generate_chat(model, chat, [ask().messages], GREEDY)
+    assert generate_grounded(model, chat, [ask()], GREEDY, GroundingConfig(contrast=0.0)) == plain
+
+
+def test_context_aware_decoding_contrasts_every_step(model, chat) -> None:  # noqa: ANN001
+    """The engine's answer and its log-probabilities (a shadow slot decodes the prompt without
+    passages) equal a step-by-step reference that runs both whole sequences through the model
+    each step."""
+    strength = 2.0
+    settings = GroundingConfig(contrast=strength)
+    prompt, evidence = evidence_prompt(chat, ask().messages, QUESTION, PASSAGES, settings)
+    assert evidence.contrast is not None
+    engine = Engine(model, chat.tokenizer, max_batch=2)
+    engine.submit(prompt, GREEDY, "r", evidence=evidence)
+    events = [e for e in engine.run() if e.token is not None]
+    with_ctx, without = list(prompt), list(evidence.contrast)
+    for event in events:
+        with torch.no_grad():
+            a = model(torch.tensor([with_ctx])).logits[0, -1]
+            b = model(torch.tensor([without])).logits[0, -1]
+        contrasted = torch.log_softmax((1 + strength) * a - strength * b, -1)
+        assert event.token == int(contrasted.argmax())
+        assert event.logprob == pytest.approx(float(contrasted[event.token]), abs=1e-4)
+        assert not torch.allclose(contrasted, torch.log_softmax(a, -1), atol=1e-5)
+        with_ctx.append(event.token)
+        without.append(event.token)
+    assert len(events) == GREEDY.max_new_tokens
+
+
+def test_grounded_and_plain_requests_share_the_engine(model, chat) -> None:  # noqa: ANN001
+    """Contrast rows take two slots and give both back; the plain rows beside them are
+    unchanged."""
+    settings = GroundingConfig(contrast=1.0, knn_weight=0.3)
+    alone = generate_grounded(model, chat, [ask()], GREEDY, settings)[0]
+    plain = generate_chat(model, chat, [ask().messages], GREEDY)[0]
+    prompt, evidence = evidence_prompt(chat, ask().messages, QUESTION, PASSAGES, settings)
+    engine = Engine(model, chat.tokenizer, max_batch=3)
+    out = {"g1": "", "p": "", "g2": ""}
+    for name in out:
+        engine.submit(prompt, GREEDY, name, evidence=evidence if name != "p" else None)
+    for event in engine.run():
+        out[event.request] += event.text
+    assert out == {"g1": alone, "p": plain, "g2": alone}
+    assert sorted(engine.free) == [0, 1, 2] and not engine.active
+
+
+def test_quote_opens_with_the_likeliest_verbatim_span(model, chat) -> None:  # noqa: ANN001
+    settings = GroundingConfig(quote=True, quote_sentences=2, answer_tokens=0)
+    answer = generate_grounded(model, chat, [ask()], SamplingConfig(max_new_tokens=80,
+                                                                     temperature=0.0),
+                               settings)[0]
+    prompt, evidence = evidence_prompt(chat, ask().messages, QUESTION, PASSAGES, settings)
+    quotes = quote_candidates(chat.tokenizer, evidence, 80)
+    assert answer in {f"{q.text}[{q.passage}]" for q in quotes}  # nothing after the quote
+    for q in quotes:  # the reference: each span's log-likelihood from a whole forward pass
+        ids = torch.tensor([prompt + q.tokens])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1:-1], -1)
+        q.score = float(logp.gather(1, torch.tensor(q.tokens)[:, None]).sum()) / len(q.tokens)
+    best = max(quotes, key=lambda q: q.score)
+    assert answer == f"{best.text}[{best.passage}]"
+
+
+def test_quote_scores_over_the_cache_match_a_whole_forward(model, chat) -> None:  # noqa: ANN001
+    prompt, evidence = evidence_prompt(chat, ask().messages, QUESTION, PASSAGES,
+                                       GroundingConfig(quote=True))
+    config = model.config
+    cache = KVCache(config, 1, len(prompt), torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        first = model(torch.tensor([prompt]), cache=cache).logits[0, -1]
+    quotes = quote_candidates(chat.tokenizer, evidence, 80)
+    score_quotes(model, cache.k[:, 0], cache.v[:, 0], first, quotes, 0.0)
+    for q in quotes[:3]:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + q.tokens])).logits[0], -1)
+        total = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(q.tokens))
+        assert q.score == pytest.approx(total, abs=1e-3)
+
+
+def test_answer_tokens_continue_after_the_quote(model, chat) -> None:  # noqa: ANN001
+    config = SamplingConfig(max_new_tokens=100, temperature=0.0, ignore_eos=True)
+    quoted = generate_grounded(model, chat, [ask()], config, GroundingConfig(quote=True))[0]
+    more = generate_grounded(model, chat, [ask()], config,
+                             GroundingConfig(quote=True, answer_tokens=5))[0]
+    assert more.startswith(quoted) and len(more) > len(quoted)
+
+
+def test_sentence_runs_and_the_evidence_answer_sft_teaches() -> None:
+    runs = sentence_runs(PASSAGES[1], 2, 200)
+    assert runs == ["第五条 犹豫期为十五日。",
+                    "第五条 犹豫期为十五日。犹豫期内解除合同的，我们退还已交保险费。",
+                    "犹豫期内解除合同的，我们退还已交保险费。"]
+    assert sentence_runs("一句很长的话。", 1, 3) == ["一句很"]
+    reference = "犹豫期内解除合同的，退还已交保险费。"
+    assert evidence_quote(PASSAGES[1], reference) == runs[2]
+    answer = grounded_answer(reference, Passage(PASSAGES[1]), 2, "evidence")
+    assert answer == f"{runs[2]}[2]\n{reference}"
+    assert grounded_answer(reference, Passage(PASSAGES[1]), 2, "reference") == f"{reference}[2]"
+
+
+def test_settings_live_in_the_folders_generation_config(tmp_path: Path) -> None:
+    assert read_grounding(tmp_path) == GroundingConfig()
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7]}))
+    chosen = GroundingConfig(quote=True, quote_sentences=3, answer_tokens=12)
+    write_grounding(tmp_path, chosen)
+    assert read_grounding(tmp_path) == chosen
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == [7]  # the base's own settings stay
+    saved["lmforge_grounding"]["knn_wieght"] = 0.5
+    (tmp_path / "generation_config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="knn_wieght"):
+        read_grounding(tmp_path)
+    with pytest.raises(ConfigError, match="knn_weight"):
+        GroundingConfig(knn_weight=1.5)
