@@ -128,6 +128,8 @@ def pipeline_recipe(out_dir: Path) -> str:
     """The tiny recipe plus what the pipeline needs: documents to index and what to measure."""
     text = tiny_recipe_text(out_dir).replace('group_field = "contract"',
                                              'group_field = "contract"\nval_fraction = 0.3')
+    # training-side contracts kept out of SFT/DPO: the decoding stage chooses on them
+    text = text.replace("[sft.lora]", "decoding_val_fraction = 0.3\n\n[sft.lora]", 1)
     return text + f"""
 [rag]
 documents = ["{(TINY / 'rag_passages.jsonl').as_posix()}"]

@@ -20,7 +20,7 @@ from lmforge.infer import (
     write_grounding,
 )
 from lmforge.infer.engine import Engine
-from lmforge.infer.grounded import knn_mix, quote_candidates, score_quotes
+from lmforge.infer.grounded import knn_mix, quote_candidates, score_quotes, scored_quotes
 from lmforge.model import KVCache
 from lmforge.prompts import Passage, rag_user_message
 from lmforge.text import sentence_runs
@@ -146,8 +146,8 @@ def test_quote_opens_with_the_likeliest_verbatim_span(model, chat) -> None:  # n
         ids = torch.tensor([prompt + q.tokens])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1:-1], -1)
-        q.score = float(logp.gather(1, torch.tensor(q.tokens)[:, None]).sum()) / len(q.tokens)
-    best = max(quotes, key=lambda q: q.score)
+        q.logprob = float(logp.gather(1, torch.tensor(q.tokens)[:, None]).sum())
+    best = max(quotes, key=lambda q: q.logprob / len(q.tokens))
     assert answer == f"{best.text}[{best.passage}]"
 
 
@@ -159,12 +159,12 @@ def test_quote_scores_over_the_cache_match_a_whole_forward(model, chat) -> None:
     with torch.no_grad():
         first = model(torch.tensor([prompt]), cache=cache).logits[0, -1]
     quotes = quote_candidates(chat.tokenizer, evidence, 80)
-    score_quotes(model, cache.k[:, 0], cache.v[:, 0], first, quotes, 0.0)
+    score_quotes(model, cache.k[:, 0], cache.v[:, 0], first, quotes)
     for q in quotes[:3]:
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([prompt + q.tokens])).logits[0], -1)
         total = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(q.tokens))
-        assert q.score == pytest.approx(total, abs=1e-3)
+        assert q.logprob == pytest.approx(total, abs=1e-3)
 
 
 def test_answer_tokens_continue_after_the_quote(model, chat) -> None:  # noqa: ANN001
@@ -176,11 +176,11 @@ def test_answer_tokens_continue_after_the_quote(model, chat) -> None:  # noqa: A
 
 
 def test_sentence_runs_and_the_evidence_answer_sft_teaches() -> None:
-    runs = sentence_runs(PASSAGES[1], 2, 200)
+    runs = [run for _, run in sentence_runs(PASSAGES[1], 2, 200)]
     assert runs == ["第五条 犹豫期为十五日。",
                     "第五条 犹豫期为十五日。犹豫期内解除合同的，我们退还已交保险费。",
                     "犹豫期内解除合同的，我们退还已交保险费。"]
-    assert sentence_runs("一句很长的话。", 1, 3) == ["一句很"]
+    assert sentence_runs("一句很长的话。", 1, 3) == [(1, "一句很")]
     reference = "犹豫期内解除合同的，退还已交保险费。"
     assert evidence_quote(PASSAGES[1], reference) == runs[2]
     answer = grounded_answer(reference, Passage(PASSAGES[1]), 2, "evidence")
@@ -202,3 +202,22 @@ def test_settings_live_in_the_folders_generation_config(tmp_path: Path) -> None:
         read_grounding(tmp_path)
     with pytest.raises(ConfigError, match="knn_weight"):
         GroundingConfig(knn_weight=1.5)
+
+
+@pytest.mark.parametrize("settings", [
+    GroundingConfig(quote=True, quote_sentences=1, quote_length_norm=0.5),
+    GroundingConfig(quote=True, quote_sentences=2, quote_length_norm=2.0),
+    GroundingConfig(quote=True, quote_sentences=3, quote_length_norm=1.0, quote_rank_penalty=2.0),
+])
+def test_quote_settings_chosen_without_decoding_answer_as_the_engine(
+        model, chat, settings: GroundingConfig) -> None:  # noqa: ANN001
+    """The tuner compares quote settings on one scoring of the widest candidates: each must
+    pick what the engine, decoding with those settings alone, answers."""
+    config = SamplingConfig(max_new_tokens=100, temperature=0.0)
+    widest = GroundingConfig(quote=True, quote_sentences=3, quote_chars=settings.quote_chars)
+    prompt, evidence = evidence_prompt(chat, ask().messages, QUESTION, PASSAGES, widest)
+    quotes = scored_quotes(model, chat.tokenizer, prompt, evidence, config.max_new_tokens)
+    fitting = [q for q in quotes if q.fits(settings)]
+    best = max(fitting, key=lambda q: q.score(settings))
+    assert generate_grounded(model, chat, [ask()], config, settings) == [
+        f"{best.text}[{best.passage}]"]

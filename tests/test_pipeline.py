@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY, pipeline_recipe
 
-STAGES = ["data", "tokenizer", "shards", "pretrain", "sft", "dpo", "rag", "eval", "export"]
+STAGES = ["data", "tokenizer", "shards", "pretrain", "sft", "dpo", "rag", "decoding", "eval",
+          "export"]
 
 
 def statuses(output: str) -> dict[str, str]:
@@ -40,11 +41,11 @@ def test_every_stage_runs_in_order_and_says_where_outputs_are(pipeline_run) -> N
     order = [output.index(f"{stage}: running") for stage in STAGES]
     assert order == sorted(order)
     for stage, folder in zip(STAGES, ["data", "tokenizer", "data/shards", "pretrain", "sft",
-                                      "dpo", "rag", "eval", "export"], strict=True):
+                                      "dpo", "rag", "decoding", "eval", "export"], strict=True):
         marker = json.loads((run / folder / "stage.json").read_text(encoding="utf-8"))
         assert marker["stage"] == stage and len(marker["fingerprint"]) == 64
         assert not (run / folder / "stage.started.json").exists()
-    assert f"lmforge serve --recipe {recipe} --model {run / 'dpo' / 'model'}" in output
+    assert f"lmforge serve --recipe {recipe} --model {run / 'decoding' / 'model'}" in output
     assert str(run / "export" / "hf") in output
     assert (run / "export" / "hf" / "config.json").exists()
 
@@ -84,6 +85,11 @@ def test_heldout_contracts_are_never_trained_on(pipeline_run) -> None:
     assert held and not held & train_contracts
     sft = json.loads((run / "sft" / "report.json").read_text(encoding="utf-8"))
     assert sft["heldout_contracts"] == len(held)
+    # the decoding stage chose on questions of contracts neither held out nor trained on
+    decoding = json.loads((run / "decoding" / "report.json").read_text(encoding="utf-8"))
+    assert sft["validation_contracts"] > 0 and decoding["questions"] > 0
+    assert set(decoding["contracts"]) and not set(decoding["contracts"]) & held
+    assert len(decoding["contracts"]) == sft["validation_contracts"]
 
 
 def test_rerun_skips_unchanged_stages_and_reruns_what_a_change_touches(pipeline_run, capsys
@@ -96,8 +102,8 @@ def test_rerun_skips_unchanged_stages_and_reruns_what_a_change_touches(pipeline_
     assert main(["run", str(recipe), "--set", "sft.train.lr=0.002"]) == 0
     after = statuses(capsys.readouterr().out)
     assert after == {**dict.fromkeys(STAGES[:4], "unchanged"), "sft": "running",
-                     "dpo": "running", "rag": "unchanged", "eval": "running",
-                     "export": "running"}
+                     "dpo": "running", "rag": "unchanged", "decoding": "running",
+                     "eval": "running", "export": "running"}
 
 
 def test_reranker_trains_inside_the_run_on_training_contracts_only(pipeline_run, capsys

@@ -27,10 +27,10 @@ def split_sentences(text: str) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
-def sentence_runs(text: str, max_sentences: int, max_chars: int) -> list[str]:
+def sentence_runs(text: str, max_sentences: int, max_chars: int) -> list[tuple[int, str]]:
     """Every run of 1 to ``max_sentences`` consecutive sentences of ``text`` within
-    ``max_chars`` (a longer single sentence cut there): the spans an evidence-first answer may
-    quote, and the ones SFT teaches it to."""
+    ``max_chars`` (a longer single sentence cut there), with its number of sentences: the spans
+    an evidence-first answer may quote, and the ones SFT teaches it to."""
     sentences = split_sentences(text)
     runs = []
     for first in range(len(sentences)):
@@ -38,7 +38,7 @@ def sentence_runs(text: str, max_sentences: int, max_chars: int) -> list[str]:
             run = "".join(sentences[first:first + count])
             if first + count > len(sentences) or count > 1 and len(run) > max_chars:
                 break
-            runs.append(run[:max_chars])
+            runs.append((count, run[:max_chars]))
     return runs
 
 

@@ -102,10 +102,11 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         room = model.config.max_seq_len - assistant.sampling.max_new_tokens
         question = with_system(assistant.system, [{"role": "user", "content": args.question}])
         grounded = grounding.ground(question, chat, room, _access(args), args.passages)
-        answer: str | None = answer_grounded(model, chat, [grounded], assistant.sampling,
-                                             read_grounding(args.model))[0].strip()
+        said = answer_grounded(model, chat, [grounded], assistant.sampling,
+                               read_grounding(args.model))[0].strip()
         sources = grounded.sources()
-        checked = [c.as_dict() for c in check_answer(answer, [s["text"] for s in sources])]
+        checked = [c.as_dict() for c in check_answer(said, [s["text"] for s in sources])]
+        answer: str | None = said
     else:
         retrieved = grounding.retrieve(args.question, _access(args), args.passages)
         answer = None if retrieved.relevant else NO_ANSWER

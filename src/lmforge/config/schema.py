@@ -75,15 +75,18 @@ class GroundingConfig:
     ``quote``: evidence-first answers; the answer opens with a verbatim span of one passage (1
     to ``quote_sentences`` consecutive sentences, at most ``quote_chars`` characters) and its
     ``[n]``, the span chosen by the model's likelihood of it given the prompt (log-probability
-    over tokens ** ``quote_length_norm``); then up to ``answer_tokens`` more tokens of the
-    model's own. ``knn_weight``: kNN-LM over the prompt's passage tokens (0: off).
-    ``contrast``: context-aware decoding's strength (0: off).
+    over tokens ** ``quote_length_norm``, less ``quote_rank_penalty`` for each place its passage
+    is ranked below the first: the retriever's order as a prior); then up to
+    ``answer_tokens`` more tokens of the model's own. ``knn_weight``: kNN-LM over the
+    prompt's passage tokens (0: off). ``contrast``: context-aware decoding's strength (0: off).
     """
 
     quote: bool = False
     quote_sentences: int = 2
     quote_chars: int = 200
-    quote_length_norm: float = 1.0  # 1: mean log-probability per token; 0: the sum
+    # 1: mean log-probability per token; 0: the sum; above 1 longer quotes are preferred
+    quote_length_norm: float = 1.0
+    quote_rank_penalty: float = 0.0
     answer_tokens: int = 0  # the model's own tokens after the quote
     knn_weight: float = 0.0
     knn_temperature: float = 1.0  # on squared L2 distances of the final hidden states
@@ -93,7 +96,10 @@ class GroundingConfig:
     def __post_init__(self) -> None:
         check(self.quote_sentences >= 1, "quote_sentences", "at least 1", self.quote_sentences)
         check(self.quote_chars >= 1, "quote_chars", "at least 1", self.quote_chars)
-        fraction("quote_length_norm", self.quote_length_norm)
+        check(0.0 <= self.quote_length_norm <= 4.0, "quote_length_norm", "a number in [0, 4]",
+              self.quote_length_norm)
+        check(self.quote_rank_penalty >= 0, "quote_rank_penalty", "0 or more",
+              self.quote_rank_penalty)
         check(self.answer_tokens >= 0, "answer_tokens", "0 or more", self.answer_tokens)
         fraction("knn_weight", self.knn_weight)
         check(self.knn_temperature > 0, "knn_temperature", "a positive number",

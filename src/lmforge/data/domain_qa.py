@@ -83,7 +83,8 @@ def evidence_quote(passage: str, reference: str, quoting: GroundingConfig | None
     """The run of the passage's sentences (as the evidence-first decoder may quote them) that
     best covers the reference."""
     quoting = quoting or GroundingConfig()
-    runs = sentence_runs(passage, quoting.quote_sentences, quoting.quote_chars)
+    runs = [run for _, run in sentence_runs(passage, quoting.quote_sentences,
+                                            quoting.quote_chars)]
     return max(runs, key=lambda run: char_f1(run, reference), default="")
 
 

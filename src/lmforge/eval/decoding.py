@@ -1,8 +1,15 @@
-"""Choosing a model's grounded decoding (``infer/grounded.py``) on validation questions: each
-candidate setting answers the questions through the one answer path (retrieval, the no-answer
-gate, the prompt fitted to the context), greedily with the assistant's penalties, and the one
-with the best character F1 against the references wins; plain decoding is always a candidate,
-so a method that does not help is not chosen.
+"""Choosing a model's grounded decoding (``infer/grounded.py``) on validation questions: the
+candidates answer the questions through the one answer path (retrieval, the no-answer gate,
+the prompt fitted to the context), greedily with the assistant's penalties, and the one with
+the best character F1 against the references wins. Plain decoding is always a candidate, so a
+method that does not help is not chosen.
+
+Decoding every candidate would cost a pass over the questions each; so the methods that change
+every step (kNN-LM, context-aware decoding) are tried at one moderate strength each, while the
+evidence-first quote settings (how many sentences, how long, the length normalisation, the
+passage-rank prior) are all compared on one scoring of every candidate span per prompt (what
+the engine does for a quote, done once: ``scored_quotes``), and only the best is decoded again
+with the model's own words after the quote.
 
 The questions are of training-side contracts that SFT and DPO left out
 (``sft.decoding_val_fraction``), never of the held-out contracts the evaluation reports.
@@ -10,30 +17,32 @@ The questions are of training-side contracts that SFT and DPO left out
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lmforge.config import AssistantConfig, GroundingConfig
+from tqdm.auto import tqdm
+
+from lmforge.config import AssistantConfig, GroundingConfig, SamplingConfig
 from lmforge.eval.qa import QAItem, answer_grounded, greedy, summary
+from lmforge.infer import evidence_prompt
+from lmforge.infer.grounded import Quote, scored_quotes
 from lmforge.model import Transformer
+from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
 from lmforge.rag.citations import check_answer, citation_summary
+from lmforge.text import char_f1
 from lmforge.tokenizer import ChatFormat, with_system
 
-# what is tried, cheapest first (the first of equal scores wins): each method alone at a
-# moderate strength, and evidence-first quotes of two lengths, with and without the model's
-# own words after the quote
-CANDIDATES: tuple[GroundingConfig, ...] = (
-    GroundingConfig(),
-    GroundingConfig(knn_weight=0.3),
-    GroundingConfig(knn_weight=0.6),
-    GroundingConfig(contrast=0.5),
-    GroundingConfig(quote=True, quote_sentences=1),
-    GroundingConfig(quote=True, quote_sentences=2),
-    GroundingConfig(quote=True, quote_sentences=3, quote_chars=300),
-    GroundingConfig(quote=True, quote_sentences=2, answer_tokens=48),
-)
+# the methods that change every step, each at one moderate strength
+DECODED: tuple[GroundingConfig, ...] = (GroundingConfig(), GroundingConfig(knn_weight=0.5),
+                                        GroundingConfig(contrast=0.5))
+# the quote settings compared without decoding
+SENTENCES, CHARS = (1, 2, 3), (200, 300)
+LENGTH_NORMS, RANK_PENALTIES = (0.5, 1.0, 1.5, 2.0, 3.0), (0.0, 0.5, 2.0)
+ANSWER_TOKENS = (32,)  # the model's own words after the best quote, decoded
 
 
 @dataclass
@@ -53,25 +62,82 @@ def describe(settings: GroundingConfig) -> str:
     return ", ".join((["quote"] if settings.quote else []) + changed) or "plain"
 
 
+def quote_grid() -> list[GroundingConfig]:
+    return [GroundingConfig(quote=True, quote_sentences=s, quote_chars=c, quote_length_norm=n,
+                            quote_rank_penalty=r)
+            for s, c, n, r in itertools.product(SENTENCES, CHARS, LENGTH_NORMS, RANK_PENALTIES)]
+
+
 def choose_grounding(model: Transformer, chat: ChatFormat, grounding: Grounding,
-                     items: Sequence[QAItem], assistant: AssistantConfig,
-                     candidates: Sequence[GroundingConfig] = CANDIDATES
+                     items: Sequence[QAItem], assistant: AssistantConfig
                      ) -> tuple[GroundingConfig, list[Trial]]:
-    """The candidate with the best character F1 on ``items``, and every candidate's figures."""
+    """The best setting on ``items`` and the figures of every setting tried (decoded ones in
+    full; quote settings by character F1, the best of them decoded in full)."""
     config = greedy(assistant.sampling)
     room = model.config.max_seq_len - config.max_new_tokens
     grounded = [grounding.ground(with_system(assistant.system,
                                              [{"role": "user", "content": i.question}]),
                                  chat, room) for i in items]
-    trials = [Trial(s, _scores(model, chat, grounded, items, assistant, s)) for s in candidates]
+    steps = tqdm(total=len(DECODED) + 1 + len(ANSWER_TOKENS), desc="decoding candidates",
+                 unit="setting")
+    trials = []
+    for settings in DECODED:
+        trials.append(Trial(settings, _scores(model, chat, grounded, items, config, settings)))
+        steps.update()
+    quote, figure = _best_quote(model, chat, grounded, items, config)
+    steps.update()
+    trials.append(Trial(quote, _scores(model, chat, grounded, items, config, quote)))
+    trials[-1].scores["quote_settings_compared"] = figure
+    for tokens in ANSWER_TOKENS:
+        longer = dataclasses.replace(quote, answer_tokens=tokens)
+        trials.append(Trial(longer, _scores(model, chat, grounded, items, config, longer)))
+        steps.update()
+    steps.close()
     best = max(trials, key=lambda t: t.scores["char_f1"])  # max keeps the first of equals
     return best.settings, trials
 
 
 def _scores(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPrompt],
-            items: Sequence[QAItem], assistant: AssistantConfig, settings: GroundingConfig
+            items: Sequence[QAItem], config: SamplingConfig, settings: GroundingConfig
             ) -> dict[str, Any]:
-    answers = answer_grounded(model, chat, grounded, greedy(assistant.sampling), settings)
-    checked = [check_answer(a, g.retrieved.shown if g.answerable else [])
+    answers = answer_grounded(model, chat, grounded, config, settings)
+    checked = [check_answer(a, [s["text"] for s in g.sources()])
                for a, g in zip(answers, grounded, strict=True)]
     return {**summary(answers, items), **citation_summary(checked)}
+
+
+def _best_quote(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPrompt],
+                items: Sequence[QAItem], config: SamplingConfig) -> tuple[GroundingConfig, int]:
+    """The quote settings of the best character F1 (each picks, per prompt, the best-scored of
+    the candidates it admits), and how many were compared."""
+    grid = quote_grid()
+    widest = {chars: GroundingConfig(quote=True, quote_sentences=max(SENTENCES),
+                                     quote_chars=chars) for chars in CHARS}
+    scored = {chars: [_candidates(model, chat, g, config, wide) for g in grounded]
+              for chars, wide in widest.items()}
+
+    def f1(settings: GroundingConfig) -> float:
+        answers = [_pick(quotes, settings) for quotes in scored[settings.quote_chars]]
+        return sum(char_f1(a, i.answer) for a, i in zip(answers, items, strict=True))
+
+    return max(grid, key=f1), len(grid)
+
+
+def _candidates(model: Transformer, chat: ChatFormat, grounded: GroundedPrompt,
+                config: SamplingConfig, settings: GroundingConfig) -> list[Quote] | None:
+    if not grounded.answerable:
+        return None
+    prompt, evidence = evidence_prompt(chat, grounded.messages, grounded.question,
+                                       grounded.retrieved.shown, settings)
+    return scored_quotes(model, chat.tokenizer, prompt, evidence, config.max_new_tokens)
+
+
+def _pick(quotes: list[Quote] | None, settings: GroundingConfig) -> str:
+    """The answer the engine gives with ``settings``: its best-scored quote and [n]."""
+    if quotes is None:
+        return NO_ANSWER
+    fitting = [q for q in quotes if q.fits(settings)]
+    if not fitting:
+        return ""
+    best = max(fitting, key=lambda q: q.score(settings))
+    return f"{best.text}[{best.passage}]"

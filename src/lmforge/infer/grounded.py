@@ -4,7 +4,8 @@ model too small to copy from its context by attention alone (``docs/experiments.
 - **Evidence-first quotes**: the answer opens with a verbatim span of one passage and its
   ``[n]``; which span is the model's choice, by its likelihood of each candidate span (1 to
   ``quote_sentences`` consecutive sentences of a passage) right after the prompt, scored in
-  one batch over a copy of the prompt's cached keys/values. What is quoted is the passage's
+  one batch over a copy of the prompt's cached keys/values, with the retriever's ranking as
+  an optional prior (``quote_rank_penalty``). What is quoted is the passage's
   text, so a quoted sentence is supported by the passage it cites by construction; the model
   then writes ``answer_tokens`` more of its own.
 - **kNN-LM over the prompt** (Khandelwal et al., 2020): the final hidden states of the passage
@@ -76,7 +77,19 @@ class Quote:
     text: str
     passage: int  # its [n]
     tokens: list[int]
-    score: float = float("-inf")
+    sentences: int = 1
+    logprob: float = float("-inf")  # of all its tokens, right after the prompt
+
+    def score(self, settings: GroundingConfig) -> float:
+        """What the decoder maximises: the length-normalised log-likelihood, less the prior
+        for a lower-ranked passage."""
+        return (self.logprob / len(self.tokens) ** settings.quote_length_norm
+                - settings.quote_rank_penalty * (self.passage - 1))
+
+    def fits(self, settings: GroundingConfig) -> bool:
+        """A candidate of these settings (scored once under wider ones)."""
+        return self.sentences <= settings.quote_sentences and len(self.text) <= \
+            settings.quote_chars
 
 
 def quote_candidates(tok: Tokenizer, evidence: Evidence, max_tokens: int) -> list[Quote]:
@@ -85,19 +98,19 @@ def quote_candidates(tok: Tokenizer, evidence: Evidence, max_tokens: int) -> lis
     settings = evidence.settings
     out: list[Quote] = []
     for n, passage in enumerate(evidence.passages, 1):
-        for text in sentence_runs(passage, settings.quote_sentences, settings.quote_chars):
+        for count, text in sentence_runs(passage, settings.quote_sentences,
+                                         settings.quote_chars):
             tokens = encode_text(tok, f"{text}[{n}]")
             if len(tokens) <= max_tokens:
-                out.append(Quote(text, n, tokens))
+                out.append(Quote(text, n, tokens, count))
     return out
 
 
 @torch.no_grad()
 def score_quotes(model: Transformer, keys: Tensor, values: Tensor, first: Tensor,
-                 quotes: list[Quote], length_norm: float) -> None:
-    """Each quote's log-likelihood after the prompt, ** ``length_norm`` over its tokens.
-    ``keys``/``values`` [layers, kv_heads, prompt, head_dim] are the prompt's cache, ``first``
-    the prompt's next-token logits [vocab]."""
+                 quotes: list[Quote]) -> None:
+    """Each quote's log-likelihood right after the prompt. ``keys``/``values`` [layers,
+    kv_heads, prompt, head_dim] are the prompt's cache, ``first`` its next-token logits."""
     first_logp = torch.log_softmax(first.float(), -1)
     prompt = keys.shape[2]
     for start in range(0, len(quotes), QUOTE_BATCH):
@@ -114,8 +127,7 @@ def score_quotes(model: Transformer, keys: Tensor, values: Tensor, first: Tensor
         for i, q in enumerate(batch):
             n = len(q.tokens)
             rest = logp[i, :n - 1].gather(1, tokens[i, 1:n, None]).sum()
-            total = float(first_logp[q.tokens[0]] + rest)
-            q.score = total / n ** length_norm
+            q.logprob = float(first_logp[q.tokens[0]] + rest)
 
 
 def best_quote(model: Transformer, tok: Tokenizer, evidence: Evidence, keys: Tensor,
@@ -123,8 +135,22 @@ def best_quote(model: Transformer, tok: Tokenizer, evidence: Evidence, keys: Ten
     quotes = quote_candidates(tok, evidence, max_tokens)
     if not quotes:
         return None
-    score_quotes(model, keys, values, first, quotes, evidence.settings.quote_length_norm)
-    return max(quotes, key=lambda q: q.score)
+    score_quotes(model, keys, values, first, quotes)
+    return max(quotes, key=lambda q: q.score(evidence.settings))
+
+
+@torch.no_grad()
+def scored_quotes(model: Transformer, tok: Tokenizer, prompt: list[int], evidence: Evidence,
+                  max_tokens: int) -> list[Quote]:
+    """Every candidate quote of one prompt with its log-likelihood, outside the engine: for
+    choosing the quote settings, each of which picks among these without decoding again."""
+    device = next(model.parameters()).device
+    cache = KVCache(model.config, 1, len(prompt), device, next(model.parameters()).dtype)
+    first = model(torch.tensor([prompt], device=device), cache=cache).logits[0, -1]
+    quotes = quote_candidates(tok, evidence, max_tokens)
+    if quotes:
+        score_quotes(model, cache.k[:, 0], cache.v[:, 0], first, quotes)
+    return quotes
 
 
 # -- kNN-LM and context-aware decoding ------------------------------------------------------------

@@ -72,7 +72,8 @@ def decoding_stage(sft: SFTConfig, assistant: AssistantConfig, model: Path, inde
                                             assistant)
         write_grounding(tmp, settings)
     rows = [t.row() for t in trials]
-    results = {"chosen": describe(settings), "questions": len(items), "trials": rows}
+    results = {"chosen": describe(settings), "questions": len(items),
+               "contracts": sorted(validation), "trials": rows}
     write_report_pair(out, results, _markdown(results, settings))
     best = next(r for r in rows if r["settings"] == describe(settings))
     return {"headline": f"{describe(settings)} decoding: char F1 {best['char_f1']:.3f} on "

@@ -90,8 +90,11 @@ def pretrain_stage(model: ModelConfig, train: TrainConfig, tokenizer: Path, shar
 
 def sft_stage(config: SFTConfig, assistant: AssistantConfig, corpus: Path, base: Path, out: Path,
               seed: int, resume: bool = False) -> dict[str, Any]:
-    conversations, stats = sft_examples(config, assistant, kept_out(config, corpus, seed).all,
-                                        seed)
+    kept = kept_out(config, corpus, seed)
+    conversations, stats = sft_examples(config, assistant, kept.all, seed)
+    if config.qa_queries:  # kept out for evaluation / for choosing the decoding
+        stats |= {"heldout_contracts": len(kept.heldout),
+                  "validation_contracts": len(kept.validation)}
     return _trained(sft(config, conversations, stats, base, out, seed, resume), out)
 
 
