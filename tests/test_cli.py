@@ -160,7 +160,8 @@ def test_serve_hands_the_recipes_assistant_and_keys_to_the_server(
 
     seen = {}
 
-    def fake_server(model, chat, assistant, config, keys, grounding, model_name) -> None:  # noqa: ANN001
+    def fake_server(model, chat, assistant, config, keys, grounding, model_name,  # noqa: ANN001
+                    grounding_settings=None) -> None:  # noqa: ANN001
         seen.update(assistant=assistant, config=config, keys=keys, name=model_name)
 
     monkeypatch.setattr(lmforge.serve, "run_server", fake_server)

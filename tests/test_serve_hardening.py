@@ -334,9 +334,10 @@ def test_an_answer_cut_by_max_tokens_ends_on_a_whole_character(tok, chat, model)
     with TestClient(app) as test_client:
         submit = app.state.runner.submit
 
-        def spy(request: str, prompt: list[int], config: Any, echo: bool = False) -> Any:
+        def spy(request: str, prompt: list[int], config: Any, echo: bool = False,
+                evidence: Any = None) -> Any:
             seen.append((prompt, config))
-            return submit(request, prompt, config, echo)
+            return submit(request, prompt, config, echo, evidence=evidence)
 
         app.state.runner.submit = spy
         for seed in range(12):

@@ -17,7 +17,7 @@ import pytest
 from conftest import live_server
 from fastapi.testclient import TestClient
 
-from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
+from lmforge.config import AssistantConfig, GroundingConfig, SamplingConfig, ServeConfig
 from lmforge.serve import ApiKeys, create_app, load_api_keys, serve_folder
 from lmforge.serve import keys as keys_module
 
@@ -190,7 +190,8 @@ def test_serve_folder_loads_and_calls_run_server(tmp_path: Path, chat, model,  #
     serve_folder(folder, assistant, ServeConfig(), keys, quantize="int8",
                  adapter=tmp_path / "lora")
     assert loaded == [(folder, tmp_path / "lora", "int8")]
-    assert served == [(model, chat, assistant, ServeConfig(), keys, None, "my-model")]
+    assert served == [(model, chat, assistant, ServeConfig(), keys, None, "my-model",
+                       GroundingConfig())]
     serve_folder(folder, assistant, ServeConfig(model_name="named"), keys,
                  rag_index=tmp_path / "index")
     assert served[-1][5] == ("rag", tmp_path / "index") and served[-1][6] == "named"

@@ -78,6 +78,7 @@ def cmd_eval_mcq(args: argparse.Namespace) -> None:
 
 def cmd_eval_qa(args: argparse.Namespace) -> None:
     from lmforge.eval import evaluate_qa, read_qa
+    from lmforge.infer import read_grounding
     from lmforge.rag import Grounding
     from lmforge.tokenizer import load_chat_format
 
@@ -85,7 +86,7 @@ def cmd_eval_qa(args: argparse.Namespace) -> None:
     model, _ = _eval_model(args)
     items = read_qa(args.queries)[: args.limit or None]
     result = evaluate_qa(model, load_chat_format(args.model), Grounding.open(args.index), items,
-                         assistant)
+                         assistant, settings=read_grounding(args.model))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return

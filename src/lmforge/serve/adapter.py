@@ -1,8 +1,10 @@
 """The serving adapter: from a validated request to the engine and back (vLLM's
 ``serving_chat``/``serving_completion``). It applies the assistant's defaults (the system
 prompt and sampling SFT and evaluation used), grounds RAG questions through the one answer
-path (``Grounding.ground``), sizes the token budget, starts the engine's streams and collects or
-streams their events as OpenAI bodies. Beam search, embeddings and retrieval run in worker
+path (``Grounding.ground``) and decodes their answers as the model folder's grounding settings say
+(``infer.grounded``, as eval and ``rag ask`` do), sizes the token budget, starts the engine's
+streams and collects or streams their events as OpenAI bodies; a RAG answer carries its sources
+and the citation check of its sentences. Beam search, embeddings and retrieval run in worker
 threads, beside the engine, each counted against ``max_waiting`` with the engine's requests.
 A conversation the model's chat template refuses (roles out of the order it takes, an answer it
 would rewrite) is the client's to fix: a 400 that says what the template refused.
@@ -22,8 +24,8 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
-from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
-from lmforge.infer import beam_search, decode_whole, stopping
+from lmforge.config import AssistantConfig, GroundingConfig, SamplingConfig, ServeConfig
+from lmforge.infer import Evidence, beam_search, decode_whole, evidence_prompt, stopping
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
@@ -42,9 +44,9 @@ from lmforge.serve.protocol import (
     usage,
 )
 from lmforge.serve.runner import EngineRunner, QueueFull
-from lmforge.serve.streams import Choice, Disconnected, Streams, busy
+from lmforge.serve.streams import Choice, Disconnected, Streams, busy, citation_check
 from lmforge.serve.tokens import chat_logprobs, completion_logprobs
-from lmforge.tokenizer import ChatFormat, TemplateRefused, encode_chat, with_system
+from lmforge.tokenizer import ChatFormat, Message, TemplateRefused, encode_chat, with_system
 
 T = TypeVar("T")
 
@@ -90,7 +92,8 @@ def template_refusals(system_added: bool) -> Iterator[None]:
 
 @dataclass
 class Serving:
-    """Prompts are encoded in the model's chat format and end at its stop ids."""
+    """Prompts are encoded in the model's chat format and end at its stop ids; RAG answers
+    are decoded with ``grounding_settings`` (the model folder's)."""
 
     model: Transformer
     chat_format: ChatFormat
@@ -100,6 +103,7 @@ class Serving:
     runner: EngineRunner
     metrics: Metrics
     grounding: Grounding | None = None
+    grounding_settings: GroundingConfig = field(default_factory=GroundingConfig)
     streams: Streams = field(init=False)
 
     def __post_init__(self) -> None:
@@ -157,7 +161,9 @@ class Serving:
 
     async def chat(self, body: ChatCompletionRequest, principal: Principal | None,
                    disconnected: Disconnected | None = None) -> Any:
-        """A conversation without a system message gets the assistant's."""
+        """A conversation without a system message gets the assistant's. A RAG answer is
+        decoded with the grounding settings, unless it is a beam search: beams are ranked by
+        the model's own likelihood, and keep plain decoding (the evidence is not used)."""
         self.check(body)
         limits.check_chat(body, self.config)
         messages = with_system(self.assistant.system, [m.model_dump() for m in body.messages])
@@ -168,7 +174,8 @@ class Serving:
                 return self.no_answer(body)
             if grounded is not None:
                 messages = grounded.messages
-            prompt = await run_in_threadpool(encode_chat, self.chat_format, messages, True)
+            prompt, evidence = await run_in_threadpool(self.encode_conversation, messages,
+                                                       grounded)  # off the event loop
         cited = {} if grounded is None else {"sources": grounded.sources()}
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
@@ -177,20 +184,28 @@ class Serving:
             results = await self.beams(prompt, body, budget)
         else:
             config = self.sampling(body, budget, body.top_logprobs or 0)
-            streams = self.streams.start(prompt, config, body.n)
+            streams = self.streams.start(prompt, config, body.n, evidence=evidence)
             if body.stream:
                 chunks = self.streams.chat_chunks(request_id, streams, cited, body.logprobs)
                 return self.streams.sse(chunks, streams)
             results = await self.streams.collect(streams, disconnected, "messages")
         total = sum(r.tokens for r in results)
         self.metrics.completion_tokens += total
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
-                    "finish_reason": r.finished,
-                    "logprobs": (chat_logprobs(self.tok, self.streams.token_bytes, r.events)
-                                 if body.logprobs else None)}
-                   for i, r in enumerate(results)]
+        choices = [self.chat_choice(i, r, body.logprobs, cited) for i, r in enumerate(results)]
         return envelope("chat.completion", request_id, self.model_name, choices,
                         usage=usage(len(prompt), total), **cited)
+
+    def chat_choice(self, index: int, result: Choice, logprobs: bool, cited: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """One answer of a chat completion; with ``sources``, its citation check."""
+        choice: dict[str, Any] = {
+            "index": index, "message": {"role": "assistant", "content": result.text},
+            "finish_reason": result.finished,
+            "logprobs": (chat_logprobs(self.tok, self.streams.token_bytes, result.events)
+                         if logprobs else None)}
+        if "sources" in cited:
+            choice["citations"] = citation_check(result.text, cited["sources"])
+        return choice
 
     async def embed(self, body: EmbeddingRequest) -> dict[str, Any]:
         if self.grounding is None:
@@ -218,6 +233,16 @@ class Serving:
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tok.encode(text, add_special_tokens=False).ids
         return ids
+
+    def encode_conversation(self, messages: list[Message], grounded: GroundedPrompt | None
+                            ) -> tuple[list[int], Evidence | None]:
+        """The conversation's generation prompt and, for a grounded one, the evidence its
+        decoding reads: the passages as the prompt shows them, under the grounding settings
+        (plain settings give the plain prompt, and the engine decodes it plainly)."""
+        if grounded is None:
+            return encode_chat(self.chat_format, messages, add_generation_prompt=True), None
+        return evidence_prompt(self.chat_format, messages, grounded.question,
+                               grounded.retrieved.shown, self.grounding_settings)
 
     def check(self, body: SamplingFields) -> None:
         limits.check_model(body.model, (self.model_name,))
@@ -268,18 +293,19 @@ class Serving:
         return budget
 
     def no_answer(self, body: ChatCompletionRequest) -> Any:
-        """Nothing relevant was retrieved: say so, never invent."""
+        """Nothing relevant was retrieved: say so, never invent. No sources, so no sentence
+        to check (``citations`` is empty)."""
         request_id = new_id("chatcmpl")
         if body.stream:
             async def chunks() -> AsyncIterator[dict[str, Any]]:
                 yield envelope("chat.completion.chunk", request_id, self.model_name,
                                [{"index": 0, "delta": {"role": "assistant",
                                                        "content": NO_ANSWER},
-                                 "finish_reason": "stop"}], sources=[])
+                                 "finish_reason": "stop", "citations": []}], sources=[])
             return self.streams.sse(chunks(), [])
         return envelope("chat.completion", request_id, self.model_name,
                         [{"index": 0, "message": {"role": "assistant", "content": NO_ANSWER},
-                          "finish_reason": "stop", "logprobs": None}],
+                          "finish_reason": "stop", "logprobs": None, "citations": []}],
                         usage=usage(0, 0), sources=[])
 
     # -- the engine ---------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 ``create_app`` is the factory: it puts the server's state on ``app.state`` (the engine and, while
 the server runs, its runner thread and the serving adapter; the settings, the model's chat
-format, assistant, API keys, grounding and metrics), adds the middleware (API keys, body limit,
-metrics) and the OpenAI-shaped error handlers, and mounts the page. The routes (``routes.py``)
-are thin; the adapter (``adapter.py``) talks to the engine. No module globals.
+format, assistant, API keys, grounding and its decoding settings, metrics), adds the middleware
+(API keys, body limit, metrics) and the OpenAI-shaped error handlers, and mounts the page. The
+routes (``routes.py``) are thin; the adapter (``adapter.py``) talks to the engine. No module
+globals.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lmforge.config import AssistantConfig, ServeConfig
+from lmforge.config import AssistantConfig, GroundingConfig, ServeConfig
 from lmforge.infer import Engine
 from lmforge.model import Transformer
 from lmforge.rag import Grounding
@@ -40,18 +41,22 @@ log = logging.getLogger(__name__)
 
 def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
                config: ServeConfig, keys: ApiKeys | None = None,
-               grounding: Grounding | None = None, model_name: str = "lmforge") -> FastAPI:
+               grounding: Grounding | None = None, model_name: str = "lmforge",
+               grounding_settings: GroundingConfig | None = None) -> FastAPI:
     """The server of ``model``, answering as ``assistant`` in the model's ``chat`` format
     (its template and stop ids). ``grounding`` (a RAG index) enables
-    the ``rag`` chat option, sources in answers and ``/v1/embeddings``; ``keys`` (if any)
-    are required on every route but ``/``, ``/health`` and the static files. The API reports
-    the model as ``config.model_name``, or else ``model_name``."""
+    the ``rag`` chat option, sources and citation checks in answers and ``/v1/embeddings``;
+    RAG answers decode with ``grounding_settings`` (the model folder's, read by
+    ``infer.read_grounding``; plain decoding when none). ``keys`` (if any) are required on
+    every route but ``/``, ``/health`` and the static files. The API reports the model as
+    ``config.model_name``, or else ``model_name``."""
     app = FastAPI(title="lmforge", description="OpenAI-compatible API of an lmforge model",
                   lifespan=lifespan)
     state = app.state
     state.model, state.chat, state.assistant, state.config = model, chat, assistant, config
     state.keys = keys or ApiKeys()
     state.grounding = grounding
+    state.grounding_settings = grounding_settings or GroundingConfig()
     state.model_name = config.model_name or model_name
     state.metrics = Metrics()
     state.engine = Engine(model, chat.tokenizer, max_batch=config.max_batch,
@@ -75,7 +80,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     state.runner = EngineRunner(state.engine, state.config.max_waiting)
     state.serving = Serving(state.model, state.chat, state.assistant, state.config,
-                            state.model_name, state.runner, state.metrics, state.grounding)
+                            state.model_name, state.runner, state.metrics, state.grounding,
+                            state.grounding_settings)
     try:
         yield
     finally:
@@ -170,11 +176,13 @@ async def http_error(request: Request, err: StarletteHTTPException) -> JSONRespo
 
 def run_server(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
                config: ServeConfig, keys: ApiKeys | None = None,
-               grounding: Grounding | None = None, model_name: str = "lmforge") -> None:
+               grounding: Grounding | None = None, model_name: str = "lmforge",
+               grounding_settings: GroundingConfig | None = None) -> None:
     """Serve until interrupted (``lmforge serve`` and ``lmforge run --serve``)."""
     import uvicorn
 
-    app = create_app(model, chat, assistant, config, keys, grounding, model_name)
+    app = create_app(model, chat, assistant, config, keys, grounding, model_name,
+                     grounding_settings)
     print(banner(app))
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 

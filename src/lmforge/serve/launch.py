@@ -14,15 +14,17 @@ def serve_folder(model_dir: Path, assistant: AssistantConfig, config: ServeConfi
                  keys: ApiKeys, rag_index: Path | None = None, adapter: Path | None = None,
                  quantize: str = "none") -> None:
     """Load the model of ``model_dir`` (with its LoRA ``adapter``, ``quantize``-d), open the
-    RAG index ``rag_index`` if given, and serve until interrupted. The API reports the model
-    as ``config.model_name``, else the folder's name."""
+    RAG index ``rag_index`` if given, and serve until interrupted. RAG answers decode with the
+    folder's grounding settings, as eval and ``rag ask`` over that folder do. The API reports
+    the model as ``config.model_name``, else the folder's name."""
     import lmforge.serve as package  # looked up now: a test may replace ``run_server``
 
     if quantize not in ("none", "int8"):
         raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
     # the index first: a bad one fails before the (slow) model load
     grounding = rag.Grounding.open(Path(rag_index)) if rag_index is not None else None
+    settings = infer.read_grounding(Path(model_dir))  # a bad file, too, fails before the load
     model, chat = infer.load_for_inference(Path(model_dir), adapter=adapter,
                                            quantize=cast(Literal["none", "int8"], quantize))
     package.run_server(model, chat, assistant, config, keys, grounding,
-                       config.model_name or Path(model_dir).name)
+                       config.model_name or Path(model_dir).name, settings)

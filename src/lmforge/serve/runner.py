@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from lmforge.config import SamplingConfig
-from lmforge.infer import Engine, Event
+from lmforge.infer import Engine, Event, Evidence
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class _Submission:
     echo: bool
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event]
+    evidence: Evidence | None
 
 
 class EngineRunner:
@@ -61,12 +62,14 @@ class EngineRunner:
         with self._lock:
             self._pending -= 1
 
-    def submit(self, request: str, prompt: list[int], config: SamplingConfig, echo: bool = False
-               ) -> asyncio.Queue[Event]:
+    def submit(self, request: str, prompt: list[int], config: SamplingConfig, echo: bool = False,
+               evidence: Evidence | None = None) -> asyncio.Queue[Event]:
+        """Queue a prompt for the engine thread; ``evidence`` (its passages) grounds its
+        decoding (``Engine.submit``)."""
         self.reserve()
         events: asyncio.Queue[Event] = asyncio.Queue()
         self._inbox.put(_Submission(request, prompt, config, echo, asyncio.get_running_loop(),
-                                    events))
+                                    events, evidence))
         return events
 
     def cancel(self, request: str) -> None:
@@ -85,7 +88,8 @@ class EngineRunner:
         else:
             self._subscribers[item.request] = item
             try:
-                self.engine.submit(item.prompt, item.config, item.request, echo=item.echo)
+                self.engine.submit(item.prompt, item.config, item.request, echo=item.echo,
+                                   evidence=item.evidence)
             except Exception:  # one bad request must not take the server down
                 log.exception("request %s could not start", item.request)
                 self._publish(Event(item.request, "", None, finished="error"))

@@ -2,7 +2,8 @@
 collected whole while the client is watched (one that hangs up is cancelled), or sent as
 server-sent events. Either way a last event carries one of OpenAI's finish reasons, an answer
 cut by ``max_tokens`` loses a trailing half character, and log-probabilities are shaped as the
-endpoint's OpenAI object."""
+endpoint's OpenAI object. A RAG answer's last chunk carries its citation check
+(``rag.citations``), as the whole answer does when it is not streamed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from fastapi.responses import StreamingResponse
 from tokenizers import Tokenizer
 
 from lmforge.config import SamplingConfig, ServeConfig
-from lmforge.infer import Event
+from lmforge.infer import Event, Evidence
+from lmforge.rag.citations import check_answer
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import APIError, envelope, error_body, new_id
 from lmforge.serve.runner import EngineRunner, QueueFull
@@ -54,15 +56,17 @@ class Streams:
     def __post_init__(self) -> None:
         self.token_bytes = TokenBytes(self.tok)
 
-    def start(self, prompt: list[int], config: SamplingConfig, n: int, echo: bool = False
-              ) -> list[Stream]:
-        """``n`` samples of one prompt (seeds ``seed``, ``seed + 1``, ...), or a 429."""
+    def start(self, prompt: list[int], config: SamplingConfig, n: int, echo: bool = False,
+              evidence: Evidence | None = None) -> list[Stream]:
+        """``n`` samples of one prompt (seeds ``seed``, ``seed + 1``, ...), or a 429; all
+        grounded in ``evidence`` when given."""
         streams: list[Stream] = []
         try:
             for i in range(n):
                 request = new_id("gen")
                 seeded = dataclasses.replace(config, seed=config.seed + i)
-                streams.append((request, self.runner.submit(request, prompt, seeded, echo)))
+                streams.append((request, self.runner.submit(request, prompt, seeded, echo,
+                                                            evidence=evidence)))
         except QueueFull as err:
             for request, _ in streams:
                 self.runner.cancel(request)
@@ -132,14 +136,21 @@ class Streams:
     async def chat_chunks(self, request_id: str, streams: list[Stream],
                           cited: dict[str, Any], logprobs: bool = False
                           ) -> AsyncIterator[dict[str, Any]]:
+        """The first chunk of each choice carries the ``sources`` (when ``cited`` has them),
+        its last one that choice's ``citations``, checked on its whole text."""
         for i in range(len(streams)):
             yield envelope("chat.completion.chunk", request_id, self.model_name,
                            [{"index": i, "delta": {"role": "assistant", "content": ""},
                              "finish_reason": None}], **cited)
+        texts = [""] * len(streams)
         async for i, event in self.merged(streams):
             self.metrics.completion_tokens += 1
+            texts[i] += event.text
             delta = {"content": event.text} if event.text else {}
-            choice = {"index": i, "delta": delta, "finish_reason": event.finished}
+            choice: dict[str, Any] = {"index": i, "delta": delta,
+                                      "finish_reason": event.finished}
+            if event.finished and "sources" in cited:
+                choice["citations"] = citation_check(texts[i], cited["sources"])
             if logprobs:
                 choice["logprobs"] = chat_logprobs(self.tok, self.token_bytes, [event])
             yield envelope("chat.completion.chunk", request_id, self.model_name, [choice])
@@ -159,6 +170,13 @@ class Streams:
                 self.cancel(streams)
 
         return StreamingResponse(body(), media_type="text/event-stream")
+
+
+def citation_check(answer: str, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each sentence of a RAG answer, whether it cites a source, and whether the cited
+    sources' texts support it (``rag.citations.check_answer``)."""
+    return [s.as_dict() for s in check_answer(answer, [source["text"] for source in sources])]
+
 
 def outcome(event: Event, param: str) -> str:
     """A finished event's OpenAI finish reason; what is none of them is an error."""

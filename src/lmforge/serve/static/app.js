@@ -1,5 +1,6 @@
 // lmforge web chat: plain JS, no build step. Conversations live in localStorage; answers stream
-// from /v1/chat/completions (SSE) and can be stopped; RAG sources are shown under the answer.
+// from /v1/chat/completions (SSE) and can be stopped; under a RAG answer, the server's check of
+// each sentence against the source it cites, then the sources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -81,11 +82,35 @@ function renderSources(element, sources) {
   element.appendChild(box);
 }
 
+// Each answer sentence with the server's verdict (rag/citations.py: character overlap with the
+// cited passages, not entailment), from the citations of the answer's last chunk.
+function citationMark(c) {
+  if (!c.cites.length) return ["uncited", "·", "no citation"];
+  return c.supported ? ["supported", "✓", "supported"] : ["unsupported", "✗", "not supported"];
+}
+
+function renderCitations(element, citations) {
+  if (!citations || !citations.length) return;
+  const box = document.createElement("ul");
+  box.className = "citations";
+  box.setAttribute("aria-label", "Citation check");
+  for (const c of citations) {
+    const [kind, mark, label] = citationMark(c);
+    const li = document.createElement("li");
+    li.className = kind;
+    li.title = c.support === null ? label : `${label}: ${Math.round(c.support * 100)}% of it is in the cited source`;
+    li.innerHTML = `<span class="mark" aria-label="${label}">${mark}</span> ${inline(c.text)}`;
+    box.appendChild(li);
+  }
+  element.appendChild(box);
+}
+
 function addMessage(message) {
   const element = document.createElement("div");
   element.className = `message ${message.role}`;
   element.innerHTML = message.role === "user" ? escapeHtml(message.content).replace(/\n/g, "<br>")
     : renderMarkdown(message.content);
+  renderCitations(element, message.citations);
   renderSources(element, message.sources);
   $("messages").appendChild(element);
   element.scrollIntoView({ block: "end" });
@@ -144,7 +169,7 @@ async function send(text) {
   if (chat.messages.length === 0) chat.title = text.slice(0, 30);
   chat.messages.push({ role: "user", content: text });
   renderAll();
-  const answer = { role: "assistant", content: "", sources: null };
+  const answer = { role: "assistant", content: "", sources: null, citations: null };
   const element = addMessage(answer);
   element.classList.add("streaming");
   const system = $("system").value.trim();
@@ -170,7 +195,9 @@ async function send(text) {
     }
     for await (const chunk of events(response)) {
       if (chunk.sources) answer.sources = chunk.sources;
-      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      const choice = chunk.choices && chunk.choices[0];
+      if (choice && choice.citations) answer.citations = choice.citations;
+      const delta = choice && choice.delta;
       if (delta && delta.content) {
         answer.content += delta.content;
         element.innerHTML = renderMarkdown(answer.content);
@@ -182,6 +209,7 @@ async function send(text) {
   } finally {
     element.classList.remove("streaming");
     element.innerHTML = renderMarkdown(answer.content);
+    renderCitations(element, answer.citations);
     renderSources(element, answer.sources);
     chat.messages.push(answer);
     state.controller = null;
