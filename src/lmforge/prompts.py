@@ -24,7 +24,7 @@ class Passage:
     source: str = ""  # e.g. the contract or document name
 
 
-def _neutralise(text: str) -> str:
+def neutralise(text: str) -> str:
     """A zero-width space inside any delimiter, so passage text cannot open or close the block."""
     return text.replace(CONTEXT_OPEN, "<\u200bcontext>").replace(CONTEXT_CLOSE, "</\u200bcontext>")
 
@@ -32,8 +32,8 @@ def _neutralise(text: str) -> str:
 def format_context(passages: Sequence[Passage]) -> str:
     lines = [CONTEXT_OPEN]
     for i, p in enumerate(passages, 1):
-        source = f"（{_neutralise(p.source)}）" if p.source else ""
-        lines.append(f"[{i}]{source} {_neutralise(p.text)}")
+        source = f"（{neutralise(p.source)}）" if p.source else ""
+        lines.append(f"[{i}]{source} {neutralise(p.text)}")
     lines.append(CONTEXT_CLOSE)
     return "\n".join(lines)
 

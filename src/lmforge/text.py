@@ -27,19 +27,42 @@ def split_sentences(text: str) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+def sentence_bounds(text: str) -> list[tuple[int, int]]:
+    """Where each of ``split_sentences(text)`` lies in ``text``: [start, end)."""
+    bounds, cursor = [], 0
+    for sentence in split_sentences(text):
+        start = text.index(sentence, cursor)
+        cursor = start + len(sentence)
+        bounds.append((start, cursor))
+    return bounds
+
+
 def sentence_runs(text: str, max_sentences: int, max_chars: int) -> list[tuple[int, str]]:
     """Every run of 1 to ``max_sentences`` consecutive sentences of ``text`` within
-    ``max_chars`` (a longer single sentence cut there), with its number of sentences: the spans
-    an evidence-first answer may quote, and the ones SFT teaches it to."""
-    sentences = split_sentences(text)
+    ``max_chars`` (a longer single sentence cut there), as ``text`` writes it (spaces between
+    English sentences kept), with its number of sentences: the spans an evidence-first answer
+    may quote, and the ones SFT teaches it to."""
+    bounds = sentence_bounds(text)
     runs = []
-    for first in range(len(sentences)):
+    for first in range(len(bounds)):
         for count in range(1, max_sentences + 1):
-            run = "".join(sentences[first:first + count])
-            if first + count > len(sentences) or count > 1 and len(run) > max_chars:
+            if first + count > len(bounds):
+                break
+            run = text[bounds[first][0]:bounds[first + count - 1][1]]
+            if count > 1 and len(run) > max_chars:
                 break
             runs.append((count, run[:max_chars]))
     return runs
+
+
+def cite_each(text: str, number: int) -> str:
+    """``text`` with ``[number]`` after each of its sentences: a quote whose every sentence
+    says where it comes from."""
+    out, at = [], 0
+    for _, end in sentence_bounds(text):
+        out.append(f"{text[at:end]}[{number}]")
+        at = end
+    return "".join(out) + text[at:]
 
 
 def scored_chars(text: str) -> list[str]:

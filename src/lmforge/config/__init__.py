@@ -22,6 +22,7 @@ from lmforge.config.loader import (
     write_resolved,
 )
 from lmforge.config.schema import (
+    GROUNDING_KEY,
     AssistantConfig,
     EvalConfig,
     GroundingConfig,
@@ -41,6 +42,7 @@ from lmforge.config.training import (
 )
 
 __all__ = [
+    "GROUNDING_KEY",
     "INPUT",
     "AssistantConfig",
     "CleanConfig",

@@ -65,6 +65,10 @@ class SamplingConfig:
         check(0 <= self.logprobs <= 20, "logprobs", "0 to 20", self.logprobs)
 
 
+# where a model folder keeps its GroundingConfig: this key of its generation_config.json
+GROUNDING_KEY = "lmforge_grounding"
+
+
 @dataclass
 class GroundingConfig:
     """How an answer uses the passages in its prompt (RAG answers only; a prompt without

@@ -26,7 +26,7 @@ from lmforge.data.chat import Conversation, Message, PreferencePair
 from lmforge.data.ingest import jsonl_records
 from lmforge.splits import held_out
 from lmforge.prompts import Passage, rag_user_message
-from lmforge.text import char_f1, extract_answer, sentence_runs
+from lmforge.text import char_f1, cite_each, extract_answer, sentence_runs
 
 EVASIVE = ["这个问题比较复杂，建议您咨询保险公司客服。", "我无法确定，请参考具体合同条款。",
            "保险条款因产品而异，具体以合同约定为准。"]
@@ -91,12 +91,13 @@ def evidence_quote(passage: str, reference: str, quoting: GroundingConfig | None
 def grounded_answer(reference: str, gold: Passage, number: int, answer: str) -> str:
     """The answer a RAG-form example teaches, citing passage ``number``: the reference; or its
     extract from the passage (the reference when the passage shares nothing with it); or
-    evidence first: the passage's best run of sentences, verbatim, then the reference."""
+    evidence first: the passage's best run of sentences, verbatim, each sentence cited, then
+    the reference."""
     if answer == "extract":
         return f"{extract_answer(gold.text, reference) or reference}[{number}]"
     if answer == "evidence":
         quote = evidence_quote(gold.text, reference)
-        return f"{quote}[{number}]\n{reference}" if quote else f"{reference}[{number}]"
+        return f"{cite_each(quote, number)}\n{reference}" if quote else f"{reference}[{number}]"
     return f"{reference}[{number}]"
 
 

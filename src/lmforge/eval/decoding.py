@@ -5,7 +5,7 @@ the best character F1 against the references wins. Plain decoding is always a ca
 method that does not help is not chosen.
 
 Decoding every candidate would cost a pass over the questions each; so the methods that change
-every step (kNN-LM, context-aware decoding) are tried at one moderate strength each, while the
+every step (kNN-LM, context-aware decoding) are tried at a strength or two each, while the
 evidence-first quote settings (how many sentences, how long, the length normalisation, the
 passage-rank prior) are all compared on one scoring of every candidate span per prompt (what
 the engine does for a quote, done once: ``scored_quotes``), and only the best is decoded again
@@ -36,8 +36,9 @@ from lmforge.rag.citations import check_answer, citation_summary
 from lmforge.text import char_f1
 from lmforge.tokenizer import ChatFormat, with_system
 
-# the methods that change every step, each at one moderate strength
+# the methods that change every step, at a strength or two each
 DECODED: tuple[GroundingConfig, ...] = (GroundingConfig(), GroundingConfig(knn_weight=0.5),
+                                        GroundingConfig(knn_weight=0.8),
                                         GroundingConfig(contrast=0.5))
 # the quote settings compared without decoding
 SENTENCES, CHARS = (1, 2, 3), (200, 300)
@@ -84,10 +85,10 @@ def choose_grounding(model: Transformer, chat: ChatFormat, grounding: Grounding,
     for settings in DECODED:
         trials.append(Trial(settings, _scores(model, chat, grounded, items, config, settings)))
         steps.update()
-    quote, figure = _best_quote(model, chat, grounded, items, config)
+    quote, answers, compared = _best_quote(model, chat, grounded, items, config)
     steps.update()
-    trials.append(Trial(quote, _scores(model, chat, grounded, items, config, quote)))
-    trials[-1].scores["quote_settings_compared"] = figure
+    trials.append(Trial(quote, {**_figures(answers, grounded, items),
+                                "quote_settings_compared": compared}))
     for tokens in ANSWER_TOKENS:
         longer = dataclasses.replace(quote, answer_tokens=tokens)
         trials.append(Trial(longer, _scores(model, chat, grounded, items, config, longer)))
@@ -100,27 +101,36 @@ def choose_grounding(model: Transformer, chat: ChatFormat, grounding: Grounding,
 def _scores(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPrompt],
             items: Sequence[QAItem], config: SamplingConfig, settings: GroundingConfig
             ) -> dict[str, Any]:
-    answers = answer_grounded(model, chat, grounded, config, settings)
+    return _figures(answer_grounded(model, chat, grounded, config, settings), grounded, items)
+
+
+def _figures(answers: Sequence[str], grounded: Sequence[GroundedPrompt],
+             items: Sequence[QAItem]) -> dict[str, Any]:
     checked = [check_answer(a, [s["text"] for s in g.sources()])
                for a, g in zip(answers, grounded, strict=True)]
     return {**summary(answers, items), **citation_summary(checked)}
 
 
 def _best_quote(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPrompt],
-                items: Sequence[QAItem], config: SamplingConfig) -> tuple[GroundingConfig, int]:
+                items: Sequence[QAItem], config: SamplingConfig
+                ) -> tuple[GroundingConfig, list[str], int]:
     """The quote settings of the best character F1 (each picks, per prompt, the best-scored of
-    the candidates it admits), and how many were compared."""
+    the candidates it admits: what the engine answers with them, ``_pick``), their answers,
+    and how many settings were compared."""
     grid = quote_grid()
     widest = {chars: GroundingConfig(quote=True, quote_sentences=max(SENTENCES),
                                      quote_chars=chars) for chars in CHARS}
     scored = {chars: [_candidates(model, chat, g, config, wide) for g in grounded]
               for chars, wide in widest.items()}
 
-    def f1(settings: GroundingConfig) -> float:
-        answers = [_pick(quotes, settings) for quotes in scored[settings.quote_chars]]
-        return sum(char_f1(a, i.answer) for a, i in zip(answers, items, strict=True))
+    def answers(settings: GroundingConfig) -> list[str]:
+        return [_pick(quotes, settings) for quotes in scored[settings.quote_chars]]
 
-    return max(grid, key=f1), len(grid)
+    def f1(settings: GroundingConfig) -> float:
+        return sum(char_f1(a, i.answer) for a, i in zip(answers(settings), items, strict=True))
+
+    best = max(grid, key=f1)
+    return best, answers(best), len(grid)
 
 
 def _candidates(model: Transformer, chat: ChatFormat, grounded: GroundedPrompt,
@@ -139,5 +149,4 @@ def _pick(quotes: list[Quote] | None, settings: GroundingConfig) -> str:
     fitting = [q for q in quotes if q.fits(settings)]
     if not fitting:
         return ""
-    best = max(fitting, key=lambda q: q.score(settings))
-    return f"{best.text}[{best.passage}]"
+    return max(fitting, key=lambda q: q.score(settings)).answer

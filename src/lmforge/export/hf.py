@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmforge.atomic import atomic_dir
+from lmforge.config import GROUNDING_KEY
 from lmforge.model import HF_INDEX_NAME, WEIGHTS_NAME, hf_config, load_model, model_state
 from lmforge.tokenizer import (
     BOS,
@@ -84,12 +85,15 @@ def model_generation_config(model_dir: Path) -> dict[str, Any]:
     """The base model's generation config when the folder carries one, else lmforge's (with
     whichever of its special tokens the tokenizer has); its eos ids, then those of the chat
     template's that it lacks."""
-    if (model_dir / GENERATION_CONFIG).exists():
-        generation = json.loads((model_dir / GENERATION_CONFIG).read_text(encoding="utf-8"))
-    else:
+    saved = (json.loads((model_dir / GENERATION_CONFIG).read_text(encoding="utf-8"))
+             if (model_dir / GENERATION_CONFIG).exists() else {})
+    if set(saved) - {GROUNDING_KEY}:  # an open base's own settings (and lmforge's decoding)
+        generation = saved
+    else:  # lmforge's defaults, plus the grounded decoding the folder was tuned for
         tok = load_tokenizer(model_dir)
         eos = [i for i in (tok.token_to_id(EOS), tok.token_to_id(IM_END)) if i is not None]
         generation = generation_config(tok.token_to_id(BOS), eos or None, tok.token_to_id(PAD))
+        generation |= saved
     listed = generation.get("eos_token_id")
     listed = [listed] if isinstance(listed, int) else list(listed or [])
     eos = listed + sorted(chat_stop_ids(model_dir) - set(listed))

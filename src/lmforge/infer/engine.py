@@ -10,6 +10,7 @@ each forward pass instead of queueing behind one another. No HTTP here: a server
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import deque
 from collections.abc import Iterator
@@ -140,11 +141,14 @@ class Engine:
         room = self.max_len - config.max_new_tokens
         if len(prompt) > room and self.overflow == "truncate" and room > 0:
             prompt = prompt[-room:]
+            evidence = None  # its positions were of the whole prompt
         name = request or f"req-{next(self._ids)}"
         seed = config.seed % (1 << 63)  # an API client may send any integer
         generator = torch.Generator(device=self.device).manual_seed(seed)
         if evidence is not None and not evidence.settings.active:
             evidence = None
+        if evidence is not None and evidence.contrast and self.cache.k.shape[1] < 2:
+            evidence = dataclasses.replace(evidence, contrast=None)  # no slot for its shadow
         self.waiting.append(_Active(name, prompt, config, RowText(config.stop), generator,
                                     history=list(prompt), echo=echo, evidence=evidence))
         return name
@@ -260,6 +264,8 @@ class Engine:
         tokens = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
         for row in batch:
             row.slot = self.free.pop()
+        for row in rows:  # active from here: a failure below is cancelled slots and all
+            self.active[row.slot] = row
         for i, row in enumerate(batch):
             tokens[i, : len(row.prompt)] = torch.tensor(row.prompt, device=self.device)
             row.position = len(row.prompt)
@@ -276,7 +282,6 @@ class Engine:
                 picked = logp.gather(1, tokens[i, 1:row.position, None])[:, 0].tolist()
                 event.prompt_logprobs = [None, *picked]
             events.append(event)
-            self.active[row.slot] = row
             if event.finished:
                 self._release(row.slot)
         return events

@@ -1,13 +1,13 @@
 """Answers that use their passages: three decoders over the passages of a RAG prompt, for a
 model too small to copy from its context by attention alone (``docs/experiments.md``).
 
-- **Evidence-first quotes**: the answer opens with a verbatim span of one passage and its
-  ``[n]``; which span is the model's choice, by its likelihood of each candidate span (1 to
-  ``quote_sentences`` consecutive sentences of a passage) right after the prompt, scored in
-  one batch over a copy of the prompt's cached keys/values, with the retriever's ranking as
-  an optional prior (``quote_rank_penalty``). What is quoted is the passage's
-  text, so a quoted sentence is supported by the passage it cites by construction; the model
-  then writes ``answer_tokens`` more of its own.
+- **Evidence-first quotes**: the answer opens with a verbatim span of one passage, each
+  sentence followed by its ``[n]``; which span is the model's choice, by its likelihood of
+  each candidate span (1 to ``quote_sentences`` consecutive sentences of a passage) right
+  after the prompt, scored in one batch over a copy of the prompt's cached keys/values, with
+  the retriever's ranking as an optional prior (``quote_rank_penalty``). What is quoted is the
+  passage's text, so a quoted sentence is supported by the passage it cites by construction;
+  the model then writes ``answer_tokens`` more of its own.
 - **kNN-LM over the prompt** (Khandelwal et al., 2020): the final hidden states of the passage
   tokens from the prefill are the keys, the token after each the value; each step's hidden
   state finds its nearest keys and their values' distribution is mixed into the model's. No
@@ -34,15 +34,16 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from lmforge.atomic import atomic_write_text
-from lmforge.config import GroundingConfig
+from lmforge.config import GROUNDING_KEY, GroundingConfig
 from lmforge.model import KVCache, Transformer
-from lmforge.text import sentence_runs
+from lmforge.prompts import CONTEXT_OPEN
+from lmforge.text import cite_each, sentence_runs
 from lmforge.tokenizer import ChatFormat, Message, encode_chat, encode_chat_locating
 from lmforge.tokenizer.chat import encode_text
 
 GENERATION_CONFIG = "generation_config.json"
-SETTINGS_KEY = "lmforge_grounding"
 QUOTE_BATCH = 8  # candidate spans scored per forward pass (bounds the logits' memory)
+KEY_BUDGET = 4096  # ... and prompt + span positions per pass (bounds the copied cache)
 
 
 @dataclass
@@ -60,12 +61,15 @@ class Evidence:
 def evidence_prompt(chat: ChatFormat, messages: Sequence[Message], question: str,
                     passages: Sequence[str], settings: GroundingConfig
                     ) -> tuple[list[int], Evidence]:
-    """The generation prompt of a grounded conversation (its last message carries the
-    passages) and its evidence; the contrast replaces that message by the bare question."""
-    prompt, positions = encode_chat_locating(chat, messages, passages)
+    """The generation prompt of a grounded conversation (its last user message carries the
+    passages, as ``rag.Grounding`` puts them there) and its evidence; the contrast replaces
+    that message by the bare question."""
+    grounded = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    prompt, positions = encode_chat_locating(chat, messages, passages, grounded, CONTEXT_OPEN)
     contrast = None
     if settings.contrast > 0:
-        bare = [*(dict(m) for m in messages[:-1]), {"role": "user", "content": question}]
+        bare = [dict(m) for m in messages]
+        bare[grounded]["content"] = question
         contrast = encode_chat(chat, bare, add_generation_prompt=True)
     return prompt, Evidence(list(passages), positions, settings, contrast)
 
@@ -74,9 +78,10 @@ def evidence_prompt(chat: ChatFormat, messages: Sequence[Message], question: str
 
 @dataclass
 class Quote:
-    text: str
+    text: str  # as the passage has it
     passage: int  # its [n]
-    tokens: list[int]
+    answer: str  # as the answer writes it: each sentence followed by [n]
+    tokens: list[int]  # of the answer
     sentences: int = 1
     logprob: float = float("-inf")  # of all its tokens, right after the prompt
 
@@ -93,41 +98,65 @@ class Quote:
 
 
 def quote_candidates(tok: Tokenizer, evidence: Evidence, max_tokens: int) -> list[Quote]:
-    """Every run of sentences of every passage (``text.sentence_runs``) followed by its
-    ``[n]``, none longer than ``max_tokens``."""
+    """Every run of sentences of every passage (``text.sentence_runs``), each sentence followed
+    by its ``[n]``, none longer than ``max_tokens``."""
     settings = evidence.settings
     out: list[Quote] = []
     for n, passage in enumerate(evidence.passages, 1):
         for count, text in sentence_runs(passage, settings.quote_sentences,
                                          settings.quote_chars):
-            tokens = encode_text(tok, f"{text}[{n}]")
+            answer = cite_each(text, n)
+            tokens = encode_text(tok, answer)
             if len(tokens) <= max_tokens:
-                out.append(Quote(text, n, tokens, count))
+                out.append(Quote(text, n, answer, tokens, count))
     return out
+
+
+def _heads(quotes: list[Quote]) -> list[tuple[Quote, list[Quote]]]:
+    """Quotes grouped under the longest one each is a token prefix of (the runs that start at
+    the same sentence of a passage): one forward pass scores a whole group."""
+    groups: list[tuple[Quote, list[Quote]]] = []
+    for q in sorted(quotes, key=lambda q: (q.passage, -len(q.tokens))):
+        head = next((g for g in groups if g[0].passage == q.passage
+                     and g[0].tokens[:len(q.tokens)] == q.tokens), None)
+        if head is None:
+            groups.append((q, [q]))
+        else:
+            head[1].append(q)
+    return groups
 
 
 @torch.no_grad()
 def score_quotes(model: Transformer, keys: Tensor, values: Tensor, first: Tensor,
                  quotes: list[Quote]) -> None:
     """Each quote's log-likelihood right after the prompt. ``keys``/``values`` [layers,
-    kv_heads, prompt, head_dim] are the prompt's cache, ``first`` its next-token logits."""
+    kv_heads, prompt, head_dim] are the prompt's cache, ``first`` its next-token logits. Each
+    batch copies the prompt's cache once per row, so rows per batch shrink as prompts grow
+    (``KEY_BUDGET`` cached positions at most)."""
     first_logp = torch.log_softmax(first.float(), -1)
     prompt = keys.shape[2]
-    for start in range(0, len(quotes), QUOTE_BATCH):
-        batch = quotes[start:start + QUOTE_BATCH]
-        width = max(len(q.tokens) for q in batch)
+    groups = _heads(quotes)
+    start = 0
+    while start < len(groups):
+        width = max(len(q.tokens) for q, _ in groups[start:start + QUOTE_BATCH])
+        rows = max(1, min(QUOTE_BATCH, KEY_BUDGET // (prompt + width)))
+        batch = groups[start:start + rows]
+        start += rows
         tokens = torch.zeros(len(batch), width, dtype=torch.long, device=keys.device)
-        for i, q in enumerate(batch):
-            tokens[i, :len(q.tokens)] = torch.tensor(q.tokens, device=keys.device)
+        for i, (head, _) in enumerate(batch):
+            tokens[i, :len(head.tokens)] = torch.tensor(head.tokens, device=keys.device)
         cache = KVCache(model.config, len(batch), prompt + width, keys.device, keys.dtype)
         cache.k[:, :, :, :prompt] = keys[:, None]
         cache.v[:, :, :, :prompt] = values[:, None]
         cache.length = prompt
         logp = torch.log_softmax(model(tokens, cache=cache).logits.float(), -1)
-        for i, q in enumerate(batch):
-            n = len(q.tokens)
-            rest = logp[i, :n - 1].gather(1, tokens[i, 1:n, None]).sum()
-            q.logprob = float(first_logp[q.tokens[0]] + rest)
+        for i, (head, members) in enumerate(batch):
+            n = len(head.tokens)
+            steps = torch.cat([first_logp[head.tokens[0]].reshape(1),
+                               logp[i, :n - 1].gather(1, tokens[i, 1:n, None])[:, 0]])
+            totals = steps.cumsum(0).tolist()
+            for q in members:
+                q.logprob = totals[len(q.tokens) - 1]
 
 
 def best_quote(model: Transformer, tok: Tokenizer, evidence: Evidence, keys: Tensor,
@@ -193,11 +222,14 @@ def read_grounding(folder: Path) -> GroundingConfig:
     path = Path(folder) / GENERATION_CONFIG
     if not path.exists():
         return GroundingConfig()
-    saved = json.loads(path.read_text(encoding="utf-8")).get(SETTINGS_KEY, {})
+    saved = json.loads(path.read_text(encoding="utf-8")).get(GROUNDING_KEY, {})
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: {GROUNDING_KEY} must be an object of settings, got "
+                         f"{type(saved).__name__}")
     known = {f.name for f in fields(GroundingConfig)}
     unknown = sorted(set(saved) - known)
     if unknown:
-        raise ValueError(f"{path}: {SETTINGS_KEY} has unknown settings {unknown}; expected "
+        raise ValueError(f"{path}: {GROUNDING_KEY} has unknown settings {unknown}; expected "
                          f"some of {sorted(known)}")
     return GroundingConfig(**saved)
 
@@ -207,6 +239,6 @@ def write_grounding(folder: Path, settings: GroundingConfig) -> Path:
     (an open base's own generation settings)."""
     path = Path(folder) / GENERATION_CONFIG
     config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    config[SETTINGS_KEY] = asdict(settings)
+    config[GROUNDING_KEY] = asdict(settings)
     atomic_write_text(path, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
     return path

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lmforge.prompts import Passage, rag_user_message
+from lmforge.prompts import Passage, neutralise, rag_user_message
 from lmforge.rag.access import Access, public_meta
 from lmforge.rag.index import RagIndex
 from lmforge.rag.manifest import stamp
@@ -55,7 +55,7 @@ class Retrieved:
         chosen = [Passage(h.chunk.text[:max_chars], h.doc.meta.get("title")
                           or h.doc.meta.get("contract") or h.doc.doc_id)
                   for h in self.hits[:passages]]
-        self.shown = [p.text for p in chosen]
+        self.shown = [neutralise(p.text) for p in chosen]  # as the prompt writes them
         return rag_user_message(question, chosen)
 
     def fitted_message(self, question: str, fits: Callable[[str], bool]) -> str:

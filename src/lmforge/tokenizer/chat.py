@@ -89,7 +89,11 @@ def _plain_run(chat: ChatFormat, text: str, start: int, end: int) -> list[Token]
 def _chat_tokens(chat: ChatFormat, messages: Sequence[Message], add_generation_prompt: bool
                 ) -> tuple[list[Token], list[Span]]:
     """The rendering's tokens and where each message's text lies in it."""
-    text, spans = chat.marked(messages, add_generation_prompt)
+    return _rendered_tokens(chat, *chat.marked(messages, add_generation_prompt))
+
+
+def _rendered_tokens(chat: ChatFormat, text: str, spans: list[Span]
+                     ) -> tuple[list[Token], list[Span]]:
     controls = set(chat.controls.values())
     tokens = _as_transformers(chat, text)
     if any(t.id in controls and _overlaps(t, spans) for t in tokens):
@@ -140,24 +144,25 @@ def encode_chat(chat: ChatFormat, messages: Sequence[Message],
 
 
 def encode_chat_locating(chat: ChatFormat, messages: Sequence[Message], texts: Sequence[str],
-                         add_generation_prompt: bool = True
+                         message: int, after: str = "", add_generation_prompt: bool = True
                          ) -> tuple[list[int], list[tuple[int, int]]]:
-    """The encoded conversation and, for each of ``texts`` (found in order inside the last
-    message's text), the token range [start, end) that covers it: where retrieved passages lie
-    in a RAG prompt, for decoders that read them back (``infer/grounded.py``). A text that is
-    not found gets the empty range (0, 0)."""
-    tokens, spans = _chat_tokens(chat, messages, add_generation_prompt)
-    last = next((s for s in spans if s.message == len(messages) - 1), None)
-    content = messages[-1]["content"] if messages else ""
+    """The encoded conversation and, for each of ``texts`` (found in order inside the rendered
+    text of ``messages[message]``, after the first ``after``), the token range [start, end)
+    that covers it: where retrieved passages lie in a RAG prompt, for decoders that read them
+    back (``infer/grounded.py``). A text that is not found gets the empty range (0, 0)."""
+    rendering, spans = chat.marked(messages, add_generation_prompt)
+    tokens, spans = _rendered_tokens(chat, rendering, spans)
+    span = next((s for s in spans if s.message == message), None)
+    content = rendering[span.start:span.end] if span is not None else ""
     ranges = []
-    cursor = 0
+    cursor = content.find(after) + len(after) if after in content else 0
     for text in texts:
-        found = content.find(text, cursor) if text and last is not None else -1
-        if found < 0 or last is None:
+        found = content.find(text, cursor) if text and span is not None else -1
+        if found < 0 or span is None:
             ranges.append((0, 0))
             continue
         cursor = found + len(text)
-        start, end = last.start + found, last.start + cursor
+        start, end = span.start + found, span.start + cursor
         inside = [j for j, t in enumerate(tokens) if t.start < end and t.end > start]
         ranges.append((inside[0], inside[-1] + 1) if inside else (0, 0))
     return [t.id for t in tokens], ranges
