@@ -236,3 +236,16 @@ def test_quote_settings_chosen_without_decoding_answer_as_the_engine(
     fitting = [q for q in quotes if q.fits(settings)]
     best = max(fitting, key=lambda q: q.score(settings))
     assert generate_grounded(model, chat, [ask()], config, settings) == [best.answer]
+
+
+def test_a_stop_string_does_not_cut_the_quote(model, chat) -> None:  # noqa: ANN001
+    settings = GroundingConfig(quote=True, quote_sentences=2)
+    config = SamplingConfig(max_new_tokens=100, temperature=0.0)
+    whole = generate_grounded(model, chat, [ask()], config, settings)[0]
+    assert "，" in whole
+    stopped = SamplingConfig(max_new_tokens=100, temperature=0.0, stop=["，"])
+    assert generate_grounded(model, chat, [ask()], stopped, settings)[0] == whole
+    more = GroundingConfig(quote=True, quote_sentences=2, answer_tokens=40)
+    free = SamplingConfig(max_new_tokens=100, temperature=0.0, stop=["[1]", "[2]"],
+                          ignore_eos=True)
+    assert generate_grounded(model, chat, [ask()], free, more)[0].startswith(whole)

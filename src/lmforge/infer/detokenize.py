@@ -36,6 +36,8 @@ class RowText:
         self.sent = 0  # characters already streamed
         self.done: str | None = None
         self.stops = stops
+        self.protected = 0  # leading ids no stop string may cut (a quote the answer opens with)
+        self._stop_from = 0  # where stop strings are looked for: after the protected text
         self._folded = ""  # decoded text of ids[:_folded_ids], which end on a character boundary
         self._folded_ids = 0
 
@@ -58,8 +60,11 @@ class RowText:
     def visible(self, tok: Tokenizer) -> tuple[str, bool]:
         """Text so far, cut at a stop string; whether a stop string was hit."""
         text = self.decode(tok)
+        if len(self.ids) <= self.protected:
+            self._stop_from = len(text)
+            return text, False
         for stop in self.stops:
-            at = text.find(stop)
+            at = text.find(stop, self._stop_from)
             if at >= 0:
                 return text[:at], True
         return text, False

@@ -313,6 +313,7 @@ class Engine:
                                row.config.max_new_tokens)
             if quote is not None:
                 row.forced = list(quote.tokens)
+                row.text.protected = len(quote.tokens)  # a stop string does not cut it
                 row.stop_at = len(quote.tokens) + evidence.settings.answer_tokens
 
     def _grounded(self, rows: list[_Active], logits: Tensor, hidden: Tensor,

@@ -23,12 +23,14 @@ from lmforge.config import (
     TrainConfig,
 )
 from lmforge.data import (
+    heldout_contracts,
     heldout_questions,
     kept_out,
     preference_examples,
     prepare,
     sft_examples,
     tokenize_corpus,
+    validation_contracts,
 )
 from lmforge.export import export_hf
 from lmforge.pipeline.decoding import decoding_stage
@@ -110,7 +112,10 @@ def _preference_stage(train: Any) -> Any:
     return body
 
 
-def rag_stage(rag: RagConfig, corpus: Path, out: Path, seed: int) -> dict[str, Any]:
+def rag_stage(rag: RagConfig, corpus: Path, out: Path, seed: int,
+              decoding: tuple[str, float] = ("", 0.0)) -> dict[str, Any]:
+    """``decoding``: SFT's QA file and the share of its training-side contracts kept out to
+    choose the decoding on; the reranker does not train on their questions either."""
     if not rag.documents:
         raise ValueError("rag.documents: nothing to index; list the files or folders to answer "
                          "from, e.g. documents = [\"data/insurance/passages.jsonl\"]")
@@ -121,8 +126,11 @@ def rag_stage(rag: RagConfig, corpus: Path, out: Path, seed: int) -> dict[str, A
         "unchanged": report.unchanged, "embedded": report.embedded, "problems": report.problems}
     outputs = {"index": str(out)}
     if rag.reranker_queries:
-        queries = atomic_write_jsonl(out / "reranker_queries.jsonl", heldout_questions(
-            Path(rag.reranker_queries), corpus, False))
+        kept = validation_contracts(Path(decoding[0]), heldout_contracts(corpus), decoding[1],
+                                    seed) if decoding[0] and decoding[1] else set()
+        queries = atomic_write_jsonl(out / "reranker_queries.jsonl", [
+            r for r in heldout_questions(Path(rag.reranker_queries), corpus, False)
+            if r["contract"] not in kept])
         reranker = train_reranker(out, queries, rag.reranker, seed)
         summary["reranker"] = {"enabled": reranker["enabled"], "held_out": reranker["held_out"]}
         outputs["reranker report"] = str(out / "reranker" / "report.md")
@@ -178,8 +186,9 @@ STAGES = [
         "base": _start(r.sft.train.init_from, layout.model("pretrain")),
         "out": layout.stage("sft"), "seed": r.run.seed}, resumable=True),
     Stage("dpo", _preference_stage(dpo), _preference_args("dpo", "sft"), resumable=True),
-    Stage("rag", rag_stage, lambda r, layout: {"rag": r.rag, "corpus": layout.corpus,
-                                               "out": layout.rag, "seed": r.run.seed}),
+    Stage("rag", rag_stage, lambda r, layout: {
+        "rag": r.rag, "corpus": layout.corpus, "out": layout.rag, "seed": r.run.seed,
+        "decoding": (r.sft.qa_queries, r.sft.decoding_val_fraction)}),
     Stage("decoding", decoding_stage, lambda r, layout: {
         "sft": r.sft, "assistant": r.assistant, "model": layout.trained, "index": layout.rag,
         "corpus": layout.corpus, "out": layout.stage("decoding"), "seed": r.run.seed}),
