@@ -10,9 +10,11 @@ import torch
 from conftest import FIXTURE_TOKENIZER, TINY, tiny_model
 
 from lmforge.cli import main
+from lmforge.config import GroundingConfig
 from lmforge.eval import Question, bits_per_byte, evaluate_mcq, read_questions
 from lmforge.eval.bpb import document_nll
 from lmforge.eval.mcq import choice_logprobs
+from lmforge.infer import write_grounding
 from lmforge.model import save_model
 from lmforge.tokenizer import copy_tokenizer_files
 
@@ -160,6 +162,22 @@ def test_eval_qa_cli(tok, rag_index, tmp_path: Path, capsys) -> None:  # noqa: A
                 "citation_coverage"} <= set(result[name])
     assert result["baseline"]["char_f1"] > result["no_rag"]["char_f1"]  # an untrained model
     assert result["samples"][0]["sources"]
+    assert {"unanswerable_refusal_rate", "answerable_refusal_rate"} <= set(result["rag"])
+    # the model folder's decoding, or the one --decoding names: quotes cite every sentence
+    write_grounding(tmp_path / "m", GroundingConfig(quote=True, quote_sentences=1))
+    assert main(["eval", "qa", "--model", str(tmp_path / "m"), "--index", str(rag_index.folder),
+                 "--queries", str(TINY / "rag_queries.jsonl"), "--limit", "4",
+                 "--max-new-tokens", "80", "--json"]) == 0
+    quoted = json.loads(capsys.readouterr().out)
+    assert quoted["rag"]["citation_coverage"] == 1.0 and quoted["rag"]["citation_precision"] == 1.0
+    assert main(["eval", "qa", "--model", str(tmp_path / "m"), "--index", str(rag_index.folder),
+                 "--queries", str(TINY / "rag_queries.jsonl"), "--limit", "4",
+                 "--max-new-tokens", "80", "--json", "--decoding"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["rag"]["citation_coverage"] != 1.0  # an untrained model cites nothing
+    assert plain["samples"][0]["rag"] != quoted["samples"][0]["rag"]
+    assert main(["eval", "qa", "--model", str(tmp_path / "m"), "--index", str(rag_index.folder),
+                 "--queries", str(TINY / "rag_queries.jsonl"), "--decoding", "knn_wieght=1"]) == 2
 
 
 def test_held_out_bits_per_byte_per_source(tiny_run: Path, capsys) -> None:  # noqa: ANN001

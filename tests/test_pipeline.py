@@ -115,7 +115,7 @@ def test_reranker_trains_inside_the_run_on_training_contracts_only(pipeline_run,
             "rag.reranker.feature_train.steps=6", "rag.reranker.feature_train.warmup_steps=1",
             "rag.reranker.train.steps=4", "rag.reranker.train.warmup_steps=1",
             "rag.reranker.dim=32", "rag.reranker.n_layers=1", "rag.reranker.vocab_size=600",
-            "rag.reranker.val_fraction=0.3", "rag.reranker.train.seq_len=96"]
+            "rag.reranker.val_fraction=0.5", "rag.reranker.train.seq_len=96"]
     sets = [item for pair in (("--set", t) for t in tiny) for item in pair]
     assert main(["run", str(recipe), *sets]) == 0
     assert statuses(capsys.readouterr().out)["rag"] == "running"
@@ -128,7 +128,9 @@ def test_reranker_trains_inside_the_run_on_training_contracts_only(pipeline_run,
                   (run / "rag" / "reranker_queries.jsonl").read_text(
                       encoding="utf-8").splitlines()]
     assert trained_on and not held & set(trained_on)
-    assert len(trained_on) + len(held) == 20
+    decoding = json.loads((run / "decoding" / "report.json").read_text(encoding="utf-8"))
+    assert not set(decoding["contracts"]) & set(trained_on)  # nor the decoding's validation
+    assert len(trained_on) + len(held) + decoding["questions"] == 20  # one question each
 
 
 def test_an_interrupted_stage_resumes_from_its_checkpoint(pipeline_run, capsys) -> None:

@@ -274,6 +274,7 @@ def test_ask_cli_answers_with_sources(rag_index: RagIndex, tmp_path: Path, capsy
     from conftest import FIXTURE_TOKENIZER, tiny_model
 
     from lmforge.model import save_model
+    from lmforge.rag import check_answer
     from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
 
     tok = load_tokenizer(FIXTURE_TOKENIZER)
@@ -290,11 +291,14 @@ def test_ask_cli_answers_with_sources(rag_index: RagIndex, tmp_path: Path, capsy
                  "--json", question]) == 0
     answered = json.loads(capsys.readouterr().out)
     assert isinstance(answered["answer"], str) and answered["sources"]
+    assert [c["text"] for c in answered["citations"]] == [
+        c.text for c in check_answer(answered["answer"], [s["text"] for s in answered["sources"]])]
     assert main(["rag", "ask", "--index", str(rag_index.folder), "--json",
                  "今天天气怎么样？"]) == 0
     from lmforge.prompts import NO_ANSWER
 
-    assert json.loads(capsys.readouterr().out) == {"answer": NO_ANSWER, "sources": []}
+    assert json.loads(capsys.readouterr().out) == {"answer": NO_ANSWER, "sources": [],
+                                                   "citations": []}
 
 
 def test_context_is_fitted_to_the_models_window(index: RagIndex) -> None:
@@ -303,6 +307,18 @@ def test_context_is_fitted_to_the_models_window(index: RagIndex) -> None:
     full = retrieved.user_message(question)
     best = retrieved.hits[0].chunk.chunk_id
     message = retrieved.fitted_message(question, lambda m: len(m) <= len(full) // 2)
-    assert len(message) <= len(full) // 2 and "[1]" in message
+    assert message is not None and len(message) <= len(full) // 2 and "[1]" in message
     assert retrieved.hits[0].chunk.chunk_id == best  # the best passage is kept first
     assert len(retrieved.sources()) == message.count("\n[")  # sources match the prompt
+
+
+def test_a_context_too_small_for_any_passage_answers_that_nothing_was_found(
+        index: RagIndex, chat) -> None:  # noqa: ANN001
+    question = "如果存在重复保险，保险公司会如何分配赔偿责任？"
+    grounding = Grounding(Retriever(index))
+    assert grounding.retrieve(question, k=3).fitted_message(question, lambda m: False) is None
+    roomy = grounding.ground([{"role": "user", "content": question}], chat, 4096)
+    assert roomy.answerable and roomy.sources()
+    cramped = grounding.ground([{"role": "user", "content": question}], chat, 40)
+    assert not cramped.answerable and cramped.sources() == []
+    assert cramped.messages[-1]["content"] == question

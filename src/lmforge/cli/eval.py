@@ -86,17 +86,35 @@ def cmd_eval_qa(args: argparse.Namespace) -> None:
     model, _ = _eval_model(args)
     items = read_qa(args.queries)[: args.limit or None]
     result = evaluate_qa(model, load_chat_format(args.model), Grounding.open(args.index), items,
-                         assistant, settings=read_grounding(args.model))
+                         assistant, settings=read_grounding(args.model) if args.decoding is None
+                         else decoding_flags(args.decoding))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return
     print("\n".join(qa_lines(result)))
 
 
+def decoding_flags(items: list[str]) -> Any:
+    """``--decoding FIELD=VALUE ...`` as a GroundingConfig (values read as JSON, so
+    ``quote=true`` and ``knn_weight=0.5`` have their types), checked like a recipe section."""
+    from lmforge.config import GroundingConfig, from_dict
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--decoding {item!r}: expected FIELD=VALUE")
+        try:
+            values[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key.strip()] = value
+    return from_dict(GroundingConfig, values)
+
+
 def qa_lines(result: dict[str, Any]) -> list[str]:
     """``eval qa``'s text output: each system's figures (those it has, named as in the report
     card), then the counts."""
-    from lmforge.pipeline.evaluate import QA_FIGURES
+    from lmforge.pipeline import QA_FIGURES
 
     lines = []
     for name in ("rag", "no_rag", "baseline"):
@@ -177,6 +195,10 @@ def add_eval_commands(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=Path, required=True, help="jsonl: question, answer")
     p.add_argument("--limit", type=int, default=0, help="only the first N questions")
     field_flags(p, "assistant.sampling", SamplingConfig, ["max_new_tokens"])
+    p.add_argument("--decoding", nargs="*", metavar="FIELD=VALUE", default=None,
+                   help="grounded decoding instead of the model folder's (GroundingConfig "
+                        "fields, e.g. knn_weight=0.5 or quote=true quote_sentences=3; none: "
+                        "plain)")
     p.add_argument("--json", action="store_true")
 
 

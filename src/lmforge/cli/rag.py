@@ -92,9 +92,9 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
 
     grounding = Grounding.open(args.index)
     if args.model:
-        from lmforge.eval.qa import answer_grounded
+        from lmforge.eval import answer_grounded
         from lmforge.infer import load_for_inference, read_grounding
-        from lmforge.rag.citations import check_answer
+        from lmforge.rag import check_answer
         from lmforge.tokenizer import with_system
 
         assistant = load_recipe(args).assistant
@@ -118,6 +118,10 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         return
     if answer is not None:
         print(answer, end="\n\n")
+    if checked:  # each sentence: supported by the passage it cites, not, or citing nothing
+        marks = "".join("✓" if c["supported"] else "✗" if c["cites"] else "·" for c in checked)
+        print(f"citations {marks}: {sum(c['supported'] for c in checked)} of {len(checked)} "
+              "sentences supported by the passage they cite", end="\n\n")
     for source in sources:
         where = " · ".join(str(x) for x in (source["document"],
                                             source["page"] and f"p. {source['page']}",

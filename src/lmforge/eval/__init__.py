@@ -3,17 +3,13 @@ way lm-evaluation-harness does (and cross-checked against it), and generative do
 without RAG beside a retrieval-only baseline, with a check of what each answer cites."""
 
 from lmforge.eval.bpb import Reframing, bits_per_byte, bits_per_byte_by_source, read_texts
+from lmforge.eval.decoding import choose_grounding, describe
 from lmforge.eval.harness import harness_mcq
 from lmforge.eval.mcq import Question, evaluate_mcq, read_questions
-from lmforge.eval.qa import QAItem, evaluate_qa, read_qa
-from lmforge.rag.citations import (
-    CITATION_THRESHOLD,
-    CheckedSentence,
-    check_answer,
-    citation_summary,
-)
+from lmforge.eval.qa import QAItem, answer_grounded, evaluate_qa, read_qa
+from lmforge.rag import CITATION_THRESHOLD, CheckedSentence, check_answer, citation_summary
 
 __all__ = ["CITATION_THRESHOLD", "CheckedSentence", "QAItem", "Question", "Reframing",
-           "bits_per_byte", "bits_per_byte_by_source", "check_answer", "citation_summary",
-           "evaluate_mcq", "evaluate_qa", "harness_mcq", "read_qa", "read_questions",
-           "read_texts"]
+           "answer_grounded", "bits_per_byte", "bits_per_byte_by_source", "check_answer",
+           "choose_grounding", "citation_summary", "describe", "evaluate_mcq", "evaluate_qa",
+           "harness_mcq", "read_qa", "read_questions", "read_texts"]

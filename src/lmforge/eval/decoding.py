@@ -27,12 +27,10 @@ from tqdm.auto import tqdm
 
 from lmforge.config import AssistantConfig, GroundingConfig, SamplingConfig
 from lmforge.eval.qa import QAItem, answer_grounded, greedy, summary
-from lmforge.infer import evidence_prompt
-from lmforge.infer.grounded import Quote, scored_quotes
+from lmforge.infer import Quote, evidence_prompt, scored_quotes
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
-from lmforge.rag import GroundedPrompt, Grounding
-from lmforge.rag.citations import check_answer, citation_summary
+from lmforge.rag import GroundedPrompt, Grounding, check_answer, citation_summary
 from lmforge.text import char_f1
 from lmforge.tokenizer import ChatFormat, with_system
 

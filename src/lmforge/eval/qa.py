@@ -3,7 +3,8 @@ reference answers on characters (Chinese has no spaces, so word metrics do not a
 character F1 (bag of characters) and ROUGE-L (longest common subsequence, F-measure).
 
 Answers are greedy, with the assistant's own answer length and repetition / frequency penalties
-(``greedy``).
+(``greedy``); RAG answers decode with the model folder's grounded decoding (``settings``:
+evidence-first quotes, kNN-LM or context-aware decoding, ``infer/grounded.py``).
 
 Three systems on the same questions: the model with RAG (the same retrieval, prompt and
 no-answer gate as ``rag ask``), the model alone, and a retrieval-only baseline that answers
@@ -16,6 +17,10 @@ passages they were shown, answers without RAG against none (any ``[n]`` they wri
 missing source), and the baseline's sentence marked ``[1]``, the passage it was taken from, so
 its figures are those of an answer that copies and cites correctly. The marker is added for the
 check only: the baseline's char F1 and ROUGE-L are scored without it, as before.
+
+Each question is also asked unanswerable, its own contract's documents hidden from retrieval
+(``unanswerable.py``): how often each system then says it does not know, beside how often it
+refuses the questions as asked.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from lmforge.eval.unanswerable import refusal_rates, wrong_refusal_rate
 from lmforge.infer import GroundedAsk, generate_chat, generate_grounded
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
-from lmforge.rag import GroundedPrompt, Grounding
-from lmforge.rag.citations import (
+from lmforge.rag import (
     CITATION_THRESHOLD,
     CheckedSentence,
+    GroundedPrompt,
+    Grounding,
     check_answer,
     citation_summary,
 )

@@ -19,8 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from lmforge.prompts import NO_ANSWER
-from lmforge.rag.access import Access
-from lmforge.rag.answer import GroundedPrompt, Grounding
+from lmforge.rag import Access, GroundedPrompt, Grounding
 from lmforge.tokenizer import ChatFormat, Message
 
 # phrases of an answer that says it does not know (NO_ANSWER itself contains the first);

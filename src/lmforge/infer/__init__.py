@@ -17,14 +17,17 @@ from lmforge.infer.generate import (
 from lmforge.infer.grounded import (
     GENERATION_CONFIG,
     Evidence,
+    Quote,
     evidence_prompt,
     read_grounding,
+    scored_quotes,
     write_grounding,
 )
 from lmforge.infer.loading import load_for_inference
 from lmforge.infer.sampling import next_tokens
 
 __all__ = ["GENERATION_CONFIG", "Beam", "ChatSession", "Delta", "Engine", "Event", "Evidence",
-           "GroundedAsk", "beam_search", "complete", "decode_whole", "evidence_prompt", "generate",
-           "generate_chat", "generate_grounded", "load_for_inference", "next_tokens",
-           "read_grounding", "stopping", "stream_generate", "terminal_chat", "write_grounding"]
+           "GroundedAsk", "Quote", "beam_search", "complete", "decode_whole", "evidence_prompt",
+           "generate", "generate_chat", "generate_grounded", "load_for_inference", "next_tokens",
+           "read_grounding", "scored_quotes", "stopping", "stream_generate", "terminal_chat",
+           "write_grounding"]

@@ -38,8 +38,7 @@ from lmforge.config import GROUNDING_KEY, GroundingConfig
 from lmforge.model import KVCache, Transformer
 from lmforge.prompts import CONTEXT_OPEN
 from lmforge.text import cite_each, sentence_runs
-from lmforge.tokenizer import ChatFormat, Message, encode_chat, encode_chat_locating
-from lmforge.tokenizer.chat import encode_text
+from lmforge.tokenizer import ChatFormat, Message, encode_chat, encode_chat_locating, encode_text
 
 GENERATION_CONFIG = "generation_config.json"
 QUOTE_BATCH = 8  # candidate spans scored per forward pass (bounds the logits' memory)

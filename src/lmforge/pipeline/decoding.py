@@ -20,8 +20,7 @@ import torch
 from lmforge.atomic import atomic_dir
 from lmforge.config import AssistantConfig, GroundingConfig, SFTConfig
 from lmforge.data import jsonl_records, kept_out
-from lmforge.eval import QAItem
-from lmforge.eval.decoding import choose_grounding, describe
+from lmforge.eval import QAItem, choose_grounding, describe
 from lmforge.infer import GENERATION_CONFIG, load_for_inference, read_grounding, write_grounding
 from lmforge.rag import Grounding
 from lmforge.reporting import markdown_table, write_report_pair

@@ -58,17 +58,17 @@ class Retrieved:
         self.shown = [neutralise(p.text) for p in chosen]  # as the prompt writes them
         return rag_user_message(question, chosen)
 
-    def fitted_message(self, question: str, fits: Callable[[str], bool]) -> str:
+    def fitted_message(self, question: str, fits: Callable[[str], bool]) -> str | None:
         """The fullest message that fits the model's context: fewer passages first (the best
-        ones stay), then shorter ones. Sources stay numbered as in the prompt."""
-        for max_chars in (None, 300, 200, 120):
+        ones stay), then shorter ones. Sources stay numbered as in the prompt. None when not
+        even 60 characters of the best passage fit."""
+        for max_chars in (None, 300, 200, 120, 60):
             for count in range(len(self.hits), 0, -1):
                 message = self.user_message(question, count, max_chars)
                 if fits(message):
                     self.hits = self.hits[:count]
                     return message
-        self.hits = self.hits[:1]
-        return self.user_message(question, 1, 60)
+        return None
 
 
 @dataclass
@@ -194,7 +194,12 @@ class Grounding:
                 last["content"] = message
                 return len(encode_chat(chat, conversation, add_generation_prompt=True)) <= room
 
-            last["content"] = retrieved.fitted_message(question, fits)
+            fitted = retrieved.fitted_message(question, fits)
+            if fitted is None:  # no passage fits beside the conversation: nothing to answer from
+                log.warning("no retrieved passage fits in %d prompt tokens; answering that "
+                            "nothing relevant was found", room)
+                retrieved.relevant, retrieved.hits, retrieved.shown = False, [], []
+            last["content"] = fitted or question
         return GroundedPrompt(conversation, retrieved, question)
 
     def retrieve(self, question: str, access: Access | None = None, k: int | None = None

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from lmforge.config import SamplingConfig, ServeConfig
 from lmforge.infer import Event, Evidence
-from lmforge.rag.citations import check_answer
+from lmforge.rag import check_answer
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import APIError, envelope, error_body, new_id
 from lmforge.serve.runner import EngineRunner, QueueFull
