@@ -95,20 +95,11 @@ def cmd_eval_qa(args: argparse.Namespace) -> None:
 
 
 def decoding_flags(items: list[str]) -> Any:
-    """``--decoding FIELD=VALUE ...`` as a GroundingConfig (values read as JSON, so
-    ``quote=true`` and ``knn_weight=0.5`` have their types), checked like a recipe section."""
-    from lmforge.config import GroundingConfig, from_dict
+    """``--decoding FIELD=VALUE ...`` as a GroundingConfig: values read as ``--set`` reads them
+    (``quote=true`` is a bool), checked like a recipe section."""
+    from lmforge.config import GroundingConfig, apply_overrides, from_dict
 
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--decoding {item!r}: expected FIELD=VALUE")
-        try:
-            values[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            values[key.strip()] = value
-    return from_dict(GroundingConfig, values)
+    return from_dict(GroundingConfig, apply_overrides({}, items))
 
 
 def qa_lines(result: dict[str, Any]) -> list[str]:

@@ -94,7 +94,7 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
     if args.model:
         from lmforge.eval import answer_grounded
         from lmforge.infer import load_for_inference, read_grounding
-        from lmforge.rag import check_answer
+        from lmforge.rag import check_against_sources
         from lmforge.tokenizer import with_system
 
         assistant = load_recipe(args).assistant
@@ -105,7 +105,7 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         said = answer_grounded(model, chat, [grounded], assistant.sampling,
                                read_grounding(args.model))[0].strip()
         sources = grounded.sources()
-        checked = [c.as_dict() for c in check_answer(said, [s["text"] for s in sources])]
+        checked = [c.as_dict() for c in check_against_sources(said, sources)]
         answer: str | None = said
     else:
         retrieved = grounding.retrieve(args.question, _access(args), args.passages)

@@ -26,11 +26,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lmforge.config import AssistantConfig, GroundingConfig, SamplingConfig
-from lmforge.eval.qa import QAItem, answer_grounded, greedy, summary
+from lmforge.eval.qa import QAItem, answer_grounded, figures, greedy, rag_checked
 from lmforge.infer import Quote, evidence_prompt, scored_quotes
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
-from lmforge.rag import GroundedPrompt, Grounding, check_answer, citation_summary
+from lmforge.rag import GroundedPrompt, Grounding
 from lmforge.text import char_f1
 from lmforge.tokenizer import ChatFormat, with_system
 
@@ -104,9 +104,7 @@ def _scores(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPro
 
 def _figures(answers: Sequence[str], grounded: Sequence[GroundedPrompt],
              items: Sequence[QAItem]) -> dict[str, Any]:
-    checked = [check_answer(a, [s["text"] for s in g.sources()])
-               for a, g in zip(answers, grounded, strict=True)]
-    return {**summary(answers, items), **citation_summary(checked)}
+    return figures(answers, items, rag_checked(answers, grounded))
 
 
 def _best_quote(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPrompt],

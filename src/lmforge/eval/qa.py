@@ -41,6 +41,7 @@ from lmforge.rag import (
     CheckedSentence,
     GroundedPrompt,
     Grounding,
+    check_against_sources,
     check_answer,
     citation_summary,
 )
@@ -106,6 +107,19 @@ def _checked(answers: Sequence[str], sources: Sequence[Sequence[str]], threshold
     return [check_answer(a, s, threshold) for a, s in zip(answers, sources, strict=True)]
 
 
+def rag_checked(answers: Sequence[str], grounded: Sequence[GroundedPrompt],
+                threshold: float = CITATION_THRESHOLD) -> list[list[CheckedSentence]]:
+    """RAG answers checked against the sources each was shown with."""
+    return [check_against_sources(a, g.sources(), threshold)
+            for a, g in zip(answers, grounded, strict=True)]
+
+
+def figures(answers: Sequence[str], items: Sequence[QAItem],
+            checked: Sequence[Sequence[CheckedSentence]]) -> dict[str, Any]:
+    """A system's scores: against the references, and of what it cites."""
+    return {**summary(answers, items), **citation_summary(checked)}
+
+
 def answer_grounded(model: Transformer, chat: ChatFormat, grounded: Sequence[GroundedPrompt],
                     config: SamplingConfig, settings: GroundingConfig) -> list[str]:
     """Each grounded prompt's answer as ``rag ask`` and the server give it: ``NO_ANSWER`` where
@@ -145,8 +159,7 @@ def evaluate_qa(model: Transformer, chat: ChatFormat, grounding: Grounding,
     baseline = [best_sentence(i.question, h[0].chunk.text) if h else ""
                 for h, i in zip(hits, items, strict=True)]
     checked = {
-        "rag": _checked(with_rag, [[s["text"] for s in g.sources()] for g in grounded],
-                        citation_threshold),
+        "rag": rag_checked(with_rag, grounded, citation_threshold),
         "no_rag": _checked(bare, [[] for _ in items], citation_threshold),
         "baseline": _checked([f"{c}[1]" if c else "" for c in baseline],
                              [[h[0].chunk.text] if h else [] for h in hits], citation_threshold)}
@@ -159,7 +172,7 @@ def evaluate_qa(model: Transformer, chat: ChatFormat, grounding: Grounding,
                                                      strict=True))]
     sections = {"rag": with_rag, "no_rag": bare, "baseline": baseline}
     return {"questions": len(items), "citation_threshold": citation_threshold,
-            **{name: {**summary(answers, items), **citation_summary(checked[name]),
-                      **unanswerable[name], "answerable_refusal_rate": refused[name]}
+            **{name: {**figures(answers, items, checked[name]), **unanswerable[name],
+                      "answerable_refusal_rate": refused[name]}
                for name, answers in sections.items()},
             "answered_with_rag": sum(g.answerable for g in grounded), "samples": shown[:samples]}

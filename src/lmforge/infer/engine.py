@@ -270,11 +270,10 @@ class Engine:
             tokens[i, : len(row.prompt)] = torch.tensor(row.prompt, device=self.device)
             row.position = len(row.prompt)
         self.cache.select([row.slot for row in batch], [0] * len(batch))
-        last, hidden, full = self._prefill(tokens, batch)
+        last, last_hidden, hidden, full = self._prefill(tokens, batch)
         for i, row in enumerate(rows):
             self._ground_prompt(row, hidden[i, : len(row.prompt)], last[i])
-        lasts = hidden[torch.arange(len(batch)), [len(row.prompt) - 1 for row in batch]]
-        logits = self._grounded(rows, last, lasts, batch)
+        logits = self._grounded(rows, last, last_hidden, batch)
         sampled = self._sample(rows, logits, [row.config.max_new_tokens == 1 for row in rows])
         for i, (row, event) in enumerate(zip(rows, sampled, strict=True)):
             if row.echo and full is not None:
@@ -287,16 +286,17 @@ class Engine:
         return events
 
     def _prefill(self, tokens: Tensor, rows: list[_Active]
-                 ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Each row's next-token logits [n, vocab], the final hidden states [n, t, dim], and
-        all positions' logits only when a row echoes: the vocabulary projection of a whole long
-        prompt is most of its prefill time."""
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Each row's next-token logits [n, vocab] and final hidden state [n, dim], all final
+        hidden states [n, t, dim], and all positions' logits only when a row echoes: the
+        vocabulary projection of a whole long prompt is most of its prefill time."""
         lasts = torch.tensor([len(row.prompt) - 1 for row in rows], device=self.device)
-        picked = torch.arange(len(rows), device=self.device), lasts
         hidden = self.model(tokens, cache=self.cache, return_hidden=True).hidden
+        last_hidden = hidden[torch.arange(len(rows), device=self.device), lasts]
         full = self.model.lm_head(hidden) if any(row.echo for row in rows) else None
-        last = full[picked] if full is not None else self.model.lm_head(hidden[picked])
-        return last, hidden, full
+        last = (full[torch.arange(len(rows), device=self.device), lasts] if full is not None
+                else self.model.lm_head(last_hidden))
+        return last, last_hidden, hidden, full
 
     def _ground_prompt(self, row: _Active, hidden: Tensor, first: Tensor) -> None:
         """What a grounded row needs from its prefill: its kNN memory, and its quote (chosen

@@ -19,9 +19,10 @@ import torch
 
 from lmforge.atomic import atomic_dir
 from lmforge.config import AssistantConfig, GroundingConfig, SFTConfig
-from lmforge.data import jsonl_records, kept_out
-from lmforge.eval import QAItem, choose_grounding, describe
+from lmforge.data import kept_out
+from lmforge.eval import choose_grounding, describe, read_qa
 from lmforge.infer import GENERATION_CONFIG, load_for_inference, read_grounding, write_grounding
+from lmforge.pipeline.evaluate import figure_or_dash
 from lmforge.rag import Grounding
 from lmforge.reporting import markdown_table, write_report_pair
 
@@ -44,12 +45,6 @@ def link_folder(source: Path, target: Path) -> None:
             shutil.copy2(path, dest)
 
 
-def validation_items(queries: Path, contracts: set[str]) -> list[QAItem]:
-    return [QAItem(str(r["question"]), str(r["answer"]))
-            for r in jsonl_records(queries, ("question", "answer", "contract"))
-            if str(r["contract"]) in contracts]
-
-
 def decoding_stage(sft: SFTConfig, assistant: AssistantConfig, model: Path, index: Path,
                    corpus: Path, out: Path, seed: int) -> dict[str, Any]:
     """``model``: the trained assistant; the questions of the contracts SFT and DPO kept out
@@ -57,13 +52,13 @@ def decoding_stage(sft: SFTConfig, assistant: AssistantConfig, model: Path, inde
     decoding it has, plain by default)."""
     folder = out / "model"
     validation = kept_out(sft, corpus, seed).validation
-    items = validation_items(Path(sft.qa_queries), validation) if validation else []
+    items = ([i for i in read_qa(Path(sft.qa_queries)) if i.contract in validation]
+             if validation else [])
     with atomic_dir(folder) as tmp:
         link_folder(model, tmp)
-        if not items:
-            settings = read_grounding(tmp)
-            write_grounding(tmp, settings)
-            headline = f"{describe(settings)} decoding (no validation questions to choose on)"
+        if not items:  # the folder keeps the decoding it came with
+            headline = (f"{describe(read_grounding(tmp))} decoding (no validation questions "
+                        "to choose on)")
             return {"headline": headline, "outputs": {"model": str(folder)}}
         device = "cuda" if torch.cuda.is_available() else "cpu"
         network, chat = load_for_inference(tmp, device=device)
@@ -85,8 +80,8 @@ def _markdown(results: dict[str, Any], settings: GroundingConfig) -> str:
     table = markdown_table(
         ["decoding", "char F1", "ROUGE-L", "citation precision", "citation coverage"],
         [[r["settings"], r["char_f1"], r["rouge_l"],
-          "—" if r.get("citation_precision") is None else r["citation_precision"],
-          r["citation_coverage"]] for r in results["trials"]])
+          figure_or_dash(r.get("citation_precision")),
+          figure_or_dash(r.get("citation_coverage"))] for r in results["trials"]])
     return "\n".join([
         "# Grounded decoding", "",
         f"Chosen on {results['questions']} questions of training-side contracts that SFT and "

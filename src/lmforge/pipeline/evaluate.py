@@ -14,11 +14,11 @@ from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import AssistantConfig, EvalConfig
 from lmforge.data import heldout_questions
 from lmforge.eval import (
-    QAItem,
     Reframing,
     bits_per_byte_by_source,
     evaluate_mcq,
     evaluate_qa,
+    read_qa,
     read_questions,
 )
 from lmforge.infer import read_grounding
@@ -71,11 +71,9 @@ def evaluate_run(eval: EvalConfig, assistant: AssistantConfig, model: Path, base
               if name == "origin" else None)
     assistant_model = network  # the last one loaded
     if queries is not None:
-        records = heldout_questions(queries, corpus, True)
-        atomic_write_jsonl(out / "heldout_queries.jsonl", records)
-        items = [QAItem(str(r["question"]), str(r["answer"]), str(r["contract"]))
-                 for r in records]
-        items = items[: eval.qa_limit or None]
+        asked = atomic_write_jsonl(out / "heldout_queries.jsonl",
+                                   heldout_questions(queries, corpus, True))
+        items = read_qa(asked)[: eval.qa_limit or None]
         grounding = Grounding.open(index)
         _timed(results, "qa", lambda: evaluate_qa(assistant_model, chat, grounding, items,
                                                   assistant, eval.samples,
@@ -119,7 +117,7 @@ def eval_tables(results: dict[str, Any]) -> list[str]:
                f"{qa['answered_with_rag']} answered from retrieved passages)", "",
                markdown_table(["system", "char F1", "ROUGE-L", *QA_FIGURES.values()],
                               [[label, qa[k]["char_f1"], qa[k]["rouge_l"],
-                                *(_figure(qa[k].get(key)) for key in QA_FIGURES)]
+                                *(figure_or_dash(qa[k].get(key)) for key in QA_FIGURES)]
                                for label, k in systems]), "",
                f"RAG vs the baseline: {qa['rag']['char_f1'] - qa['baseline']['char_f1']:+.3f} "
                f"char F1; RAG vs no RAG: {qa['rag']['char_f1'] - qa['no_rag']['char_f1']:+.3f} "
@@ -145,7 +143,7 @@ def eval_tables(results: dict[str, Any]) -> list[str]:
     return md
 
 
-def _figure(value: float | None) -> float | str:
+def figure_or_dash(value: float | None) -> float | str:
     """A figure that may be missing: no cited sentence, no unanswerable question, or a report
     from before the figure was measured."""
     return "—" if value is None else value

@@ -6,6 +6,7 @@ from lmforge.rag.answer import GroundedPrompt, Grounding, Retrieved
 from lmforge.rag.citations import (
     CITATION_THRESHOLD,
     CheckedSentence,
+    check_against_sources,
     check_answer,
     citation_summary,
 )
@@ -18,6 +19,6 @@ from lmforge.rag.retrieve import Hit, Retriever
 
 __all__ = ["CITATION_THRESHOLD", "RERANKER_FEATURES", "RERANKER_FOLDER", "Access",
            "CheckedSentence", "GroundedPrompt", "Grounding", "Hit", "IndexReport", "RagIndex",
-           "RagIndexError", "Reranker", "Retrieved", "Retriever", "check_answer",
-           "citation_summary", "evaluate", "parse_where", "read_queries", "read_sources",
-           "training_groups"]
+           "RagIndexError", "Reranker", "Retrieved", "Retriever", "check_against_sources",
+           "check_answer", "citation_summary", "evaluate", "parse_where", "read_queries",
+           "read_sources", "training_groups"]

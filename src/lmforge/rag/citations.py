@@ -23,7 +23,7 @@ of the next piece. Pieces with no scored characters once their markers are moved
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,13 @@ def answer_sentences(answer: str) -> list[str]:
         if scored_chars(MARKER.sub("", piece)):
             sentences.append(piece)
     return sentences
+
+
+def check_against_sources(answer: str, sources: Sequence[Mapping[str, Any]],
+                          threshold: float = CITATION_THRESHOLD) -> list[CheckedSentence]:
+    """``check_answer`` against the sources an answer is shown with (``Retrieved.sources()``:
+    ``[n]`` is the n-th, its ``text`` the passage)."""
+    return check_answer(answer, [str(s["text"]) for s in sources], threshold)
 
 
 def check_answer(answer: str, sources: Sequence[str], threshold: float = CITATION_THRESHOLD

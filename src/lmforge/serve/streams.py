@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from lmforge.config import SamplingConfig, ServeConfig
 from lmforge.infer import Event, Evidence
-from lmforge.rag import check_answer
+from lmforge.rag import check_against_sources
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import APIError, envelope, error_body, new_id
 from lmforge.serve.runner import EngineRunner, QueueFull
@@ -174,8 +174,8 @@ class Streams:
 
 def citation_check(answer: str, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each sentence of a RAG answer, whether it cites a source, and whether the cited
-    sources' texts support it (``rag.citations.check_answer``)."""
-    return [s.as_dict() for s in check_answer(answer, [source["text"] for source in sources])]
+    sources' texts support it (``rag.check_against_sources``)."""
+    return [s.as_dict() for s in check_against_sources(answer, sources)]
 
 
 def outcome(event: Event, param: str) -> str:
