@@ -106,26 +106,39 @@ def test_rerun_skips_unchanged_stages_and_reruns_what_a_change_touches(pipeline_
                      "eval": "running", "export": "running"}
 
 
-def test_reranker_trains_inside_the_run_on_training_contracts_only(pipeline_run, capsys
-                                                                   ) -> None:
+def test_retrieval_trains_inside_the_run_on_training_contracts_only(pipeline_run, capsys
+                                                                    ) -> None:
     from lmforge.cli import main
 
     recipe, run, _ = pipeline_run
-    tiny = [f"rag.reranker_queries={str(TINY / 'rag_queries.jsonl')!r}",
+    tiny = [f"rag.train_queries={str(TINY / 'rag_queries.jsonl')!r}",
             "rag.reranker.feature_train.steps=6", "rag.reranker.feature_train.warmup_steps=1",
             "rag.reranker.train.steps=4", "rag.reranker.train.warmup_steps=1",
             "rag.reranker.dim=32", "rag.reranker.n_layers=1", "rag.reranker.vocab_size=600",
-            "rag.reranker.val_fraction=0.5", "rag.reranker.train.seq_len=96"]
+            "rag.reranker.val_fraction=0.5", "rag.reranker.train.seq_len=96",
+            "rag.validation_fraction=0.4", "rag.synthetic_per_chunk=1",
+            "rag.reranker_synthetic=false", "rag.embedder.train.steps=4",
+            "rag.embedder.train.warmup_steps=1", "rag.embedder.train.batch_size=4",
+            "rag.encoders_from='pretrain'"]
     sets = [item for pair in (("--set", t) for t in tiny) for item in pair]
     assert main(["run", str(recipe), *sets]) == 0
     assert statuses(capsys.readouterr().out)["rag"] == "running"
     marker = json.loads((run / "rag" / "stage.json").read_text(encoding="utf-8"))
-    assert set(marker["summary"]["reranker"]["held_out"]) == {"reranker", "fusion", "keyword"}
+    trained = marker["summary"]["retrieval"]
+    assert set(trained["reranker"]["held_out"]) == {"reranker", "fusion", "keyword"}
+    assert set(trained) == {"questions", "embedder", "fusion", "reranker"}
+    pretrain = json.loads((run / "pretrain" / "model" / "lmforge_config.json").read_text(
+        encoding="utf-8"))  # both encoders started from the run's pretrained LM
+    for part in ("embedder", "reranker"):
+        section = json.loads((run / "rag" / part / "config.json").read_text(encoding="utf-8"))
+        assert Path(section["init_from"]) == run / "pretrain" / "model"
+    embedder = run / "rag" / "embedder" / "model" / "lmforge_config.json"
+    assert json.loads(embedder.read_text(encoding="utf-8")) == pretrain
     assert marker["summary"]["embedded"] == 0  # the documents were embedded by the first run
     held = {json.loads(line)["contract"] for line in
             (run / "eval" / "heldout_queries.jsonl").read_text(encoding="utf-8").splitlines()}
     trained_on = [json.loads(line)["contract"] for line in
-                  (run / "rag" / "reranker_queries.jsonl").read_text(
+                  (run / "rag" / "train_queries.jsonl").read_text(
                       encoding="utf-8").splitlines()]
     assert trained_on and not held & set(trained_on)
     decoding = json.loads((run / "decoding" / "report.json").read_text(encoding="utf-8"))

@@ -243,7 +243,9 @@ def test_reranker_trains_and_evaluation_leaves_its_contracts_out(rag_index: RagI
     assert main(["rag", "train-reranker", "--index", str(folder), "--queries", str(QUERIES),
                  *tiny]) == 0
     report = json.loads((folder / "reranker" / "report.json").read_text(encoding="utf-8"))
-    assert report["held_out_questions"] + report["train_questions"] == 20
+    assert (report["held_out_questions"] + report["validation_questions"]
+            + report["labelled_train_questions"]) == 20
+    assert report["train_questions"] > report["labelled_train_questions"]  # + synthetic ones
     assert set(report["held_out"]) == {"reranker", "fusion", "keyword"}
     assert (folder / "reranker" / "features" / "loss.png").exists()
     capsys.readouterr()
@@ -251,7 +253,8 @@ def test_reranker_trains_and_evaluation_leaves_its_contracts_out(rag_index: RagI
     result = json.loads(capsys.readouterr().out)
     assert result["reranker"] is True
     assert result["queries"] == report["held_out_questions"]
-    assert result["excluded_trained"] == report["train_questions"]
+    assert result["excluded_trained"] == (report["labelled_train_questions"]
+                                          + report["validation_questions"])
     reopened = RagIndex.open(folder)
     from lmforge.rag import Reranker
 

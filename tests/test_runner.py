@@ -119,9 +119,9 @@ def test_reranker_scores_on_the_device_of_its_parameters(tok, tmp_path: Path,  #
     phase = TrainConfig(steps=2, batch_size=1, seq_len=16, warmup_steps=1, eval_every=1,
                         save_every=1)
     config = RerankerConfig(dim=32, n_layers=1, n_heads=4, negatives=1, candidates=3,
-                            inner_val_fraction=0.5, feature_train=phase, train=phase)
-    model, report = rerank.train_cross_encoder(groups[:8], groups[8:], tok, config, tmp_path,
-                                               0, 0, show_progress=False)
+                            feature_train=phase, train=phase)
+    model, report = rerank.train_cross_encoder(groups[:6], groups[6:8], groups[8:], tok, config,
+                                               tmp_path, 0, 0, show_progress=False)
     assert seen and all(used == where == torch.device("meta") for used, where in seen)
     assert next(model.parameters()).device == torch.device("cpu")
     assert report["inner_val_questions"] > 0

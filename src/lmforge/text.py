@@ -95,3 +95,21 @@ def extract_answer(passage: str, reference: str) -> str:
             return "".join(sentences[j] for j in sorted(chosen))
         chosen.append(pick)
         best = score
+
+
+def bigram_f1(a: str, b: str) -> float:
+    """F1 of the two texts' character bigrams: how much of one clause another one copies
+    (bag-of-characters F1 is high for any two clauses of the same contract language)."""
+    grams_a = Counter(a[i : i + 2] for i in range(len(a) - 1))
+    grams_b = Counter(b[i : i + 2] for i in range(len(b) - 1))
+    total = sum(grams_a.values()) + sum(grams_b.values())
+    return 2 * sum((grams_a & grams_b).values()) / total if total else 0.0
+
+
+def near_copy(a: str, b: str, threshold: float = 0.9) -> bool:
+    """Whether ``a`` and ``b`` are one clause copied (lengths within and bigram F1 at least
+    ``threshold``): such pairs are neither negatives to train on nor fair misses."""
+    if not a or not b or min(len(a), len(b)) / max(len(a), len(b)) < threshold:
+        return False
+    return bigram_f1(a, b) >= threshold
+

@@ -46,23 +46,47 @@ def cmd_rag_delete(args: argparse.Namespace) -> None:
     print(f"deleted {removed} of {len(args.doc_ids)} documents; {len(index.docs)} remain")
 
 
-def cmd_rag_train_reranker(args: argparse.Namespace) -> None:
-    from lmforge.pipeline import train_reranker
+def _train(part: str) -> Any:
+    """One retrieval training job; the others already trained stay as they are."""
+    def command(args: argparse.Namespace) -> None:
+        from lmforge.pipeline import train_retrieval
 
-    config = load_recipe(args)
-    report = train_reranker(args.index, args.queries, config.rag.reranker, config.run.seed)
-    held = report["held_out"]
-    state = "enabled" if report["enabled"] else "disabled: no better than fusion on validation"
-    print(
-        f"reranker: {args.index / 'reranker'} ({state}); held-out recall@1 "
-        f"{held['reranker']['recall@1']:.3f} (fusion {held['fusion']['recall@1']:.3f}, "
-        f"BM25 {held['keyword']['recall@1']:.3f}); report: "
-        f"{args.index / 'reranker' / 'report.md'}"
-    )
+        config = load_recipe(args)
+        parts = {"embedder": ["embedder", "fusion"], "fusion": ["fusion"],
+                 "reranker": ["reranker"]}[part]
+        summary = train_retrieval(args.index, args.queries, config.rag, config.run.seed, parts)
+        print(retrieval_summary(args.index, summary))
+
+    return command
+
+
+def retrieval_summary(index: Path, summary: dict[str, Any]) -> str:
+    q = summary["questions"]
+    lines = [f"questions: {q['train']} training, {q['validation']} validation, "
+             f"{q['held_out']} held out (rag eval reports on those)"]
+    if "embedder" in summary:
+        e = summary["embedder"]
+        after = e["validation"]["after"].get("recall@1", 0.0)
+        lines.append(f"embedder: {index / 'embedder'}; {e['synthetic_questions']} synthetic "
+                     f"questions; validation recall@1 {after:.3f}")
+    if "fusion" in summary:
+        chosen = summary["fusion"]["validation"]["chosen"]
+        lines.append(f"fusion chosen on validation: {summary['fusion']['chosen']} (recall@1 "
+                     f"{chosen['recall@1']:.3f}, recall@5 {chosen['recall@5']:.3f}, MRR "
+                     f"{chosen['mrr']:.3f}); {index / 'fusion.json'}")
+    if "reranker" in summary:
+        r = summary["reranker"]
+        state = "enabled" if r["enabled"] else "disabled: no better than fusion on validation"
+        held = r["held_out"]
+        lines.append(f"reranker: {index / 'reranker'} ({state}); held-out recall@1 "
+                     f"{held['reranker']['recall@1']:.3f} (fusion "
+                     f"{held['fusion']['recall@1']:.3f}, BM25 {held['keyword']['recall@1']:.3f})"
+                     f"; report: {index / 'reranker' / 'report.md'}")
+    return "\n".join(lines)
 
 
 def cmd_rag_eval(args: argparse.Namespace) -> None:
-    from lmforge.rag import RagIndex, evaluate, read_queries
+    from lmforge.rag import RETRIEVAL_MODES, RagIndex, evaluate, read_queries
 
     index = RagIndex.open(args.index)
     result = evaluate(
@@ -71,16 +95,19 @@ def cmd_rag_eval(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return
-    for mode in ("dense", "keyword", "hybrid", "final"):
+    for mode in (m for m in RETRIEVAL_MODES if m in result):
         m = result[mode]
         print(
             f"{mode:8} recall@1 {m['recall@1']:.3f}  recall@5 {m['recall@5']:.3f}  "
             f"recall@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  "
             f"p50 {m['latency_ms']['p50']} ms"
         )
+    copies = result["near_copies"]
     print(
-        f"{result['queries']} questions ({result['excluded_trained']} from the reranker's "
-        f"training contracts left out)"
+        f"{result['queries']} questions ({result['excluded_trained']} from the contracts "
+        f"retrieval trained on left out); fusion: {result['fusion_setting']}; gold passage "
+        f"with a near-copy in the ranking {copies['gold_has_near_copy']:.3f}, ranked above it "
+        f"{copies['near_copy_ranked_above_gold']:.3f}"
     )
 
 
@@ -174,21 +201,17 @@ def _index_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("doc_ids", nargs="+", help="document ids")
-    p = add_command(
-        sub,
-        "train-reranker",
-        "train the domain reranker on question-passage pairs",
-        f"lmforge rag train-reranker --index {INDEX} --queries data/insurance/queries.jsonl",
-        cmd_rag_train_reranker,
-    )
-    recipe_args(p)
-    p.add_argument("--index", type=Path, required=True)
-    p.add_argument(
-        "--queries",
-        type=Path,
-        required=True,
-        help="jsonl: question, gold_pid and the group field (contract)",
-    )
+    for part, what in (("embedder", "train the domain embedder on labelled and synthetic "
+                                    "questions, embed every chunk with it, re-choose the fusion"),
+                       ("fusion", "choose the fusion's lists and weights on validation questions"),
+                       ("reranker", "train the domain reranker on the chosen fusion's candidates")):
+        name = f"tune-{part}" if part == "fusion" else f"train-{part}"
+        example = f"lmforge rag {name} --index {INDEX} --queries data/insurance/queries.jsonl"
+        p = add_command(sub, name, what, example, _train(part))
+        recipe_args(p)
+        p.add_argument("--index", type=Path, required=True)
+        p.add_argument("--queries", type=Path, required=True,
+                       help="jsonl: question, gold_pid and the group field (contract)")
 
 
 def _query_commands(sub: argparse._SubParsersAction) -> None:

@@ -33,6 +33,7 @@ from lmforge.config.schema import (
     ServeConfig,
 )
 from lmforge.config.training import (
+    EmbedderConfig,
     LoraConfig,
     ModelConfig,
     PreferenceConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "DataConfig",
     "GroundingConfig",
     "DedupConfig",
+    "EmbedderConfig",
     "EvalConfig",
     "IngestConfig",
     "LoraConfig",

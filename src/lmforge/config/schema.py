@@ -15,6 +15,7 @@ from typing import Literal
 from lmforge.config.checks import INPUT, check, fraction
 from lmforge.config.data import DataConfig, TokenizerConfig
 from lmforge.config.training import (
+    EmbedderConfig,
     ModelConfig,
     PreferenceConfig,
     RerankerConfig,
@@ -198,6 +199,9 @@ class RagConfig:
     default_access: Literal["private", "tenant", "public"] = "private"
     # domain terms for jieba: one per line, or jsonl with a "term" field
     user_dict: str = field(default="", metadata=INPUT)
+    # glossary (jsonl: term, definition, optional synonyms) whose aliases rewrite questions
+    # for RAG-Fusion, beside the aliases the documents define themselves ("以下简称")
+    glossary: str = field(default="", metadata=INPUT)
     id_field: str = "auto"  # jsonl/json: the record's id field ("auto": id, pid or doc_id)
     meta_fields: list[str] = field(default_factory=lambda: ["*"])  # "*": every other field
     dense_k: int = 50
@@ -212,10 +216,25 @@ class RagConfig:
     min_dense_score: float = 0.88
     min_keyword_coverage: float = 0.6
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
-    # what ``lmforge run`` indexes, and the questions it trains the reranker on ("": no
-    # reranker); questions of contracts the data stage held out are left out of that training
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    # what ``lmforge run`` indexes, and the labelled questions retrieval trains on ("": none;
+    # jsonl: question, gold_pid and the group field); questions of contracts the data stage
+    # held out are left out
     documents: list[str] = field(default_factory=list, metadata=INPUT)
-    reranker_queries: str = field(default="", metadata=INPUT)
+    train_queries: str = field(default="", metadata=INPUT)
+    # what ``lmforge run`` trains on them, in this order: the domain embedder, the fusion
+    # (chosen on validation questions), the reranker
+    train: list[Literal["embedder", "fusion", "reranker"]] = field(
+        default_factory=lambda: ["embedder", "fusion", "reranker"])
+    # of the training-side groups (contracts): their questions choose every setting
+    # (fusion weights, whether the embedder and reranker are kept) and train nothing
+    validation_fraction: float = 0.2
+    # what ``lmforge run`` starts the embedder and the reranker from: the run's pretrained LM
+    # (their own ``init_from`` wins), or small fresh encoders sized by their sections
+    encoders_from: Literal["scratch", "pretrain"] = "scratch"
+    synthetic_per_chunk: int = 3  # synthetic questions per chunk for the embedder and reranker
+    # the reranker also trains on the synthetic questions (the embedder always does)
+    reranker_synthetic: bool = True
 
     def __post_init__(self) -> None:
         check(self.chunk_size >= 16, "chunk_size", "at least 16", self.chunk_size)
@@ -225,6 +244,10 @@ class RagConfig:
             check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
         for name in ("dense_weight", "keyword_weight"):
             check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+        check(0 < self.validation_fraction < 1, "validation_fraction", "between 0 and 1",
+              self.validation_fraction)
+        check(self.synthetic_per_chunk >= 0, "synthetic_per_chunk", "0 or more",
+              self.synthetic_per_chunk)
 
 
 @dataclass

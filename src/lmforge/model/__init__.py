@@ -1,8 +1,9 @@
 """The model: one Llama-style transformer (model/llama.py) that also runs the open-model families
 (Llama, Mistral, Qwen2/3, Mixtral, Qwen MoE), what is applied to it without editing it (LoRA
-adapters, int8 / NF4 weights), the reranker's cross-encoder built on it, and its on-disk formats
-(our folders and Hugging Face's)."""
+adapters, int8 / NF4 weights), the reranker's cross-encoder and the retrieval bi-encoder built on
+it, and its on-disk formats (our folders and Hugging Face's)."""
 
+from lmforge.model.bi_encoder import BiEncoder, EmbedPair, pad_rows
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
 from lmforge.model.hf_config import ARCHITECTURES, config_from_hf, hf_config
 from lmforge.model.llama import (
@@ -35,10 +36,10 @@ from lmforge.model.weights import (
     save_model,
 )
 
-__all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "WEIGHTS_NAME", "CrossEncoder", "KVCache",
-           "LoadStats", "NF4Linear", "Output", "RerankGroup", "Transformer", "adapters_disabled",
-           "apply_lora", "causal_mask", "config_from_hf", "doc_rank", "document_inputs",
-           "document_mask", "extend_embeddings", "hf_config", "load_adapter", "load_model",
-           "load_model_with_stats", "load_state", "merge_lora", "model_config", "model_state",
-           "pad", "positions_within_documents", "quantize_linears", "save_adapter", "save_model",
-           "score_group"]
+__all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "WEIGHTS_NAME", "BiEncoder", "CrossEncoder",
+           "EmbedPair", "KVCache", "LoadStats", "NF4Linear", "Output", "RerankGroup",
+           "Transformer", "adapters_disabled", "apply_lora", "causal_mask", "config_from_hf",
+           "doc_rank", "document_inputs", "document_mask", "extend_embeddings", "hf_config",
+           "load_adapter", "load_model", "load_model_with_stats", "load_state", "merge_lora",
+           "model_config", "model_state", "pad", "pad_rows", "positions_within_documents",
+           "quantize_linears", "save_adapter", "save_model", "score_group"]

@@ -6,9 +6,9 @@ packages (training the RAG reranker needs the index and the training loop); ``cl
 from lmforge.pipeline.evaluate import QA_FIGURES
 from lmforge.pipeline.layout import RunLayout
 from lmforge.pipeline.report import write_report_card
-from lmforge.pipeline.reranker import train_reranker
+from lmforge.pipeline.retrieval import train_retrieval
 from lmforge.pipeline.run import Stage, StageResult, run_alone, run_recipe
 from lmforge.pipeline.stages import BY_NAME, STAGES, print_summary
 
 __all__ = ["BY_NAME", "QA_FIGURES", "STAGES", "RunLayout", "Stage", "StageResult", "print_summary",
-           "run_alone", "run_recipe", "train_reranker", "write_report_card"]
+           "run_alone", "run_recipe", "train_retrieval", "write_report_card"]

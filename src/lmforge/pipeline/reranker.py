@@ -7,48 +7,51 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-
 from lmforge.atomic import atomic_dir, atomic_write_text
-from lmforge.config import RerankerConfig, TokenizerConfig, write_resolved
+from lmforge.config import RagConfig, write_resolved
 from lmforge.model import RerankGroup
-from lmforge.rag import RERANKER_FEATURES, RERANKER_FOLDER, RagIndex, read_queries, training_groups
+from lmforge.pipeline.retrieval_data import Split, glossary_terms, own_tokenizer
+from lmforge.rag import (
+    RERANKER_FEATURES,
+    RERANKER_FOLDER,
+    RagIndex,
+    rerank_groups,
+    synthetic_queries,
+)
 from lmforge.reporting import markdown_table
-from lmforge.tokenizer import load_tokenizer, train_bpe
 from lmforge.train import baseline_metrics, train_cross_encoder
 
 
-def reranker_tokenizer(index: RagIndex, config: RerankerConfig) -> Tokenizer:
-    """The init model's tokenizer, or a small BPE trained on the index's own text."""
-    if config.init_from:
-        return load_tokenizer(Path(config.init_from))
-    texts = [c.text for c in index.chunks.values()]
-    return train_bpe(texts, TokenizerConfig(vocab_size=config.vocab_size), "cjk", [],
-                     length=len(texts), show_progress=False)
-
-
-def train_reranker(index_dir: Path, queries_path: Path, config: RerankerConfig, seed: int = 0,
+def train_reranker(index_dir: Path, split: Split, rag: RagConfig, seed: int,
                    show_progress: bool = True) -> dict[str, Any]:
+    """Groups of the training questions (and, with ``rag.reranker_synthetic``, of synthetic
+    questions of every chunk) over the index's chosen fusion; the validation questions decide
+    whether the text model and the reranker are kept; the held-out ones are only reported."""
     index = RagIndex.open(index_dir)
+    config = rag.reranker
     out = index.folder / RERANKER_FOLDER
-    tok = reranker_tokenizer(index, config)
-    queries = read_queries(queries_path, config.group_field)
-    train, val, stats = training_groups(index, queries, tok, config, seed)
-    if not train or not val:
-        raise ValueError(f"{queries_path}: need questions in both the training and held-out "
-                         f"{config.group_field}s (got {len(train)} and {len(val)})")
-    model, trained = train_cross_encoder(train, val, tok, config, out, seed,
+    tok = own_tokenizer(index, config.init_from, config.vocab_size)
+    queries = list(split.train)
+    if rag.reranker_synthetic:
+        queries += [p.query for p in synthetic_queries(
+            index, glossary_terms(rag), rag.synthetic_per_chunk, seed, config.group_field)]
+    train, validation, held = (rerank_groups(index, part, tok, config)
+                               for part in (queries, split.validation, split.held_out))
+    model, trained = train_cross_encoder(train, validation, held, tok, config, out, seed,
                                          RERANKER_FEATURES.index("rrf"),
                                          show_progress=show_progress)
     meta = {"features": list(RERANKER_FEATURES), "candidates": config.candidates,
-            "enabled": trained["enabled"],
-            "max_len": config.train.seq_len, "group_field": config.group_field,
-            "trained_groups": sorted({q.group for q in queries} - set(stats["held_out_groups"]))}
+            "enabled": trained["enabled"], "max_len": config.train.seq_len,
+            "group_field": config.group_field,
+            "trained_groups": sorted(set(split.groups("train")) | set(split.groups("validation")))}
     with atomic_dir(out / "model") as folder:  # a running server never loads half a model
         model.save(folder, meta)
         tok.save(str(folder / "tokenizer.json"))
     write_resolved(config, out)
-    return write_report(out, stats, trained, val)
+    stats = {"train_questions": len(train), "labelled_train_questions": len(split.train),
+             "validation_questions": len(validation), "held_out_questions": len(held),
+             "held_out_groups": split.groups("held_out")}
+    return write_report(out, stats, trained, held)
 
 
 def write_report(out: Path, stats: dict[str, Any], trained: dict[str, Any],

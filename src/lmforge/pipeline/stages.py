@@ -6,6 +6,7 @@ reports."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from lmforge.export import export_hf
 from lmforge.pipeline.decoding import decoding_stage
 from lmforge.pipeline.evaluate import evaluate_run
 from lmforge.pipeline.layout import RunLayout
-from lmforge.pipeline.reranker import train_reranker
+from lmforge.pipeline.retrieval import train_retrieval
 from lmforge.pipeline.run import Stage
 from lmforge.rag import RagIndex
 from lmforge.tokenizer import base_tokenizer, train_tokenizer
@@ -113,9 +114,11 @@ def _preference_stage(train: Any) -> Any:
 
 
 def rag_stage(rag: RagConfig, corpus: Path, out: Path, seed: int,
-              decoding: tuple[str, float] = ("", 0.0)) -> dict[str, Any]:
+              decoding: tuple[str, float] = ("", 0.0), base: Path | None = None
+              ) -> dict[str, Any]:
     """``decoding``: SFT's QA file and the share of its training-side contracts kept out to
-    choose the decoding on; the reranker does not train on their questions either."""
+    choose the decoding on; retrieval does not train on their questions either. ``base``: the
+    model the embedder and the reranker start from (``rag.encoders_from = "pretrain"``)."""
     if not rag.documents:
         raise ValueError("rag.documents: nothing to index; list the files or folders to answer "
                          "from, e.g. documents = [\"data/insurance/passages.jsonl\"]")
@@ -125,19 +128,31 @@ def rag_stage(rag: RagConfig, corpus: Path, out: Path, seed: int,
         "documents": len(index.docs), "chunks": len(index.chunks), "added": report.added,
         "unchanged": report.unchanged, "embedded": report.embedded, "problems": report.problems}
     outputs = {"index": str(out)}
-    if rag.reranker_queries:
+    if rag.train_queries and rag.train:
         kept = validation_contracts(Path(decoding[0]), heldout_contracts(corpus), decoding[1],
                                     seed) if decoding[0] and decoding[1] else set()
-        queries = atomic_write_jsonl(out / "reranker_queries.jsonl", [
-            r for r in heldout_questions(Path(rag.reranker_queries), corpus, False)
+        queries = atomic_write_jsonl(out / "train_queries.jsonl", [
+            r for r in heldout_questions(Path(rag.train_queries), corpus, False)
             if r["contract"] not in kept])
-        reranker = train_reranker(out, queries, rag.reranker, seed)
-        summary["reranker"] = {"enabled": reranker["enabled"], "held_out": reranker["held_out"]}
-        outputs["reranker report"] = str(out / "reranker" / "report.md")
+        trained = train_retrieval(out, queries, starting_from(rag, base), seed)
+        summary["retrieval"] = trained
+        outputs |= {f"{part} report": str(out / part / "report.md")
+                    for part in ("embedder", "reranker") if part in rag.train}
     summary["headline"] = (f"{summary['documents']:,} documents, {summary['chunks']:,} chunks "
                            f"({summary['embedded']:,} embedded now)")
     summary["outputs"] = outputs
     return summary
+
+
+def starting_from(rag: RagConfig, base: Path | None) -> RagConfig:
+    """The retrieval encoders start from ``base`` unless their own ``init_from`` says
+    otherwise."""
+    if base is None:
+        return rag
+    return replace(rag, embedder=replace(rag.embedder,
+                                         init_from=rag.embedder.init_from or str(base)),
+                   reranker=replace(rag.reranker,
+                                    init_from=rag.reranker.init_from or str(base)))
 
 
 def export_stage(model: Path, out: Path) -> dict[str, Any]:
@@ -188,7 +203,8 @@ STAGES = [
     Stage("dpo", _preference_stage(dpo), _preference_args("dpo", "sft"), resumable=True),
     Stage("rag", rag_stage, lambda r, layout: {
         "rag": r.rag, "corpus": layout.corpus, "out": layout.rag, "seed": r.run.seed,
-        "decoding": (r.sft.qa_queries, r.sft.decoding_val_fraction)}),
+        "decoding": (r.sft.qa_queries, r.sft.decoding_val_fraction),
+        **({"base": layout.model("pretrain")} if r.rag.encoders_from == "pretrain" else {})}),
     Stage("decoding", decoding_stage, lambda r, layout: {
         "sft": r.sft, "assistant": r.assistant, "model": layout.trained, "index": layout.rag,
         "corpus": layout.corpus, "out": layout.stage("decoding"), "seed": r.run.seed}),

@@ -1,5 +1,6 @@
-"""Retrieval-augmented answering over a company's documents: chunking, embeddings, a vector
-store, BM25, fusion, a trained reranker, access control, answering with citations, evaluation."""
+"""Retrieval-augmented answering over a company's documents: chunking, embeddings (a general one
+and a domain one lmforge trains), a vector store, BM25, rewrites of the question, fusion, a
+trained reranker, access control, answering with citations, evaluation."""
 
 from lmforge.rag.access import Access, parse_where
 from lmforge.rag.answer import GroundedPrompt, Grounding, Retrieved
@@ -10,15 +11,25 @@ from lmforge.rag.citations import (
     check_answer,
     citation_summary,
 )
+from lmforge.rag.domain import FOLDER as EMBEDDER_FOLDER
+from lmforge.rag.domain import DomainEmbedder
 from lmforge.rag.evaluate import evaluate
+from lmforge.rag.expand import Expander, load_glossary
+from lmforge.rag.fusion import Fusion, read_fusion
 from lmforge.rag.index import IndexReport, RagIndex, RagIndexError, read_sources
+from lmforge.rag.pairs import embed_pairs, labelled_pairs, synthetic_queries
 from lmforge.rag.rerank import FEATURES as RERANKER_FEATURES
 from lmforge.rag.rerank import FOLDER as RERANKER_FOLDER
-from lmforge.rag.rerank import Reranker, read_queries, training_groups
+from lmforge.rag.rerank import TRAINING_FILE, Query, Reranker, read_queries, rerank_groups
+from lmforge.rag.retrieve import MODES as RETRIEVAL_MODES
 from lmforge.rag.retrieve import Hit, Retriever
+from lmforge.rag.tune import tune_fusion
 
-__all__ = ["CITATION_THRESHOLD", "RERANKER_FEATURES", "RERANKER_FOLDER", "Access",
-           "CheckedSentence", "GroundedPrompt", "Grounding", "Hit", "IndexReport", "RagIndex",
+__all__ = ["CITATION_THRESHOLD", "EMBEDDER_FOLDER", "RERANKER_FEATURES", "RERANKER_FOLDER",
+           "RETRIEVAL_MODES",
+           "TRAINING_FILE", "Access", "CheckedSentence", "DomainEmbedder", "Expander", "Fusion",
+           "GroundedPrompt", "Grounding", "Hit", "IndexReport", "Query", "RagIndex",
            "RagIndexError", "Reranker", "Retrieved", "Retriever", "check_against_sources",
-           "check_answer", "citation_summary", "evaluate", "parse_where", "read_queries",
-           "read_sources", "training_groups"]
+           "check_answer", "citation_summary", "embed_pairs", "evaluate", "labelled_pairs",
+           "load_glossary", "parse_where", "read_fusion", "read_queries", "read_sources",
+           "rerank_groups", "synthetic_queries", "tune_fusion"]

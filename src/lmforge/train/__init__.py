@@ -2,6 +2,7 @@
 runner (train/runner.py). A stage function builds its task from config sections and paths."""
 
 from lmforge.train.dpo import dpo
+from lmforge.train.embed import build_bi_encoder, train_bi_encoder
 from lmforge.train.loop import Trainer, TrainingDiverged, TrainResult
 from lmforge.train.metrics import read_rows
 from lmforge.train.pretrain import pretrain
@@ -10,5 +11,6 @@ from lmforge.train.reward import reward_model
 from lmforge.train.runner import run_task
 from lmforge.train.sft import sft
 
-__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "baseline_metrics", "dpo", "pretrain",
-           "read_rows", "reward_model", "run_task", "sft", "train_cross_encoder"]
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "baseline_metrics", "build_bi_encoder",
+           "dpo", "pretrain", "read_rows", "reward_model", "run_task", "sft", "train_bi_encoder",
+           "train_cross_encoder"]

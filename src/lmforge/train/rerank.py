@@ -20,19 +20,17 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from lmforge.config import ModelConfig, RerankerConfig, TrainConfig
+from lmforge.config import RerankerConfig, TrainConfig
 from lmforge.model import (
     CrossEncoder,
     RerankGroup,
-    Transformer,
     doc_rank,
-    load_model,
     pad,
     score_group,
 )
 from lmforge.ranking import rank_metrics
-from lmforge.splits import held_out
 from lmforge.train.distributed import DistInfo
+from lmforge.train.encoder import encoder_backbone
 from lmforge.train.runner import run_task
 from lmforge.train.sampler import EpochSampler
 
@@ -83,14 +81,7 @@ class RerankTask:
 
 
 def build_encoder(config: RerankerConfig, tok: Tokenizer, n_features: int) -> CrossEncoder:
-    if config.init_from:
-        backbone = load_model(Path(config.init_from))
-    else:
-        backbone = Transformer(ModelConfig(
-            vocab_size=tok.get_vocab_size(), dim=config.dim, n_layers=config.n_layers,
-            n_heads=config.n_heads, n_kv_heads=config.n_heads,
-            max_seq_len=config.train.seq_len))
-    return CrossEncoder(backbone, n_features)
+    return CrossEncoder(encoder_backbone(config, tok), n_features)
 
 
 def _fit(model: CrossEncoder, train_config: TrainConfig, task: RerankTask, out: Path, seed: int,
@@ -106,19 +97,18 @@ def _freeze(module: nn.Module, frozen: bool) -> None:
         parameter.requires_grad_(not frozen)
 
 
-def train_cross_encoder(train: list[RerankGroup], val: list[RerankGroup], tok: Tokenizer,
-                        config: RerankerConfig, out: Path, seed: int, baseline_column: int,
-                        show_progress: bool = True) -> tuple[CrossEncoder, dict[str, Any]]:
+def train_cross_encoder(inner_train: list[RerankGroup], inner_val: list[RerankGroup],
+                        val: list[RerankGroup], tok: Tokenizer, config: RerankerConfig,
+                        out: Path, seed: int, baseline_column: int, show_progress: bool = True
+                        ) -> tuple[CrossEncoder, dict[str, Any]]:
     """Phase one fits the head over retrieval evidence (seconds); phase two trains the
     transformer as a correction on top. The text model is kept only if it improves MRR on
-    validation questions carved from the training groups, so it can never make the reranker
-    worse than the evidence alone on data it has not seen (a small model trained from scratch
-    on a few hundred questions easily overfits). Likewise the reranker as a whole is enabled
-    only if it beats the plain fusion ranking (``baseline_column``) there."""
-    held = [held_out(g.group, config.inner_val_fraction, seed, purpose="inner") for g in train]
-    inner_val = [g for g, h in zip(train, held, strict=True) if h]
-    inner_train = [g for g, h in zip(train, held, strict=True) if not h] or train
-    model = build_encoder(config, tok, int(train[0].features.shape[1]))
+    the validation groups (``inner_val``: questions of training-side contracts nothing trained
+    on), so it can never make the reranker worse than the evidence alone on data it has not
+    seen (a small model trained on a few hundred questions easily overfits). Likewise the
+    reranker as a whole is enabled only if it beats the plain fusion ranking
+    (``baseline_column``) there. ``val``: the held-out groups, only reported."""
+    model = build_encoder(config, tok, int(inner_train[0].features.shape[1]))
 
     model.use_text = False
     _freeze(model, True)
