@@ -316,12 +316,16 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N costliest functions of the timed loop (cProfile)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--passages", type=Path, default=DATA / "passages.jsonl",
+                        help="the passages replicated (jsonl: pid, contract, text)")
+    parser.add_argument("--queries", type=Path, default=DATA / "queries.jsonl",
+                        help="the questions timed (jsonl: question)")
     args = parser.parse_args()
     omp = os.environ.get("OMP_NUM_THREADS", "unset")  # before the embedder sets its own
     args.workdir.mkdir(parents=True, exist_ok=True)
-    passages = read_passages(DATA / "passages.jsonl")
+    passages = read_passages(args.passages)
     queries = [json.loads(line)["question"] for line in
-               (DATA / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+               args.queries.read_text(encoding="utf-8").splitlines() if line.strip()]
     queries = list(dict.fromkeys(queries))  # each question once: none is answered from a cache
     random.Random(args.seed).shuffle(queries)
     questions = queries[: args.warmup + args.questions]

@@ -23,9 +23,9 @@ def planted_index(rag_index: RagIndex, tmp_path: Path, embedder) -> RagIndex:  #
     folder = tmp_path / "idx"
     shutil.copytree(rag_index.folder, folder)
     glossary = tmp_path / "glossary.jsonl"
-    glossary.write_text(json.dumps({"term": "等候观察期", "definition": "合同生效后暂不赔付的期间。",
-                                    "synonyms": ["冷观期"]}, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
+    entry = {"term": "等候观察期", "definition": "合同生效后暂不赔付的期间。",
+             "synonyms": ["冷观期"]}
+    glossary.write_text(json.dumps(entry, ensure_ascii=False) + "\n", encoding="utf-8")
     config = RagConfig(chunk_size=200, chunk_overlap=40, glossary=str(glossary))
     index = RagIndex.create(folder, config, embedder)
     index.add([PLANTED], progress=False)
@@ -63,7 +63,8 @@ TINY_ENCODERS = [
     "rag.reranker.feature_train.steps=6", "rag.reranker.feature_train.warmup_steps=1",
     "rag.reranker.train.steps=4", "rag.reranker.train.warmup_steps=1", "rag.reranker.dim=32",
     "rag.reranker.n_layers=1", "rag.reranker.vocab_size=600", "rag.reranker.val_fraction=0.3",
-    "rag.reranker.train.seq_len=96", "rag.synthetic_per_chunk=1", "rag.reranker_synthetic=false"]
+    "rag.reranker.train.seq_len=96", "rag.synthetic_per_chunk=1",
+    "rag.reranker_synthetic=false"]
 
 
 def test_the_domain_embedder_is_a_second_space_the_index_keeps_in_step(
@@ -111,3 +112,30 @@ def test_the_domain_embedder_is_a_second_space_the_index_keeps_in_step(
         if json.loads(line)["contract"] in split["held_out_groups"])
     assert {"keyword", "dense", "domain", "hybrid", "fusion", "final"} <= set(result)
     assert 0.0 <= result["near_copies"]["near_copy_ranked_above_gold"] <= 1.0
+
+
+def test_a_choice_must_beat_its_baseline_by_more_than_noise() -> None:
+    from lmforge.ranking import clearly_better
+
+    assert clearly_better([1] * 40, [2] * 40)
+    assert not clearly_better([1, 2] * 20, [2, 1] * 20)  # as many wins as losses
+    assert not clearly_better([1] + [3] * 39, [2] * 40)  # one win, many small losses
+    assert not clearly_better([1] + [2] * 39, [2] * 40)  # one lucky question in forty
+
+
+def test_the_latency_benchmark_runs(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "retrieval.py"
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(bench), "--sizes", "60", "--questions", "4",
+                           "--warmup", "1", "--workdir", str(tmp_path), "--out", str(out),
+                           "--passages", str(TINY / "rag_passages.jsonl"),
+                           "--queries", str(QUERIES)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text(encoding="utf-8"))["60"]
+    assert figures["chunks"] >= 60  # the tiny passages replicated past their own 32 chunks
+    assert {"keyword", "dense", "hybrid", "final"} <= set(figures["modes"])

@@ -28,7 +28,7 @@ from lmforge.model import (
     pad,
     score_group,
 )
-from lmforge.ranking import rank_metrics
+from lmforge.ranking import clearly_better, rank_metrics
 from lmforge.train.distributed import DistInfo
 from lmforge.train.encoder import encoder_backbone
 from lmforge.train.runner import run_task
@@ -102,7 +102,8 @@ def train_cross_encoder(inner_train: list[RerankGroup], inner_val: list[RerankGr
                         out: Path, seed: int, baseline_column: int, show_progress: bool = True
                         ) -> tuple[CrossEncoder, dict[str, Any]]:
     """Phase one fits the head over retrieval evidence (seconds); phase two trains the
-    transformer as a correction on top. The text model is kept only if it improves MRR on
+    transformer as a correction on top. The text model is kept only if it clearly (by more
+    than one standard error, ``ranking.clearly_better``) improves MRR on
     the validation groups (``inner_val``: questions of training-side contracts nothing trained
     on), so it can never make the reranker worse than the evidence alone on data it has not
     seen (a small model trained on a few hundred questions easily overfits). Likewise the
@@ -124,27 +125,37 @@ def train_cross_encoder(inner_train: list[RerankGroup], inner_val: list[RerankGr
     model.eval()
     device = next(model.parameters()).device  # where the loop left it (a GPU, if any)
     with torch.no_grad():
-        with_text = group_metrics(model, inner_val, device)
+        with_text = group_ranks(model, inner_val, device)
         model.use_text = False
-        without_text = group_metrics(model, inner_val, device)
-        model.use_text = with_text["mrr"] > without_text["mrr"]
+        without_text = group_ranks(model, inner_val, device)
+        model.use_text = clearly_better(with_text, without_text)
+        kept = with_text if model.use_text else without_text
         held_out_metrics = group_metrics(model, val, device)
     model.cpu()
-    fusion = baseline_metrics(inner_val, baseline_column)
-    best = max(with_text["mrr"], without_text["mrr"])
-    report = {"inner_val": {"with_text": with_text, "evidence_only": without_text,
-                            "fusion": fusion},
-              "uses_text_model": model.use_text, "enabled": best > fusion["mrr"],
+    fusion = baseline_ranks(inner_val, baseline_column)
+    report = {"inner_val": {"with_text": rank_metrics(with_text),
+                            "evidence_only": rank_metrics(without_text),
+                            "fusion": rank_metrics(fusion)},
+              "uses_text_model": model.use_text, "enabled": clearly_better(kept, fusion),
               "held_out": held_out_metrics, "seconds": round(features + text, 1),
               "inner_train_questions": len(inner_train), "inner_val_questions": len(inner_val)}
     return model, report
 
 
+def group_ranks(model: nn.Module, groups: list[RerankGroup], device: torch.device
+                ) -> list[int | None]:
+    return [doc_rank(score_group(model, g, device), g) for g in groups]
+
+
 def group_metrics(model: nn.Module, groups: list[RerankGroup], device: torch.device
                   ) -> dict[str, float]:
-    return rank_metrics([doc_rank(score_group(model, g, device), g) for g in groups])
+    return rank_metrics(group_ranks(model, groups, device))
+
+
+def baseline_ranks(groups: list[RerankGroup], column: int) -> list[int | None]:
+    return [doc_rank(g.features[:, column], g) for g in groups]
 
 
 def baseline_metrics(groups: list[RerankGroup], column: int) -> dict[str, Any]:
     """Recall@1 and MRR when one feature column alone orders the candidates."""
-    return rank_metrics([doc_rank(g.features[:, column], g) for g in groups])
+    return rank_metrics(baseline_ranks(groups, column))
