@@ -117,7 +117,7 @@ def test_retrieval_trains_inside_the_run_on_training_contracts_only(pipeline_run
             "rag.reranker.dim=32", "rag.reranker.n_layers=1", "rag.reranker.vocab_size=600",
             "rag.reranker.val_fraction=0.5", "rag.reranker.train.seq_len=96",
             "rag.validation_fraction=0.4", "rag.synthetic_per_chunk=1",
-            "rag.reranker_synthetic=false", "rag.embedder.train.steps=4",
+            "rag.embedder.train.steps=4",
             "rag.embedder.train.warmup_steps=1", "rag.embedder.train.batch_size=4",
             "rag.encoders_from='pretrain'"]
     sets = [item for pair in (("--set", t) for t in tiny) for item in pair]

@@ -239,7 +239,7 @@ def test_reranker_trains_and_evaluation_leaves_its_contracts_out(rag_index: RagI
             "--set", "rag.reranker.train.steps=4", "--set", "rag.reranker.train.warmup_steps=1",
             "--set", "rag.reranker.dim=32", "--set", "rag.reranker.n_layers=1",
             "--set", "rag.reranker.vocab_size=600", "--set", "rag.reranker.val_fraction=0.3",
-            "--set", "rag.reranker.train.seq_len=96"]
+            "--set", "rag.reranker.train.seq_len=96", "--set", "rag.reranker_synthetic=true"]
     assert main(["rag", "train-reranker", "--index", str(folder), "--queries", str(QUERIES),
                  *tiny]) == 0
     report = json.loads((folder / "reranker" / "report.json").read_text(encoding="utf-8"))

@@ -63,8 +63,7 @@ TINY_ENCODERS = [
     "rag.reranker.feature_train.steps=6", "rag.reranker.feature_train.warmup_steps=1",
     "rag.reranker.train.steps=4", "rag.reranker.train.warmup_steps=1", "rag.reranker.dim=32",
     "rag.reranker.n_layers=1", "rag.reranker.vocab_size=600", "rag.reranker.val_fraction=0.3",
-    "rag.reranker.train.seq_len=96", "rag.synthetic_per_chunk=1",
-    "rag.reranker_synthetic=false"]
+    "rag.reranker.train.seq_len=96", "rag.synthetic_per_chunk=1"]
 
 
 def test_the_domain_embedder_is_a_second_space_the_index_keeps_in_step(
