@@ -17,10 +17,9 @@ scores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import numpy as np
 from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import RagConfig, from_dict, to_dict
 from lmforge.data import Document
-from lmforge.rag.access import Access, acl_of, acl_problems, may_read
+from lmforge.rag.access import Access, acl_problems, may_read
 from lmforge.rag.chunk import chunk_text
 from lmforge.rag.domain import SPACE as DOMAIN_SPACE
 from lmforge.rag.domain import DomainEmbedder, model_folder
@@ -48,56 +47,20 @@ from lmforge.rag.manifest import (
     read_manifest,
     write_manifest,
 )
+from lmforge.rag.records import (
+    ChunkInfo,
+    DocInfo,
+    IndexReport,
+    current_settings,
+    document_hash,
+    stored_chunks,
+)
 from lmforge.rag.sources import load_user_terms, read_sources
-from lmforge.rag.store import StoredChunk, StoreFilter, VectorStore, open_store
+from lmforge.rag.store import StoreFilter, VectorStore, open_store
 from lmforge.rag.tenants import TenantStatistics
 
 __all__ = ["Access", "ChunkInfo", "DocInfo", "IndexReport", "RagIndex", "RagIndexError",
            "read_sources"]
-
-
-@dataclass
-class ChunkInfo:
-    chunk_id: str
-    doc_id: str
-    index: int
-    text: str
-    page: int | None = None
-    heading: str = ""
-
-
-@dataclass
-class DocInfo:
-    doc_id: str
-    hash: str
-    source: str
-    meta: dict[str, str]
-    chunks: list[str] = field(default_factory=list)
-
-    @property
-    def tenant(self) -> str:
-        return self.meta.get("tenant", "")
-
-    @property
-    def acl(self) -> list[str]:
-        """The principals it names (empty: ``rag.default_access`` decides)."""
-        return acl_of(self.meta)
-
-
-@dataclass
-class IndexReport:
-    added: int = 0
-    replaced: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    chunks: int = 0
-    embedded: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-def document_hash(doc: Document) -> str:
-    payload = json.dumps([doc.text, sorted(doc.meta.items())], ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 class RagIndex:
@@ -488,22 +451,3 @@ class RagIndex:
         order = np.argsort(-scores, kind="stable")[:k]
         ids = keyword.chunk_ids
         return [(ids[i], float(scores[i])) for i in order if scores[i] > 0]
-
-
-def current_settings(cls: type, saved: dict) -> dict:
-    """``saved`` without the settings an older version had and this one does not (at every
-    level of nested sections): an index outlives the version that wrote it."""
-    defaults = cls()
-    known = {f.name for f in fields(cls)}
-    kept = {}
-    for key, value in saved.items():
-        if key in known:
-            default = getattr(defaults, key)
-            nested = is_dataclass(default) and isinstance(value, dict)
-            kept[key] = current_settings(type(default), value) if nested else value
-    return kept
-
-
-def stored_chunks(changed: Iterable[tuple[DocInfo, list[ChunkInfo]]]) -> list[StoredChunk]:
-    return [StoredChunk(chunk.chunk_id, info.doc_id, info.tenant, info.acl)
-            for info, chunks in changed for chunk in chunks]
