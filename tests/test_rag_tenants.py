@@ -4,6 +4,7 @@ requests, the reranker picked up when its files change), the reranker's separato
 forged, and filters cannot name access metadata."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,7 +59,8 @@ def test_another_tenant_does_not_change_reranker_features(tenants, monkeypatch) 
     tok = load_tokenizer(FIXTURE_TOKENIZER)
     meta = {"candidates": 20, "max_len": 64}
     for index in tenants:
-        Retriever(index, Reranker(None, tok, index, meta)).search(QUESTION, USER)  # type: ignore[arg-type]
+        reader = SimpleNamespace(use_text=True)  # scored by the patched score_group
+        Retriever(index, Reranker(reader, tok, index, meta)).search(QUESTION, USER)  # type: ignore[arg-type]
     coverage = [rerank.FEATURES.index(n) for n in (*rerank.COVERAGE, "document_idf_coverage")]
     assert seen[0].shape == seen[1].shape
     assert seen[1][:, coverage] == pytest.approx(seen[0][:, coverage])

@@ -15,6 +15,7 @@ fusion of the config, kept as the reference.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,31 +75,28 @@ class Retriever:
         # the index's chosen fusion (``rag tune-fusion``), else the config's two lists
         self.fusion = fusion or read_fusion(index.folder) or self.hybrid
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def hybrid(self) -> Fusion:
         c = self.index.config
         return Fusion(keyword=c.keyword_weight, dense=c.dense_weight)
 
-    def _vector(self, space: str, text: str) -> np.ndarray:
-        key = (space, text)
-        if key not in self._vectors:
-            embedder, _ = self.index.space(space)
-            self._vectors[key] = embedder.embed_queries([text])[0]
-            if len(self._vectors) > VECTOR_CACHE:
-                self._vectors.popitem(last=False)
-        return self._vectors[key]
-
     def _vectors_of(self, space: str, texts: Sequence[str]) -> list[np.ndarray]:
-        """One batch for the texts not cached yet (the rewrites of a question)."""
-        missing = [t for t in dict.fromkeys(texts) if (space, t) not in self._vectors]
+        """The texts' query vectors, embedding the ones not cached in one batch (a question
+        and its rewrites); the server asks from several threads, hence the lock."""
+        with self._lock:
+            found = {t: self._vectors.get((space, t)) for t in dict.fromkeys(texts)}
+        missing = [t for t, vector in found.items() if vector is None]
         if missing:
             embedder, _ = self.index.space(space)
-            for text, vector in zip(missing, embedder.embed_queries(missing), strict=True):
-                self._vectors[(space, text)] = vector
-            while len(self._vectors) > VECTOR_CACHE:
-                self._vectors.popitem(last=False)
-        return [self._vector(space, t) for t in texts]
+            vectors = embedder.embed_queries(missing)
+            with self._lock:
+                for text, vector in zip(missing, vectors, strict=True):
+                    found[text] = self._vectors[(space, text)] = vector
+                while len(self._vectors) > VECTOR_CACHE:
+                    self._vectors.popitem(last=False)
+        return [found[t] for t in texts]  # type: ignore[misc]
 
     def _dense(self, space: str, texts: Sequence[str], access: Access | None) -> list[Run]:
         c = self.index.config
