@@ -275,3 +275,25 @@ def rag_index(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Any:
     index.save()
     assert report.added == 20 and report.chunks >= 20
     return index
+
+
+@contextmanager
+def killed_at(step: int) -> Iterator[None]:
+    """Training inside this block stops with KeyboardInterrupt at ``step``, as a kill would;
+    the loop is whole again after it (for resume tests)."""
+    from lmforge.train import loop
+
+    real_step = loop.Trainer.train_step
+
+    def killed(self, at: int):  # noqa: ANN001, ANN202
+        if at == step:
+            raise KeyboardInterrupt
+        return real_step(self, at)
+
+    loop.Trainer.train_step = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        loop.Trainer.train_step = real_step
+

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import killed_at
 from tokenizers import Tokenizer
 
 from lmforge.config import ConfigError, EmbedderConfig, TrainConfig, from_dict
 from lmforge.model import BiEncoder, EmbedPair
 from lmforge.train import build_bi_encoder, read_rows, train_bi_encoder
-from lmforge.train import loop as loop_module
 from lmforge.train.distributed import DistInfo
 from lmforge.train.embed import EmbedTask, info_nce, not_negatives, retrieval_metrics
 
@@ -154,23 +154,13 @@ def test_a_hard_negative_of_another_questions_document_is_masked_for_it() -> Non
     assert not any(excluded[1]) and sum(excluded[2]) == 1
 
 
-def test_resume_is_exact(tok: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                         ) -> None:
+def test_resume_is_exact(tok: Tokenizer, tmp_path: Path) -> None:
     pairs = toy_pairs(80, seed=1)
     config = tiny_config(steps=12, save_every=4, eval_every=6)
     straight, _ = train_bi_encoder(pairs, [], [], tok, config, tmp_path / "a", 3,
                                    show_progress=False)
-    real_step = loop_module.Trainer.train_step
-
-    def killed_at_9(self, step: int):  # noqa: ANN001, ANN202
-        if step == 9:
-            raise KeyboardInterrupt
-        return real_step(self, step)
-
-    monkeypatch.setattr(loop_module.Trainer, "train_step", killed_at_9)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(9):
         train_bi_encoder(pairs, [], [], tok, config, tmp_path / "b", 3, show_progress=False)
-    monkeypatch.setattr(loop_module.Trainer, "train_step", real_step)
     resumed, _ = train_bi_encoder(pairs, [], [], tok, config, tmp_path / "b", 3,
                                   show_progress=False, resume=True)
     a, b = (read_rows(tmp_path / d / "metrics.jsonl") for d in "ab")

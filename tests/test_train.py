@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port
+from conftest import free_port, killed_at
 
 from lmforge.config import ModelConfig, TrainConfig, from_dict
 from lmforge.train import loop as loop_module
@@ -74,23 +74,13 @@ def test_pretraining_learns_and_writes_its_outputs(tiny_run: Path, tmp_path: Pat
                                                                         "step-000040"]
 
 
-def test_resume_is_bit_identical(tiny_run: Path, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_is_bit_identical(tiny_run: Path, tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     run_pretrain(tiny_run, straight)
 
     interrupted = tmp_path / "interrupted"
-    real_step = loop_module.Trainer.train_step
-
-    def killed_at_9(self, step: int):  # noqa: ANN001, ANN202
-        if step == 9:
-            raise KeyboardInterrupt
-        return real_step(self, step)
-
-    monkeypatch.setattr(loop_module.Trainer, "train_step", killed_at_9)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(9):
         run_pretrain(tiny_run, interrupted)
-    monkeypatch.setattr(loop_module.Trainer, "train_step", real_step)
     assert list_checkpoints(interrupted / "checkpoints")[-1].name == "step-000008"
     run_pretrain(tiny_run, interrupted, resume=True)
 
