@@ -12,19 +12,18 @@ embeds the same alone as in a padded batch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lmforge.model.cross_encoder import pad
+from lmforge.model.heads import load_heads, read_meta, save_encoder
 from lmforge.model.llama import Transformer
-from lmforge.model.weights import load_model, save_model
+from lmforge.model.weights import load_model
 
 HEAD_NAME = "embed_head.safetensors"
 META_NAME = "bi_encoder.json"
@@ -80,19 +79,14 @@ class BiEncoder(nn.Module):
         return out
 
     def save(self, folder: Path, meta: dict) -> None:
-        save_model(self.backbone, folder)
-        head = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
-        save_file(head, str(folder / HEAD_NAME))
-        (folder / META_NAME).write_text(json.dumps({**meta, "out_dim": self.out_dim},
-                                                   ensure_ascii=False, indent=1),
-                                        encoding="utf-8")
+        save_encoder(folder, self.backbone, {"head": self.head}, HEAD_NAME, META_NAME,
+                     {**meta, "out_dim": self.out_dim})
 
     @classmethod
     def load(cls, folder: Path) -> tuple[BiEncoder, dict]:
-        meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
+        meta = read_meta(folder, META_NAME)
         model = cls(load_model(folder), int(meta["out_dim"]))
-        head = load_file(str(folder / HEAD_NAME))
-        model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+        load_heads(folder, HEAD_NAME, {"head": model.head})
         return model.eval(), meta
 
 

@@ -6,17 +6,16 @@ second head, so the text model only has to learn what those signals miss.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lmforge.model.heads import load_heads, read_meta, save_encoder
 from lmforge.model.llama import Transformer
-from lmforge.model.weights import load_model, save_model
+from lmforge.model.weights import load_model
 
 HEAD_NAME = "rerank_head.safetensors"
 META_NAME = "cross_encoder.json"
@@ -46,26 +45,18 @@ class CrossEncoder(nn.Module):
         return score.squeeze(-1)
 
     def save(self, folder: Path, meta: dict) -> None:
-        save_model(self.backbone, folder)
-        heads = {f"text_head.{k}": v for k, v in self.text_head.state_dict().items()}
-        heads |= {f"feature_head.{k}": v for k, v in self.feature_head.state_dict().items()}
-        save_file({k: v.detach().contiguous() for k, v in heads.items()}, str(folder / HEAD_NAME))
-        (folder / META_NAME).write_text(json.dumps({**meta, "n_features": self.n_features,
-                                                    "use_text": self.use_text},
-                                                   ensure_ascii=False, indent=1),
-                                        encoding="utf-8")
+        save_encoder(folder, self.backbone, self._heads(), HEAD_NAME, META_NAME,
+                     {**meta, "n_features": self.n_features, "use_text": self.use_text})
+
+    def _heads(self) -> dict[str, nn.Module]:
+        return {"text_head": self.text_head, "feature_head": self.feature_head}
 
     @classmethod
     def load(cls, folder: Path) -> tuple[CrossEncoder, dict]:
-        meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
+        meta = read_meta(folder, META_NAME)
         model = cls(load_model(folder), int(meta["n_features"]))
         model.use_text = bool(meta.get("use_text", True))
-        heads = load_file(str(folder / HEAD_NAME))
-        model.text_head.load_state_dict({k.removeprefix("text_head."): v for k, v in heads.items()
-                                         if k.startswith("text_head.")})
-        model.feature_head.load_state_dict({k.removeprefix("feature_head."): v
-                                            for k, v in heads.items()
-                                            if k.startswith("feature_head.")})
+        load_heads(folder, HEAD_NAME, model._heads())
         return model.eval(), meta
 
 
