@@ -125,9 +125,13 @@ def test_dpo_loss_matches_a_hand_computed_value() -> None:
 
 
 def test_sequence_logps_sum_only_labelled_tokens() -> None:
+    from lmforge.model import Output
+
     logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]]]))
     targets = torch.tensor([[IGNORE, 1, 0]])
-    assert sequence_logps(logits, targets).item() == pytest.approx(math.log(0.75) + math.log(0.9))
+    model = lambda ids: Output(logits, None)  # noqa: E731  a model with fixed next-token odds
+    assert sequence_logps(model, torch.zeros_like(targets), targets, 0).item() == \
+        pytest.approx(math.log(0.75) + math.log(0.9))
 
 
 def tiny_recipe(tiny_run: Path, *overrides: str):  # noqa: ANN201
@@ -265,7 +269,7 @@ def test_dpo_learns_a_separable_preference(tok, chat, tmp_path: Path) -> None:  
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=1,
                                     n_heads=4, n_kv_heads=2)).eval()
     cpu = torch.device("cpu")
-    ref_train, ref_val = all_logps(model, train, 8, cpu), all_logps(model, val, 8, cpu)
+    ref_train, ref_val = all_logps(model, train, 8, cpu, 0), all_logps(model, val, 8, cpu, 0)
     task = DPOTask(train, val, ref_train, ref_val, beta=0.1, seed=0, eval_batch_size=8)
     config = TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=30,
                          save_every=30)

@@ -120,7 +120,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     doc_mask: bool = False  # packed documents do not attend to each other
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: bool = False  # torch.compile each block (the first steps pay for compiling)
+    # across processes: replicate the model (DDP) or shard weights, gradients and optimizer
+    # states over them (FSDP2); with one process both are plain training
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # keep only each block's input and recompute the rest in the backward pass: activation
+    # memory of one block instead of all, for about a third more compute
+    activation_checkpointing: bool = False
+    # tokens per piece of the output head's cross-entropy: the batch x seq x vocab logits are
+    # never held at once (the same loss and gradients); 0: the whole logits at once
+    loss_chunk: int = 0
     eval_every: int = 100
     eval_batches: int = 20
     log_every: int = 10
@@ -144,6 +153,8 @@ class TrainConfig:
               self.micro_batch_size)
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "at least 1",
               self.keep_checkpoints)
+        check(self.loss_chunk >= 0, "loss_chunk", "0 (whole logits) or a positive token count",
+              self.loss_chunk)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from lmforge.model.bi_encoder import BiEncoder, EmbedPair, pad_rows
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
 from lmforge.model.hf_config import ARCHITECTURES, config_from_hf, hf_config
 from lmforge.model.llama import (
+    Block,
     KVCache,
     Output,
     Transformer,
@@ -36,7 +37,7 @@ from lmforge.model.weights import (
     save_model,
 )
 
-__all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "WEIGHTS_NAME", "BiEncoder", "CrossEncoder",
+__all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "WEIGHTS_NAME", "BiEncoder", "Block", "CrossEncoder",
            "EmbedPair", "KVCache", "LoadStats", "NF4Linear", "Output", "RerankGroup",
            "Transformer", "adapters_disabled", "apply_lora", "causal_mask", "config_from_hf",
            "doc_rank", "document_inputs", "document_mask", "extend_embeddings", "hf_config",

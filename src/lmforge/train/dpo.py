@@ -35,10 +35,11 @@ def dpo(config: PreferenceConfig, pairs: list[PreferencePair], data_stats: dict[
         progress = show_progress and dist.is_main
         with adapters_disabled(model):  # the reference is the starting model
             ref_train, ref_val = (
-                all_logps(model, data, micro, dist.device,
+                all_logps(model, data, micro, dist.device, config.train.loss_chunk,
                           f"reference log-probs ({name})" if progress else "")
                 for name, data in (("train", train), ("val", val)))
-        return model, DPOTask(train, val, ref_train, ref_val, config.beta, seed, micro)
+        return model, DPOTask(train, val, ref_train, ref_val, config.beta, seed, micro,
+                              config.train.loss_chunk)
 
     def save(model: nn.Module, task: Task) -> dict[str, Any]:
         assert isinstance(model, Transformer)

@@ -1,8 +1,8 @@
 """The one training loop. Pretraining, SFT, reward modelling and DPO differ only in the Task they
 hand it: how batches are built, how the loss is computed, which parameters train, what
 evaluation reports. The loop owns everything else: optimizer and schedule, accumulation,
-clipping, precision, compile, DDP, evaluation cadence, logging, checkpoints, exact resume and
-NaN handling.
+clipping, precision, evaluation cadence, logging, checkpoints, exact resume and NaN handling;
+how the model is wrapped (compile, activation checkpointing, DDP, FSDP2) is train/parallel.py's.
 
 Data order is a pure function of (step, micro-batch, rank), so resuming needs only the step,
 and two processes see exactly the samples one process would (a test checks the losses match).
@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lmforge.config import TrainConfig
-from lmforge.model import model_config
 from lmforge.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -35,7 +34,9 @@ from lmforge.train.checkpoint import (
 )
 from lmforge.train.distributed import DistInfo, all_reduce_sum, barrier
 from lmforge.train.metrics import MetricsLog, plot_losses
+from lmforge.train.parallel import Parallel
 from lmforge.train.schedule import lr_multiplier
+from lmforge.train.sharded import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 
 
 class Task(Protocol):
@@ -115,18 +116,11 @@ class Trainer:
         self.accumulation = config.batch_size // (micro * dist.world)
         self.checkpoints = out_dir / "checkpoints"
         self.amp = autocast_dtype(config, dist.device)
-        model.to(dist.device)
-        self.optimizer = torch.optim.AdamW(
+        self.parallel = Parallel(model, config, dist, self.amp)
+        self.optimizer = torch.optim.AdamW(  # after sharding: FSDP2 states are 1/N too
             parameter_groups(model, config.weight_decay), lr=config.lr,
-            betas=(config.beta1, config.beta2), fused=dist.device.type == "cuda")
-        self.wrapped: nn.Module = model
-        if config.compile:
-            self.wrapped = torch.compile(model)  # type: ignore[assignment]
-        if dist.world > 1:
-            device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-            self.wrapped = nn.parallel.DistributedDataParallel(
-                self.wrapped, device_ids=device_ids,
-                find_unused_parameters=model_config(model).n_experts > 0)
+            betas=(config.beta1, config.beta2),
+            fused=dist.device.type == "cuda" and not self.parallel.sharded)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp is None:
@@ -145,20 +139,16 @@ class Trainer:
         totals = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         tokens = 0
         for micro, batch in self._micro_steps(step):
-            last = micro == self.accumulation - 1
-            sync = contextlib.nullcontext() if last or self.dist.world == 1 else \
-                self.wrapped.no_sync()  # type: ignore[operator]
-            with sync:
+            with self.parallel.gradient_sync(micro == self.accumulation - 1):
                 with self._autocast():
-                    loss, count = self.task.loss(self.wrapped, batch)
+                    loss, count = self.task.loss(self.parallel.module, batch)
                 (loss / self.accumulation).backward()
             totals[0] += loss.detach().double() * count
             totals[1] += count
             tokens += self.task.tokens_per_batch(batch)
         all_reduce_sum(totals)
         mean_loss = (totals[0] / totals[1]).item()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip).item()
+        grad_norm = self.parallel.clip_gradients(self.config.grad_clip)
         if math.isfinite(mean_loss) and math.isfinite(grad_norm):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -167,16 +157,33 @@ class Trainer:
     def _resume(self) -> tuple[int, dict[str, Any]]:
         if self.dist.is_main:  # what saves killed midway left behind
             remove_leftovers(self.checkpoints)
+        barrier()
         found = list_checkpoints(self.checkpoints)
         if not found:
             return 0, {}
-        state = load_checkpoint(found[-1], self.model, self.optimizer)
+        if is_sharded(found[-1]):  # DCP reshards: any number of processes may resume it
+            state = load_sharded_checkpoint(found[-1], self.model, self.optimizer)
+        elif self.parallel.sharded:
+            raise ValueError(f"{found[-1]} was saved without FSDP; resume it with "
+                             f'train.parallel = "ddp" or start afresh')
+        else:
+            state = load_checkpoint(found[-1], self.model, self.optimizer)
         return state["step"], state
+
+    def _save(self, step: int, trainer_state: dict[str, Any]) -> None:
+        if self.parallel.sharded:  # every process writes its shards
+            save_sharded_checkpoint(self.checkpoints, step, self.model, self.optimizer,
+                                    trainer_state, self.config.keep_checkpoints, self.dist)
+            return
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoints, step, self.model, self.optimizer, trainer_state,
+                            self.config.keep_checkpoints)
+        barrier()
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        with torch.no_grad(), self._autocast():
-            result = self.task.evaluate(self.model, self.dist)
+        with torch.no_grad(), self._autocast(), self.parallel.evaluating() as model:
+            result = self.task.evaluate(model, self.dist)
         self.model.train()
         return result
 
@@ -232,10 +239,7 @@ class Trainer:
                     tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                              last.items()))
             if done % config.save_every == 0 or done == config.steps:
-                if self.dist.is_main:
-                    save_checkpoint(self.checkpoints, done, self.model, self.optimizer,
-                                    {"bad_steps": bad_total}, config.keep_checkpoints)
-                barrier()
+                self._save(done, {"bad_steps": bad_total})
         bar.close()
         seconds = time.time() - started
         history = log.rows()

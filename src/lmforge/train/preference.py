@@ -26,8 +26,8 @@ from lmforge.model import Transformer, load_model
 from lmforge.tokenizer import PAD, ChatFormat, Message, chat_segments
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.finetune import split
+from lmforge.train.losses import IGNORE, token_nll
 from lmforge.train.sampler import EpochSampler
-from lmforge.train.sft import IGNORE
 
 
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
@@ -61,12 +61,9 @@ def encode_pair(chat: ChatFormat, pair: PreferencePair, max_len: int
     return rows[0][0], rows[0][1], rows[1][0], rows[1][1], truncated
 
 
-def sequence_logps(logits: Tensor, targets: Tensor) -> Tensor:
+def sequence_logps(model: nn.Module, ids: Tensor, targets: Tensor, loss_chunk: int) -> Tensor:
     """Sum of log-probabilities of the labelled next tokens, per row."""
-    mask = targets != IGNORE
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1)
+    return -token_nll(model, ids, targets, loss_chunk)[0].sum(-1)
 
 
 class PairData:
@@ -124,12 +121,12 @@ def starting_point(base: Path, chat: ChatFormat, pairs: list[PreferencePair],
 
 @torch.no_grad()
 def all_logps(model: nn.Module, data: PairData, batch: int, device: torch.device,
-              desc: str = "") -> Tensor:
+              loss_chunk: int, desc: str = "") -> Tensor:
     """[n, 2] sequence log-probs (chosen, rejected) of every pair under ``model``."""
     out = []
     for i in tqdm(range(0, len(data), batch), desc=desc, disable=not desc, unit="batch"):
         ids, targets = data.rows(list(range(i, min(i + batch, len(data)))), device)
-        out.append(sequence_logps(model(ids).logits, targets).view(-1, 2).cpu())
+        out.append(sequence_logps(model, ids, targets, loss_chunk).view(-1, 2).cpu())
     return torch.cat(out)
 
 
@@ -137,9 +134,9 @@ class DPOTask:
     name = "dpo"
 
     def __init__(self, train: PairData, val: PairData, ref_train: Tensor, ref_val: Tensor,
-                 beta: float, seed: int, eval_batch_size: int) -> None:
+                 beta: float, seed: int, eval_batch_size: int, loss_chunk: int = 0) -> None:
         self.train, self.val, self.ref_train, self.ref_val = train, val, ref_train, ref_val
-        self.beta, self.eval_batch_size = beta, eval_batch_size
+        self.beta, self.eval_batch_size, self.loss_chunk = beta, eval_batch_size, loss_chunk
         self.sampler = EpochSampler(len(train), seed)
 
     def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
@@ -149,7 +146,8 @@ class DPOTask:
         return {"inputs": ids, "targets": targets, "ref": self.ref_train[index].to(dist.device)}
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-        logps = sequence_logps(model(batch["inputs"]).logits, batch["targets"]).view(-1, 2)
+        logps = sequence_logps(model, batch["inputs"], batch["targets"],
+                               self.loss_chunk).view(-1, 2)
         ref = batch["ref"]
         losses = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.beta)
         return losses.mean(), len(losses)
@@ -161,7 +159,7 @@ class DPOTask:
         """Held-out: reward accuracy and margin; the policy's own preference accuracy by summed
         and by per-token log-probability (at step 0 these are the starting model's); the mean
         per-token log-ratio to the reference (a KL estimate on these answers)."""
-        logps = all_logps(model, self.val, self.eval_batch_size, dist.device)
+        logps = all_logps(model, self.val, self.eval_batch_size, dist.device, self.loss_chunk)
         rewards = self.beta * (logps - self.ref_val)
         tokens = (self.val.targets != IGNORE).sum(-1).clamp(min=1).float()
         stats = torch.tensor([

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
@@ -44,6 +43,7 @@ from lmforge.tokenizer import (
 )
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.loop import Task
+from lmforge.train.losses import token_nll
 from lmforge.train.runner import run_task
 from lmforge.train.sampler import EpochSampler
 
@@ -80,11 +80,12 @@ class PretrainTask:
     name = "pretrain"
 
     def __init__(self, shards_dir: Path, tokenizer: Tokenizer, seq_len: int, seed: int,
-                 doc_mask: bool, eval_batches: int, eval_batch_size: int) -> None:
+                 doc_mask: bool, eval_batches: int, eval_batch_size: int,
+                 loss_chunk: int = 0) -> None:
         shard_set = ShardSet(shards_dir)
         self.train = Windows(shard_set.shards("train"), seq_len)
         self.val = Windows(shard_set.shards("val"), seq_len)
-        self.seed, self.doc_mask = seed, doc_mask
+        self.seed, self.doc_mask, self.loss_chunk = seed, doc_mask, loss_chunk
         self.eval_batches, self.eval_batch_size = eval_batches, eval_batch_size
         self.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
         self.sampler = EpochSampler(len(self.train), seed)
@@ -103,11 +104,15 @@ class PretrainTask:
         indices = self.sampler.micro_batch(step, micro, micro_batches, micro_size, dist)
         return self._stack(self.train, indices, dist.device)
 
+    def _nll(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        return token_nll(model, batch["inputs"], batch["targets"], self.loss_chunk,
+                         positions=batch.get("positions"), mask=batch.get("mask"))
+
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-        out = model(batch["inputs"], positions=batch.get("positions"), mask=batch.get("mask"))
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), batch["targets"].flatten())
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
+        nll, aux = self._nll(model, batch)
+        loss = nll.mean()
+        if aux is not None:
+            loss = loss + aux
         return loss, batch["targets"].numel()
 
     def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
@@ -123,11 +128,7 @@ class PretrainTask:
         sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # nats, tokens, bytes
         for i in range(0, len(mine), self.eval_batch_size):
             batch = self._stack(self.val, mine[i : i + self.eval_batch_size], dist.device)
-            logits = model(batch["inputs"], positions=batch.get("positions"),
-                           mask=batch.get("mask")).logits
-            nats = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
-                                   reduction="sum")
-            sums[0] += nats.double()
+            sums[0] += self._nll(model, batch)[0].sum().double()
             sums[1] += batch["targets"].numel()
             sums[2] += self.token_bytes[batch["targets"].cpu()].sum().item()
         all_reduce_sum(sums)
@@ -194,7 +195,7 @@ def pretrain(model: ModelConfig, train: TrainConfig, tokenizer_dir: Path, shards
             raise ValueError(f"pretrain.seq_len ({train.seq_len}) exceeds the model's "
                              f"max_seq_len ({network.config.max_seq_len})")
         return network, PretrainTask(shards_dir, tok, train.seq_len, seed, train.doc_mask,
-                                     train.eval_batches, micro)
+                                     train.eval_batches, micro, train.loss_chunk)
 
     def save(network: nn.Module, task: Task) -> dict[str, Any]:
         assert isinstance(network, Transformer)

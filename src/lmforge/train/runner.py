@@ -39,8 +39,9 @@ def run_task(train: TrainConfig, build: Build, out: Path, seed: int, title: str 
             torch.set_num_threads(train.threads)
         seed_everything(seed)
         model, task = build(dist, micro_batch_size(train, dist.world))
-        result: TrainResult = Trainer(train, model, task, out, dist, seed,
-                                      show_progress).fit(resume=resume)
+        trainer = Trainer(train, model, task, out, dist, seed, show_progress)
+        result: TrainResult = trainer.fit(resume=resume)
+        model = trainer.parallel.full_model()  # sharded: gathered onto the main process
         if not dist.is_main:
             return {}
         fields = save(model, task) if save else {}

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import SFTConfig
@@ -30,10 +29,9 @@ from lmforge.tokenizer import PAD, ChatFormat, Message, chat_segments, load_chat
 from lmforge.train.distributed import DistInfo, all_reduce_sum
 from lmforge.train.finetune import choose_trainable, save_merged, split
 from lmforge.train.loop import Task
+from lmforge.train.losses import IGNORE, token_nll
 from lmforge.train.runner import run_task
 from lmforge.train.sampler import EpochSampler
-
-IGNORE = -100
 
 
 @dataclass
@@ -105,14 +103,14 @@ class SFTTask:
     name = "sft"
 
     def __init__(self, chat: ChatFormat, train: list[Example], val: list[Example], seq_len: int,
-                 seed: int, packed: bool, eval_batch_size: int) -> None:
+                 seed: int, packed: bool, eval_batch_size: int, loss_chunk: int = 0) -> None:
         pad = chat.tokenizer.token_to_id(PAD) or 0
         size = seq_len if packed else max(len(e.ids) for e in train + val)
         self.packed = packed
         self.train = self._rows(train, size, pad, seed, packed)
         self.val = self._rows(val, size, pad, seed, packed)
         self.sampler = EpochSampler(len(self.train[0]), seed)
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size, self.loss_chunk = eval_batch_size, loss_chunk
 
     @staticmethod
     def _rows(examples: list[Example], size: int, pad: int, seed: int, packed: bool
@@ -139,10 +137,9 @@ class SFTTask:
         return self._batch(self.train, index, dist.device)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-        logits = model(batch["inputs"], positions=batch.get("positions"),
-                       mask=batch.get("mask")).logits
-        total = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
-                                ignore_index=IGNORE, reduction="sum")
+        nll, _ = token_nll(model, batch["inputs"], batch["targets"], self.loss_chunk,
+                           positions=batch.get("positions"), mask=batch.get("mask"))
+        total = nll.sum()
         count = int((batch["targets"] != IGNORE).sum())
         return total / max(count, 1), count
 
@@ -192,7 +189,8 @@ def sft(config: SFTConfig, conversations: list[Conversation], data_stats: dict[s
             stats["qlora_linear_bytes"] = {"fp32": before, "nf4": after,
                                            "saved": round(1 - after / before, 4)}
         choose_trainable(model, config.method, config)
-        task = SFTTask(chat, train_ex, val_ex, seq_len, seed, config.pack, micro)
+        task = SFTTask(chat, train_ex, val_ex, seq_len, seed, config.pack, micro,
+                       config.train.loss_chunk)
         stats.update(examples={"train": len(train_ex), "val": len(val_ex)},
                      encoding=dict(counts + val_counts), rows=len(task.train[0]))
         return model, task
