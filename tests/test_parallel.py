@@ -33,8 +33,10 @@ def torchrun(script: Path, *args: str) -> list[str]:
 
 def test_fsdp_on_two_processes_matches_one(tiny_run: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    run_pretrain(tiny_run, one)
-    script = driver(tmp_path, parallel="fsdp", micro_batch_size=1)  # and accumulation
+    # two micro-batches per process and step: accumulation too; evaluation (micro-batch x
+    # processes windows) sees the same windows as one process with micro-batches of two
+    run_pretrain(tiny_run, one, micro_batch_size=2)
+    script = driver(tmp_path, parallel="fsdp", micro_batch_size=1)
     result = subprocess.run(torchrun(script, str(tiny_run), str(two), "fresh"), env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,6 +13,9 @@ import pytest
 import torch
 from conftest import free_port
 
+from lmforge.train.checkpoint import list_checkpoints
+from lmforge.train.sharded import is_sharded
+
 DRIVER = """
 import json, os, sys
 from pathlib import Path
@@ -20,10 +23,10 @@ from lmforge.config import RecipeConfig, load_config
 from lmforge.data import heldout_contracts, preference_examples, sft_examples
 from lmforge.train import dpo, reward_model, sft
 
-def run_stage(stage, run, out):
+def run_stage(stage, run, out, overrides):
     # no LoRA dropout: its masks are drawn per process, so they differ from one process's
     recipe = load_config(RecipeConfig, run.parent / "tiny.toml",
-                         [f"{s}.lora.dropout=0.0" for s in ("sft", "dpo", "rm")])
+                         [f"{s}.lora.dropout=0.0" for s in ("sft", "dpo", "rm")] + overrides)
     held = heldout_contracts(run / "data" / "corpus")
     base = run / "pretrain" / "model"
     if stage == "sft":
@@ -36,7 +39,7 @@ def run_stage(stage, run, out):
 
 if __name__ == "__main__":
     stage, run, out, reports = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
-    report = run_stage(stage, run, out)
+    report = run_stage(stage, run, out, sys.argv[5:])
     (reports / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(report))
 """
 
@@ -46,9 +49,11 @@ def losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo", "rm"])
-def test_post_training_under_torchrun_matches_one_process(stage: str, tiny_run: Path,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stage", "parallel"), [("sft", "ddp"), ("dpo", "ddp"), ("rm", "ddp"),
+                                                 ("sft", "fsdp"), ("dpo", "fsdp")])
+def test_post_training_under_torchrun_matches_one_process(stage: str, parallel: str,
+                                                          tiny_run: Path, tmp_path: Path) -> None:
+    """LoRA under FSDP: the frozen base is sharded with the adapters, only adapters train."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
     reports = tmp_path / "reports"
@@ -59,7 +64,8 @@ def test_post_training_under_torchrun_matches_one_process(stage: str, tiny_run: 
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(free_port()), str(driver), stage, str(tiny_run),
-                          str(tmp_path / "two"), str(reports)],
+                          str(tmp_path / "two"), str(reports),
+                          f"{stage}.train.parallel={parallel}"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
 
@@ -68,6 +74,8 @@ def test_post_training_under_torchrun_matches_one_process(stage: str, tiny_run: 
     assert main["processes"] == 2
     assert json.loads((tmp_path / "two" / "report.json").read_text())["processes"] == 2
     assert (tmp_path / "two" / "model" / "model.safetensors").exists()
+    saved = list_checkpoints(tmp_path / "two" / "checkpoints")
+    assert saved and all(is_sharded(c) == (parallel == "fsdp") for c in saved)
     single = json.loads((tmp_path / "one" / "report.json").read_text())
     assert main["before"] == pytest.approx(single["before"], rel=1e-5)  # the same start
     assert [s for s, _ in losses(tmp_path / "one")] == [s for s, _ in losses(tmp_path / "two")]
