@@ -16,6 +16,7 @@ import torch
 from conftest import free_port
 from test_train import driver, losses, run_pretrain
 
+from lmforge.cli import main
 from lmforge.config import ModelConfig, from_dict
 from lmforge.model import Transformer, load_model
 from lmforge.train.checkpoint import list_checkpoints
@@ -53,8 +54,11 @@ def test_fsdp_on_two_processes_matches_one(tiny_run: Path, tmp_path: Path) -> No
     # the model gathered at the end, and the last sharded checkpoint consolidated, are the
     # one-process model
     reference = load_model(one / "model").state_dict()
-    consolidated = consolidate(checkpoints[-1], tmp_path / "consolidated")
-    for folder in (two / "model", consolidated.parent):
+    consolidated = tmp_path / "consolidated"
+    assert main(["export", "consolidate", "--checkpoint", str(checkpoints[-1]), "--out",
+                 str(consolidated), "--tokenizer", str(tiny_run / "tokenizer")]) == 0
+    assert (consolidated / "tokenizer.json").exists()
+    for folder in (two / "model", consolidated):
         for name, value in load_model(folder).state_dict().items():
             torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5)
 

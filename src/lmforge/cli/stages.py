@@ -53,6 +53,13 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"Hugging Face folder: {out} (load with transformers.AutoModelForCausalLM)")
 
 
+def cmd_export_consolidate(args: argparse.Namespace) -> None:
+    from lmforge.pipeline import consolidate_checkpoint
+
+    out = consolidate_checkpoint(args.checkpoint, args.out, args.tokenizer)
+    print(f"model folder: {out} (export it with `lmforge export hf --model {out}`)")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from lmforge.pipeline import STAGES, RunLayout, run_recipe, write_report_card
 
@@ -154,3 +161,12 @@ def add_stage_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--max-shard-gb", type=float, default=2.0, help="shard weights above this")
+    p = add_command(export, "consolidate",
+                    "gather a sharded (FSDP) checkpoint into one model folder",
+                    "lmforge export consolidate --checkpoint runs/x/pretrain/checkpoints/"
+                    "step-001000 --out model/ --tokenizer runs/x/tokenizer",
+                    cmd_export_consolidate)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a step-N checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer or model folder to copy the "
+                   "tokenizer from")

@@ -10,7 +10,9 @@ from lmforge.train.rerank import baseline_metrics, train_cross_encoder
 from lmforge.train.reward import reward_model
 from lmforge.train.runner import run_task
 from lmforge.train.sft import sft
+from lmforge.train.sharded import consolidate
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "baseline_metrics", "build_bi_encoder",
+           "consolidate",
            "dpo", "pretrain", "read_rows", "reward_model", "run_task", "sft", "train_bi_encoder",
            "train_cross_encoder"]
