@@ -104,3 +104,14 @@ def test_a_base_model_refuses_settings_it_would_ignore(tmp_path: Path) -> None:
             from_dict(RecipeConfig, extra)
     with pytest.raises(ConfigError, match="never downloaded"):
         from_dict(RecipeConfig, {"model": {"base": str(tmp_path / "missing")}})
+
+
+def test_a_partial_section_keeps_the_sections_own_defaults() -> None:
+    """``--set sft.train.X`` changes X; the rest stays SFT's defaults, not TrainConfig's."""
+    from lmforge.config import RecipeConfig, SFTConfig, TrainConfig, load_config
+
+    config = load_config(RecipeConfig, None, ["sft.train.parallel=fsdp"])
+    defaults = SFTConfig().train
+    assert config.sft.train.parallel == "fsdp"
+    assert (config.sft.train.steps, config.sft.train.lr) == (defaults.steps, defaults.lr)
+    assert (defaults.steps, defaults.lr) != (TrainConfig().steps, TrainConfig().lr)

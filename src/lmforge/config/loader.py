@@ -101,6 +101,26 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported config type {tp!r}")
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _section_defaults(f: dataclasses.Field) -> dict[str, Any]:
+    """What a section's own default changes from its class's defaults (``sft.train`` starts
+    from 200 steps at lr 2e-4, not TrainConfig's 1000 at 3e-3), so a partial table, or one
+    ``--set sft.train.lr=...``, overrides those defaults instead of replacing them."""
+    factory = f.default_factory
+    if factory is dataclasses.MISSING or isinstance(factory, type):
+        return {}  # no default, or the class's own defaults
+    default = factory()
+    if not dataclasses.is_dataclass(default):
+        return {}
+    return {g.name: to_dict(getattr(default, g.name)) for g in dataclasses.fields(default)
+            if g.init and getattr(default, g.name) != _field_default(g)}
+
+
 def _build(cls: type[T], values: dict[str, Any], path: str) -> T:
     expand = getattr(cls, "expand_raw", None)
     if expand is not None:  # e.g. a named preset filling in defaults
@@ -118,6 +138,8 @@ def _build(cls: type[T], values: dict[str, Any], path: str) -> T:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{where}: unknown key{hint}; known keys: {known}")
+        if isinstance(raw, dict):
+            raw = {**_section_defaults(fields[key]), **raw}
         kwargs[key] = _convert(raw, hints[key], where)
     for name, f in fields.items():
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

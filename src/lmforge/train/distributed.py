@@ -1,7 +1,8 @@
 """One code path for CPU, one GPU and many: ``torchrun`` sets the environment, we read it.
 
-With ``WORLD_SIZE`` > 1 the process group is gloo on CPU and NCCL on CUDA; without it, every
-helper degrades to the single-process case, so the training loop never branches on it.
+Under ``torchrun`` the process group is gloo on CPU and NCCL on CUDA (with one process too, so
+FSDP can shard over it); without it, every helper degrades to the single-process case, so the
+training loop never branches on it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def setup() -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    launched = "TORCHELASTIC_RUN_ID" in os.environ  # torchrun, even with one process (FSDP)
+    if (world > 1 or launched) and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world, local_rank, device)
 

@@ -1,16 +1,18 @@
 """The one place that wraps the model for training, in torchtitan's order: activation
-checkpointing, then compile, then DDP or FSDP2. The model file stays written for one device and
-the loop calls whatever this returns.
+checkpointing, then compile (which must see the checkpointed forward to trace it), then DDP or
+FSDP2. The model file stays written for one device and the loop calls whatever this returns.
 
 - Activation checkpointing (``train.activation_checkpointing``) runs each transformer block's
   forward under ``torch.utils.checkpoint`` (non-reentrant): only the block's input is kept and
   the rest is recomputed in the backward pass. It replaces the block instance's ``forward``, so
   parameter names (and with them checkpoints, LoRA and export) do not change.
-- Compile (``train.compile``) compiles each block in place, the unit FSDP also works on.
+- Compile (``train.compile``): the whole model unsharded (one graph, head and all: 1.9x eager on
+  an H100, bench/RESULTS.md); each block in place under FSDP, whose hooks run between blocks.
 - DDP replicates the model and all-reduces gradients. FSDP2 (``train.parallel = "fsdp"``,
   PyTorch's own ``fully_shard``) shards each block, then the root (embeddings, final norm, head),
   over the processes: weights, gradients and AdamW states are each 1/N per process, a block's
-  weights gathered only while it runs. On CUDA with bf16 it computes in bf16 and reduces
+  weights gathered only while it runs. It needs a process group, so it applies under
+  ``torchrun`` (one process too: then only its mixed precision differs from plain training). On CUDA with bf16 it computes in bf16 and reduces
   gradients in fp32 (``MixedPrecisionPolicy``); the sharded master weights stay fp32.
 
 What the loop needs beyond a forward (skipping gradient sync while accumulating, a gradient norm,
@@ -79,21 +81,23 @@ class Parallel:
     def __init__(self, model: nn.Module, config: TrainConfig, dist_info: DistInfo,
                  amp: torch.dtype | None) -> None:
         self.model, self.dist = model, dist_info
-        self.sharded = config.parallel == "fsdp" and dist_info.world > 1
+        self.sharded = config.parallel == "fsdp" and torch.distributed.is_initialized()
         self.skeleton = meta_skeleton(model) if self.sharded else None
         model.to(dist_info.device)
         if config.activation_checkpointing:
             checkpoint_activations(model)
-        if config.compile:
+        self.module: nn.Module = model
+        if config.compile and self.sharded:
             for block in blocks(model):
                 block.compile()
-        self.module: nn.Module = model
+        elif config.compile:
+            self.module = torch.compile(model)  # type: ignore[assignment]
         if self.sharded:
             self._shard(amp)
         elif dist_info.world > 1:
             device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
             self.module = nn.parallel.DistributedDataParallel(
-                model, device_ids=device_ids,
+                self.module, device_ids=device_ids,
                 find_unused_parameters=model_config(model).n_experts > 0)
 
     def _shard(self, amp: torch.dtype | None) -> None:
