@@ -14,6 +14,7 @@ import sys
 from lmforge import __version__
 from lmforge.cli.assistant import add_assistant_commands
 from lmforge.cli.eval import add_eval_commands
+from lmforge.cli.plan import add_plan_command
 from lmforge.cli.rag import add_rag_commands
 from lmforge.cli.recipe_args import EXAMPLE_RECIPE
 from lmforge.cli.stages import add_run_command, add_stage_commands
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_assistant_commands(commands)
     add_rag_commands(commands)
     add_eval_commands(commands)
+    add_plan_command(commands)
     return parser
 
 

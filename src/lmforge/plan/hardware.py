@@ -120,6 +120,22 @@ def hardware_for(device: torch.device | str) -> Hardware | None:
     return None
 
 
+def resolve(device: Hardware | torch.device | str) -> Hardware:
+    """A table key (``h100`` ... ``cpu``), a torch device, or a Hardware, as a Hardware; a
+    GPU the table lacks is described by what torch reports: its memory, its rates unknown
+    (0)."""
+    if isinstance(device, Hardware):
+        return device
+    if isinstance(device, str) and device in CHOICES:
+        return hardware(device)
+    found = hardware_for(device)
+    if found is not None:
+        return found
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return Hardware("cuda", props.name, "cuda", 0.0, float(props.total_memory), 0.0, 0.0,
+                    "unknown")
+
+
 def peak_flops(device: torch.device | str) -> float | None:
     """The denominator of MFU for ``device``: the table's bf16 peak for a known GPU, the
     measured fp32 matmul rate for the CPU, None for a GPU not in the table."""

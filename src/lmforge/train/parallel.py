@@ -11,9 +11,10 @@ FSDP2. The model file stays written for one device and the loop calls whatever t
 - DDP replicates the model and all-reduces gradients. FSDP2 (``train.parallel = "fsdp"``,
   PyTorch's own ``fully_shard``) shards each block, then the root (embeddings, final norm, head),
   over the processes: weights, gradients and AdamW states are each 1/N per process, a block's
-  weights gathered only while it runs. It needs a process group, so it applies under
-  ``torchrun`` (one process too: then only its mixed precision differs from plain training). On CUDA with bf16 it computes in bf16 and reduces
-  gradients in fp32 (``MixedPrecisionPolicy``); the sharded master weights stay fp32.
+  weights gathered only while it runs. On CUDA with bf16 it computes in bf16 and reduces
+  gradients in fp32 (``MixedPrecisionPolicy``); the sharded master weights stay fp32. It needs
+  a process group, so it applies under ``torchrun`` (with one process too: then it differs
+  from plain training only in its mixed precision).
 
 What the loop needs beyond a forward (skipping gradient sync while accumulating, a gradient norm,
 evaluation, the trained model on the main process) is here too, so the loop never asks which
