@@ -162,3 +162,22 @@ def test_a_plain_checkpoint_is_not_consolidated(tiny_run: Path, tmp_path: Path) 
     with pytest.raises(ValueError, match="not a sharded checkpoint"):
         consolidate(list_checkpoints(tmp_path / "plain" / "checkpoints")[-1], tmp_path / "x")
 
+
+
+def test_peak_memory_sees_a_short_lived_allocation() -> None:
+    from lmforge.train.memory import PeakMemory
+
+    with PeakMemory(torch.device("cpu"), interval=0.001) as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        time.sleep(0.05)
+        del block
+    assert 60 * 2**20 < peak.bytes < 200 * 2**20
+
+
+def test_the_training_report_puts_measured_memory_and_mfu_beside_plans(
+        tiny_run: Path, tmp_path: Path) -> None:
+    report = run_pretrain(tiny_run, tmp_path / "run", steps=4, save_every=4)
+    assert report["peak_memory_mib"] > 0 and 0 < report["mfu"] < 1
+    assert report["predicted_peak_memory_mib"] > 0
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "`lmforge plan` predicts" in text and "model FLOPs utilisation" in text

@@ -10,6 +10,7 @@ from typing import Any
 
 from lmforge.reporting import markdown_table, write_report_pair
 from lmforge.train.distributed import DistInfo
+from lmforge.train.efficiency import efficiency_line
 from lmforge.train.loop import TrainResult
 
 
@@ -58,5 +59,5 @@ def write_training_report(out: Path, title: str, report: dict[str, Any]) -> None
           f"tokens/s; {report['bad_steps']} steps skipped for non-finite loss.", "",
           markdown_table(["metric", "before training", "final",
                           f"best (step {best.get('step', '-')})"], rows), "",
-          *_data_section(report), "![loss curve](loss.png)"]
+          *efficiency_line(report), *_data_section(report), "![loss curve](loss.png)"]
     write_report_pair(out, report, "\n".join(md))

@@ -4,7 +4,8 @@ model, the reranker's two phases) runs through ``run_task``.
 It joins the process group (``torchrun`` or a single process alike), sets the stage's CPU
 thread count for the run only, seeds once, lets the stage build its model and task for this
 process's device, fits with the loop, and then, on the main process only, lets the stage save
-what it keeps and writes the one report. Other processes return ``{}``.
+what it keeps and writes the one report, with the run's measured peak memory and MFU beside
+``lmforge plan``'s prediction (train/efficiency.py). Other processes return ``{}``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from torch import nn
 
 from lmforge.config import TrainConfig
 from lmforge.train.distributed import DistInfo, setup, teardown
+from lmforge.train.efficiency import efficiency
 from lmforge.train.loop import Task, Trainer, TrainResult, micro_batch_size, seed_everything
+from lmforge.train.memory import PeakMemory
 from lmforge.train.report import training_report, write_training_report
 
 # (this process's device and rank, micro-batch size) -> the model to train and its task
@@ -38,13 +41,15 @@ def run_task(train: TrainConfig, build: Build, out: Path, seed: int, title: str 
         if train.threads:
             torch.set_num_threads(train.threads)
         seed_everything(seed)
-        model, task = build(dist, micro_batch_size(train, dist.world))
-        trainer = Trainer(train, model, task, out, dist, seed, show_progress)
-        result: TrainResult = trainer.fit(resume=resume)
+        with PeakMemory(dist.device) as peak:  # the model, its states and the steps
+            model, task = build(dist, micro_batch_size(train, dist.world))
+            trainer = Trainer(train, model, task, out, dist, seed, show_progress)
+            result: TrainResult = trainer.fit(resume=resume)
         model = trainer.parallel.full_model()  # sharded: gathered onto the main process
         if not dist.is_main:
             return {}
-        fields = save(model, task) if save else {}
+        measured = efficiency(model, train, dist, result.tokens_per_second, peak.bytes)
+        fields = {**(save(model, task) if save else {}), **measured}
         report = training_report(result, dist, fields)
         if title:
             write_training_report(out, title, report)
