@@ -26,10 +26,11 @@ MIB = 2**20
 def method_of(model: nn.Module) -> tuple[Method, int]:
     """(full / lora / qlora, the LoRA rank) of a model as the stage built it; freezing blocks
     counts as full (``plan`` then over-predicts gradients and optimizer states)."""
-    adapters = [m for m in model.modules() if isinstance(getattr(m, "lora_A", None), nn.Linear)]
+    adapters = [a for m in model.modules()
+                if isinstance(a := getattr(m, "lora_A", None), nn.Linear)]
     if not adapters:
         return "full", 0
-    rank = adapters[0].lora_A.out_features
+    rank = adapters[0].out_features
     quantized = any(isinstance(m, NF4Linear) for m in model.modules())
     return ("qlora" if quantized else "lora"), rank
 
