@@ -51,11 +51,13 @@ class Prediction:
     optimizer: float  # AdamW's two fp32 states per trained parameter
     weight_copies: float  # bf16 casts / dequantised NF4 weights kept for the backward
     gathered: float  # FSDP: unsharded parameters and gradients of the units in flight
-    activations: float
-    logits: float
+    activations: float  # saved for the backward, when it starts
+    logits: float  # the loss's peak
     buffers: float  # DDP's gradient buckets
     step_scratch: float  # the optimizer step's temporaries
-    backward_gradients: float  # gradients alive while the activations are
+    backward_gradients: float  # gradients alive while the loss's backward runs
+    block_working: float  # one block's backward late in the pass (see Activations.working)
+    block_copies: float  # that block's weight copies
     evaluation_gathered: float  # FSDP: every block gathered for evaluation
     capacity: float
 
@@ -65,10 +67,16 @@ class Prediction:
         return self.weights + self.optimizer + self.buffers
 
     @property
-    def backward_peak(self) -> float:
-        """At the start of the backward: every activation and the loss's logits alive."""
+    def backward_start(self) -> float:
+        """The loss's backward: every saved activation and the logits at their peak."""
         return (self.resident + self.weight_copies + self.gathered + self.activations
                 + self.logits + self.backward_gradients)
+
+    @property
+    def backward_end(self) -> float:
+        """The first blocks' backward: (nearly) every gradient made, one block working."""
+        return (self.resident + self.gathered + max(self.gradients, self.backward_gradients)
+                + self.block_working + self.block_copies)
 
     @property
     def step_peak(self) -> float:
@@ -80,7 +88,8 @@ class Prediction:
 
     @property
     def peak(self) -> float:
-        return max(self.backward_peak, self.step_peak, self.evaluation_peak)
+        return max(self.backward_start, self.backward_end, self.step_peak,
+                   self.evaluation_peak)
 
     @property
     def usable(self) -> float:
@@ -98,16 +107,30 @@ def _weight_bytes(n: ParamCount, method: Method, shards: int) -> float:
     return 4 * (n.total + n.adapters) / shards
 
 
-def _weight_copies(n: ParamCount, p: Precision, method: Method, checkpointing: bool) -> float:
+def _weight_copies(n: ParamCount, p: Precision, method: Method, checkpointing: bool,
+                   chunked: bool) -> float:
+    """Autocast's casts of every matmul weight (the adapters' too: trained leaves, held by its
+    cache) but the head's under the chunked loss, which casts it a chunk at a time and keeps
+    nothing; frozen weights' casts only where their matmul runs with its input needing a
+    gradient. QLoRA's dequantised weights likewise."""
     frozen = method != "full"
+    head = 0 if chunked else n.head
     if p.name == "amp":
-        adapters = 2 * n.adapters  # trained leaves: autocast's cache holds their casts
-        if not frozen or not checkpointing:
-            return 2 * (n.matmul - (n.first_qkv if frozen else 0)) + adapters
-        return 2 * (n.block_matmul + n.head) + adapters
+        if frozen and checkpointing:
+            casts = n.block_matmul + head
+        else:
+            casts = n.matmul - n.head + head - (n.first_qkv if frozen else 0)
+        return 2 * (casts + n.adapters)
     if method == "qlora":
         return p.matmul * (n.block_quantized if checkpointing else n.quantized - n.first_qkv)
     return 0
+
+
+def _block_copies(n: ParamCount, p: Precision, method: Method) -> float:
+    """One block's weight copies, while it runs its backward."""
+    if p.name == "amp":
+        return 2 * n.block_matmul
+    return p.matmul * n.block_quantized if method == "qlora" else 0
 
 
 def _gathered(n: ParamCount, p: Precision, method: Method) -> float:
@@ -148,19 +171,24 @@ def predict(model: ModelConfig, train: TrainConfig, world: int, device: Hardware
         backward_gradients = 4 * n.trained if fsdp else gradients
     else:
         backward_gradients = 0.0 if fsdp else 4 * n.head_trained
-    acts = activation_bytes(model, p, method, train.loss_chunk > 0, lora_rank)
+    chunked = train.loss_chunk > 0
+    acts = activation_bytes(model, p, method, chunked, lora_rank)
+    checkpointing, layers = train.activation_checkpointing, model.n_layers
     return Prediction(
         device=device.key, parallel="fsdp" if fsdp else "ddp" if world > 1 else "single",
         world=world, precision=p.name, micro_batch=micro, accumulation=accumulation,
         weights=_weight_bytes(n, method, shards), gradients=gradients,
         optimizer=8 * n.trained / shards,
-        weight_copies=_weight_copies(n, p, method, train.activation_checkpointing),
+        weight_copies=_weight_copies(n, p, method, checkpointing, chunked),
         gathered=_gathered(n, p, method) if fsdp else 0.0,
-        activations=tokens * acts.per_token(model.n_layers, train.activation_checkpointing),
-        logits=logit_bytes(model.vocab_size, tokens, train.loss_chunk),
+        activations=tokens * acts.saved(layers, checkpointing),
+        logits=logit_bytes(model.vocab_size, tokens, train.loss_chunk)
+        + (4 * n.head_trained if chunked else 0),
         buffers=4 * n.trained if world > 1 and not fsdp else 0.0,
         step_scratch=_step_scratch(n, device.kind, fsdp, shards),
         backward_gradients=backward_gradients,
+        block_working=tokens * acts.working(layers, checkpointing),
+        block_copies=_block_copies(n, p, method),
         evaluation_gathered=(2 if p.name == "bf16" else 4) * n.total if fsdp else 0.0,
         capacity=device.memory)
 

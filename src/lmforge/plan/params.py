@@ -36,13 +36,20 @@ class ParamCount:
     head_trained: int  # the head weight when it trains (its gradient comes first in backward)
 
 
+_META: dict[str, Transformer] = {}  # by the config's repr (configs are mutable: unhashable)
+
+
 def meta_model(config: ModelConfig) -> Transformer:
-    """The model's module tree without memory: enough to count and to ask for its FLOPs."""
+    """The model's module tree without memory: enough to count and to ask for its FLOPs.
+    Cached: on the meta device a 7 B model still runs its initialisers, about a second."""
     if config.vocab_size <= 0:
         raise ValueError("model.vocab_size must be positive to plan (give --vocab, or a "
                          "tokenizer.vocab_size in the recipe)")
-    with torch.device("meta"):
-        return Transformer(config)
+    key = repr(config)
+    if key not in _META:
+        with torch.device("meta"):
+            _META[key] = Transformer(config)
+    return _META[key]
 
 
 def _quantizable(name: str) -> bool:
@@ -75,8 +82,8 @@ def count_parameters(config: ModelConfig, method: Method = "full",
     block_adapters = _adapters(block_linears, rank)
     total = model.num_parameters()
     head = model.lm_head.weight.numel()
-    attn = block.self_attn
-    first_qkv = sum(p.weight.numel() for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    first_qkv = sum(m.weight.numel() for n, m in block_linears
+                    if n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
     root = model.embed_tokens.weight.numel() + model.norm.weight.numel() + \
         (0 if config.tie_embeddings else head)
     full = method == "full"
