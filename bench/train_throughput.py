@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.config.presets import MODEL_PRESETS
 from lmforge.model import Transformer, hf_config
+from lmforge.plan import predict_peak
 from lmforge.train.distributed import DistInfo
 from lmforge.train.loop import Trainer
 from lmforge.train.losses import token_nll
@@ -190,13 +191,20 @@ def memory_table(args: argparse.Namespace, config: ModelConfig) -> None:
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         rows.append((name, json.loads(out.strip().splitlines()[-1])))
     base = rows[0][1]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    predicted = {name: predict_peak(config, TrainConfig(
+        steps=10, batch_size=args.batch, seq_len=args.seq, warmup_steps=1,
+        parallel=args.parallel, **options), 1, device).peak  # type: ignore[arg-type]
+        for name, options in SAVERS.items()}
     print(f"preset {args.preset} ({Transformer(config).num_parameters():,} params), batch "
           f"{args.batch} x seq {args.seq}, vocab {args.vocab}, parallel {args.parallel}")
-    print("| option | peak memory MiB | saved vs plain | tokens/s | throughput vs plain |")
-    print("|---|---|---|---|---|")
+    print("| option | peak memory MiB | `lmforge plan` predicts | saved vs plain | tokens/s | "
+          "throughput vs plain |")
+    print("|---|---|---|---|---|---|")
     for name, row in rows:
-        print(f"| {name} | {row['peak'] / 2**20:,.0f} | {1 - row['peak'] / base['peak']:.1%} | "
-              f"{row['tokens_per_s']:,.0f} | {row['tokens_per_s'] / base['tokens_per_s']:.2f} |")
+        print(f"| {name} | {row['peak'] / 2**20:,.0f} | {predicted[name] / 2**20:,.0f} | "
+              f"{1 - row['peak'] / base['peak']:.1%} | {row['tokens_per_s']:,.0f} | "
+              f"{row['tokens_per_s'] / base['tokens_per_s']:.2f} |")
 
 
 def main() -> None:
