@@ -164,7 +164,7 @@ model = Transformer(config)
 if checkpointing:
     checkpoint_activations(model)
 opt = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-3)
-step(model, opt, tokens[:1], chunk)  # makes AdamW's states, which the next step holds too
+step(model, opt, tokens[:1, :9], chunk)  # makes AdamW's states (the next step holds them)
 step(model, opt, tokens, chunk)
 print(json.dumps({"growth": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}))
 """
