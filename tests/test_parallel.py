@@ -3,7 +3,6 @@ checkpoints survive kill -9 and resume exactly, a sharded checkpoint consolidate
 folder, and activation checkpointing and the chunked loss change no loss or gradient."""
 
 import copy
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import free_port
-from test_train import driver, losses, run_pretrain
+from test_train import assert_runs_match, driver, losses, run_pretrain
 
 from lmforge.cli import main
 from lmforge.config import ModelConfig, from_dict
@@ -41,14 +40,7 @@ def test_fsdp_on_two_processes_matches_one(tiny_run: Path, tmp_path: Path) -> No
     result = subprocess.run(torchrun(script, str(tiny_run), str(two), "fresh"), env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    single, double = losses(one), losses(two)
-    assert [s for s, _ in single] == [s for s, _ in double]
-    for (_, a), (_, b) in zip(single, double, strict=True):
-        assert a == pytest.approx(b, rel=1e-5)
-    report = json.loads((two / "report.json").read_text())
-    assert report["processes"] == 2
-    assert report["final"]["val_loss"] == pytest.approx(
-        json.loads((one / "report.json").read_text())["final"]["val_loss"], rel=1e-5)
+    assert_runs_match(one, two)
     checkpoints = list_checkpoints(two / "checkpoints")
     assert checkpoints and all(is_sharded(c) for c in checkpoints)
     # the model gathered at the end, and the last sharded checkpoint consolidated, are the

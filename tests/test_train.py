@@ -49,6 +49,18 @@ def losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
+def assert_runs_match(one: Path, two: Path) -> None:
+    """Run ``two`` (two processes) logged the losses and final validation of run ``one``."""
+    single, double = losses(one), losses(two)
+    assert [s for s, _ in single] == [s for s, _ in double]
+    for (_, a), (_, b) in zip(single, double, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    report = json.loads((two / "report.json").read_text())
+    assert report["processes"] == 2
+    assert report["final"]["val_loss"] == pytest.approx(
+        json.loads((one / "report.json").read_text())["final"]["val_loss"], rel=1e-5)
+
+
 def test_schedules() -> None:
     cosine = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_multiplier(0, cosine) == pytest.approx(0.1)
@@ -150,14 +162,7 @@ def test_two_processes_match_one(tiny_run: Path, tmp_path: Path) -> None:
             "fresh"]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    single, double = losses(one), losses(two)
-    assert [s for s, _ in single] == [s for s, _ in double]
-    for (_, a), (_, b) in zip(single, double, strict=True):
-        assert a == pytest.approx(b, rel=1e-5)
-    report = json.loads((two / "report.json").read_text())
-    assert report["processes"] == 2
-    assert report["final"]["val_loss"] == pytest.approx(
-        json.loads((one / "report.json").read_text())["final"]["val_loss"], rel=1e-5)
+    assert_runs_match(one, two)
 
 
 def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_run: Path,
