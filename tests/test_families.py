@@ -47,13 +47,13 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def hf_model(name: str, seed: int = 0) -> Any:
+def hf_model(name: str, seed: int = 0, **overrides: Any) -> Any:
     """A random model of the family with every weight away from its default (biases non-zero,
     norms away from 1), so a dropped bias or norm would show in the logits."""
     cls, fields = FAMILIES[name]
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(
-        getattr(transformers, cls)(**(TINY | fields))).eval()
+        getattr(transformers, cls)(**(TINY | fields | overrides))).eval()
     with torch.no_grad():
         for param_name, p in model.named_parameters():
             if param_name.endswith("norm.weight"):

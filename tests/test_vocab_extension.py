@@ -156,8 +156,8 @@ def test_only_terms_that_earn_a_token_are_added(extended) -> None:
 
 
 def contexts(term: str) -> list[str]:
-    """Alone, after a leading space, between words, inside Chinese text (CJK terms) or brackets
-    (Latin terms match only as whole words), after a newline."""
+    """Alone, after a leading space, between words, inside Chinese text (CJK terms) or brackets,
+    after a newline."""
     inner = f"({term})" if term.isascii() else f"关于{term}的条款"
     return [term, f" {term}", f"the {term} is", inner, f"\n{term}"]
 
@@ -174,7 +174,8 @@ def test_an_added_term_is_one_token_and_decodes_to_itself(extended) -> None:
             expected = text[1:] if flavour == "metaspace" and text[0] == " " else text
             assert tok.decode(ids) == base.decode(encode_text(base, text)) == expected
     terms = added_terms(folder)
-    assert terms["policyholder"]["id"] not in encode_text(tok, "policyholders")
+    # matched inside a longer word too, as llama.cpp matches it (a GGUF tokenises the same)
+    assert terms["policyholder"]["id"] in encode_text(tok, "policyholders")
     ids = encode_text(tok, "<|im_end|>被保险人")  # a control token's text stays text
     assert terms["被保险人"]["id"] in ids and tok.token_to_id("<|im_end|>") not in ids
 

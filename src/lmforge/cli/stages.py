@@ -18,6 +18,7 @@ from lmforge.cli.recipe_args import (
     recipe_args,
     serve_args,
 )
+from lmforge.config import GGUF_TYPES
 
 
 def _stage_command(stage: str) -> Callable[[argparse.Namespace], None]:
@@ -51,6 +52,18 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
         args.model, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1024**3)
     )
     print(f"Hugging Face folder: {out} (load with transformers.AutoModelForCausalLM)")
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> None:
+    from lmforge.export import export_gguf, write_modelfile
+
+    assistant = load_recipe(args).assistant
+    written = export_gguf(args.model, args.out, args.type)
+    modelfile = write_modelfile(args.model, written, assistant.system, assistant.sampling)
+    print(f"GGUF: {written.path} ({written.architecture}, {written.qtype}, "
+          f"{written.bytes / 1e6:.1f} MB, pre-tokenizer {written.pre_tokenizer})")
+    print(f"Ollama: ollama create NAME -f {modelfile}")
+    print(f"llama.cpp: llama-cli -m {written.path} -cnv")
 
 
 def cmd_export_consolidate(args: argparse.Namespace) -> None:
@@ -161,6 +174,17 @@ def add_stage_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--max-shard-gb", type=float, default=2.0, help="shard weights above this")
+    p = add_command(export, "gguf", "write a GGUF file and its Ollama Modelfile (llama.cpp, "
+                    "Ollama)", "lmforge export gguf --model runs/insurance-zh/dpo/model "
+                    "--out gguf/model-q8_0.gguf --type q8_0 --recipe recipes/insurance-zh.toml",
+                    cmd_export_gguf)
+    p.add_argument("--model", type=Path, required=True, help="model folder (ours or HF)")
+    p.add_argument("--out", type=Path, required=True, help="the .gguf file to write; the "
+                   "Modelfile goes beside it")
+    p.add_argument("--type", choices=GGUF_TYPES, default="f16",
+                   help="tensor type: f32, f16, q8_0, q4_0 (here) or q4_k_m (llama.cpp's "
+                   "quantiser, extra 'gguf')")
+    recipe_args(p)  # the [assistant] section: the Modelfile's system prompt and sampling
     p = add_command(export, "consolidate",
                     "gather a sharded (FSDP) checkpoint into one model folder",
                     "lmforge export consolidate --checkpoint runs/x/pretrain/checkpoints/"

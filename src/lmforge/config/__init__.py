@@ -22,9 +22,11 @@ from lmforge.config.loader import (
     write_resolved,
 )
 from lmforge.config.schema import (
+    GGUF_TYPES,
     GROUNDING_KEY,
     AssistantConfig,
     EvalConfig,
+    ExportConfig,
     GroundingConfig,
     RagConfig,
     RecipeConfig,
@@ -43,6 +45,7 @@ from lmforge.config.training import (
 )
 
 __all__ = [
+    "GGUF_TYPES",
     "GROUNDING_KEY",
     "INPUT",
     "AssistantConfig",
@@ -53,6 +56,7 @@ __all__ = [
     "DedupConfig",
     "EmbedderConfig",
     "EvalConfig",
+    "ExportConfig",
     "IngestConfig",
     "LoraConfig",
     "MixConfig",

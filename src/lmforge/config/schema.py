@@ -10,7 +10,7 @@ lives here: stages import these types, never each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, get_args
 
 from lmforge.config.checks import INPUT, check, fraction
 from lmforge.config.data import DataConfig, TokenizerConfig
@@ -136,6 +136,18 @@ class AssistantConfig:
     def system(self) -> str:
         """The system prompt with the assistant's name and owner filled in."""
         return self.system_prompt.replace("{name}", self.name).replace("{owner}", self.owner)
+
+
+GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
+GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
+
+
+@dataclass
+class ExportConfig:
+    """What the export stage writes beside the Hugging Face folder: a GGUF file of this type
+    (with its Ollama Modelfile) for llama.cpp and Ollama, or none."""
+
+    gguf: Literal[GGUFType, "none"] = "q8_0"
 
 
 @dataclass
@@ -286,6 +298,7 @@ class RecipeConfig:
     rag: RagConfig = field(default_factory=RagConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         if self.model.base:  # the tokenizer is the base's, extended, not one trained here

@@ -1,5 +1,8 @@
-"""Export to the formats other tools read: a Hugging Face folder (transformers, vLLM, llama.cpp)."""
+"""Export to the formats other tools read: a Hugging Face folder (transformers, vLLM) and a GGUF
+file with its Ollama Modelfile (llama.cpp, Ollama)."""
 
+from lmforge.export.gguf import GGUF_TYPES, GGUFExport, export_gguf
 from lmforge.export.hf import export_hf
+from lmforge.export.modelfile import write_modelfile
 
-__all__ = ["export_hf"]
+__all__ = ["GGUF_TYPES", "GGUFExport", "export_gguf", "export_hf", "write_modelfile"]

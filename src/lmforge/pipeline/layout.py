@@ -70,6 +70,9 @@ class RunLayout:
     def hf_export(self) -> Path:
         return self.stage("export") / "hf"
 
+    def gguf_export(self, qtype: str) -> Path:
+        return self.stage("export") / "gguf" / f"model-{qtype}.gguf"
+
     @property
     def report_card(self) -> Path:
         return self.root / "report.md"

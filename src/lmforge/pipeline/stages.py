@@ -14,6 +14,7 @@ from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import (
     AssistantConfig,
     DataConfig,
+    ExportConfig,
     ModelConfig,
     PreferenceConfig,
     RagConfig,
@@ -33,7 +34,7 @@ from lmforge.data import (
     tokenize_corpus,
     validation_contracts,
 )
-from lmforge.export import export_hf
+from lmforge.export import export_gguf, export_hf, write_modelfile
 from lmforge.pipeline.decoding import decoding_stage
 from lmforge.pipeline.evaluate import evaluate_run
 from lmforge.pipeline.layout import RunLayout
@@ -155,10 +156,17 @@ def starting_from(rag: RagConfig, base: Path | None) -> RagConfig:
                                     init_from=rag.reranker.init_from or str(base)))
 
 
-def export_stage(model: Path, out: Path) -> dict[str, Any]:
+def export_stage(model: Path, out: Path, gguf: Path, export: ExportConfig,
+                 assistant: AssistantConfig) -> dict[str, Any]:
     export_hf(model, out)
-    return {"headline": "Hugging Face folder (transformers, vLLM, llama.cpp)",
-            "outputs": {"hf": str(out)}}
+    if export.gguf == "none":
+        return {"headline": "Hugging Face folder (transformers, vLLM)", "outputs": {"hf": str(out)}}
+    written = export_gguf(model, gguf, export.gguf)
+    modelfile = write_modelfile(model, written, assistant.system, assistant.sampling)
+    return {"headline": f"Hugging Face folder (transformers, vLLM) and {export.gguf} GGUF "
+                        "(llama.cpp, Ollama)",
+            "outputs": {"hf": str(out), "gguf": str(gguf), "modelfile": str(modelfile)},
+            "gguf_mb": round(written.bytes / 1e6, 1)}
 
 
 def _start(init_from: str, default: Path) -> Path:
@@ -209,8 +217,10 @@ STAGES = [
         "sft": r.sft, "assistant": r.assistant, "model": layout.trained, "index": layout.rag,
         "corpus": layout.corpus, "out": layout.stage("decoding"), "seed": r.run.seed}),
     Stage("eval", evaluate_run, _eval_args),
-    Stage("export", export_stage, lambda r, layout: {"model": layout.assistant,
-                                                     "out": layout.hf_export}),
+    Stage("export", export_stage, lambda r, layout: {
+        "model": layout.assistant, "out": layout.hf_export,
+        "gguf": layout.gguf_export(r.export.gguf), "export": r.export,
+        "assistant": r.assistant}),
 ]
 
 # every stage by name, for the single-stage commands (``lmforge sft``); the reward model is

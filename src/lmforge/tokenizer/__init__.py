@@ -26,7 +26,15 @@ from lmforge.tokenizer.template import (
     load_tokenizer,
 )
 from lmforge.tokenizer.train import train_bpe, train_tokenizer
-from lmforge.tokenizer.vocab import BOS, CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD
+from lmforge.tokenizer.vocab import (
+    BOS,
+    CHAT_TEMPLATE,
+    EOS,
+    IM_END,
+    IM_START,
+    PAD,
+    PRETOKENIZE_SPLITS,
+)
 
 # what a model folder needs of its tokenizer: the chat template (either file) and the eos ids of
 # a base model's generation config come along
@@ -41,7 +49,8 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
             shutil.copy2(Path(source) / name, Path(target) / name)
 
 
-__all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "TOKENIZER_FILES",
+__all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "PRETOKENIZE_SPLITS",
+           "TOKENIZER_FILES",
            "ChatFormat", "Message", "TemplateRefused", "added_term_pieces", "base_tokenizer",
            "chat_segments", "copy_tokenizer_files", "document_end_id", "encode_chat",
            "encode_chat_locating", "encode_text", "has_chat_template", "load_chat_format",

@@ -34,7 +34,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, models
+from tokenizers import Tokenizer, models
 
 from lmforge.atomic import atomic_dir, atomic_write_text
 from lmforge.config import TokenizerConfig
@@ -42,7 +42,13 @@ from lmforge.reporting import markdown_table, write_report_pair
 from lmforge.tokenizer.chat import plain_text_tokenizer
 from lmforge.tokenizer.report import chars_per_token, held_out_groups
 from lmforge.tokenizer.template import load_chat_format
-from lmforge.tokenizer.train import iter_texts, read_terms, word_like
+from lmforge.tokenizer.train import (
+    iter_texts,
+    read_terms,
+    term_token,
+    without_overlaps,
+    word_like,
+)
 
 BASE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "chat_template.jinja", "generation_config.json")
@@ -60,8 +66,9 @@ def base_tokenizer(config: TokenizerConfig, corpus: Path, base: Path, out: Path
     word-like terms of ``config.terms_file`` no longer than ``config.max_term_chars`` (the
     rules a trained tokenizer's forced terms follow), counted on the training corpus and
     judged on the held-out domain text."""
-    terms = [t for t in read_terms(Path(config.terms_file), config.terms_field)
-             if len(t) <= config.max_term_chars and word_like(t)] if config.terms_file else []
+    terms = without_overlaps([t for t in read_terms(Path(config.terms_file), config.terms_field)
+                              if len(t) <= config.max_term_chars and word_like(t)])[0] \
+        if config.terms_file else []
     held_out = [text for group, texts in held_out_groups(corpus / "val.jsonl").items()
                 if group.endswith("/domain") for text in texts]
     template = Path(config.chat_template) if config.chat_template else None
@@ -150,10 +157,6 @@ def term_pieces(tok: Tokenizer, terms: Sequence[str]) -> dict[str, list[int]]:
             ids = ids[1:]
         pieces[term] = ids
     return pieces
-
-
-def term_token(term: str) -> AddedToken:
-    return AddedToken(term, normalized=False, single_word=term.isascii(), special=False)
 
 
 def count_terms(terms: Sequence[str], texts: Iterable[str]) -> Counter[str]:

@@ -53,7 +53,7 @@ def compression_report(
         rows[name] = row
     kept = terms["kept"]
     term_report = {"forced": len(kept), "too_long": terms["too_long"], "absent": terms["absent"],
-                   "fragments": terms["fragments"],
+                   "fragments": terms["fragments"], "overlapping": terms["overlapping"],
                    "single_token": single_token_terms(tok, kept)}
     if baseline is not None:
         term_report["single_token_baseline"] = single_token_terms(baseline, kept)
@@ -79,7 +79,8 @@ def write_report(report: dict[str, Any], folder: Path) -> None:
                        rows), "",
         "## Domain terms",
         f"{t['forced']} terms forced in as whole tokens ({t['too_long']} too long, "
-        f"{t['absent']} absent from the corpus, {t['fragments']} fragments, left out); "
+        f"{t['absent']} absent from the corpus, {t['fragments']} fragments, "
+        f"{t['overlapping']} partly overlapping a kept term, left out); "
         f"{t['single_token']} encode to one token{baseline_terms}.",
     ]
     write_report_pair(folder, report, "\n".join(md))

@@ -24,11 +24,11 @@ from lmforge.tokenizer.template import MARKUP
 from lmforge.tokenizer.vocab import (
     BOS,
     CHAT_TEMPLATE,
-    CJK_PRETOKENIZE_PATTERN,
     EOS,
     IM_END,
     IM_START,
     PAD,
+    PRETOKENIZE_SPLITS,
     SPECIAL_TOKENS,
 )
 
@@ -36,10 +36,9 @@ from lmforge.tokenizer.vocab import (
 def build_untrained(pretokenizer: str) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     if pretokenizer == "cjk":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(CJK_PRETOKENIZE_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRETOKENIZE_SPLITS]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -79,8 +78,33 @@ def word_like(term: str) -> bool:
     return len(term) >= 3 and sum(c.isalpha() for c in term) >= 2 and term.isascii()
 
 
+def term_token(term: str) -> AddedToken:
+    """A forced domain term as an added token, matched wherever its text occurs, as llama.cpp
+    matches it (it knows no ``single_word``), so a GGUF of the model tokenises the same."""
+    return AddedToken(term, normalized=False, special=False)
+
+
+def without_overlaps(terms: list[str]) -> tuple[list[str], int]:
+    """The terms, earlier ones first, leaving out any that partly overlaps one kept before
+    (a suffix of one is a prefix of the other, as 本合同 / 合同约定 in 本合同约定).
+
+    Where such terms meet, the Hugging Face tokenizer takes the leftmost and llama.cpp the
+    longest, so they would tokenise the text differently; terms that are apart or nested
+    (现金价值 in 现金价值表) tokenise the same in both."""
+    def overlap(a: str, b: str) -> bool:
+        return any(a.endswith(b[:n]) for n in range(1, min(len(a), len(b))))
+
+    kept: list[str] = []
+    for term in terms:
+        if not any(term not in k and k not in term and (overlap(k, term) or overlap(term, k))
+                   for k in kept):
+            kept.append(term)
+    return kept, len(terms) - len(kept)
+
+
 def select_terms(terms: list[str], corpus_sample: str, config: TokenizerConfig) -> dict[str, Any]:
-    """Keep short, word-like terms that occur in the corpus; count why the others were left out."""
+    """Keep short, word-like terms that occur in the corpus and do not partly overlap one
+    another; count why the others were left out."""
     kept, too_long, absent, fragments = [], 0, 0, 0
     for term in dict.fromkeys(t for t in terms if t):
         if len(term) > config.max_term_chars:
@@ -91,7 +115,9 @@ def select_terms(terms: list[str], corpus_sample: str, config: TokenizerConfig) 
             absent += 1
         else:
             kept.append(term)
-    return {"kept": kept, "too_long": too_long, "absent": absent, "fragments": fragments}
+    kept, overlapping = without_overlaps(kept)
+    return {"kept": kept, "too_long": too_long, "absent": absent, "fragments": fragments,
+            "overlapping": overlapping}
 
 
 def train_bpe(
@@ -106,8 +132,7 @@ def train_bpe(
     )
     tok.train_from_iterator(texts, trainer, length=length)
     if forced:
-        # Latin terms only match as whole words ("ICD" must not fire inside "ICDs").
-        tok.add_tokens([AddedToken(t, normalized=False, single_word=t.isascii()) for t in forced])
+        tok.add_tokens([term_token(t) for t in forced])
     return tok
 
 
@@ -159,7 +184,8 @@ def train_tokenizer(config: TokenizerConfig, corpus_dir: Path, out_dir: Path) ->
     started = time.time()
     docs = list(iter_texts(train_path, config.max_train_chars))
     sample = "\n".join(docs)
-    terms: dict[str, Any] = {"kept": [], "too_long": 0, "absent": 0, "fragments": 0}
+    terms: dict[str, Any] = {"kept": [], "too_long": 0, "absent": 0, "fragments": 0,
+                             "overlapping": 0}
     if config.terms_file:
         listed = read_terms(Path(config.terms_file), config.terms_field)
         terms = select_terms(listed, sample, config)
