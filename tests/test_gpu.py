@@ -48,3 +48,31 @@ def test_generation_on_cuda_matches_cpu(tiny_run) -> None:  # noqa: ANN001
     cpu = generate(load_model(folder), chat, prompts, config)
     gpu = generate(load_model(folder, device="cuda"), chat, prompts, config)
     assert cpu == gpu
+
+
+def test_vllm_serves_the_export_as_lmforge_generates(tiny_run, tmp_path) -> None:  # noqa: ANN001
+    """vLLM (GPU only: its wheels need a CUDA build of torch 2.14, so it cannot sit in the
+    CPU venv; `pip install vllm` in a GPU environment) loads ``export hf`` and decodes
+    greedily to the same tokens as lmforge's engine."""
+    vllm = pytest.importorskip("vllm")
+    from lmforge.export import export_hf
+    from lmforge.infer import Engine
+    from lmforge.model import load_model
+    from lmforge.tokenizer import load_tokenizer
+
+    folder = tiny_run / "pretrain" / "model"
+    hf = export_hf(folder, tmp_path / "hf")
+    tok = load_tokenizer(folder)
+    prompts = [tok.encode(text).ids for text in ("被保险人在等待期内", "The policy covers")]
+    engine = Engine(load_model(folder), tok, max_batch=2)
+    config = SamplingConfig(max_new_tokens=16, temperature=0.0, ignore_eos=True)
+    ours: dict[str, list[int]] = {"0": [], "1": []}
+    for i, prompt in enumerate(prompts):
+        engine.submit(prompt, config, str(i))
+    for event in engine.run():
+        if event.token is not None:
+            ours[event.request].append(event.token)
+    llm = vllm.LLM(model=str(hf), dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2)
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    outputs = llm.generate([vllm.TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+    assert [list(o.outputs[0].token_ids) for o in outputs] == [ours["0"], ours["1"]]
