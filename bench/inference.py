@@ -1,40 +1,48 @@
 """Inference throughput: lmforge's engine (the code behind ``lmforge generate`` and ``serve``)
-against transformers' ``generate`` on the exported Hugging Face folder of the same model, same
-prompts, same machine, same run.
+against transformers' ``generate`` on the exported Hugging Face folder of the same model and,
+when llama-cpp-python is installed, llama.cpp on its GGUF export (f32): same prompts, same
+threads, same machine, same run.
 
 Measures decode tokens/s of one stream, total tokens/s of 8 and 32 concurrent streams (the
-engine batches them continuously; transformers gets them as one padded batch, its best case),
-and time to first token for a 512-token prompt. Greedy decoding, end-of-sequence ignored so
-every stream makes exactly ``--new`` tokens. Then the cost of weight-only int8 (``--quantize
-int8``): perplexity on the held-out shards of the run, one-stream speed and weight memory.
-Run by hand after the demo (``bash scripts/demo.sh``):
+engine batches them continuously; transformers gets them as one padded batch, its best case;
+llama.cpp one stream only: its batched decoding needs the low-level ``llama_batch`` API, not
+driven here), time to first token for a 512-token prompt, and the memory each holds (weights,
+and the key/value cache for 32 streams). Then the engine's prefix cache: time to first token
+of requests that share a 400-token prefix (a system prompt and RAG instruction) and differ in
+a short suffix, with and without the cache. Greedy decoding, end-of-sequence ignored so every
+stream makes exactly ``--new`` tokens. Weight-only int8 is measured by bench/quantize.py.
 
-    .venv/bin/python bench/inference.py --model runs/insurance-zh/dpo/model \
-        --shards runs/insurance-zh/data/shards
+A backend is a name and three callables (streams, first token, memory), so a column is one
+function. ``--preset`` measures a random model of a preset's shape (config/presets.py) over the
+tests' tokenizer, saved as a model folder; ``--model`` a trained one, e.g. after the demo:
+
+    .venv/bin/python bench/inference.py --model runs/insurance-zh/dpo/model
+    .venv/bin/python bench/inference.py --preset cpu-demo --threads 2 --new 128
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import math
+import importlib.util
+import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from lmforge.config import SamplingConfig
-from lmforge.data.shards import ShardSet
-from lmforge.export import export_hf
+from lmforge.config import ModelConfig, SamplingConfig
+from lmforge.config.presets import MODEL_PRESETS
+from lmforge.export import export_gguf, export_hf
 from lmforge.infer.engine import Engine
-from lmforge.model import Transformer, load_model
-from lmforge.model.quant import quantize_linears
+from lmforge.model import Transformer, load_model, save_model
 from lmforge.reporting import markdown_table
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+
+TEST_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tokenizer"
 
 
 def best_time(run: Callable[[], object], repeats: int) -> float:
@@ -54,102 +62,217 @@ def engine_streams(engine: Engine, prompts: list[list[int]], new: int) -> None:
         pass
 
 
+@dataclass
+class Backend:
+    """One column: generate ``new`` tokens for each prompt (together), the first token of one
+    prompt, and the bytes held (weights; key/value cache for ``streams`` streams of ``length``
+    positions), or None where it does not apply."""
+
+    name: str
+    streams: Callable[[list[list[int]], int], None]
+    first_token: Callable[[list[int]], None]
+    memory: Callable[[int, int], tuple[int, int]]
+    batched: bool = True  # decodes several streams together
+
+
+def kv_bytes_per_position(config: ModelConfig, element: int) -> int:
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * element
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def lmforge_backend(model: Transformer, tok, max_len: int) -> Backend:  # noqa: ANN001
+    """The engine, a fresh one per measurement (no prefix cache: the same prompts repeat)."""
+
+    def engine(streams: int) -> Engine:
+        return Engine(model, tok, max_batch=streams, max_len=max_len, prefix_cache_tokens=0)
+
+    def memory(streams: int, length: int) -> tuple[int, int]:
+        cache = engine(streams).cache
+        return weight_bytes(model), cache.k.nbytes + cache.v.nbytes
+
+    return Backend("lmforge engine",
+                   lambda prompts, new: engine_streams(engine(len(prompts)), prompts, new),
+                   lambda prompt: engine_streams(engine(1), [prompt], 1), memory)
+
+
+def transformers_backend(folder: Path, config: ModelConfig, tmp: Path) -> Backend:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(export_hf(folder, tmp / "hf")).eval()
+
+    def memory(streams: int, length: int) -> tuple[int, int]:  # its cache grows to the length
+        return weight_bytes(hf), streams * length * kv_bytes_per_position(config, 4)
+
+    def streams(prompts: list[list[int]], new: int) -> None:
+        with torch.no_grad():
+            hf_batch(hf, prompts, new)
+
+    return Backend("transformers generate", streams, lambda prompt: streams([prompt], 1), memory)
+
+
+def llama_cpp_backend(folder: Path, config: ModelConfig, tmp: Path, threads: int
+                      ) -> Backend | None:
+    """llama.cpp on the f32 GGUF export, greedy, one stream; None without llama-cpp-python."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    import llama_cpp
+
+    gguf = export_gguf(folder, tmp / "model.gguf", "f32").path
+    n_ctx = config.max_seq_len
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
+                          n_threads_batch=threads, logits_all=False, verbose=False)
+
+    def one_stream(prompts: list[list[int]], new: int) -> None:
+        if len(prompts) != 1:
+            raise ValueError("the llama.cpp column decodes one stream")
+        for count, _ in enumerate(llm.generate(prompts[0], top_k=1, temp=0.0, reset=True),
+                                  start=1):
+            if count == new:  # end-of-sequence is not a stop: exactly `new` tokens
+                break
+
+    def memory(streams: int, length: int) -> tuple[int, int]:  # f16 cache of n_ctx positions
+        return gguf.stat().st_size, n_ctx * kv_bytes_per_position(config, 2)
+
+    return Backend("llama.cpp", one_stream, lambda prompt: one_stream([prompt], 1), memory,
+                   batched=False)
+
+
+def random_model_folder(preset: str, vocab: int, out: Path) -> Path:
+    """A preset's shape with random weights, saved with the tests' tokenizer beside it (its
+    vocabulary is smaller: ids past it simply decode to nothing)."""
+    if preset not in MODEL_PRESETS:
+        raise SystemExit(f"--preset: expected one of {', '.join(MODEL_PRESETS)}, got {preset!r}")
+    torch.manual_seed(0)
+    save_model(Transformer(ModelConfig(vocab_size=vocab, **MODEL_PRESETS[preset])), out)
+    copy_tokenizer_files(TEST_TOKENIZER, out)
+    return out
+
+
 def hf_batch(hf, prompts: list[list[int]], new: int) -> None:  # noqa: ANN001
     inputs = torch.tensor(prompts)
     hf.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=new,
                 min_new_tokens=new, do_sample=False, pad_token_id=0)
 
 
-def perplexity(model: Transformer, shards: Path, max_tokens: int) -> float:
-    """Token-level perplexity over held-out documents, in windows of the model's context."""
-    total, count = 0.0, 0
-    window = model.config.max_seq_len
-    with torch.no_grad():
-        for tokens, _ in ShardSet(shards).documents("val"):
-            ids = torch.from_numpy(tokens.astype("int64"))
-            for start in range(0, len(ids) - 1, window):
-                chunk = ids[start : start + window + 1]
-                if len(chunk) < 2:
-                    continue
-                logits = model(chunk[None, :-1]).logits[0]
-                total += float(F.cross_entropy(logits.float(), chunk[1:], reduction="sum"))
-                count += len(chunk) - 1
-            if count >= max_tokens:
-                break
-    return math.exp(total / count)
+Row = tuple[str, list[float | None], bool]  # measure, a value per backend, higher is better
 
 
-def int8_rows(model: Transformer, tok, args: argparse.Namespace) -> list[list[str]]:  # noqa: ANN001
-    quantized = copy.deepcopy(model)
-    before, after = quantize_linears(quantized, "int8")
-    batch = [list(range(100, 100 + args.prompt))]
-    speeds = []
-    for candidate in (model, quantized):
-        engine = Engine(candidate, tok, max_batch=1)
-        seconds = best_time(lambda: engine_streams(engine, batch, args.new), args.repeats)  # noqa: B023
-        speeds.append(args.new / seconds)
-    rows = [["1 stream, tokens/s", f"{speeds[0]:,.0f}", f"{speeds[1]:,.0f}",
-             f"{speeds[1] / speeds[0]:.2f}"],
-            ["quantised linear weights (MB)", f"{before / 1e6:.2f}", f"{after / 1e6:.2f}",
-             f"{after / before:.2f}"]]
-    if args.shards:
-        ppl = [perplexity(m, args.shards, args.ppl_tokens) for m in (model, quantized)]
-        rows.insert(0, ["held-out perplexity", f"{ppl[0]:.3f}", f"{ppl[1]:.3f}",
-                        f"{ppl[1] / ppl[0]:.4f}"])
+def throughput_rows(backends: list[Backend], prompts: Callable[[int, int], list[list[int]]],
+                    args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for streams in (1, 8, 32):
+        batch = prompts(streams, args.prompt)
+        values: list[float | None] = []
+        for backend in backends:
+            if streams > 1 and not backend.batched:
+                values.append(None)
+                continue
+            seconds = best_time(lambda run=backend.streams, batch=batch: run(batch, args.new),
+                                args.repeats)
+            values.append(streams * args.new / seconds)
+        rows.append((f"{streams} stream{'s' if streams > 1 else ''}, tokens/s", values, True))
     return rows
+
+
+def ttft_row(backends: list[Backend], prompt: list[int], repeats: int) -> Row:
+    values: list[float | None] = []
+    for backend in backends:
+        first = backend.first_token
+        values.append(1e3 * statistics.median(best_time(lambda first=first: first(prompt), 1)
+                                              for _ in range(repeats)))
+    return f"time to first token, {len(prompt)}-token prompt (ms)", values, False
+
+
+def memory_rows(backends: list[Backend], length: int) -> list[Row]:
+    held = [backend.memory(32, length) for backend in backends]
+    return [("weights (MB)", [w / 1e6 for w, _ in held], False),
+            ("key/value cache, 32 streams (MB; llama.cpp: its context, 1 stream)",
+             [kv / 1e6 for _, kv in held], False)]
+
+
+def table(backends: list[Backend], rows: list[Row]) -> str:
+    """A column per backend, then lmforge's lead over each other one (above 1: ahead)."""
+    others = [b.name for b in backends[1:]]
+    header = ["measure", *(b.name for b in backends), *(f"lmforge vs {o}" for o in others)]
+    lines = []
+    for measure, values, higher in rows:
+        ours = values[0]
+        cells = [f"{v:,.1f}" if v is not None else "n/a" for v in values]
+        for theirs in values[1:]:
+            lead = (ours / theirs if higher else theirs / ours) if ours and theirs else None
+            cells.append(f"**{lead:.2f}**" if lead is not None else "")
+        lines.append([measure, *cells])
+    return markdown_table(header, lines)
+
+
+def prefix_rows(model: Transformer, tok, prompts: Callable[[int, int], list[list[int]]],  # noqa: ANN001
+                args: argparse.Namespace) -> list[list[str]]:
+    """Time to first token of requests sharing a 400-token prefix, each with its own
+    16-token suffix, after one request has filled the cache, with the cache and without."""
+    prefix = prompts(1, min(400, model.config.max_seq_len - 32))[0]
+    suffixes = prompts(args.repeats + 1, 16)
+    cells, prefilled = [], []
+    for room in (model.config.max_seq_len, 0):
+        engine = Engine(model, tok, max_batch=1, prefix_cache_tokens=room)
+        engine_streams(engine, [prefix + suffixes[0]], 1)  # the first request fills the cache
+        before = engine.prefilled
+        times = [best_time(lambda s=s: engine_streams(engine, [prefix + s], 1), 1)  # noqa: B023
+                 for s in suffixes[1:]]
+        cells.append(statistics.median(times))
+        prefilled.append((engine.prefilled - before) / len(times))
+    return [[f"time to first token, {len(prefix)}-token shared prefix + 16 (ms)",
+             f"{cells[0] * 1e3:.1f}", f"{cells[1] * 1e3:.1f}", f"**{cells[1] / cells[0]:.2f}**"],
+            ["prompt tokens prefilled per request", f"{prefilled[0]:.0f}", f"{prefilled[1]:.0f}",
+             ""]]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("runs/insurance-zh/dpo/model"))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, default=Path("runs/insurance-zh/dpo/model"))
+    source.add_argument("--preset", default="",
+                        help="a random model of this preset's shape instead (e.g. cpu-demo)")
+    parser.add_argument("--vocab", type=int, default=16000, help="vocabulary of --preset")
     parser.add_argument("--new", type=int, default=64, help="tokens generated per stream")
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens per stream")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="the run's shard folder: held-out perplexity of fp32 vs int8")
-    parser.add_argument("--ppl-tokens", type=int, default=50_000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        folder = (random_model_folder(args.preset, args.vocab, tmp / "model") if args.preset
+                  else args.model)
+        model, tok = load_model(folder), load_tokenizer(folder)
+        context = model.config.max_seq_len
+        backends = [lmforge_backend(model, tok, context),
+                    transformers_backend(folder, model.config, tmp)]
+        cpp = llama_cpp_backend(folder, model.config, tmp, args.threads)
+        if cpp is not None:
+            backends.append(cpp)
+        generator = torch.Generator().manual_seed(0)
 
-    model, tok = load_model(args.model), load_tokenizer(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf = AutoModelForCausalLM.from_pretrained(export_hf(args.model, Path(tmp) / "hf")).eval()
-    generator = torch.Generator().manual_seed(0)
+        def prompts(n: int, length: int) -> list[list[int]]:
+            return torch.randint(100, tok.get_vocab_size(), (n, length),
+                                 generator=generator).tolist()
 
-    def prompts(n: int, length: int) -> list[list[int]]:
-        return torch.randint(100, tok.get_vocab_size(), (n, length),
-                             generator=generator).tolist()
-
-    rows = []
-    for streams in (1, 8, 32):
-        batch = prompts(streams, args.prompt)
-        engine = Engine(model, tok, max_batch=streams)
-        ours = best_time(lambda: engine_streams(engine, batch, args.new), args.repeats)  # noqa: B023
-        with torch.no_grad():
-            theirs = best_time(lambda: hf_batch(hf, batch, args.new), args.repeats)  # noqa: B023
-        tokens = streams * args.new
-        rows.append([f"{streams} stream{'s' if streams > 1 else ''}, tokens/s",
-                     f"{tokens / ours:,.0f}", f"{tokens / theirs:,.0f}",
-                     f"**{theirs / ours:.2f}**"])
-    long = min(512, model.config.max_seq_len - 1)  # room for the first token
-    long_prompt = prompts(1, long)
-    engine = Engine(model, tok, max_batch=1)
-    ttft_ours = statistics.median(best_time(lambda: engine_streams(engine, long_prompt, 1), 1)
-                                  for _ in range(args.repeats))
-    with torch.no_grad():
-        ttft_theirs = statistics.median(best_time(lambda: hf_batch(hf, long_prompt, 1), 1)
-                                        for _ in range(args.repeats))
-    rows.append([f"time to first token, {long}-token prompt (ms)", f"{ttft_ours * 1e3:.1f}",
-                 f"{ttft_theirs * 1e3:.1f}", f"**{ttft_theirs / ttft_ours:.2f}**"])
-    print(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
-          f"params), {args.threads} threads, prompt {args.prompt}, {args.new} new tokens/stream")
-    print(markdown_table(["measure", "lmforge engine", "transformers generate",
-                          "ratio (higher: lmforge ahead)"], rows))
+        rows = throughput_rows(backends, prompts, args)
+        rows.append(ttft_row(backends, prompts(1, min(512, context - 1))[0], args.repeats))
+        rows += memory_rows(backends, args.prompt + args.new)
+    print(f"model {args.preset or args.model} ({model.num_parameters() / 1e6:.1f} M params), "
+          f"{args.threads} threads, prompt {args.prompt}, {args.new} new tokens/stream")
+    print(table(backends, rows))
     print()
-    print(markdown_table(["int8 weights", "fp32", "int8", "int8 / fp32"],
-                         int8_rows(model, tok, args)))
+    print(markdown_table(["prefix cache", "with", "without", "without / with"],
+                         prefix_rows(model, tok, prompts, args)))
+    print(f"\npeak RSS of this process (every backend loaded): {peak_rss_mb():,.0f} MB")
 
 
 if __name__ == "__main__":

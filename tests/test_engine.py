@@ -147,3 +147,98 @@ def test_terminal_chat_keeps_to_the_context(model: Transformer, chat) -> None:  
         "".join(session.reply("请详细解释一下保险合同中的犹豫期条款和退保规则。" * 2))
     assert len(session.turns) < 24  # the oldest exchanges were dropped to fit the context
     assert session.turns[0]["role"] == "user"
+
+
+def greedy_reference(model: Transformer, prompt: list[int], new: int) -> list[int]:
+    """Greedy tokens from whole forward passes, no cache."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(new):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def engine_tokens(engine: Engine, prompts: list[list[int]], new: int
+                  ) -> list[list[tuple[int, float]]]:
+    """Each prompt's greedy (token, log-probability) pairs; the log-probabilities move with
+    any change to the keys/values, where an untrained model's argmax seldom does."""
+    config = SamplingConfig(max_new_tokens=new, temperature=0.0, ignore_eos=True)
+    names = [engine.submit(prompt, config) for prompt in prompts]
+    out: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+    for event in engine.run():
+        if event.token is not None and event.logprob is not None:
+            out[event.request].append((event.token, event.logprob))
+    return [out[name] for name in names]
+
+
+def assert_same(got: list[list[tuple[int, float]]], expected: list[list[tuple[int, float]]]
+                ) -> None:
+    assert [[t for t, _ in row] for row in got] == [[t for t, _ in row] for row in expected]
+    assert [lp for row in got for _, lp in row] == pytest.approx(
+        [lp for row in expected for _, lp in row], abs=1e-5)
+
+
+def test_fused_engine_decodes_like_the_unfused_model(tok) -> None:  # noqa: ANN001
+    import copy
+
+    from conftest import tiny_model
+
+    plain = tiny_model(tok, max_seq_len=128, seed=5)
+    served = copy.deepcopy(plain)
+    prompts = [tok.encode(p).ids for p in PROMPTS]
+    expected = [greedy_reference(plain, p, 10) for p in prompts]
+    engine = Engine(served, tok, max_batch=4)  # rows at different positions: the masked path
+    assert served.layers[0].self_attn.qkv_proj is not None
+    for rows in (engine_tokens(engine, prompts, 10),
+                 engine_tokens(Engine(served, tok, max_batch=1), prompts[:1], 10)):
+        assert [[t for t, _ in row] for row in rows] == expected[: len(rows)]
+
+
+def shared_prefix_prompts(tok) -> list[list[int]]:  # noqa: ANN001
+    prefix = tok.encode("你是保险助手。请根据以下条款回答问题：被保险人在保险期间内身故的，"
+                        "保险人按照约定给付身故保险金。").ids
+    assert len(prefix) > 32
+    return [prefix + tok.encode(q).ids for q in ("犹豫期多久？", "What is covered?", "保")]
+
+
+def test_prefix_cache_reuses_blocks_and_changes_no_output(model: Transformer, tok) -> None:  # noqa: ANN001
+    from lmforge.infer.prefix import BLOCK
+
+    prompts = shared_prefix_prompts(tok)
+    shared = len(prompts[0]) - len(tok.encode("犹豫期多久？").ids)
+    cold = Engine(model, tok, max_batch=3, prefix_cache_tokens=0)
+    expected = [engine_tokens(cold, [p], 8)[0] for p in prompts]
+    assert cold.prefilled == sum(len(p) for p in prompts)
+    warm = Engine(model, tok, max_batch=3)
+    first = engine_tokens(warm, prompts[:1], 8)  # fills the cache
+    assert warm.prefilled == len(prompts[0])
+    rest = engine_tokens(warm, prompts[1:], 8)  # both reuse the prefix's full blocks, batched
+    assert_same(first + rest, expected)
+    reused = shared // BLOCK * BLOCK
+    assert reused >= 32
+    assert warm.prefilled == len(prompts[0]) + sum(len(p) - reused for p in prompts[1:])
+    again = warm.prefilled
+    assert_same(engine_tokens(warm, prompts[:1], 8), expected[:1])  # its blocks but the last
+    assert warm.prefilled - again == len(prompts[0]) - (len(prompts[0]) - 1) // BLOCK * BLOCK
+
+
+def test_prefix_cache_is_bounded_and_dropped_when_weights_change(tok) -> None:  # noqa: ANN001
+    from conftest import tiny_model
+
+    from lmforge.infer.prefix import BLOCK
+
+    model = tiny_model(tok, max_seq_len=128, seed=7)
+    prompts = shared_prefix_prompts(tok)
+    engine = Engine(model, tok, max_batch=1, prefix_cache_tokens=2 * BLOCK)
+    engine_tokens(engine, [list(range(200, 264))], 2)  # 4 blocks of another prompt
+    assert engine.prefixes.tokens == 2 * BLOCK
+    engine_tokens(engine, prompts[:1], 2)
+    assert engine.prefixes.tokens == 2 * BLOCK  # the older prompt's blocks were evicted
+    assert len(engine.prefixes.lookup(prompts[1])) == 2
+    with torch.no_grad():
+        model.layers[0].mlp.down_proj.weight.mul_(2.0)  # new weights: the cached keys are stale
+    before = engine.prefilled
+    assert_same(engine_tokens(engine, prompts[1:2], 6),
+                engine_tokens(Engine(model, tok, max_batch=1, prefix_cache_tokens=0),
+                              prompts[1:2], 6))
+    assert engine.prefilled - before == len(prompts[1])  # nothing reused

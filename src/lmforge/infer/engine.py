@@ -29,8 +29,9 @@ from lmforge.infer.grounded import (
     knn_mix,
     passage_memory,
 )
+from lmforge.infer.prefix import PrefixCache
 from lmforge.infer.sampling import next_tokens
-from lmforge.model import Transformer
+from lmforge.model import Transformer, fuse_for_inference
 
 
 @dataclass
@@ -67,8 +68,11 @@ class _Active:
 class SlotCache:
     """Keys/values of every slot: [layers, slots, kv_heads, max_len, head_dim].
 
-    Speaks the model's cache protocol for one forward pass at a time: either a prefill of one
-    slot from position 0, or a one-token decode of several slots, each at its own position.
+    Speaks the model's cache protocol for one forward pass at a time: either a prefill of
+    selected slots from one position (0, or the end of a prefix they reuse), or a one-token
+    decode of several slots, each at its own position. Everything a decode needs besides the
+    keys/values (row and position indices, the last key) is worked out once per step in
+    ``select``, not once per layer.
     """
 
     def __init__(self, model: Transformer, slots: int, max_len: int) -> None:
@@ -77,32 +81,49 @@ class SlotCache:
         shape = (c.n_layers, slots, c.n_kv_heads, max_len, c.head_dim)
         self.k = torch.zeros(shape, device=param.device, dtype=param.dtype)
         self.v = torch.zeros(shape, device=param.device, dtype=param.dtype)
-        self.length = 0
+        self.length = 0  # the prefill's first position (the model reads it as the start)
         self._rows = torch.zeros(0, dtype=torch.long)
         self._positions = torch.zeros(0, dtype=torch.long)
-        self._contiguous: tuple[int, int] | None = None
+        self._local = torch.zeros(0, dtype=torch.long)  # 0..n-1: rows of a view of the slots
+        self._end = 0
+        self._slots: slice | None = None
+        self._single: int | None = None  # the position, when one slot decodes
+        self._decoding = False
 
-    def select(self, rows: list[int], positions: list[int]) -> None:
+    def select(self, rows: list[int], positions: list[int], decoding: bool) -> None:
+        """The slots of the next pass: a decode writes each row's key at its own position; a
+        prefill writes from ``positions[0]``, the same for every row."""
         device = self.k.device
         self._rows = torch.tensor(rows, dtype=torch.long, device=device)
         self._positions = torch.tensor(positions, dtype=torch.long, device=device)
-        self.length = 0
+        self._decoding = decoding
+        self.length = 0 if decoding else positions[0]
+        self._end = max(positions) + 1
         consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
-        self._contiguous = (rows[0], rows[0] + len(rows)) if consecutive else None
+        self._slots = slice(rows[0], rows[0] + len(rows)) if consecutive else None
+        self._local = torch.arange(len(rows), device=device)
+        self._single = positions[0] if len(rows) == 1 else None
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if k.shape[2] > 1:  # prefill of the selected slots from position 0 (right-padded)
-            t = k.shape[2]
-            self.k[layer, self._rows, :, :t] = k
-            self.v[layer, self._rows, :, :t] = v
-            return k, v
+        if not self._decoding:  # right-padded prompts of the selected slots from one position
+            start, end = self.length, self.length + k.shape[2]
+            self.k[layer, self._rows, :, start:end] = k
+            self.v[layer, self._rows, :, start:end] = v
+            if not start:
+                return k, v
+            return self.k[layer, self._rows, :, :end], self.v[layer, self._rows, :, :end]
+        if self._slots is not None:  # views, not gathered copies, of the cache
+            keys, values = self.k[layer, self._slots], self.v[layer, self._slots]
+            if self._single is not None:  # one stream: a plain slice write
+                keys[:, :, self._single] = k[:, :, 0]
+                values[:, :, self._single] = v[:, :, 0]
+            else:
+                keys[self._local, :, self._positions] = k[:, :, 0]
+                values[self._local, :, self._positions] = v[:, :, 0]
+            return keys[:, :, : self._end], values[:, :, : self._end]
         self.k[layer, self._rows, :, self._positions] = k[:, :, 0]
         self.v[layer, self._rows, :, self._positions] = v[:, :, 0]
-        end = int(self._positions.max()) + 1
-        if self._contiguous is not None:  # a view instead of a gathered copy of the cache
-            first, last = self._contiguous
-            return self.k[layer, first:last, :, :end], self.v[layer, first:last, :, :end]
-        return self.k[layer, self._rows, :, :end], self.v[layer, self._rows, :, :end]
+        return self.k[layer, self._rows, :, : self._end], self.v[layer, self._rows, :, : self._end]
 
 
 def plain_greedy(config: SamplingConfig) -> bool:
@@ -113,17 +134,27 @@ def plain_greedy(config: SamplingConfig) -> bool:
 class Engine:
     def __init__(self, model: Transformer, tok: Tokenizer, max_batch: int = 8,
                  max_len: int | None = None, overflow: str = "reject",
-                 prefill_tokens: int = 4096) -> None:
+                 prefill_tokens: int = 4096, fuse: bool = True,
+                 prefix_cache_tokens: int | None = None) -> None:
         """``overflow``: what to do with a prompt that leaves no room for max_new_tokens:
         "reject" it (context_length_exceeded) or "truncate" it from the left.
-        ``prefill_tokens``: most (padded) prompt tokens prefilled together in one step."""
+        ``prefill_tokens``: most (padded) prompt tokens prefilled together in one step.
+        ``fuse``: fuse the model's q/k/v and gate/up projections, in place (model/fuse.py;
+        the model then runs, but is no longer saved as, a checkpoint).
+        ``prefix_cache_tokens``: room for the keys/values of repeated prompt prefixes
+        (infer/prefix.py), in tokens; None: one context (``max_len``), 0: no prefix cache."""
         if overflow not in ("reject", "truncate"):
             raise ValueError(f"overflow must be 'reject' or 'truncate', got {overflow!r}")
         self.overflow = overflow
         self.prefill_tokens = prefill_tokens
         self.model, self.tok = model.eval(), tok
+        if fuse:
+            fuse_for_inference(model)
         self.max_len = max_len or model.config.max_seq_len
         self.cache = SlotCache(model, max_batch, self.max_len)
+        self.prefixes = PrefixCache(model, self.max_len if prefix_cache_tokens is None
+                                    else prefix_cache_tokens)
+        self.prefilled = 0  # prompt tokens run through the model (a reused prefix is not)
         self.free = list(range(max_batch))[::-1]
         self.active: dict[int, _Active] = {}
         self.waiting: deque[_Active] = deque()
@@ -254,48 +285,85 @@ class Engine:
         return rows, events
 
     def _admit(self) -> list[Event]:
-        """Prefill every waiting request that fits, in one right-padded batch (pad positions are
-        never attended: each row's decode overwrites them before its mask reaches them)."""
+        """Prefill every waiting request that fits: in right-padded batches (pad positions are
+        never attended: each row's decode overwrites them before its mask reaches them), one
+        per length of reused prefix."""
         rows, events = self._take_waiting()
         if not rows:
             return events
         batch = rows + [row.shadow for row in rows if row.shadow is not None]
-        width = max(len(row.prompt) for row in batch)
-        tokens = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
         for row in batch:
             row.slot = self.free.pop()
+            row.position = len(row.prompt)
         for row in rows:  # active from here: a failure below is cancelled slots and all
             self.active[row.slot] = row
-        for i, row in enumerate(batch):
-            tokens[i, : len(row.prompt)] = torch.tensor(row.prompt, device=self.device)
-            row.position = len(row.prompt)
-        self.cache.select([row.slot for row in batch], [0] * len(batch))
-        last, last_hidden, hidden, full = self._prefill(tokens, batch)
+        starts = [self._reuse_prefix(row) for row in batch]
+        last, last_hidden = [], []
+        order: list[int] = []
+        hidden: Tensor | None = None
+        full: Tensor | None = None
+        for start in sorted(set(starts)):
+            group = [i for i, s in enumerate(starts) if s == start]
+            out = self._prefill([batch[i] for i in group], start)
+            last.append(out[0])
+            last_hidden.append(out[1])
+            order += group
+            if not start:  # the rows that read their whole prompt's states
+                hidden, full = out[2], out[3]
+        back = torch.tensor(order, device=self.device).argsort()
+        logits, final = torch.cat(last)[back], torch.cat(last_hidden)[back]
+        whole = {i: j for j, i in enumerate(i for i, s in enumerate(starts) if not s)}
         for i, row in enumerate(rows):
-            self._ground_prompt(row, hidden[i, : len(row.prompt)], last[i])
-        logits = self._grounded(rows, last, last_hidden, batch)
+            if row.evidence is not None and hidden is not None:
+                self._ground_prompt(row, hidden[whole[i], : len(row.prompt)], logits[i])
+        logits = self._grounded(rows, logits, final, batch)
         sampled = self._sample(rows, logits, [row.config.max_new_tokens == 1 for row in rows])
         for i, (row, event) in enumerate(zip(rows, sampled, strict=True)):
             if row.echo and full is not None:
-                logp = torch.log_softmax(full[i, : row.position - 1].float(), dim=-1)
-                picked = logp.gather(1, tokens[i, 1:row.position, None])[:, 0].tolist()
-                event.prompt_logprobs = [None, *picked]
+                logp = torch.log_softmax(full[whole[i], : row.position - 1].float(), dim=-1)
+                ids = torch.tensor(row.prompt[1:], device=self.device)
+                event.prompt_logprobs = [None, *logp.gather(1, ids[:, None])[:, 0].tolist()]
             events.append(event)
             if event.finished:
                 self._release(row.slot)
         return events
 
-    def _prefill(self, tokens: Tensor, rows: list[_Active]
+    def _reuse_prefix(self, row: _Active) -> int:
+        """Copy the cached keys/values of ``row``'s prompt prefix into its slot; returns how
+        many positions that filled. A row that echoes or is grounded reads its whole prompt's
+        logits or hidden states, so it prefills from 0."""
+        if row.echo or row.evidence is not None:
+            return 0
+        blocks = self.prefixes.lookup(row.prompt)
+        if not blocks:
+            return 0
+        end = sum(block.k.shape[2] for block in blocks)
+        self.cache.k[:, row.slot, :, :end] = torch.cat([block.k for block in blocks], dim=2)
+        self.cache.v[:, row.slot, :, :end] = torch.cat([block.v for block in blocks], dim=2)
+        return end
+
+    def _prefill(self, rows: list[_Active], start: int
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Each row's next-token logits [n, vocab] and final hidden state [n, dim], all final
-        hidden states [n, t, dim], and all positions' logits only when a row echoes: the
-        vocabulary projection of a whole long prompt is most of its prefill time."""
-        lasts = torch.tensor([len(row.prompt) - 1 for row in rows], device=self.device)
+        """Prefill ``rows`` from position ``start`` (their reused prefix's end) and store their
+        prompts' blocks for later prompts. Each row's next-token logits [n, vocab] and final
+        hidden state [n, dim], all final hidden states [n, t, dim], and all positions' logits
+        only when a row echoes: the vocabulary projection of a whole long prompt is most of
+        its prefill time."""
+        width = max(len(row.prompt) for row in rows) - start
+        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            tokens[i, : len(row.prompt) - start] = torch.tensor(row.prompt[start:],
+                                                                device=self.device)
+        self.cache.select([row.slot for row in rows], [start] * len(rows), decoding=False)
+        self.prefilled += sum(len(row.prompt) - start for row in rows)
         hidden = self.model(tokens, cache=self.cache, return_hidden=True).hidden
-        last_hidden = hidden[torch.arange(len(rows), device=self.device), lasts]
+        for row in rows:
+            self.prefixes.insert(row.prompt, self.cache.k[:, row.slot], self.cache.v[:, row.slot])
+        index = torch.arange(len(rows), device=self.device)
+        lasts = torch.tensor([len(row.prompt) - start - 1 for row in rows], device=self.device)
+        last_hidden = hidden[index, lasts]
         full = self.model.lm_head(hidden) if any(row.echo for row in rows) else None
-        last = (full[torch.arange(len(rows), device=self.device), lasts] if full is not None
-                else self.model.lm_head(last_hidden))
+        last = full[index, lasts] if full is not None else self.model.lm_head(last_hidden)
         return last, last_hidden, hidden, full
 
     def _ground_prompt(self, row: _Active, hidden: Tensor, first: Tensor) -> None:
@@ -340,11 +408,13 @@ class Engine:
         rows = [self.active[s] for s in sorted(self.active)]
         batch = rows + [row.shadow for row in rows if row.shadow is not None]
         positions = [r.position for r in batch]
-        self.cache.select([r.slot for r in batch], positions)
+        self.cache.select([r.slot for r in batch], positions, decoding=True)
         last = torch.tensor([[r.history[-1]] for r in batch], device=self.device)
         pos = torch.tensor(positions, device=self.device)
-        keys = torch.arange(max(positions) + 1, device=self.device)
-        mask = (keys[None, :] <= pos[:, None])[:, None, None]
+        mask = None  # rows at one position see every key up to it: no mask to build or apply
+        if len(set(positions)) > 1 or self.model.config.sliding_window:
+            keys = torch.arange(max(positions) + 1, device=self.device)
+            mask = (keys[None, :] <= pos[:, None])[:, None, None]
         hidden = self.model(last, positions=pos[:, None], mask=mask, cache=self.cache,
                             return_hidden=True).hidden[:, -1]
         for row in batch:

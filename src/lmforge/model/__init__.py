@@ -5,6 +5,7 @@ it, and its on-disk formats (our folders and Hugging Face's)."""
 
 from lmforge.model.bi_encoder import BiEncoder, EmbedPair, pad_rows
 from lmforge.model.cross_encoder import CrossEncoder, RerankGroup, doc_rank, pad, score_group
+from lmforge.model.fuse import fuse_for_inference
 from lmforge.model.hf_config import ARCHITECTURES, config_from_hf, hf_config
 from lmforge.model.llama import (
     Block,
@@ -40,7 +41,9 @@ from lmforge.model.weights import (
 __all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "WEIGHTS_NAME", "BiEncoder", "Block", "CrossEncoder",
            "EmbedPair", "KVCache", "LoadStats", "NF4Linear", "Output", "RerankGroup",
            "Transformer", "adapters_disabled", "apply_lora", "causal_mask", "config_from_hf",
-           "doc_rank", "document_inputs", "document_mask", "extend_embeddings", "hf_config",
-           "load_adapter", "load_model", "load_model_with_stats", "load_state", "merge_lora",
-           "model_config", "model_state", "pad", "pad_rows", "positions_within_documents",
-           "quantize_linears", "save_adapter", "save_model", "score_group"]
+           "doc_rank", "document_inputs", "document_mask", "extend_embeddings",
+           "fuse_for_inference", "hf_config", "load_adapter", "load_model",
+           "load_model_with_stats", "load_state", "merge_lora", "model_config", "model_state",
+           "pad", "pad_rows",
+           "positions_within_documents", "quantize_linears", "save_adapter", "save_model",
+           "score_group"]

@@ -4,7 +4,9 @@ Token embedding -> N x [RMSNorm -> grouped-query attention with rotary positions
 RMSNorm -> SwiGLU MLP (or a mixture of SwiGLU experts) -> residual] -> RMSNorm -> output head.
 
 Written for one device and left alone: LoRA, DDP/FSDP, compile and quantisation wrap it from
-outside. Parameter names are Hugging Face's (``layers.0.self_attn.q_proj``...) and RoPE uses the
+outside; for inference, ``model/fuse.py`` may concatenate q/k/v and gate/up into one linear
+each (``qkv_proj``, ``gate_up_proj``, ``w13``), which the forwards below use when present.
+Parameter names are Hugging Face's (``layers.0.self_attn.q_proj``...) and RoPE uses the
 ``rotate_half`` convention, so a Hugging Face checkpoint loads by dropping a ``model.`` prefix,
 checked by logits tests against transformers.
 
@@ -110,13 +112,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None  # Qwen3
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.qkv_proj: nn.Linear | None = None  # q, k and v in one, for inference (model/fuse.py)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: Cache | None, layer: int) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -129,6 +133,12 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
+    def project(self, x: Tensor) -> tuple[Tensor, ...]:
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        kv = self.n_kv_heads * self.head_dim
+        return self.qkv_proj(x).split((self.n_heads * self.head_dim, kv, kv), dim=-1)
+
 
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)); also each expert of Qwen's MoE."""
@@ -138,9 +148,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_up_proj: nn.Linear | None = None  # gate and up in one (model/fuse.py)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Expert(nn.Module):
@@ -151,9 +165,13 @@ class Expert(nn.Module):
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w13: nn.Linear | None = None  # w1 and w3 in one (model/fuse.py)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class SparseMoE(nn.Module):
