@@ -5,12 +5,13 @@ threads, same machine, same run.
 
 Measures decode tokens/s of one stream, total tokens/s of 8 and 32 concurrent streams (the
 engine batches them continuously; transformers gets them as one padded batch, its best case;
-llama.cpp one stream only: its batched decoding needs the low-level ``llama_batch`` API, not
-driven here), time to first token for a 512-token prompt, and the memory each holds (weights,
-and the key/value cache for 32 streams). Then the engine's prefix cache: time to first token
-of requests that share a 400-token prefix (a system prompt and RAG instruction) and differ in
-a short suffix, with and without the cache. Greedy decoding, end-of-sequence ignored so every
-stream makes exactly ``--new`` tokens. Weight-only int8 is measured by bench/quantize.py.
+llama.cpp decodes them as one sequence each in one context through its low-level batch API,
+checked against ``Llama.generate`` at one stream), time to first token for a 512-token prompt,
+and the memory each holds (weights, and the key/value cache for 32 streams). Then the engine's
+prefix cache: time to first token of requests that share a 400-token prefix (a system prompt
+and RAG instruction) and differ in a short suffix, with and without the cache. Greedy
+decoding, end-of-sequence ignored so every stream makes exactly ``--new`` tokens. Weight-only
+int8 is measured by bench/quantize.py.
 
 A backend is a name and three callables (streams, first token, memory), so a column is one
 function. ``--preset`` measures a random model of a preset's shape (config/presets.py) over the
@@ -23,7 +24,7 @@ tests' tokenizer, saved as a model folder; ``--model`` a trained one, e.g. after
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import itertools
 import resource
 import statistics
 import tempfile
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 import torch
 
 from lmforge.config import ModelConfig, SamplingConfig
@@ -41,6 +43,12 @@ from lmforge.infer.engine import Engine
 from lmforge.model import Transformer, load_model, save_model
 from lmforge.reporting import markdown_table
 from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+
+try:  # the llama.cpp column is optional
+    import llama_cpp
+    from llama_cpp._internals import LlamaBatch, LlamaContext
+except ImportError:
+    llama_cpp = None
 
 TEST_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tokenizer"
 
@@ -66,13 +74,12 @@ def engine_streams(engine: Engine, prompts: list[list[int]], new: int) -> None:
 class Backend:
     """One column: generate ``new`` tokens for each prompt (together), the first token of one
     prompt, and the bytes held (weights; key/value cache for ``streams`` streams of ``length``
-    positions), or None where it does not apply."""
+    positions)."""
 
     name: str
-    streams: Callable[[list[list[int]], int], None]
-    first_token: Callable[[list[int]], None]
+    streams: Callable[[list[list[int]], int], object]
+    first_token: Callable[[list[int]], object]
     memory: Callable[[int, int], tuple[int, int]]
-    batched: bool = True  # decodes several streams together
 
 
 def kv_bytes_per_position(config: ModelConfig, element: int) -> int:
@@ -113,31 +120,92 @@ def transformers_backend(folder: Path, config: ModelConfig, tmp: Path) -> Backen
     return Backend("transformers generate", streams, lambda prompt: streams([prompt], 1), memory)
 
 
-def llama_cpp_backend(folder: Path, config: ModelConfig, tmp: Path, threads: int
-                      ) -> Backend | None:
-    """llama.cpp on the f32 GGUF export, greedy, one stream; None without llama-cpp-python."""
-    if importlib.util.find_spec("llama_cpp") is None:
+class LlamaCppStreams:
+    """llama.cpp's batched decoding through its low-level API, as its examples/batched does:
+    each stream is its own sequence id in a context of ``n_seq_max`` streams; one
+    ``llama_decode`` prefills every prompt (logits of each one's last token only), then each
+    step decodes one token per stream, greedy by argmax over that stream's logits. A context
+    per shape is made once, outside the timing (llama-server's slots outlive their requests
+    too), and cleared per call; its settings are those of the ``Llama`` it shares weights with."""
+
+    def __init__(self, llm: llama_cpp.Llama) -> None:
+        self.llm, self.vocab = llm, llm.n_vocab()
+        self.shapes: dict[tuple[int, int, int], tuple[LlamaContext, LlamaBatch]] = {}
+
+    def context(self, streams: int, n_ctx: int, n_batch: int) -> tuple[LlamaContext, LlamaBatch]:
+        """A context of ``streams`` sequences, ``n_ctx`` positions in all (llama.cpp pads each
+        sequence's share to 256) and batches of up to ``n_batch`` tokens, with such a batch."""
+        key = (streams, n_ctx, n_batch)
+        if key not in self.shapes:
+            params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
+            params.n_seq_max, params.n_ctx = streams, n_ctx
+            params.n_batch = params.n_ubatch = n_batch
+            self.shapes[key] = (
+                LlamaContext(model=self.llm._model, params=params, verbose=False),
+                LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False))
+        return self.shapes[key]
+
+    def generate(self, prompts: list[list[int]], new: int) -> list[list[int]]:
+        """Exactly ``new`` greedy tokens for each prompt (end-of-sequence is not a stop)."""
+        if new < 1 or not all(prompts):
+            raise ValueError(f"expected non-empty prompts and new >= 1, got new={new}")
+        ends = list(itertools.accumulate(len(prompt) for prompt in prompts))
+        ctx, batch = self.context(len(prompts), len(prompts) * (max(map(len, prompts)) + new),
+                                  ends[-1])
+        ctx.kv_cache_clear()
+        batch.reset()
+        for seq, prompt in enumerate(prompts):
+            batch.add_sequence(prompt, seq, logits_all=False)
+        ctx.decode(batch)
+        tokens = [[self.argmax(ctx, end - 1)] for end in ends]
+        for step in range(new - 1):
+            batch.reset()
+            for seq, (prompt, made) in enumerate(zip(prompts, tokens, strict=True)):
+                add_token(batch, made[-1], len(prompt) + step, seq)
+            ctx.decode(batch)
+            for seq, made in enumerate(tokens):
+                made.append(self.argmax(ctx, seq))
+        return tokens
+
+    def argmax(self, ctx: LlamaContext, output: int) -> int:
+        """The most likely next token at batch index ``output``."""
+        logits = numpy.ctypeslib.as_array(ctx.get_logits_ith(output), shape=(self.vocab,))
+        return int(logits.argmax())
+
+
+def add_token(batch: LlamaBatch, token: int, pos: int, seq: int) -> None:
+    """Append one token of sequence ``seq`` at position ``pos``, its logits wanted."""
+    raw, i = batch.batch, batch.batch.n_tokens
+    raw.token[i], raw.pos[i], raw.n_seq_id[i], raw.seq_id[i][0], raw.logits[i] = (
+        token, pos, 1, seq, True)
+    raw.n_tokens = i + 1
+
+
+def llama_cpp_backend(folder: Path, config: ModelConfig, tmp: Path, threads: int,
+                      check: list[int], new: int) -> Backend | None:
+    """llama.cpp on the f32 GGUF export, batched; None without llama-cpp-python. Before any
+    timing, its batched path must make, for the ``check`` prompt alone, the same ``new``
+    greedy tokens as ``Llama.generate``."""
+    if llama_cpp is None:
         return None
-    import llama_cpp
-
     gguf = export_gguf(folder, tmp / "model.gguf", "f32").path
-    n_ctx = config.max_seq_len
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=len(check) + new, n_threads=threads,
                           n_threads_batch=threads, logits_all=False, verbose=False)
+    streams = LlamaCppStreams(llm)
+    reference = list(itertools.islice(llm.generate(check, top_k=1, temp=0.0, reset=True), new))
+    batched = streams.generate([check], new)[0]
+    if batched != reference:
+        raise SystemExit(f"llama.cpp batched decoding {batched} differs from Llama.generate "
+                         f"{reference} on the same prompt")
+    print(f"check: llama.cpp batched decoding = Llama.generate, 1 stream, {new} greedy tokens")
 
-    def one_stream(prompts: list[list[int]], new: int) -> None:
-        if len(prompts) != 1:
-            raise ValueError("the llama.cpp column decodes one stream")
-        for count, _ in enumerate(llm.generate(prompts[0], top_k=1, temp=0.0, reset=True),
-                                  start=1):
-            if count == new:  # end-of-sequence is not a stop: exactly `new` tokens
-                break
+    def memory(count: int, length: int) -> tuple[int, int]:  # f16, the context they decode in
+        ctx, _ = streams.context(count, count * length, count * len(check))
+        positions = llama_cpp.llama_n_ctx(ctx.ctx)
+        return gguf.stat().st_size, positions * kv_bytes_per_position(config, 2)
 
-    def memory(streams: int, length: int) -> tuple[int, int]:  # f16 cache of n_ctx positions
-        return gguf.stat().st_size, n_ctx * kv_bytes_per_position(config, 2)
-
-    return Backend("llama.cpp", one_stream, lambda prompt: one_stream([prompt], 1), memory,
-                   batched=False)
+    return Backend("llama.cpp", streams.generate, lambda prompt: streams.generate([prompt], 1),
+                   memory)
 
 
 def random_model_folder(preset: str, vocab: int, out: Path) -> Path:
@@ -157,7 +225,7 @@ def hf_batch(hf, prompts: list[list[int]], new: int) -> None:  # noqa: ANN001
                 min_new_tokens=new, do_sample=False, pad_token_id=0)
 
 
-Row = tuple[str, list[float | None], bool]  # measure, a value per backend, higher is better
+Row = tuple[str, list[float], bool]  # measure, a value per backend, higher is better
 
 
 def throughput_rows(backends: list[Backend], prompts: Callable[[int, int], list[list[int]]],
@@ -165,11 +233,8 @@ def throughput_rows(backends: list[Backend], prompts: Callable[[int, int], list[
     rows = []
     for streams in (1, 8, 32):
         batch = prompts(streams, args.prompt)
-        values: list[float | None] = []
+        values: list[float] = []
         for backend in backends:
-            if streams > 1 and not backend.batched:
-                values.append(None)
-                continue
             seconds = best_time(lambda run=backend.streams, batch=batch: run(batch, args.new),
                                 args.repeats)
             values.append(streams * args.new / seconds)
@@ -178,7 +243,7 @@ def throughput_rows(backends: list[Backend], prompts: Callable[[int, int], list[
 
 
 def ttft_row(backends: list[Backend], prompt: list[int], repeats: int) -> Row:
-    values: list[float | None] = []
+    values: list[float] = []
     for backend in backends:
         first = backend.first_token
         values.append(1e3 * statistics.median(best_time(lambda first=first: first(prompt), 1)
@@ -189,7 +254,7 @@ def ttft_row(backends: list[Backend], prompt: list[int], repeats: int) -> Row:
 def memory_rows(backends: list[Backend], length: int) -> list[Row]:
     held = [backend.memory(32, length) for backend in backends]
     return [("weights (MB)", [w / 1e6 for w, _ in held], False),
-            ("key/value cache, 32 streams (MB; llama.cpp: its context, 1 stream)",
+            ("key/value cache, 32 streams (MB; llama.cpp: its context, padded)",
              [kv / 1e6 for _, kv in held], False)]
 
 
@@ -200,10 +265,9 @@ def table(backends: list[Backend], rows: list[Row]) -> str:
     lines = []
     for measure, values, higher in rows:
         ours = values[0]
-        cells = [f"{v:,.1f}" if v is not None else "n/a" for v in values]
+        cells = [f"{v:,.1f}" for v in values]
         for theirs in values[1:]:
-            lead = (ours / theirs if higher else theirs / ours) if ours and theirs else None
-            cells.append(f"**{lead:.2f}**" if lead is not None else "")
+            cells.append(f"**{ours / theirs if higher else theirs / ours:.2f}**")
         lines.append([measure, *cells])
     return markdown_table(header, lines)
 
@@ -252,16 +316,18 @@ def main() -> None:
                   else args.model)
         model, tok = load_model(folder), load_tokenizer(folder)
         context = model.config.max_seq_len
-        backends = [lmforge_backend(model, tok, context),
-                    transformers_backend(folder, model.config, tmp)]
-        cpp = llama_cpp_backend(folder, model.config, tmp, args.threads)
-        if cpp is not None:
-            backends.append(cpp)
         generator = torch.Generator().manual_seed(0)
 
         def prompts(n: int, length: int) -> list[list[int]]:
             return torch.randint(100, tok.get_vocab_size(), (n, length),
                                  generator=generator).tolist()
+
+        backends = [lmforge_backend(model, tok, context),
+                    transformers_backend(folder, model.config, tmp)]
+        cpp = llama_cpp_backend(folder, model.config, tmp, args.threads,
+                                prompts(1, args.prompt)[0], args.new)
+        if cpp is not None:
+            backends.append(cpp)
 
         rows = throughput_rows(backends, prompts, args)
         rows.append(ttft_row(backends, prompts(1, min(512, context - 1))[0], args.repeats))
