@@ -81,9 +81,10 @@ def model_args(parser: argparse.ArgumentParser, model_required: bool = True) -> 
     parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply on top")
     parser.add_argument(
         "--quantize",
-        choices=["none", "int8"],
+        choices=["none", "int8", "int4"],  # infer.loading.QUANTIZE (a test keeps them equal)
         default="none",
-        help="weight-only int8 (per channel) for a smaller memory footprint",
+        help="weight-only int8 (per channel) or int4 (groups of 64): less memory, faster "
+        "decoding on CPU",
     )
     field_flags(parser, "assistant", AssistantConfig, ["system_prompt"],
                 {"system_prompt": "--system"})

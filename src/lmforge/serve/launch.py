@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, cast
 
 from lmforge import infer, rag
 from lmforge.config import AssistantConfig, ServeConfig
@@ -19,12 +18,10 @@ def serve_folder(model_dir: Path, assistant: AssistantConfig, config: ServeConfi
     the model as ``config.model_name``, else the folder's name."""
     import lmforge.serve as package  # looked up now: a test may replace ``run_server``
 
-    if quantize not in ("none", "int8"):
-        raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
     # the index first: a bad one fails before the (slow) model load
     grounding = rag.Grounding.open(Path(rag_index)) if rag_index is not None else None
     settings = infer.read_grounding(Path(model_dir))  # a bad file, too, fails before the load
-    model, chat = infer.load_for_inference(Path(model_dir), adapter=adapter,
-                                           quantize=cast(Literal["none", "int8"], quantize))
+    # a bad ``quantize`` is refused there, before the model is read
+    model, chat = infer.load_for_inference(Path(model_dir), adapter=adapter, quantize=quantize)
     package.run_server(model, chat, assistant, config, keys, grounding,
                        config.model_name or Path(model_dir).name, settings)
