@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from inference import TEST_TOKENIZER, best_time, engine_streams  # bench/ is on sys.path
 from torch import Tensor, nn
 
-from lmforge.config import ModelConfig, SamplingConfig
+from lmforge.config import ModelConfig
 from lmforge.config.presets import expand_model_preset
 from lmforge.eval import bits_per_byte_by_source
 from lmforge.infer.engine import Engine
@@ -53,25 +54,7 @@ from lmforge.model.quant import (
 from lmforge.reporting import markdown_table
 from lmforge.tokenizer import load_tokenizer
 
-FIXTURE_TOKENIZER = Path(__file__).parent.parent / "tests" / "fixtures" / "tokenizer"
 DEMO_VOCAB = 16000
-
-
-def best_time(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def engine_streams(engine: Engine, prompts: list[list[int]], new: int) -> None:
-    config = SamplingConfig(max_new_tokens=new, temperature=0.0, ignore_eos=True)
-    for prompt in prompts:
-        engine.submit(prompt, config)
-    for _ in engine.run():
-        pass
 
 
 def load_or_build(folder: Path, preset: str) -> tuple[Transformer, Any, str]:
@@ -80,7 +63,7 @@ def load_or_build(folder: Path, preset: str) -> tuple[Transformer, Any, str]:
         return load_model(folder).eval(), load_tokenizer(folder), str(folder)
     torch.manual_seed(0)
     config = ModelConfig(**expand_model_preset({"preset": preset, "vocab_size": DEMO_VOCAB}))
-    return (Transformer(config).eval(), load_tokenizer(FIXTURE_TOKENIZER),
+    return (Transformer(config).eval(), load_tokenizer(TEST_TOKENIZER),
             f"{folder} not found: a random {preset} model (perplexity meaningless)")
 
 
