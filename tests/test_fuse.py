@@ -16,6 +16,7 @@ FAMILIES = {
     "qwen3-qk-norm": {"qk_norm": True, "head_dim": 16},
     "mixtral": {"n_experts": 4, "moe_style": "mixtral"},
     "qwen-moe-shared": {"n_experts": 4, "moe_style": "qwen", "shared_expert_dim": 48},
+    "narrow-ffn": {"ffn_dim": 8},  # gate/up [16, 32]: deeper than wide, stays as stored
 }
 
 
@@ -47,6 +48,11 @@ def test_fused_logits_equal_unfused(family: str) -> None:
     assert fused.num_parameters() == model.num_parameters()
     assert fused.lm_head.weight is fused.embed_tokens.weight  # still tied, stored input-major
     assert fused.lm_head.weight.t().is_contiguous()
+    for name, module in fused.named_modules():  # input-major exactly when wider than deep
+        if name.endswith(("qkv_proj", "gate_up_proj", "w13")):
+            out_features, in_features = module.weight.shape
+            assert module.weight.t().is_contiguous() == (out_features > in_features), name
+            assert module.weight.is_contiguous() == (out_features <= in_features), name
     tokens = torch.randint(0, 97, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(fused(tokens).logits, model(tokens).logits, atol=1e-5,

@@ -427,7 +427,7 @@ class Engine:
                 self._release(row.slot)
         return events
 
-    @torch.no_grad()
+    @torch.inference_mode()  # not no_grad: no version counters or view tracking per op
     def step(self) -> list[Event]:
         """One engine step: decode the running batch, then let waiting requests in."""
         events = self._decode() if self.active else []
