@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from lmforge.config import LoraConfig, ModelConfig
-from lmforge.model import Transformer, apply_lora, fuse_for_inference, quantize_linears
+from lmforge.model import (
+    Transformer,
+    apply_lora,
+    fuse_for_inference,
+    quantize_linears,
+    save_model,
+)
 
 FAMILIES = {
     "llama": {"n_kv_heads": 4},
@@ -81,3 +87,13 @@ def test_lora_wrapped_projections_stay_unfused_and_int8_applies_after() -> None:
 def test_fusing_a_training_model_is_refused() -> None:
     with pytest.raises(ValueError, match="eval"):
         fuse_for_inference(family_model().train())
+
+
+def test_a_fused_model_is_not_saved(tmp_path) -> None:  # noqa: ANN001
+    """Its state dict has the fused names; a checkpoint or export of it would be unreadable."""
+    model = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=2,
+                                    ffn_dim=64, max_seq_len=16)).eval()
+    save_model(model, tmp_path / "before")
+    fuse_for_inference(model)
+    with pytest.raises(ValueError, match="fused for inference"):
+        save_model(model, tmp_path / "after")

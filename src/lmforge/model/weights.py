@@ -55,10 +55,19 @@ def model_config(model: nn.Module) -> ModelConfig:
     return config
 
 
+# the parameters only an inference-fused model has (model/fuse.py), never in a checkpoint
+FUSED_NAMES = ("qkv_proj.weight", "gate_up_proj.weight", "w13.weight")
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters to save: contiguous, with a tied head stored once (as the embedding)."""
     tied = model_config(model).tie_embeddings  # wrapped (reward model): backbone.lm_head
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+    state = model.state_dict()
+    fused = [k for k in state if k.endswith(FUSED_NAMES)]
+    if fused:
+        raise ValueError(f"{fused[0]}: this model was fused for inference (model/fuse.py); "
+                         "save or export the folder it was loaded from instead")
+    return {k: v.detach().contiguous() for k, v in state.items()
             if not (tied and k.endswith("lm_head.weight"))}
 
 
