@@ -9,7 +9,7 @@ import httpx
 import pytest
 from conftest import live_server, tiny_model
 
-from lmforge.config import AssistantConfig, ServeConfig
+from lmforge.config import AssistantConfig, ConfigError, ServeConfig
 from lmforge.serve import create_app, load_api_keys
 from lmforge.tokenizer import load_chat_format
 
@@ -166,3 +166,16 @@ def test_disconnect_mid_stream_stops_generation(server: str) -> None:
             break
         time.sleep(0.05)
     assert depth == 0  # the abandoned request no longer holds a slot
+
+
+@pytest.mark.parametrize(("tokens", "blocks"), [(-1, 128 // 16), (0, 0), (64, 4)])
+def test_prefix_cache_is_sized_by_the_serve_config(tokens: int, blocks: int) -> None:
+    chat = load_chat_format(FIXTURE_TOKENIZER)
+    app = create_app(tiny_model(chat.tokenizer, max_seq_len=128), chat, AssistantConfig(),
+                     ServeConfig(prefix_cache_tokens=tokens))
+    assert app.state.engine.prefixes.max_blocks == blocks
+
+
+def test_a_bad_prefix_cache_size_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="prefix_cache_tokens"):
+        ServeConfig(prefix_cache_tokens=-2)

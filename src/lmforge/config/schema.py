@@ -165,6 +165,9 @@ class ServeConfig:
     # prompt + answer tokens each of the max_batch cache slots holds, when the model's context
     # is longer (an imported Llama 3.1's 131,072 positions would be a ~68 GB cache at 8 slots)
     max_context: int = 8192
+    # keys/values of repeated prompt prefixes (system prompt, RAG instruction) kept for reuse,
+    # in tokens (infer/prefix.py); -1: one context, 0: none
+    prefix_cache_tokens: int = -1
     max_waiting: int = 64  # requests in flight before 429
     max_n: int = 8
     max_body_bytes: int = 1 << 20
@@ -190,6 +193,8 @@ class ServeConfig:
             check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
         check(self.disconnect_poll_s > 0, "disconnect_poll_s", "positive",
               self.disconnect_poll_s)
+        check(self.prefix_cache_tokens >= -1, "prefix_cache_tokens",
+              "-1 (one context), 0 (none) or a number of tokens", self.prefix_cache_tokens)
 
     def context(self, model_context: int) -> int:
         """The tokens one request may fill: the model's context, capped by ``max_context``."""

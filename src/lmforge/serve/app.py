@@ -60,7 +60,9 @@ def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
     state.model_name = config.model_name or model_name
     state.metrics = Metrics()
     state.engine = Engine(model, chat.tokenizer, max_batch=config.max_batch,
-                          max_len=config.context(model.config.max_seq_len))
+                          max_len=config.context(model.config.max_seq_len),
+                          prefix_cache_tokens=None if config.prefix_cache_tokens < 0
+                          else config.prefix_cache_tokens)
     app.add_exception_handler(APIError, api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
