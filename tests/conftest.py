@@ -209,9 +209,9 @@ def spy_on_submit(runner: Any) -> list[tuple[list[int], Any]]:
     submit = runner.submit
 
     def spy(request: str, prompt: list[int], config: Any, echo: bool = False,
-            evidence: Any = None) -> Any:
+            evidence: Any = None, grammar: Any = None) -> Any:
         submitted.append((prompt, config))
-        return submit(request, prompt, config, echo, evidence=evidence)
+        return submit(request, prompt, config, echo, evidence=evidence, grammar=grammar)
 
     runner.submit = spy
     return submitted

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from lmforge import __version__
+from lmforge.cli.agent import add_agent_command
 from lmforge.cli.assistant import add_assistant_commands
 from lmforge.cli.eval import add_eval_commands
 from lmforge.cli.plan import add_plan_command
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rag_commands(commands)
     add_eval_commands(commands)
     add_plan_command(commands)
+    add_agent_command(commands)
     return parser
 
 

@@ -88,6 +88,9 @@ def retrieval_summary(index: Path, summary: dict[str, Any]) -> str:
 def cmd_rag_eval(args: argparse.Namespace) -> None:
     from lmforge.rag import RETRIEVAL_MODES, RagIndex, evaluate, read_queries
 
+    if args.followups:
+        _followup_eval(args)
+        return
     index = RagIndex.open(args.index)
     result = evaluate(
         index, read_queries(args.queries), args.filter or "", include_trained=args.include_trained
@@ -111,6 +114,53 @@ def cmd_rag_eval(args: argparse.Namespace) -> None:
     )
 
 
+def _followup_eval(args: argparse.Namespace) -> None:
+    """The second turn of two-turn conversations, with and without rewriting."""
+    from lmforge.data import jsonl_records
+    from lmforge.rag import (
+        Grounding,
+        evaluate_followups,
+        followup_conversations,
+        held_out_followups,
+    )
+
+    config = load_recipe(args)
+    grounding = Grounding.open(args.index)
+    records = list(jsonl_records(args.queries, ("question", "gold_pid", "contract")))
+    followups = followup_conversations(records, config.run.seed)
+    if not args.include_trained:
+        followups = held_out_followups(followups, grounding.index, config.rag.reranker,
+                                       config.run.seed)
+    rules = grounding.rules()
+    rewriters: dict[str, Any] = {"rules": rules}
+    if args.rewriter_model:
+        from lmforge.infer import load_for_inference, model_rewriter
+
+        model, chat = load_for_inference(args.rewriter_model)
+        rewriters["model"] = model_rewriter(model, chat, rules, needs=rules.dependent,
+                                            system=config.assistant.system)
+    result = evaluate_followups(grounding, followups, rewriters)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    for name, row in result["rows"].items():
+        line = (f"{name:10} recall@1 {row['recall@1']:.3f}  recall@5 {row['recall@5']:.3f}  "
+                f"recall@10 {row['recall@10']:.3f}  MRR {row['mrr']:.3f}")
+        if "rewritten" in row:
+            line += (f"  ({row['rewritten']} rewritten, {row['named']} naming the contract, "
+                     f"{row['scoped']} searched within it; p50 {row['rewrite_ms_p50']} ms)")
+        print(line)
+    which = "all contracts" if args.include_trained else "the held-out contracts"
+    print(f"{result['questions']} second turns of {which}; standalone: the bundled question, "
+          "as_asked: the follow-up without rewriting, *_text: the rewrite without its scope")
+
+
+def _conversation(args: argparse.Namespace) -> list[Any]:
+    from lmforge.rag import read_conversation
+
+    return read_conversation(args.history) if args.history else []
+
+
 def cmd_rag_ask(args: argparse.Namespace) -> None:
     """Retrieval alone without ``--model``; with it, the assistant's grounded answer (the same
     answer path as ``eval qa`` and the server)."""
@@ -118,6 +168,9 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
     from lmforge.rag import Grounding
 
     grounding = Grounding.open(args.index)
+    history = _conversation(args)
+    if args.rewriter == "model" and not args.model:
+        raise ValueError("--rewriter model needs --model (the assistant that rewrites)")
     if args.model:
         from lmforge.eval import answer_grounded
         from lmforge.infer import load_for_inference, read_grounding
@@ -127,22 +180,36 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         assistant = load_recipe(args).assistant
         model, chat = load_for_inference(args.model, args.adapter, args.quantize)
         room = model.config.max_seq_len - assistant.sampling.max_new_tokens
-        question = with_system(assistant.system, [{"role": "user", "content": args.question}])
-        grounded = grounding.ground(question, chat, room, _access(args), args.passages)
+        conversation = with_system(assistant.system,
+                                   [*history, {"role": "user", "content": args.question}])
+        rewrite = None
+        if args.rewriter == "model":
+            from lmforge.infer import model_rewriter
+
+            rules = grounding.rules()
+            rewrite = model_rewriter(model, chat, rules, needs=rules.dependent,
+                                     system=assistant.system)
+        grounded = grounding.ground(conversation, chat, room, _access(args), args.passages,
+                                    rewrite)
+        query = grounded.query
         said = answer_grounded(model, chat, [grounded], assistant.sampling,
                                read_grounding(args.model))[0].strip()
         sources = grounded.sources()
         checked = [c.as_dict() for c in check_against_sources(said, sources)]
         answer: str | None = said
     else:
-        retrieved = grounding.retrieve(args.question, _access(args), args.passages)
+        query = grounding.standalone(history, args.question)
+        retrieved = grounding.retrieve(query, _access(args), args.passages)
         answer = None if retrieved.relevant else NO_ANSWER
         sources = retrieved.sources() if retrieved.relevant else []
         checked = []
     if args.json:
-        print(json.dumps({"answer": answer, "sources": sources, "citations": checked},
+        shown = {"answer": answer, "sources": sources, "citations": checked}
+        print(json.dumps({**shown, "query": query} if args.history else shown,
                          ensure_ascii=False))
         return
+    if args.history:
+        print(f"query: {query}", end="\n\n")
     if answer is not None:
         print(answer, end="\n\n")
     if checked:  # each sentence: supported by the passage it cites, not, or citing nothing
@@ -232,6 +299,15 @@ def _query_commands(sub: argparse._SubParsersAction) -> None:
         help="also count questions from the reranker's training contracts",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    recipe_args(p)
+    p.add_argument(
+        "--followups",
+        action="store_true",
+        help="instead: recall of follow-up questions (two-turn conversations made from the "
+        "queries), with and without rewriting them into stand-alone questions",
+    )
+    p.add_argument("--rewriter-model", type=Path,
+                   help="with --followups: also rewrite with this model folder")
     p = add_command(
         sub,
         "ask",
@@ -253,3 +329,8 @@ def _query_commands(sub: argparse._SubParsersAction) -> None:
         help="only documents with this metadata (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
+    p.add_argument("--history", type=Path,
+                   help="the conversation before the question (JSON list of messages or "
+                   "JSONL): retrieval searches for the question made stand-alone")
+    p.add_argument("--rewriter", choices=["rules", "model"], default="rules",
+                   help="how a follow-up is made stand-alone (model: by --model)")

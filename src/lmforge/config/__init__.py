@@ -1,5 +1,6 @@
 """Typed configs shared by every stage, and the loader that validates recipes into them."""
 
+from lmforge.config.agent import BUILTIN_TOOLS, AgentConfig, ToolConfig, ToolParameterConfig
 from lmforge.config.checks import INPUT
 from lmforge.config.data import (
     CleanConfig,
@@ -13,6 +14,7 @@ from lmforge.config.data import (
     SplitConfig,
     TokenizerConfig,
 )
+from lmforge.config.guard import ModerationConfig, RateLimitConfig
 from lmforge.config.loader import (
     ConfigError,
     apply_overrides,
@@ -45,6 +47,8 @@ from lmforge.config.training import (
 )
 
 __all__ = [
+    "BUILTIN_TOOLS",
+    "AgentConfig",
     "GGUF_TYPES",
     "GROUNDING_KEY",
     "INPUT",
@@ -61,9 +65,11 @@ __all__ = [
     "LoraConfig",
     "MixConfig",
     "ModelConfig",
+    "ModerationConfig",
     "PreferenceConfig",
     "QualityConfig",
     "RagConfig",
+    "RateLimitConfig",
     "RecipeConfig",
     "RerankerConfig",
     "RunConfig",
@@ -74,6 +80,8 @@ __all__ = [
     "SourceConfig",
     "SplitConfig",
     "TokenizerConfig",
+    "ToolConfig",
+    "ToolParameterConfig",
     "TrainConfig",
     "apply_overrides",
     "from_dict",

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
+from lmforge.config.agent import AgentConfig
 from lmforge.config.checks import INPUT, check, fraction
 from lmforge.config.data import DataConfig, TokenizerConfig
+from lmforge.config.guard import ModerationConfig, RateLimitConfig
 from lmforge.config.training import (
     EmbedderConfig,
     ModelConfig,
@@ -183,6 +185,11 @@ class ServeConfig:
     max_embedding_inputs: int = 128  # texts in one /v1/embeddings request
     max_embedding_chars: int = 8_192  # characters of each of them
     disconnect_poll_s: float = 0.25  # how often a non-streaming request checks its client
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # one JSON line per request (who, route, status, tokens, verdict, documents; never
+    # a key or the text; lmforge/serve/audit.py); "": none
+    audit_log: str = ""
 
     def __post_init__(self) -> None:
         check(0 < self.port < 65536, "port", "a TCP port", self.port)
@@ -304,6 +311,7 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
     def __post_init__(self) -> None:
         if self.model.base:  # the tokenizer is the base's, extended, not one trained here

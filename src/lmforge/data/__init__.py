@@ -1,7 +1,8 @@
 """The data stage: raw documents in, a cleaned and mixed corpus and token shards out; and the
 post-training examples (conversations, preference pairs) built from a recipe's sections."""
 
-from lmforge.data.chat import Conversation, PreferencePair
+from lmforge.data.chat import Conversation, PreferencePair, RecordError, load_conversations
+from lmforge.data.clean import scrub_pii
 from lmforge.data.domain_qa import (
     KeptOut,
     heldout_contracts,
@@ -11,11 +12,12 @@ from lmforge.data.domain_qa import (
 )
 from lmforge.data.ingest import Document, Problem, Reader, jsonl_records
 from lmforge.data.posttrain import preference_examples, sft_examples
-from lmforge.data.prepare import prepare
+from lmforge.data.prepare import in_heldout, prepare
 from lmforge.data.shards import ShardError, ShardSet
 from lmforge.data.tokenize import encode_document, tokenize_corpus
 
-__all__ = ["Conversation", "Document", "PreferencePair", "Problem", "Reader", "ShardError",
-           "ShardSet", "encode_document", "heldout_contracts", "heldout_questions", "jsonl_records",
-           "preference_examples", "prepare", "sft_examples", "tokenize_corpus", "kept_out", "KeptOut",
+__all__ = ["Conversation", "Document", "KeptOut", "PreferencePair", "Problem", "Reader",
+           "RecordError", "ShardError", "ShardSet", "encode_document", "heldout_contracts",
+           "heldout_questions", "in_heldout", "jsonl_records", "kept_out", "load_conversations",
+           "preference_examples", "prepare", "scrub_pii", "sft_examples", "tokenize_corpus",
            "validation_contracts"]

@@ -1,6 +1,10 @@
 """Post-training examples from a recipe's sections: chat files, the identity file and domain QA
 become conversations (SFT) or preference pairs (DPO, the reward model), with counts and
-rejected records for the stage's report. Domain QA on held-out contracts is never used."""
+rejected records for the stage's report. Domain QA on held-out contracts is never used.
+
+A chat file may hold tool-use conversations (``data/chat.py`` reads them); those are led by the
+assistant's system prompt unless they bring their own, as the agent will be run with it beside
+the same tools, so the model learns to call them in the setting it is served in."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 from lmforge.config import AssistantConfig, PreferenceConfig, SFTConfig
 from lmforge.data.chat import Conversation, PreferencePair, load_conversations, load_preferences
 from lmforge.data.domain_qa import load_qa, preference_pairs, sft_conversations
+from lmforge.tokenizer import with_system
 
 
 def sft_examples(config: SFTConfig, assistant: AssistantConfig, heldout_contracts: set[str],
@@ -20,9 +25,14 @@ def sft_examples(config: SFTConfig, assistant: AssistantConfig, heldout_contract
     files = [*config.chat_files, *([config.identity_file] if config.identity_file else [])]
     for path in files:
         loaded = load_conversations(Path(path), names)
+        for conversation in loaded.items:
+            if conversation.tools:
+                conversation.messages = with_system(assistant.system, conversation.messages)
         conversations += loaded.items
         stats["sources"][path] = len(loaded.items)
         stats["problems"] += loaded.problems
+        if tool_use := sum(bool(c.tools) for c in loaded.items):
+            stats.setdefault("tool_use", {})[path] = tool_use
     if config.qa_queries:
         items, passages = load_qa(Path(config.qa_queries), Path(config.qa_passages),
                                   heldout_contracts)

@@ -1,5 +1,5 @@
-"""Inference: sampling, the continuous-batching engine, beam search, offline generation, the
-terminal chat and model loading; no HTTP."""
+"""Inference: sampling, the continuous-batching engine, structured outputs (JSON grammars),
+beam search, offline generation, the terminal chat and model loading; no HTTP."""
 
 from lmforge.infer.beam import Beam, beam_search
 from lmforge.infer.chat import ChatSession, terminal_chat
@@ -14,6 +14,7 @@ from lmforge.infer.generate import (
     generate_grounded,
     stream_generate,
 )
+from lmforge.infer.grammar import Grammar, compile_json
 from lmforge.infer.grounded import (
     GENERATION_CONFIG,
     Evidence,
@@ -24,10 +25,13 @@ from lmforge.infer.grounded import (
     write_grounding,
 )
 from lmforge.infer.loading import load_for_inference
+from lmforge.infer.rewrite import model_rewriter
 from lmforge.infer.sampling import next_tokens
 
 __all__ = ["GENERATION_CONFIG", "Beam", "ChatSession", "Delta", "Engine", "Event", "Evidence",
-           "GroundedAsk", "Quote", "beam_search", "complete", "decode_whole", "evidence_prompt",
-           "generate", "generate_chat", "generate_grounded", "load_for_inference", "next_tokens",
+           "Grammar", "GroundedAsk", "Quote", "beam_search", "compile_json", "complete",
+           "decode_whole", "evidence_prompt",
+           "generate", "generate_chat", "generate_grounded", "load_for_inference", "model_rewriter",
+           "next_tokens",
            "read_grounding", "scored_quotes", "stopping", "stream_generate", "terminal_chat",
            "write_grounding"]

@@ -4,7 +4,9 @@ The engine owns one preallocated key/value cache with a slot per concurrent sequ
 request is prefilled alone into a free slot (its prompt in one forward pass); then every step
 decodes one token for all active slots together, each at its own position, and a finished
 sequence frees its slot for the next waiting request at once. Concurrent users therefore share
-each forward pass instead of queueing behind one another. No HTTP here: a server drives
+each forward pass instead of queueing behind one another. A request with a grammar
+(structured outputs, ``grammar.py``) has its logits masked to what the grammar allows before its
+token is chosen, and ends ("stop") when the grammar is complete. No HTTP here: a server drives
 ``submit`` and ``step`` (or ``run``) and forwards the deltas.
 """
 
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from lmforge.config import SamplingConfig
 from lmforge.infer.detokenize import RowText, stop_ids
+from lmforge.infer.grammar import Grammar, Matcher, token_bitmask
 from lmforge.infer.grounded import (
     Evidence,
     best_quote,
@@ -30,7 +33,7 @@ from lmforge.infer.grounded import (
     passage_memory,
 )
 from lmforge.infer.prefix import PrefixCache
-from lmforge.infer.sampling import next_tokens
+from lmforge.infer.sampling import apply_token_bitmask, next_tokens
 from lmforge.model import Transformer, fuse_for_inference
 
 
@@ -63,6 +66,7 @@ class _Active:
     shadow: _Active | None = None  # the prompt without passages (context-aware decoding)
     forced: list[int] = field(default_factory=list)  # quote tokens still to emit
     stop_at: int | None = None  # the answer ends after this many tokens (quote + own)
+    grammar: Matcher | None = None  # what the output must spell (structured outputs)
 
 
 class SlotCache:
@@ -163,12 +167,17 @@ class Engine:
         self.device = next(model.parameters()).device
 
     def submit(self, prompt: list[int], config: SamplingConfig, request: str | None = None,
-               echo: bool = False, evidence: Evidence | None = None) -> str:
+               echo: bool = False, evidence: Evidence | None = None,
+               grammar: Grammar | None = None) -> str:
         """Queue a tokenised prompt; returns the request id its events will carry. With
         ``echo`` the first event carries the log-probability of every prompt token;
-        ``evidence`` (the prompt's passages) turns on its grounded decoding."""
+        ``evidence`` (the prompt's passages) turns on its grounded decoding; ``grammar``
+        (``compile_json``, for this engine's tokenizer) constrains the output to it."""
         if not prompt:
             raise ValueError("the prompt is empty")
+        if grammar is not None and grammar.vocab_size != self.tok.get_vocab_size():
+            raise ValueError(f"the grammar was compiled for a tokenizer of {grammar.vocab_size} "
+                             f"tokens, the engine's has {self.tok.get_vocab_size()}")
         room = self.max_len - config.max_new_tokens
         if len(prompt) > room and self.overflow == "truncate" and room > 0:
             prompt = prompt[-room:]
@@ -181,7 +190,8 @@ class Engine:
         if evidence is not None and evidence.contrast and self.cache.k.shape[1] < 2:
             evidence = dataclasses.replace(evidence, contrast=None)  # no slot for its shadow
         self.waiting.append(_Active(name, prompt, config, RowText(config.stop), generator,
-                                    history=list(prompt), echo=echo, evidence=evidence))
+                                    history=list(prompt), echo=echo, evidence=evidence,
+                                    grammar=grammar.start() if grammar is not None else None))
         return name
 
     def cancel(self, request: str) -> bool:
@@ -211,26 +221,52 @@ class Engine:
         """Advance one sequence by ``token`` and say what became visible."""
         hit_eos = not row.config.ignore_eos and (token in self.stops
                                                  or token in row.config.stop_token_ids)
-        if not hit_eos:
+        grammar = row.grammar
+        refused = grammar is not None and not hit_eos and not grammar.accept(token)
+        if not hit_eos and not refused:
             row.text.ids.append(token)
             row.history.append(token)
             if row.shadow is not None:
                 row.shadow.history.append(token)
         text, hit_stop = row.text.visible(self.tok)
         said_all = row.stop_at is not None and len(row.text.ids) >= row.stop_at
-        done = "stop" if hit_eos or hit_stop or said_all else "length" if last_step else None
+        complete = grammar is not None and grammar.complete
+        done = ("error" if refused else "stop" if hit_eos or hit_stop or said_all or complete
+                else "length" if last_step else None)
         if done == "length":  # cut by the token limit: never half a character at the end
             text = row.text.whole_characters(text)
         piece = text[row.text.sent :] if done else row.text.streamable(text)
         row.text.sent += len(piece)
         return Event(row.request, piece, token, done)
 
-    def _choose(self, rows: list[_Active], logits: Tensor) -> list[int]:
-        """Next token of each row from its logits [n, vocab]: plain greedy rows in one batched
-        argmax, the rest through the full sampler with their own generator and penalties."""
+    def _choose(self, rows: list[_Active], logits: Tensor, stuck: set[int]) -> list[int]:
+        """Next token of each row from its (masked) logits [n, vocab]: plain greedy rows in
+        one batched argmax, the rest through the full sampler with their own generator and
+        penalties; a row whose grammar is ``stuck`` has nothing to choose from (any token)."""
         greedy = logits.argmax(-1).tolist()
-        return [row.forced.pop(0) if row.forced else greedy[i] if plain_greedy(row.config)
-                else self._draw(row, logits[i]) for i, row in enumerate(rows)]
+        for i, row in enumerate(rows):
+            if row.forced and row.grammar is not None and logits[i, row.forced[0]].isneginf():
+                row.forced, row.stop_at = [], None  # the grammar refuses the quote: it goes
+        return [row.forced.pop(0) if row.forced else greedy[i]
+                if plain_greedy(row.config) or i in stuck else self._draw(row, logits[i])
+                for i, row in enumerate(rows)]
+
+    def _constrain(self, rows: list[_Active], logits: Tensor) -> set[int]:
+        """Mask, in place, the logits of the rows with a grammar to the tokens it allows next
+        (end tokens only where it may end); returns the rows whose grammar allows nothing."""
+        constrained = [(i, row.grammar) for i, row in enumerate(rows) if row.grammar is not None]
+        if not constrained:
+            return set()
+        bitmask = token_bitmask([m for _, m in constrained],
+                                [self._ends(rows[i]) for i, _ in constrained])
+        for j, (i, _) in enumerate(constrained):  # row views: masked in place, no copies
+            apply_token_bitmask(logits[i : i + 1], bitmask[j : j + 1])
+        alive = bitmask.ne(0).any(-1).tolist()
+        return {i for (i, m), ok in zip(constrained, alive, strict=True) if m.failed or not ok}
+
+    def _ends(self, row: _Active) -> set[int]:
+        """The tokens that end ``row`` (none when it ignores them: they would be text)."""
+        return set() if row.config.ignore_eos else self.stops | set(row.config.stop_token_ids)
 
     def _draw(self, row: _Active, logits: Tensor) -> int:
         config = row.config
@@ -244,12 +280,18 @@ class Engine:
 
     def _sample(self, rows: list[_Active], logits: Tensor, last_steps: list[bool]
                 ) -> list[Event]:
-        """Choose, emit, and attach log-probs (one batched log-softmax) for every row."""
-        tokens = self._choose(rows, logits)
+        """Choose, emit, and attach log-probs (one batched log-softmax, of the model's logits
+        before any grammar masks them) for every row; a row whose grammar cannot go on ends
+        with "error"."""
         logp = torch.log_softmax(logits.float(), dim=-1)
+        stuck = self._constrain(rows, logits)
+        tokens = self._choose(rows, logits, stuck)
         chosen = logp.gather(1, torch.tensor(tokens, device=self.device)[:, None])[:, 0].tolist()
         events = []
         for i, (row, token, last_step) in enumerate(zip(rows, tokens, last_steps, strict=True)):
+            if i in stuck:
+                events.append(Event(row.request, "", None, "error"))
+                continue
             event = self._emit(row, token, last_step)
             event.logprob = chosen[i]
             if row.config.logprobs:

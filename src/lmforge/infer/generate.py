@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from lmforge.config import GroundingConfig, SamplingConfig
 from lmforge.infer.detokenize import stopping
 from lmforge.infer.engine import Engine
+from lmforge.infer.grammar import Grammar
 from lmforge.infer.grounded import Evidence, evidence_prompt
 from lmforge.model import Transformer
 from lmforge.tokenizer import ChatFormat, Message, encode_chat
@@ -23,15 +24,16 @@ class Delta:
     row: int
     text: str
     token: int | None
-    finished: str | None = None  # "stop" (eos or stop string) or "length"
+    finished: str | None = None  # "stop" (eos, stop string, grammar done), "length", "error"
 
 
 def stream_generate(model: Transformer, chat: ChatFormat, prompts: list[list[int]],
-                    config: SamplingConfig, evidence: Sequence[Evidence | None] = ()
-                    ) -> Iterator[Delta]:
+                    config: SamplingConfig, evidence: Sequence[Evidence | None] = (),
+                    grammars: Sequence[Grammar | None] = ()) -> Iterator[Delta]:
     """Yield text deltas for a batch of tokenised prompts until every row stops (at a stop id
-    of the model's chat format, a stop string or the token limit); ``evidence[i]``, when
-    given, grounds prompt i's decoding in its passages."""
+    of the model's chat format, a stop string, the token limit or its grammar's end);
+    ``evidence[i]``, when given, grounds prompt i's decoding in its passages, and
+    ``grammars[i]`` (``compile_json``) constrains its output."""
     if not prompts or any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
@@ -43,17 +45,19 @@ def stream_generate(model: Transformer, chat: ChatFormat, prompts: list[list[int
                     max_len=longest + config.max_new_tokens)
     config = stopping(chat, config)
     for i, prompt in enumerate(prompts):
-        engine.submit(prompt, config, str(i), evidence=evidence[i] if evidence else None)
+        engine.submit(prompt, config, str(i), evidence=evidence[i] if evidence else None,
+                      grammar=grammars[i] if grammars else None)
     for event in engine.run():
         yield Delta(int(event.request), event.text, event.token, event.finished)
 
 
 def complete(model: Transformer, chat: ChatFormat, prompts: list[list[int]],
-             config: SamplingConfig, evidence: Sequence[Evidence | None] = ()) -> list[str]:
-    """The generated text of each tokenised prompt, batched."""
+             config: SamplingConfig, evidence: Sequence[Evidence | None] = (),
+             grammars: Sequence[Grammar | None] = ()) -> list[str]:
+    """The generated text of each tokenised prompt, batched (``stream_generate``)."""
     out = [""] * len(prompts)
     if prompts:
-        for delta in stream_generate(model, chat, prompts, config, evidence):
+        for delta in stream_generate(model, chat, prompts, config, evidence, grammars):
             out[delta.row] += delta.text
     return out
 

@@ -5,6 +5,7 @@ Kept free of any model or HTTP code so the terminal, the server and evaluation s
 
 from __future__ import annotations
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -53,6 +54,21 @@ def filter_top_k_top_p(logits: Tensor, top_k: int, top_p: float) -> Tensor:
         drop[..., 0] = False  # and the most likely one, whatever rounding does to a tiny top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def apply_token_bitmask(logits: Tensor, bitmask: Tensor) -> Tensor:
+    """Set to -inf, in place, the logits [n, vocab] of tokens a grammar forbids: ``bitmask`` is
+    int32 [n, ceil(vocab / 32)] on the CPU, bit j of word w allowing token 32 w + j (the layout
+    every grammar library writes); tokens past the mask (a model's padded vocabulary) are
+    forbidden too. Unpacked by numpy on the CPU, then moved to the logits' device: a kernel
+    per device is not worth it for one row per constrained request."""
+    width = min(logits.shape[-1], bitmask.shape[-1] * 32)
+    forbidden = numpy.unpackbits((~bitmask.numpy()).view(numpy.uint8), axis=-1, count=width,
+                                 bitorder="little")
+    logits[:, width:] = float("-inf")
+    mask = torch.from_numpy(forbidden.view(numpy.bool_)).to(logits.device, non_blocking=True)
+    logits[:, :width].masked_fill_(mask, float("-inf"))
     return logits
 
 

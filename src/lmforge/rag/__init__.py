@@ -15,6 +15,15 @@ from lmforge.rag.domain import FOLDER as EMBEDDER_FOLDER
 from lmforge.rag.domain import DomainEmbedder
 from lmforge.rag.evaluate import evaluate
 from lmforge.rag.expand import Expander, load_glossary
+from lmforge.rag.followup import (
+    FollowUp,
+    Rewriter,
+    RuleRewriter,
+    evaluate_followups,
+    followup_conversations,
+    held_out_followups,
+    read_conversation,
+)
 from lmforge.rag.fusion import Fusion, read_fusion
 from lmforge.rag.index import IndexReport, RagIndex, RagIndexError, read_sources
 from lmforge.rag.pairs import embed_pairs, labelled_pairs, synthetic_queries
@@ -27,9 +36,11 @@ from lmforge.rag.tune import tune_fusion
 
 __all__ = ["CITATION_THRESHOLD", "EMBEDDER_FOLDER", "RERANKER_FEATURES", "RERANKER_FOLDER",
            "RETRIEVAL_MODES",
-           "TRAINING_FILE", "Access", "CheckedSentence", "DomainEmbedder", "Expander", "Fusion",
-           "GroundedPrompt", "Grounding", "Hit", "IndexReport", "Query", "RagIndex",
-           "RagIndexError", "Reranker", "Retrieved", "Retriever", "check_against_sources",
-           "check_answer", "citation_summary", "embed_pairs", "evaluate", "labelled_pairs",
-           "load_glossary", "parse_where", "read_fusion", "read_queries", "read_sources",
-           "rerank_groups", "synthetic_queries", "tune_fusion"]
+           "TRAINING_FILE", "Access", "CheckedSentence", "DomainEmbedder", "Expander",
+           "FollowUp", "Fusion", "GroundedPrompt", "Grounding", "Hit", "IndexReport", "Query",
+           "RagIndex", "RagIndexError", "Reranker", "Retrieved", "Retriever", "Rewriter",
+           "RuleRewriter", "check_against_sources", "check_answer", "citation_summary",
+           "embed_pairs", "evaluate", "evaluate_followups", "followup_conversations",
+           "held_out_followups", "labelled_pairs", "load_glossary", "parse_where",
+           "read_conversation", "read_fusion", "read_queries", "read_sources", "rerank_groups",
+           "synthetic_queries", "tune_fusion"]

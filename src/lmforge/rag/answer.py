@@ -9,8 +9,10 @@ Fusion and reranker scores are rank-based or uncalibrated and cannot gate on the
 
 ``Grounding.ground`` is the one answer path: ``rag ask``, ``eval qa`` and the server all call it,
 so what the evaluation scores is what users get. It retrieves for the conversation's last user
-message, applies the no-answer gate, and fits the passages into the room the caller leaves for
-the prompt (counted in tokens of the model's own chat format). Each call first checks (one
+message made stand-alone (a follow-up such as "那它的等待期呢？" carries the product named
+earlier, ``rag/followup.py``), applies the no-answer gate, and fits the passages into the room
+the caller leaves for the prompt (counted in tokens of the model's own chat format); the
+prompt keeps the user's own words. Each call first checks (one
 ``stat``, and a look at the reranker's files) whether the index folder published a newer
 generation or reranker; if so the new one is opened once, under a lock, and swapped in whole,
 while calls already running finish on the old one. One that fails to open is logged, the old
@@ -22,12 +24,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from lmforge.prompts import Passage, neutralise, rag_user_message
 from lmforge.rag.access import Access, public_meta
+from lmforge.rag.followup import Rewriter, RuleRewriter
 from lmforge.rag.index import RagIndex
 from lmforge.rag.manifest import stamp
 from lmforge.rag.rerank import Reranker, model_stamp
@@ -42,6 +45,7 @@ class Retrieved:
     hits: list[Hit]
     relevant: bool
     shown: list[str] = field(default_factory=list)  # the passages' texts as the prompt has them
+    scoped: bool = False  # retrieved within the documents of the product a follow-up names
 
     def sources(self) -> list[dict[str, Any]]:
         """What a client shows under the answer: [n] -> document, chunk, page, text (and the
@@ -79,6 +83,8 @@ class GroundedPrompt:
     messages: list[Message]
     retrieved: Retrieved
     question: str = ""  # the last user message before the passages were put into it
+    query: str = ""  # what retrieval searched for: the question, made stand-alone if needed
+    scope: dict[str, str] = field(default_factory=dict)  # the metadata it searched within
 
     @property
     def answerable(self) -> bool:
@@ -110,6 +116,7 @@ class Grounding:
         self._state = State(stamp(folder), self._reranker_stamp(folder), retriever)
         # stamps whose loading failed: retried only once they change again
         self._failed: tuple[object, object] = (None, None)
+        self._rules: tuple[RagIndex, RuleRewriter] | None = None  # for the index it knows
 
     @classmethod
     def open(cls, folder: Path) -> Grounding:
@@ -179,16 +186,42 @@ class Grounding:
             return State(index_stamp, reranker_stamp, state.retriever)
         return State(index_stamp, reranker_stamp, Retriever(index, reranker))
 
+    def rules(self) -> RuleRewriter:
+        """The rule-based rewriter of the current index's products and glossary, built once
+        per index generation."""
+        index = self.current().index
+        known = self._rules
+        if known is None or known[0] is not index:
+            known = self._rules = (index, RuleRewriter.for_index(index))
+        return known[1]
+
+    def standalone(self, history: Sequence[Message], question: str,
+                   rewrite: Rewriter | None = None) -> str:
+        """What to retrieve for ``question`` after ``history``: ``rewrite``'s stand-alone
+        question, by default the rules' when the conversation has earlier user turns (one
+        without needs none); an empty rewrite is the question itself."""
+        if rewrite is None:
+            if not any(m.get("role") == "user" for m in history):
+                return question
+            rewrite = self.rules()
+        return rewrite(list(history), question).strip() or question
+
     def ground(self, messages: Sequence[Message], chat: ChatFormat, room: int,
-               access: Access | None = None, k: int | None = None) -> GroundedPrompt:
-        """Retrieve for the last user message and put the passages into it, trimmed so the
-        encoded prompt takes at most ``room`` tokens (the context minus the answer's budget)."""
+               access: Access | None = None, k: int | None = None,
+               rewrite: Rewriter | None = None) -> GroundedPrompt:
+        """Retrieve for the last user message (made stand-alone, ``standalone``) and put the
+        passages into it, trimmed so the encoded prompt takes at most ``room`` tokens (the
+        context minus the answer's budget)."""
         conversation = [dict(m) for m in messages]
-        last = next((m for m in reversed(conversation) if m["role"] == "user"), None)
-        if last is None:
+        at = next((i for i in range(len(conversation) - 1, -1, -1)
+                   if conversation[i]["role"] == "user"), None)
+        if at is None:
             raise ValueError("grounding needs a user message to answer")
+        last = conversation[at]
         question = last["content"]
-        retrieved = self.retrieve(question, access, k)
+        query = self.standalone(messages[:at], question, rewrite)
+        scope = self.scope(query, question, access)
+        retrieved = self.retrieve(query, access, k, scope)
         if retrieved.relevant:
             def fits(message: str) -> bool:
                 last["content"] = message
@@ -200,14 +233,45 @@ class Grounding:
                             "nothing relevant was found", room)
                 retrieved.relevant, retrieved.hits, retrieved.shown = False, [], []
             last["content"] = fitted or question
-        return GroundedPrompt(conversation, retrieved, question)
+        return GroundedPrompt(conversation, retrieved, question, query,
+                              scope if retrieved.scoped else {})
 
-    def retrieve(self, question: str, access: Access | None = None, k: int | None = None
-                 ) -> Retrieved:
+    def scope(self, query: str, question: str, access: Access | None = None
+              ) -> dict[str, str]:
+        """The documents a rewritten follow-up is about: those of the product its rewrite
+        names (a follow-up's question words are the same in every contract, and a product's
+        name is in its documents' metadata, seldom in their text). None for a question
+        asked as it stands, or when the caller already filters on that field."""
+        if query == question:
+            return {}
+        scope = self.rules().scope(query)
+        if access is not None and any(f in access.where for f in scope):
+            return {}
+        return scope
+
+    def retrieve(self, question: str, access: Access | None = None, k: int | None = None,
+                 scope: dict[str, str] | None = None) -> Retrieved:
+        """The top ``k`` passages for ``question``; with ``scope``, among the documents whose
+        metadata matches it, unless none of those is relevant (then among all)."""
         retriever = self.current()  # one snapshot for the whole call
         k = k or retriever.index.config.top_k
+        pool, relevant, scoped = self.ranked(question, access, k, scope, retriever)
+        return Retrieved(pool[:k], relevant, scoped=scoped)
+
+    def ranked(self, question: str, access: Access | None, k: int,
+               scope: dict[str, str] | None = None, retriever: Retriever | None = None
+               ) -> tuple[list[Hit], bool, bool]:
+        """The whole final ranking ``retrieve`` cuts, whether it is relevant, and whether it
+        is the one within ``scope``."""
+        retriever = retriever or self.current()
+        if scope:
+            within = replace(access or Access(), where={**(access.where if access else {}),
+                                                         **scope})
+            pool = retriever.search(question, within, "final")
+            if self.is_relevant(question, pool, k, retriever, within):
+                return pool, True, True
         pool = retriever.search(question, access, "final")
-        return Retrieved(pool[:k], self.is_relevant(question, pool, k, retriever, access))
+        return pool, self.is_relevant(question, pool, k, retriever, access), False
 
     def is_relevant(self, question: str, pool: Sequence[Hit], k: int,
                     retriever: Retriever | None = None, access: Access | None = None) -> bool:

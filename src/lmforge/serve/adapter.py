@@ -25,11 +25,13 @@ from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lmforge.config import AssistantConfig, GroundingConfig, SamplingConfig, ServeConfig
+from lmforge.guard import Moderator, Verdict
 from lmforge.infer import Evidence, beam_search, decode_whole, evidence_prompt, stopping
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
-from lmforge.serve import limits
+from lmforge.serve import limits, tools
+from lmforge.serve.audit import current
 from lmforge.serve.keys import Principal, access
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import (
@@ -105,9 +107,12 @@ class Serving:
     grounding: Grounding | None = None
     grounding_settings: GroundingConfig = field(default_factory=GroundingConfig)
     streams: Streams = field(init=False)
+    moderator: Moderator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.streams = Streams(self.tok, self.config, self.model_name, self.runner, self.metrics)
+        self.moderator = Moderator(self.config.moderation)
+        self.streams = Streams(self.tok, self.config, self.model_name, self.runner, self.metrics,
+                               self.moderator)
 
     @property
     def tok(self) -> Tokenizer:
@@ -132,6 +137,13 @@ class Serving:
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         if not text:
             raise APIError(400, "prompt is empty", param="prompt")
+        verdict = self.moderator.check_input([text])
+        if verdict is not None:
+            current().flag(verdict)
+            return envelope("text_completion", new_id("cmpl"), self.model_name,
+                            [{"index": 0, "text": "", "finish_reason": "content_filter",
+                              "logprobs": None}], usage=usage(0, 0),
+                            moderation=verdict.as_dict())
         prompt = await run_in_threadpool(self.encode, text)  # off the event loop
         budget = self.budget(len(prompt), body.max_tokens, "prompt")
         request_id = new_id("cmpl")
@@ -148,10 +160,15 @@ class Serving:
             results = await self.streams.collect(streams, disconnected, "prompt")
         total = sum(r.tokens for r in results)
         self.metrics.completion_tokens += total
+        current().add_usage(len(prompt), total)
         choices = []
         for i, result in enumerate(results):
-            choice: dict[str, Any] = {"index": i, "text": (text if body.echo else "") + result.text,
-                                      "finish_reason": result.finished, "logprobs": None}
+            shown = self.moderator.screen(result.text)
+            if shown.verdict is not None:
+                current().flag(shown.verdict)
+            choice: dict[str, Any] = {"index": i, "text": (text if body.echo else "") + shown.text,
+                                      "finish_reason": "content_filter" if shown.verdict
+                                      else result.finished, "logprobs": None}
             if body.logprobs is not None and result.events:
                 choice["logprobs"] = completion_logprobs(self.tok, prompt, result.events,
                                                          body.echo)
@@ -166,8 +183,13 @@ class Serving:
         the model's own likelihood, and keep plain decoding (the evidence is not used)."""
         self.check(body)
         limits.check_chat(body, self.config)
-        messages = with_system(self.assistant.system, [m.model_dump() for m in body.messages])
+        verdict = self.moderator.check_input([m.text() for m in body.messages
+                                              if m.role in ("system", "developer", "user")])
+        if verdict is not None:  # tool results and earlier answers may quote clauses: unread
+            return self.refused(body, verdict)
+        messages = with_system(self.assistant.system, tools.conversation(body.messages))
         requested = body.max_completion_tokens or body.max_tokens
+        decoding = await run_in_threadpool(self.tool_plan, body)  # compiles grammars: a thread
         with template_refusals(len(messages) > len(body.messages)):
             grounded = await self.ground(body, messages, principal, requested)
             if grounded is not None and not grounded.answerable:
@@ -175,8 +197,9 @@ class Serving:
             if grounded is not None:
                 messages = grounded.messages
             prompt, evidence = await run_in_threadpool(self.encode_conversation, messages,
-                                                       grounded)  # off the event loop
+                                                       grounded, decoding.tools)
         cited = {} if grounded is None else {"sources": grounded.sources()}
+        current().add_documents(s["document"] for s in cited.get("sources", []))
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
         self.metrics.prompt_tokens += len(prompt) * body.n
@@ -184,27 +207,42 @@ class Serving:
             results = await self.beams(prompt, body, budget)
         else:
             config = self.sampling(body, budget, body.top_logprobs or 0)
-            streams = self.streams.start(prompt, config, body.n, evidence=evidence)
+            streams = self.streams.start(prompt, config, body.n, evidence=evidence,
+                                         grammar=decoding.grammar)
             if body.stream:
-                chunks = self.streams.chat_chunks(request_id, streams, cited, body.logprobs)
+                chunks = self.streams.chat_chunks(request_id, streams, cited, body.logprobs,
+                                                  decoding)
                 return self.streams.sse(chunks, streams)
             results = await self.streams.collect(streams, disconnected, "messages")
         total = sum(r.tokens for r in results)
         self.metrics.completion_tokens += total
-        choices = [self.chat_choice(i, r, body.logprobs, cited) for i, r in enumerate(results)]
+        current().add_usage(len(prompt), total)
+        choices = [self.chat_choice(i, r, body.logprobs, cited, decoding)
+                   for i, r in enumerate(results)]
         return envelope("chat.completion", request_id, self.model_name, choices,
                         usage=usage(len(prompt), total), **cited)
 
-    def chat_choice(self, index: int, result: Choice, logprobs: bool, cited: dict[str, Any]
-                    ) -> dict[str, Any]:
-        """One answer of a chat completion; with ``sources``, its citation check."""
+    def chat_choice(self, index: int, result: Choice, logprobs: bool, cited: dict[str, Any],
+                    decoding: tools.ToolPlan) -> dict[str, Any]:
+        """One answer of a chat completion: its tool calls read back (with what was wrong
+        with any that could not be passed on); with ``sources``, its citation check."""
+        message, called, errors = tools.answer_message(result.text, decoding)
+        shown = self.moderator.screen(message["content"] or "")
+        finished = "tool_calls" if called and result.finished == "stop" else result.finished
+        if shown.verdict is not None:  # cut before the blocked phrase; no call goes out
+            current().flag(shown.verdict)
+            message = {"role": "assistant", "content": shown.text}
+            finished = "content_filter"
+        elif message["content"]:
+            message["content"] = shown.text  # PII redacted
         choice: dict[str, Any] = {
-            "index": index, "message": {"role": "assistant", "content": result.text},
-            "finish_reason": result.finished,
+            "index": index, "message": message, "finish_reason": finished,
             "logprobs": (chat_logprobs(self.tok, self.streams.token_bytes, result.events)
                          if logprobs else None)}
+        if errors:
+            choice["tool_call_errors"] = errors
         if "sources" in cited:
-            choice["citations"] = citation_check(result.text, cited["sources"])
+            choice["citations"] = citation_check(message["content"] or "", cited["sources"])
         return choice
 
     async def embed(self, body: EmbeddingRequest) -> dict[str, Any]:
@@ -234,15 +272,32 @@ class Serving:
         ids: list[int] = self.tok.encode(text, add_special_tokens=False).ids
         return ids
 
-    def encode_conversation(self, messages: list[Message], grounded: GroundedPrompt | None
+    def encode_conversation(self, messages: list[Message], grounded: GroundedPrompt | None,
+                            offered: list[dict[str, Any]] | None = None
                             ) -> tuple[list[int], Evidence | None]:
-        """The conversation's generation prompt and, for a grounded one, the evidence its
-        decoding reads: the passages as the prompt shows them, under the grounding settings
-        (plain settings give the plain prompt, and the engine decodes it plainly)."""
+        """The conversation's generation prompt (with the ``offered`` tools, as the model's
+        template renders them) and, for a grounded one, the evidence its decoding reads: the
+        passages as the prompt shows them, under the grounding settings (plain settings give
+        the plain prompt, and the engine decodes it plainly)."""
         if grounded is None:
-            return encode_chat(self.chat_format, messages, add_generation_prompt=True), None
+            return encode_chat(self.chat_format, messages, add_generation_prompt=True,
+                               tools=offered), None
         return evidence_prompt(self.chat_format, messages, grounded.question,
                                grounded.retrieved.shown, self.grounding_settings)
+
+    def tool_plan(self, body: ChatCompletionRequest) -> tools.ToolPlan:
+        """Tools, tool_choice and response_format as decoding will apply them. Beam search
+        ranks whole beams and RAG answers decode over their passages: neither takes them."""
+        decoding = tools.plan(body, self.chat_format)
+        constrained = decoding.tools is not None or decoding.grammar is not None
+        if constrained and body.use_beam_search:
+            raise APIError(400, "use_beam_search does not take tools or response_format",
+                           param="use_beam_search")
+        if constrained and body.rag:
+            raise APIError(400, "rag answers from its passages and takes no tools or "
+                                "response_format; ask with agent=true for a tool-using answer",
+                           param="rag")
+        return decoding
 
     def check(self, body: SamplingFields) -> None:
         limits.check_model(body.model, (self.model_name,))
@@ -295,18 +350,29 @@ class Serving:
     def no_answer(self, body: ChatCompletionRequest) -> Any:
         """Nothing relevant was retrieved: say so, never invent. No sources, so no sentence
         to check (``citations`` is empty)."""
+        return self.fixed_answer(body, NO_ANSWER, "stop", {"citations": []}, {"sources": []})
+
+    def refused(self, body: ChatCompletionRequest, verdict: Verdict) -> Any:
+        """Moderation turned the request down: the policy's refusal, finish
+        ``content_filter``, and which category (never the text that matched)."""
+        current().flag(verdict)
+        return self.fixed_answer(body, self.moderator.refusal, "content_filter", {},
+                                 {"moderation": verdict.as_dict()})
+
+    def fixed_answer(self, body: ChatCompletionRequest, text: str, finished: str,
+                     per_choice: dict[str, Any], extra: dict[str, Any]) -> Any:
+        """An answer the model did not generate, as a whole body or a one-chunk stream."""
         request_id = new_id("chatcmpl")
         if body.stream:
             async def chunks() -> AsyncIterator[dict[str, Any]]:
                 yield envelope("chat.completion.chunk", request_id, self.model_name,
-                               [{"index": 0, "delta": {"role": "assistant",
-                                                       "content": NO_ANSWER},
-                                 "finish_reason": "stop", "citations": []}], sources=[])
+                               [{"index": 0, "delta": {"role": "assistant", "content": text},
+                                 "finish_reason": finished, **per_choice}], **extra)
             return self.streams.sse(chunks(), [])
         return envelope("chat.completion", request_id, self.model_name,
-                        [{"index": 0, "message": {"role": "assistant", "content": NO_ANSWER},
-                          "finish_reason": "stop", "logprobs": None, "citations": []}],
-                        usage=usage(0, 0), sources=[])
+                        [{"index": 0, "message": {"role": "assistant", "content": text},
+                          "finish_reason": finished, "logprobs": None, **per_choice}],
+                        usage=usage(0, 0), **extra)
 
     # -- the engine ---------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 ``create_app`` is the factory: it puts the server's state on ``app.state`` (the engine and, while
 the server runs, its runner thread and the serving adapter; the settings, the model's chat
-format, assistant, API keys, grounding and its decoding settings, metrics), adds the middleware
-(API keys, body limit, metrics) and the OpenAI-shaped error handlers, and mounts the page. The
+format, assistant, API keys, grounding and its decoding settings, metrics, the keys' rate
+limits and the audit log), adds the middleware (API keys, rate limits, audit, body
+limit, metrics) and the OpenAI-shaped error handlers, and mounts the page. The
 routes (``routes.py``) are thin; the adapter (``adapter.py``) talks to the engine. No module
 globals.
 """
@@ -11,8 +12,10 @@ globals.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,8 +30,10 @@ from lmforge.infer import Engine
 from lmforge.model import Transformer
 from lmforge.rag import Grounding
 from lmforge.serve.adapter import Serving
+from lmforge.serve.audit import AuditLog, Caller, RequestRecord, recording
 from lmforge.serve.body_limit import BodyLimit
 from lmforge.serve.keys import ApiKeys
+from lmforge.serve.limits import RateLimiter
 from lmforge.serve.metrics import Metrics, route_label
 from lmforge.serve.protocol import APIError, error_body
 from lmforge.serve.routes import STATIC, router
@@ -59,6 +64,8 @@ def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
     state.grounding_settings = grounding_settings or GroundingConfig()
     state.model_name = config.model_name or model_name
     state.metrics = Metrics()
+    state.limiter = RateLimiter(config.rate_limit)
+    state.audit = AuditLog(Path(config.audit_log)) if config.audit_log else None
     state.engine = Engine(model, chat.tokenizer, max_batch=config.max_batch,
                           max_len=config.context(model.config.max_seq_len),
                           prefix_cache_tokens=None if config.prefix_cache_tokens < 0
@@ -91,8 +98,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 class Guard:
-    """The API key (its principal goes on ``request.state``) and metrics (the body limit is
-    ``BodyLimit``'s, inside). A refused key is counted and logged like every other 4xx.
+    """Every guarded request (all but ``/``, ``/health`` and the static files): the API key
+    (its principal goes on ``request.state``), the key's rate limits, and its audit line;
+    metrics for every request (the body limit is ``BodyLimit``'s, inside). A refused key or
+    rate is counted, logged and audited like every other 4xx.
 
     A pure ASGI middleware rather than ``@app.middleware("http")``: Starlette's
     ``BaseHTTPMiddleware`` wraps ``receive`` so that ``request.is_disconnected()`` never sees a
@@ -107,30 +116,70 @@ class Guard:
             return
         request = Request(scope)
         state = request.app.state
-        keys: ApiKeys = state.keys
         path = request.url.path
         request.state.principal = None
         metrics: Metrics = state.metrics
-        with metrics.timed(route_label(state.route_paths, path)) as record:
-            if keys.required and path != "/" and not path.startswith(PUBLIC_PATHS):
-                key = keys.match(request.headers.get("authorization"))
-                if key is None:
-                    refused(request, 401, None, "invalid_api_key")
-                    record(401)
-                    response = JSONResponse(error_body("missing or invalid API key",
-                                                       "authentication_error",
-                                                       code="invalid_api_key"),
-                                            status_code=401)
-                    await response(scope, receive, send)
-                    return
-                request.state.principal = keys.keys[key]
+        route = route_label(state.route_paths, path)
+        with metrics.timed(route) as count:
+            status = 500  # what the audit says of a request that never answered
 
             async def recorded(message: Message) -> None:
+                nonlocal status
                 if message["type"] == "http.response.start":
-                    record(message["status"])
+                    status = message["status"]
+                    count(status)
                 await send(message)
 
-            await self.app(scope, receive, recorded)
+            if path == "/" or path.startswith(PUBLIC_PATHS):
+                await self.app(scope, receive, recorded)
+                return
+            started = time.perf_counter()
+            with recording() as record:
+                caller, who = Caller(None, None, None), None
+                try:
+                    refusal, caller, who = admit(request)
+                    await (refusal or self.app)(scope, receive, recorded)
+                finally:
+                    account(state, request, route, status, caller, who, record,
+                            time.perf_counter() - started)
+
+
+def admit(request: Request) -> tuple[ASGIApp | None, Caller, str | None]:
+    """The key's check and its rate limits: the refusal to send (None: go on), who the
+    request is from, and the rate limits' name for it (the key, else the client's address)."""
+    state = request.app.state
+    keys: ApiKeys = state.keys
+    key = None
+    if keys.required:
+        key = keys.match(request.headers.get("authorization"))
+        if key is None:
+            refused(request, 401, None, "invalid_api_key")
+            return JSONResponse(error_body("missing or invalid API key", "authentication_error",
+                                           code="invalid_api_key"), status_code=401), \
+                Caller(None, None, None), None
+        request.state.principal = keys.keys[key]
+    caller = Caller.of(request.state.principal, keys.sources.get(key) if key else None)
+    limiter: RateLimiter = state.limiter
+    if not limiter.active:
+        return None, caller, None
+    who = key if key is not None else f"address {request.client.host if request.client else ''}"
+    throttled = limiter.admit(who)
+    if throttled is None:
+        return None, caller, who
+    refused(request, 429, None, "rate_limit_exceeded")
+    return JSONResponse(error_body(throttled.message, throttled.limit, code="rate_limit_exceeded"),
+                        status_code=429,
+                        headers={"Retry-After": str(throttled.retry_after_s)}), caller, None
+
+
+def account(state: Any, request: Request, route: str, status: int, caller: Caller,
+            who: str | None, record: RequestRecord, seconds: float) -> None:
+    """When a request ends: its tokens are charged to its caller, and its audit line written."""
+    if who is not None:
+        state.limiter.charge(who, record.tokens)
+    audit: AuditLog | None = state.audit
+    if audit is not None:
+        audit.write(caller, request.method, route, status, record, seconds)
 
 
 def refused(request: Request, status: int, param: Any, code: str | None) -> None:

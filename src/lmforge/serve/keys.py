@@ -49,6 +49,8 @@ class ApiKeys:
     is required."""
 
     keys: Mapping[str, Principal | None] = field(default_factory=dict)
+    # where each key was configured ("--api-key #1", "keys.txt:3"): how logs name a key
+    sources: Mapping[str, str] = field(default_factory=dict)
     # keys are compared as HMAC-SHA256 digests under a per-process random salt: equal lengths,
     # so the comparison's time tells nothing about a key's length either
     _salt: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False,
@@ -141,9 +143,11 @@ def load_api_keys(specs: Sequence[str] | None = (), key_file: Path | None = None
     env = (environ or {}).get(ENV_VAR, "")
     entries += [(spec, f"{ENV_VAR} #{i}") for i, spec in enumerate(env.split(), 1)]
     keys: dict[str, Principal | None] = {}
+    sources: dict[str, str] = {}
     for spec, where in entries:
         key, principal = parse_spec(spec, where)
         if key in keys and keys[key] != principal:
             raise ValueError(f"{where}: API key {key[:4]}… is given twice with different users")
         keys[key] = principal
-    return ApiKeys(keys)
+        sources.setdefault(key, where)
+    return ApiKeys(keys, sources)

@@ -56,9 +56,84 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
 
 
+class TextPart(BaseModel):
+    """One part of a message's content given as a list (OpenAI's content parts). The model
+    reads text: an image or audio part is a 400 naming it, never dropped unread."""
+
+    type: Literal["text"]
+    text: Text
+
+
+class FunctionCall(BaseModel):
+    name: Text
+    arguments: Text  # JSON text, as the OpenAI reference sends it
+
+
+class ToolCallIn(BaseModel):
+    """A call the assistant made earlier in the conversation."""
+
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: Text
+    """``developer`` is OpenAI's newer name for ``system``. An assistant message that made
+    tool calls may have no content; a ``tool`` message answers one of them by its id."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: Text | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for a function's name
+
+
+class FunctionSpec(BaseModel):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
+    description: Text = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object",
+                                                                "properties": {}})
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    name: Text
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    description: Text = ""
+    strict: bool | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ResponseFormat(BaseModel):
+    """``json_object``: any JSON object; ``json_schema``: one that validates against the
+    schema. Both are enforced while decoding (the grammar masks every other token), so the
+    answer parses whatever the model would have said."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class RagOptions(BaseModel):
@@ -68,12 +143,24 @@ class RagOptions(BaseModel):
     filter: dict[Text, Text] = Field(default_factory=dict)  # document metadata that must match
 
 
+class AgentOptions(BaseModel):
+    """The ``agent`` extension: answer through lmforge's tool-using agent (its own tools,
+    the caller's documents and memory), with the trace of its steps."""
+
+    max_steps: int | None = Field(default=None, ge=1, le=16)
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     rag: bool | RagOptions = False
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    agent: bool | AgentOptions = False  # extension: answer through the tool-using agent
 
 
 class EmbeddingRequest(BaseModel):

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from lmforge.config import SamplingConfig
-from lmforge.infer import Engine, Event, Evidence
+from lmforge.infer import Engine, Event, Evidence, Grammar
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class _Submission:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event]
     evidence: Evidence | None
+    grammar: Grammar | None = None
 
 
 class EngineRunner:
@@ -63,13 +64,14 @@ class EngineRunner:
             self._pending -= 1
 
     def submit(self, request: str, prompt: list[int], config: SamplingConfig, echo: bool = False,
-               evidence: Evidence | None = None) -> asyncio.Queue[Event]:
+               evidence: Evidence | None = None, grammar: Grammar | None = None
+               ) -> asyncio.Queue[Event]:
         """Queue a prompt for the engine thread; ``evidence`` (its passages) grounds its
-        decoding (``Engine.submit``)."""
+        decoding and ``grammar`` constrains it (``Engine.submit``)."""
         self.reserve()
         events: asyncio.Queue[Event] = asyncio.Queue()
         self._inbox.put(_Submission(request, prompt, config, echo, asyncio.get_running_loop(),
-                                    events, evidence))
+                                    events, evidence, grammar))
         return events
 
     def cancel(self, request: str) -> None:
@@ -89,7 +91,7 @@ class EngineRunner:
             self._subscribers[item.request] = item
             try:
                 self.engine.submit(item.prompt, item.config, item.request, echo=item.echo,
-                                   evidence=item.evidence)
+                                   evidence=item.evidence, grammar=item.grammar)
             except Exception:  # one bad request must not take the server down
                 log.exception("request %s could not start", item.request)
                 self._publish(Event(item.request, "", None, finished="error"))

@@ -18,12 +18,15 @@ from fastapi.responses import StreamingResponse
 from tokenizers import Tokenizer
 
 from lmforge.config import SamplingConfig, ServeConfig
-from lmforge.infer import Event, Evidence
+from lmforge.guard import Moderator, OutputFilter
+from lmforge.infer import Event, Evidence, Grammar
 from lmforge.rag import check_against_sources
+from lmforge.serve.audit import current
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import APIError, envelope, error_body, new_id
 from lmforge.serve.runner import EngineRunner, QueueFull
 from lmforge.serve.tokens import TokenBytes, chat_logprobs, completion_logprobs
+from lmforge.serve.tools import ToolPlan, ToolReader
 
 Stream = tuple[str, "asyncio.Queue[Event]"]
 Disconnected = Callable[[], Awaitable[bool]]  # Request.is_disconnected
@@ -51,22 +54,25 @@ class Streams:
     model_name: str
     runner: EngineRunner
     metrics: Metrics
+    moderator: Moderator
     token_bytes: TokenBytes = field(init=False)
 
     def __post_init__(self) -> None:
         self.token_bytes = TokenBytes(self.tok)
 
     def start(self, prompt: list[int], config: SamplingConfig, n: int, echo: bool = False,
-              evidence: Evidence | None = None) -> list[Stream]:
+              evidence: Evidence | None = None, grammar: Grammar | None = None
+              ) -> list[Stream]:
         """``n`` samples of one prompt (seeds ``seed``, ``seed + 1``, ...), or a 429; all
-        grounded in ``evidence`` when given."""
+        grounded in ``evidence``, and constrained by ``grammar``, when given."""
         streams: list[Stream] = []
         try:
             for i in range(n):
                 request = new_id("gen")
                 seeded = dataclasses.replace(config, seed=config.seed + i)
                 streams.append((request, self.runner.submit(request, prompt, seeded, echo,
-                                                            evidence=evidence)))
+                                                            evidence=evidence,
+                                                            grammar=grammar)))
         except QueueFull as err:
             for request, _ in streams:
                 self.runner.cancel(request)
@@ -125,35 +131,50 @@ class Streams:
 
     async def completion_chunks(self, request_id: str, streams: list[Stream], logprobs: bool
                                 ) -> AsyncIterator[dict[str, Any]]:
+        shown = [Shown(self.moderator, None) for _ in streams]
         async for i, event in self.merged(streams):
             self.metrics.completion_tokens += 1
+            if shown[i].over:
+                continue
+            choice = shown[i].chunk(i, event)
             yield envelope("text_completion", request_id, self.model_name,
-                           [{"index": i, "text": event.text,
+                           [{"index": i, "text": choice["delta"].get("content", ""),
                              "logprobs": (completion_logprobs(self.tok, [], [event], False)
                                           if logprobs else None),
-                             "finish_reason": event.finished}])
+                             "finish_reason": choice["finish_reason"]}])
+            self.stop_if_over(shown[i], streams[i], event)
 
     async def chat_chunks(self, request_id: str, streams: list[Stream],
-                          cited: dict[str, Any], logprobs: bool = False
+                          cited: dict[str, Any], logprobs: bool = False,
+                          decoding: ToolPlan | None = None
                           ) -> AsyncIterator[dict[str, Any]]:
         """The first chunk of each choice carries the ``sources`` (when ``cited`` has them),
-        its last one that choice's ``citations``, checked on its whole text."""
+        its last one that choice's ``citations``, checked on the text it showed. Each choice
+        is read as ``Shown`` reads it (tool calls, moderation); one that moderation stops is
+        cancelled at once and says ``content_filter``."""
         for i in range(len(streams)):
             yield envelope("chat.completion.chunk", request_id, self.model_name,
                            [{"index": i, "delta": {"role": "assistant", "content": ""},
                              "finish_reason": None}], **cited)
-        texts = [""] * len(streams)
+        shown = [Shown(self.moderator, decoding) for _ in streams]
         async for i, event in self.merged(streams):
             self.metrics.completion_tokens += 1
-            texts[i] += event.text
-            delta = {"content": event.text} if event.text else {}
-            choice: dict[str, Any] = {"index": i, "delta": delta,
-                                      "finish_reason": event.finished}
-            if event.finished and "sources" in cited:
-                choice["citations"] = citation_check(texts[i], cited["sources"])
+            if shown[i].over:
+                continue  # stopped by moderation: its late events are dropped
+            choice = shown[i].chunk(i, event)
+            if choice["finish_reason"] and "sources" in cited:
+                choice["citations"] = citation_check(shown[i].text, cited["sources"])
             if logprobs:
                 choice["logprobs"] = chat_logprobs(self.tok, self.token_bytes, [event])
             yield envelope("chat.completion.chunk", request_id, self.model_name, [choice])
+            self.stop_if_over(shown[i], streams[i], event)
+
+    def stop_if_over(self, shown: Shown, stream: Stream, event: Event) -> None:
+        """A choice moderation ended is cancelled at once; its queue ends here."""
+        if shown.over and not event.finished:
+            request, events = stream
+            self.runner.cancel(request)
+            events.put_nowait(Event(request, "", None, finished="content_filter"))
 
     def sse(self, chunks: AsyncIterator[dict[str, Any]], streams: list[Stream]
             ) -> StreamingResponse:
@@ -186,3 +207,37 @@ def outcome(event: Event, param: str) -> str:
     if event.finished not in FINISHED:
         raise APIError(500, "generation failed; see the server log", kind="server_error")
     return event.finished
+
+
+class Shown:
+    """One streamed chat choice as its client sees it: with tools, its text goes through a
+    ``ToolReader`` (content, whole calls); the content then through moderation's output
+    filter, which holds back what could still become a blocked phrase or PII and ends the
+    choice (``over``, ``content_filter``) at a blocked one. ``text``: the content shown."""
+
+    def __init__(self, moderator: Moderator, decoding: ToolPlan | None) -> None:
+        self.filter: OutputFilter = moderator.stream()
+        self.reader = ToolReader(decoding) if decoding is not None and decoding.active \
+            else None
+        self.text = ""
+        self.over = False
+
+    def chunk(self, index: int, event: Event) -> dict[str, Any]:
+        if self.reader is not None:
+            choice = self.reader.chunk(index, event)
+        else:
+            choice = {"index": index, "delta": {"content": event.text} if event.text else {},
+                      "finish_reason": event.finished}
+        delta = choice["delta"]
+        content = self.filter.feed(delta.pop("content", ""))
+        if self.filter.blocked is not None:
+            self.over = True
+            choice["finish_reason"] = "content_filter"
+            delta.pop("tool_calls", None)  # nothing after the blocked phrase goes out
+            current().flag(self.filter.blocked)
+        elif event.finished:
+            content += self.filter.finish()
+        if content:
+            delta["content"] = content
+            self.text += content
+        return choice

@@ -1,5 +1,5 @@
 """Byte-level BPE for mixed Chinese/English text: training, a model folder's chat format and the
-one chat encoder, loading."""
+one chat encoder, its tool-call format, loading."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ from lmforge.tokenizer.template import (
     ChatFormat,
     Message,
     TemplateRefused,
+    Tool,
     document_end_id,
     has_chat_template,
     load_chat_format,
     load_tokenizer,
 )
+from lmforge.tokenizer.tools import ParsedTurn, Piece, ToolCall, ToolFormat, ToolStream, tool_format
 from lmforge.tokenizer.train import train_bpe, train_tokenizer
 from lmforge.tokenizer.vocab import (
     BOS,
@@ -51,8 +53,9 @@ def copy_tokenizer_files(source: Path, target: Path) -> None:
 
 __all__ = ["BOS", "CHAT_TEMPLATE", "EOS", "IM_END", "IM_START", "PAD", "PRETOKENIZE_SPLITS",
            "TOKENIZER_FILES",
-           "ChatFormat", "Message", "TemplateRefused", "added_term_pieces", "base_tokenizer",
+           "ChatFormat", "Message", "ParsedTurn", "Piece", "TemplateRefused", "Tool", "ToolCall",
+           "ToolFormat", "ToolStream", "added_term_pieces", "base_tokenizer",
            "chat_segments", "copy_tokenizer_files", "document_end_id", "encode_chat",
            "encode_chat_locating", "encode_text", "has_chat_template", "load_chat_format",
            "load_tokenizer", "plain_text_tokenizer", "to_bits_per_byte", "token_byte_lengths",
-           "train_bpe", "train_tokenizer", "with_system"]
+           "tool_format", "train_bpe", "train_tokenizer", "with_system"]

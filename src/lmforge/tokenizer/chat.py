@@ -14,7 +14,10 @@ own control tokens, with every control token's string plain text inside the runs
 
 An assistant message's text, and the markup after it up to and including the first special
 token (its end of turn: ``<|im_end|>``, ``<|eot_id|>``, ``</s>``), are what training learns,
-so the model learns to stop; everything else is context.
+so the model learns to stop; everything else is context. An assistant turn that calls tools is
+learned from where the model's output starts (where the generation prompt of the conversation
+before it ends), so the call markup the template writes (``<tool_call>``, ``[TOOL_CALLS]``) is
+learned with the call; tool results, like every other message, are context.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import NamedTuple
 
 from tokenizers import Tokenizer
 
-from lmforge.tokenizer.template import ChatFormat, Message, Span
+from lmforge.tokenizer.template import ChatFormat, Message, Span, TemplateRefused, Tool
 
 _plain: dict[int, tuple[Tokenizer, Tokenizer]] = {}
 _plain_lock = threading.Lock()
@@ -86,10 +89,11 @@ def _plain_run(chat: ChatFormat, text: str, start: int, end: int) -> list[Token]
     return [Token(i, start + s, start + e) for i, (s, e) in zip(run.ids, run.offsets, strict=True)]
 
 
-def _chat_tokens(chat: ChatFormat, messages: Sequence[Message], add_generation_prompt: bool
-                ) -> tuple[list[Token], list[Span]]:
-    """The rendering's tokens and where each message's text lies in it."""
-    return _rendered_tokens(chat, *chat.marked(messages, add_generation_prompt))
+def _chat_tokens(chat: ChatFormat, messages: Sequence[Message], add_generation_prompt: bool,
+                 tools: Sequence[Tool] | None = None) -> tuple[str, list[Token], list[Span]]:
+    """The rendering, its tokens and where each text lies in it."""
+    rendering, spans = chat.marked(messages, add_generation_prompt, tools)
+    return (rendering, *_rendered_tokens(chat, rendering, spans))
 
 
 def _rendered_tokens(chat: ChatFormat, text: str, spans: list[Span]
@@ -105,30 +109,60 @@ def _rendered_tokens(chat: ChatFormat, text: str, spans: list[Span]
     return tokens, spans
 
 
-def _learned(tokens: Sequence[Token], spans: Sequence[Span], messages: Sequence[Message],
-             specials: set[int]) -> list[bool]:
-    """Per token: part of an assistant's text, or of the markup after it up to its end of turn
+def _learned(chat: ChatFormat, rendering: str, tokens: Sequence[Token], spans: Sequence[Span],
+             messages: Sequence[Message], tools: Sequence[Tool] | None) -> list[bool]:
+    """Per token: part of an assistant's turn, from its text (a turn that calls tools: from
+    where the model's output starts) to the first special token after it, its end of turn
     (never into the next message's text)."""
+    specials = set(chat.specials.values())
     learned = [False] * len(tokens)
-    for span in spans:
-        if messages[span.message]["role"] != "assistant":
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
             continue
-        following = min((s.start for s in spans if s.start >= span.end), default=tokens[-1].end)
-        j = next((j for j, t in enumerate(tokens) if t.end > span.start), len(tokens))
+        calls = bool(message.get("tool_calls"))
+        own = [s for s in spans if s.message == i and (calls or s.part == "content")]
+        if not own:
+            continue
+        start = _output_start(chat, rendering, spans, messages, i, tools) if calls else \
+            own[0].start
+        end = max(s.end for s in own)
+        following = min((s.start for s in spans if s.start >= end), default=tokens[-1].end)
+        j = next((j for j, t in enumerate(tokens) if t.end > start), len(tokens))
         while j < len(tokens) and tokens[j].start < following:
             learned[j] = True
-            if tokens[j].start >= span.end and tokens[j].id in specials:
+            if tokens[j].start >= end and tokens[j].id in specials:
                 break
             j += 1
     return learned
 
 
+def _output_start(chat: ChatFormat, rendering: str, spans: Sequence[Span],
+                  messages: Sequence[Message], i: int, tools: Sequence[Tool] | None) -> int:
+    """Where the model's output for ``messages[i]`` starts in ``rendering``: after what the
+    conversation before it, rendered with the generation prompt, writes after its last
+    message's text. (Not its whole rendering: a template may place the tools or the system
+    prompt by the last user message, which a later turn moves.)"""
+    prefix, before = chat.marked(messages[:i], add_generation_prompt=True, tools=tools)
+    placed = [s for s in before if s.message is not None]
+    last = max(placed, key=lambda s: s.end, default=None)
+    at = 0 if last is None else max((s.end for s in spans if s.message == last.message),
+                                    default=len(rendering))
+    lead = prefix if last is None else prefix[last.end:]
+    first = min(s.start for s in spans if s.message == i)
+    if not rendering.startswith(lead, at) or at + len(lead) > first:
+        raise TemplateRefused(f"the chat template does not open the tool-calling turn of "
+                              f"message {i} with its generation prompt, so where the model's "
+                              "output starts is unknown", i)
+    return at + len(lead)
+
+
 def chat_segments(chat: ChatFormat, messages: Sequence[Message],
-                  add_generation_prompt: bool = False) -> list[tuple[list[int], bool]]:
+                  add_generation_prompt: bool = False, tools: Sequence[Tool] | None = None
+                  ) -> list[tuple[list[int], bool]]:
     """(token ids, learned?) for each run of tokens that training learns or reads as context:
-    the assistants' texts with their end-of-turn tokens are learned."""
-    tokens, spans = _chat_tokens(chat, messages, add_generation_prompt)
-    learned = _learned(tokens, spans, messages, set(chat.specials.values()))
+    the assistants' turns with their end-of-turn tokens are learned."""
+    rendering, tokens, spans = _chat_tokens(chat, messages, add_generation_prompt, tools)
+    learned = _learned(chat, rendering, tokens, spans, messages, tools)
     segments: list[tuple[list[int], bool]] = []
     for token, flag in zip(tokens, learned, strict=True):
         if segments and segments[-1][1] == flag:
@@ -139,20 +173,21 @@ def chat_segments(chat: ChatFormat, messages: Sequence[Message],
 
 
 def encode_chat(chat: ChatFormat, messages: Sequence[Message],
-                add_generation_prompt: bool = False) -> list[int]:
-    return [t.id for t in _chat_tokens(chat, messages, add_generation_prompt)[0]]
+                add_generation_prompt: bool = False, tools: Sequence[Tool] | None = None
+                ) -> list[int]:
+    return [t.id for t in _chat_tokens(chat, messages, add_generation_prompt, tools)[1]]
 
 
 def encode_chat_locating(chat: ChatFormat, messages: Sequence[Message], texts: Sequence[str],
-                         message: int, after: str = "", add_generation_prompt: bool = True
+                         message: int, after: str = "", add_generation_prompt: bool = True,
+                         tools: Sequence[Tool] | None = None
                          ) -> tuple[list[int], list[tuple[int, int]]]:
     """The encoded conversation and, for each of ``texts`` (found in order inside the rendered
     text of ``messages[message]``, after the first ``after``), the token range [start, end)
     that covers it: where retrieved passages lie in a RAG prompt, for decoders that read them
     back (``infer/grounded.py``). A text that is not found gets the empty range (0, 0)."""
-    rendering, spans = chat.marked(messages, add_generation_prompt)
-    tokens, spans = _rendered_tokens(chat, rendering, spans)
-    span = next((s for s in spans if s.message == message), None)
+    rendering, tokens, spans = _chat_tokens(chat, messages, add_generation_prompt, tools)
+    span = next((s for s in spans if s.message == message and s.part == "content"), None)
     content = rendering[span.start:span.end] if span is not None else ""
     ranges = []
     cursor = content.find(after) + len(after) if after in content else 0

@@ -11,9 +11,16 @@ ChatML (``vocab.CHAT_TEMPLATE``), written by the tokenizer trainer.
 ``marked`` renders a conversation with every message's text between unpredictable markers, so
 that the encoder (``chat.py``) knows which characters of the rendering came from a message and
 which are the template's markup: only markup may become control tokens, and an assistant
-message's span is what training learns. A conversation the template will not render (it raises,
-or rewrites a message's text) is a ``TemplateRefused``: the conversation's fault, which a server
-answers as a bad request and a chat shows to its user.
+message's span is what training learns. Tool use (the Hugging Face convention: ``tools`` handed
+to the template, ``tool_calls`` on assistant messages with their arguments as a dict, ``tool``
+messages with the results) brings more text that is not the template's: a call's function
+name, every key and string of its arguments, a message's ``name`` and the strings of the tool
+definitions (all but their ``type`` and ``required`` words, which templates may compare) are
+marked the same way. What is left unmarked (call ids, ``tool_call_id``, keys of a tool's
+schema) may not write a control token at all. A conversation the template will not render (it
+raises, or rewrites a message's text, or drops its calls or the tools) is a
+``TemplateRefused``: the conversation's fault, which a server answers as a bad request and a
+chat shows to its user.
 """
 
 from __future__ import annotations
@@ -33,13 +40,17 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-Message = dict[str, str]
+Message = dict[str, Any]  # {"role", "content"}, and "tool_calls", "tool_call_id", "name"
+Tool = dict[str, Any]  # {"type": "function", "function": {"name", "description", "parameters"}}
 # what the end-of-turn probe renders; any template must take one user/assistant exchange
 _PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
 _PRIVATE_USE = range(0xE000, 0xF900)  # the BMP private-use area: in no template's markup
 _TAG_CHARS = 6  # 6400**6 tags: a message cannot guess the one of its call
 # a whole bracketed token without whitespace: <|fim_prefix|>, <tool_call>, <｜User｜>, [INST]
 MARKUP = re.compile(r"<\S+>|\[\S+\]")
+# words of a tool definition that templates may compare with their own (tool.type == "function")
+_STRUCTURAL = frozenset({"type", "required"})
+_OPENS = {"c": "o", "q": "p"}  # the marker that each closing marker closes
 
 
 class TemplateRefused(ValueError):
@@ -55,11 +66,14 @@ class TemplateRefused(ValueError):
 
 
 class Span(NamedTuple):
-    """Where the text of ``messages[message]`` lies in a rendering: ``[start, end)``."""
+    """Where text lies in a rendering, ``[start, end)``: ``part`` "content" is the text of
+    ``messages[message]``, "call" a string of its tool calls (name, argument key or value) or
+    its ``name``, "tool" a string of the tool definitions (``message`` None)."""
 
-    message: int
+    message: int | None
     start: int
     end: int
+    part: str = "content"
 
 
 def _raise_exception(message: str) -> None:
@@ -103,38 +117,37 @@ class ChatFormat:
     def _compiled(self) -> jinja2.Template:
         return _environment().from_string(self.template)
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
-        """The template's text for ``messages``, as ``apply_chat_template(tokenize=False)``;
-        a template that raises while rendering them refuses them (``TemplateRefused``)."""
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = False,
+               tools: Sequence[Tool] | None = None) -> str:
+        """The template's text for ``messages`` (and ``tools``), as
+        ``apply_chat_template(tokenize=False)``; a template that raises while rendering them
+        refuses them (``TemplateRefused``)."""
         named = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token))
                  if v is not None}  # an unset token is undefined for the template, not "None"
         compiled = self._compiled  # a template that does not compile is broken, not refusing
         try:
-            return compiled.render(messages=[dict(m) for m in messages], tools=None,
+            return compiled.render(messages=[dict(m) for m in messages],
+                                   tools=None if tools is None else list(tools),
                                    documents=None, add_generation_prompt=add_generation_prompt,
                                    **named)
         except jinja2.TemplateError as err:
             raise TemplateRefused(f"the chat template refuses this conversation: {err}") from err
 
-    def marked(self, messages: Sequence[Message], add_generation_prompt: bool = False
-               ) -> tuple[str, list[Span]]:
-        """The rendering and where each message's text lies in it (messages whose text is
-        empty or blank have no span). Each text is rendered between markers made fresh for the
-        call, so no message can imitate them; its leading and trailing whitespace stays
-        outside, so a template that trims still sees it. A template that drops, repeats or cuts
-        a message's text, or renders differently once the markers are in, refuses the
-        conversation (``TemplateRefused``): its markup could not be told from the text."""
-        tag = _fresh_tag(messages)
-        wrapped = [dict(m) for m in messages]
-        for i, message in enumerate(wrapped):
-            text = message["content"]
-            core = text.strip()
-            if core:
-                lead = text[: len(text) - len(text.lstrip())]
-                message["content"] = (f"{lead}{tag}o{i}{tag}{core}{tag}c{i}{tag}"
-                                      f"{text[len(lead) + len(core):]}")
-        rendered, spans = _unmark(self.render(wrapped, add_generation_prompt), tag, messages)
-        if rendered != self.render(messages, add_generation_prompt):
+    def marked(self, messages: Sequence[Message], add_generation_prompt: bool = False,
+               tools: Sequence[Tool] | None = None) -> tuple[str, list[Span]]:
+        """The rendering and where each text lies in it (a text that is empty or blank has no
+        span). Each text is rendered between markers made fresh for the call, so no message
+        can imitate them; its leading and trailing whitespace stays outside, so a template that
+        trims still sees it. A template that drops, repeats or cuts a message's text, drops its
+        tool calls or the tools, or renders differently once the markers are in, refuses the
+        conversation (``TemplateRefused``): its markup could not be told from the text. So does
+        a string left unmarked (a call id) that writes a control token."""
+        marks = _Marks(_fresh_tag(messages, tools), self.control_pattern)
+        wrapped = [marks.message(i, m) for i, m in enumerate(messages)]
+        marked_tools = None if tools is None else [marks.tool(t, n) for n, t in enumerate(tools)]
+        rendered, spans = _unmark(self.render(wrapped, add_generation_prompt, marked_tools),
+                                  marks.tag, messages, tools)
+        if rendered != self.render(messages, add_generation_prompt, tools):
             raise TemplateRefused("the chat template renders this conversation differently once "
                                   "its messages are marked (it inspects their text), so its "
                                   "markup cannot be told from the messages")
@@ -197,43 +210,162 @@ def _alternatives(strings: Iterable[str]) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(s) for s in longest_first) or "(?!)")
 
 
-def _fresh_tag(messages: Sequence[Message]) -> str:
+def _fresh_tag(messages: Sequence[Message], tools: Sequence[Tool] | None) -> str:
+    written = json.dumps([list(messages), tools], ensure_ascii=False, default=str)
     while True:
         tag = "".join(chr(secrets.choice(_PRIVATE_USE)) for _ in range(_TAG_CHARS))
-        if not any(tag in m["content"] for m in messages):
+        if tag not in written:
             return tag
 
 
-def _unmark(text: str, tag: str, messages: Sequence[Message]) -> tuple[str, list[Span]]:
-    """``text`` without its markers, and the span between each message's pair."""
-    marker = re.compile(f"{re.escape(tag)}([oc])(\\d+){re.escape(tag)}")
+@dataclass(frozen=True)
+class _Marks:
+    """Puts the markers around every text of a conversation that is not the template's:
+    ``o``/``c`` around a message's content, ``p``/``q`` around the other strings (with the
+    message's index, none for the tool definitions). One string is marked alike wherever it
+    occurs, so a template comparing two of them (a parameter with ``required``) still can."""
+
+    tag: str
+    controls: re.Pattern[str]
+
+    def wrap(self, opening: str, closing: str, text: str) -> str:
+        core = text.strip()
+        if not core:
+            return text
+        lead = text[: len(text) - len(text.lstrip())]
+        t = self.tag
+        return f"{lead}{t}{opening}{t}{core}{t}{closing}{t}{text[len(lead) + len(core):]}"
+
+    def message(self, i: int, message: Message) -> Message:
+        marked = dict(message)
+        for key, value in message.items():
+            if key == "content" and isinstance(value, str):
+                marked[key] = self.wrap(f"o{i}", f"c{i}", value)
+            elif key == "tool_calls" and isinstance(value, list):
+                marked[key] = [self.call(i, call, f"message {i}'s tool call {n}")
+                               for n, call in enumerate(value)]
+            elif key == "name" and isinstance(value, str):
+                marked[key] = self.text(i, value)
+            else:  # the role, a tool result's call id, content that is not text
+                self.check(value, f"message {i}'s {key}", i)
+        return marked
+
+    def call(self, i: int, call: Any, where: str) -> Any:
+        """A call (``{"id", "type", "function": {"name", "arguments"}}``, or the function
+        itself): its name and every key and string of its arguments marked."""
+        if not isinstance(call, dict):
+            return call
+        marked = dict(call)
+        for key, value in call.items():
+            if key == "function" and isinstance(value, dict):
+                marked[key] = self.call(i, value, where)
+            elif key == "name" and isinstance(value, str):
+                marked[key] = self.text(i, value)
+            elif key == "arguments":
+                marked[key] = self.arguments(i, value)
+            else:
+                self.check(value, f"{where}'s {key}", i)
+        return marked
+
+    def arguments(self, i: int, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(i, value)
+        if isinstance(value, dict):
+            return {self.arguments(i, k): self.arguments(i, v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.arguments(i, v) for v in value]
+        return value
+
+    def tool(self, tool: Any, n: int) -> Any:
+        """A tool definition with its strings marked, but for the keys and the ``type`` and
+        ``required`` words, which are checked instead."""
+        if isinstance(tool, str):
+            return self.text(None, tool)
+        if isinstance(tool, list):
+            return [self.tool(v, n) for v in tool]
+        if not isinstance(tool, dict):
+            return tool
+        marked = {}
+        for key, value in tool.items():
+            self.check(key, f"tool {n}'s key", None)
+            words = isinstance(value, str) or (isinstance(value, list) and
+                                               all(isinstance(v, str) for v in value))
+            if key in _STRUCTURAL and words:
+                self.check(value, f"tool {n}'s {key}", None)
+                marked[key] = value
+            else:
+                marked[key] = self.tool(value, n)
+        return marked
+
+    def text(self, i: int | None, text: str) -> str:
+        index = "" if i is None else str(i)
+        return self.wrap(f"p{index}", f"q{index}", text)
+
+    def check(self, value: Any, where: str, i: int | None) -> None:
+        """Refuse an unmarked value whose strings (keys too) write a control token."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self.check(key, where, i)
+                self.check(item, where, i)
+        elif isinstance(value, list):
+            for item in value:
+                self.check(item, where, i)
+        elif isinstance(value, str) and (found := self.controls.search(value)):
+            raise TemplateRefused(f"{where} writes the control token {found.group()!r}; only "
+                                  "the template's markup may", i)
+
+
+def _unmark(text: str, tag: str, messages: Sequence[Message], tools: Sequence[Tool] | None
+            ) -> tuple[str, list[Span]]:
+    """``text`` without its markers, and the span between each pair."""
+    marker = re.compile(f"{re.escape(tag)}([ocpq])(\\d*){re.escape(tag)}")
     pieces: list[str] = []
     spans: list[Span] = []
     length, at = 0, 0
-    opened: tuple[int, int] | None = None  # (message, start) of the text being read
+    opened: tuple[str, str, int] | None = None  # (kind, index, start) of the text being read
     for found in marker.finditer(text):
         pieces.append(text[at: found.start()])
         length += found.start() - at
         at = found.end()
-        kind, index = found.group(1), int(found.group(2))
-        if kind == "o" and opened is None:
-            opened = (index, length)
-        elif kind == "c" and opened is not None and opened[0] == index:
-            spans.append(Span(index, opened[1], length))
+        kind, index = found.group(1), found.group(2)
+        if kind in "op" and opened is None:
+            opened = (kind, index, length)
+        elif opened is not None and (opened[0], opened[1]) == (_OPENS.get(kind), index):
+            part = "content" if kind == "c" else "call" if index else "tool"
+            spans.append(Span(int(index) if index else None, opened[2], length, part))
             opened = None
         else:
-            raise _unrendered(messages, index, "cut or interleaved")
+            raise _unrendered(messages, int(index) if index else None, "cut or interleaved")
     if opened is not None:
-        raise _unrendered(messages, opened[0], "cut")
+        raise _unrendered(messages, int(opened[1]) if opened[1] else None, "cut")
     pieces.append(text[at:])
-    seen = [s.message for s in spans]
-    for index, message in enumerate(messages):
-        if message["content"].strip() and seen.count(index) != 1:
-            raise _unrendered(messages, index, "dropped" if index not in seen else "repeated")
+    _check_rendered(spans, messages, tools)
     return "".join(pieces), spans
 
 
-def _unrendered(messages: Sequence[Message], index: int, how: str) -> TemplateRefused:
+def _check_rendered(spans: Sequence[Span], messages: Sequence[Message],
+                    tools: Sequence[Tool] | None) -> None:
+    """Each message's text rendered once, its tool calls and the tools at all."""
+    contents = [s.message for s in spans if s.part == "content"]
+    calls = {s.message for s in spans if s.part == "call"}
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, str) and content.strip() and contents.count(index) != 1:
+            raise _unrendered(messages, index,
+                              "dropped" if index not in contents else "repeated")
+        if message.get("tool_calls") and index not in calls:
+            raise TemplateRefused(f"the chat template dropped the tool calls of message {index}"
+                                  " (it has no tool support, or not for this conversation)",
+                                  index)
+    if tools and not any(s.part == "tool" for s in spans):
+        raise TemplateRefused("the chat template does not render the tools it is given (it has "
+                              "no tool support)")
+
+
+def _unrendered(messages: Sequence[Message], index: int | None, how: str) -> TemplateRefused:
+    if index is None:
+        return TemplateRefused(f"the chat template {how} the text of the tool definitions: it "
+                               "must render each text whole, for its markup to be told from it")
     return TemplateRefused(f"the chat template {how} the text of message {index} "
                            f"({messages[index]['role']}): it must render each message's text "
                            "once, whole, for its markup to be told from the text", index)

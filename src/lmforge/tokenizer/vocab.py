@@ -13,10 +13,37 @@ SPECIAL_TOKENS = [EOS, BOS, PAD, IM_START, IM_END]
 CHAT_ROLES = ("system", "user", "assistant")
 
 # ChatML, the template of every tokenizer lmforge trains (a model imported from a Hugging Face
-# folder keeps its own). Every turn ends with <|im_end|>, which also ends generation.
+# folder keeps its own). Every turn ends with <|im_end|>, which also ends generation. Tools
+# follow Qwen's (Hermes') layout, which llama.cpp, vLLM and Ollama already parse, as plain text
+# (no new tokens): the tools as JSON lines in the system turn, each call a line of JSON between
+# <tool_call> tags after the assistant's text, each result a turn of its own role, "tool".
+# Without tools and tool calls it renders exactly the ChatML it always did.
 CHAT_TEMPLATE = (
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{- messages[0]['content'] + '\\n\\n' -}}"
+    "{%- endif -%}"
+    "{{- '# Tools\\n\\nYou may call one or more of these functions, whose signatures are within "
+    "<tools></tools>:\\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\\n</tools>\\n\\nFor each call, answer with a JSON object of the function name and "
+    "arguments within <tool_call></tool_call> tags:\\n<tool_call>\\n"
+    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call>"
+    "<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- if not (tools and loop.first and message['role'] == 'system') -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') -}}"
+    "{%- for tool_call in message.tool_calls or [] -%}"
+    "{%- set call = tool_call.function if tool_call.function is defined else tool_call -%}"
+    "{{- '\\n' if message['content'] or not loop.first else '' -}}"
+    "{{- '<tool_call>\\n{\"name\": ' + (call.name | tojson) + ', \"arguments\": ' -}}"
+    "{{- call.arguments if call.arguments is string else call.arguments | tojson -}}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )

@@ -1,10 +1,12 @@
 """Supervised fine-tuning: conversations -> token rows with loss only on assistant tokens.
 
-Each conversation is encoded in the base model's own chat format (``tokenizer.chat_segments``);
-labels are the assistant contents and their end-of-turn token (``<|im_end|>`` in lmforge's
-ChatML, ``<|eot_id|>`` in Llama 3's template ...: the model learns to stop), everything else is
-ignored. Long conversations lose their oldest exchanges first; a final answer that cannot fit is
-never cut, the conversation is dropped, and both cases are counted in the report.
+Each conversation is encoded in the base model's own chat format (``tokenizer.chat_segments``,
+given the conversation's tools); labels are the assistant contents, their tool calls and their
+end-of-turn token (``<|im_end|>`` in lmforge's ChatML, ``<|eot_id|>`` in Llama 3's template
+...: the model learns to stop), everything else -- tool results included: the model reads them,
+it does not learn to write them -- is ignored. Long conversations lose their oldest exchanges
+(a user turn up to the next one, tool calls and results with it) first; a final answer that
+cannot fit is never cut, the conversation is dropped, and both cases are counted in the report.
 
 Short conversations are packed into rows of ``seq_len`` with document ids, so attention stays
 inside each conversation and positions restart (the model's document mask), with no padding
@@ -40,28 +42,36 @@ class Example:
     labels: list[int]
 
 
-def encode_messages(chat: ChatFormat, messages: list[Message]) -> Example:
+def encode_messages(chat: ChatFormat, messages: list[Message],
+                    tools: list[dict[str, Any]] | None = None) -> Example:
     ids: list[int] = []
     labels: list[int] = []
-    for piece, trained in chat_segments(chat, messages):
+    for piece, trained in chat_segments(chat, messages, tools=tools or None):
         ids += piece
         labels += piece if trained else [IGNORE] * len(piece)
     return Example(ids, labels)
 
 
-def encode_conversation(chat: ChatFormat, messages: list[Message], max_len: int
+def _next_exchange(turns: list[Message]) -> int:
+    """Where the second user turn starts (0: there is none)."""
+    return next((i for i, m in enumerate(turns) if i > 0 and m["role"] == "user"), 0)
+
+
+def encode_conversation(chat: ChatFormat, messages: list[Message], max_len: int,
+                        tools: list[dict[str, Any]] | None = None
                         ) -> tuple[Example | None, str]:
     """The example and ``"ok"``, ``"truncated"`` (oldest turns dropped) or ``"too_long"``."""
     head = messages[:1] if messages[0]["role"] == "system" else []
     turns = messages[len(head):]
     status = "ok"
     while True:
-        example = encode_messages(chat, head + turns)
+        example = encode_messages(chat, head + turns, tools)
         if len(example.ids) <= max_len:
             return example, status
-        if len(turns) <= 2:
+        cut = _next_exchange(turns)
+        if not cut:
             return None, "too_long"
-        turns = turns[2:]  # drop the oldest user/assistant exchange
+        turns = turns[cut:]  # drop the oldest exchange
         status = "truncated"
 
 
@@ -163,7 +173,8 @@ def encode_all(chat: ChatFormat, conversations: list[Conversation], max_len: int
     examples: list[Example] = []
     counts: Counter[str] = Counter()
     for conversation in conversations:
-        example, status = encode_conversation(chat, conversation.messages, max_len)
+        example, status = encode_conversation(chat, conversation.messages, max_len,
+                                              conversation.tools)
         counts[status] += 1
         if example is not None:
             examples.append(example)

@@ -105,11 +105,36 @@ function renderCitations(element, citations) {
   element.appendChild(box);
 }
 
+// The agent's steps under its answer (the server's trace: each tool call with its arguments, what
+// the tool returned, errors), as sources are shown under a RAG answer.
+const STEP_LABELS = { tool_call: "call", observation: "result", answer: "answer", error: "error" };
+function stepText(step) {
+  if (step.kind === "tool_call") return `${step.name}(${JSON.stringify(step.arguments)})`;
+  if (step.kind === "observation") return `${step.name || ""} → ${step.result || ""}`;
+  return step.error || step.content || "";
+}
+
+function renderTrace(element, trace) {
+  if (!trace || !trace.length) return;
+  const box = document.createElement("ol");
+  box.className = "trace";
+  box.setAttribute("aria-label", "Agent steps");
+  for (const step of trace) {
+    if (step.kind === "answer") continue;
+    const li = document.createElement("li");
+    li.className = step.kind;
+    li.innerHTML = `<span class="kind">${escapeHtml(STEP_LABELS[step.kind] || step.kind)}</span> <code>${escapeHtml(stepText(step).slice(0, 240))}</code>`;
+    box.appendChild(li);
+  }
+  element.appendChild(box);
+}
+
 function addMessage(message) {
   const element = document.createElement("div");
   element.className = `message ${message.role}`;
   element.innerHTML = message.role === "user" ? escapeHtml(message.content).replace(/\n/g, "<br>")
     : renderMarkdown(message.content);
+  renderTrace(element, message.trace);
   renderCitations(element, message.citations);
   renderSources(element, message.sources);
   $("messages").appendChild(element);
@@ -169,7 +194,7 @@ async function send(text) {
   if (chat.messages.length === 0) chat.title = text.slice(0, 30);
   chat.messages.push({ role: "user", content: text });
   renderAll();
-  const answer = { role: "assistant", content: "", sources: null, citations: null };
+  const answer = { role: "assistant", content: "", sources: null, citations: null, trace: null };
   const element = addMessage(answer);
   element.classList.add("streaming");
   const system = $("system").value.trim();
@@ -181,7 +206,8 @@ async function send(text) {
     top_p: Number($("top-p").value),
     max_tokens: Number($("max-tokens").value),
   };
-  if ($("use-rag").checked) body.rag = true;
+  if ($("use-agent").checked) body.agent = true;
+  else if ($("use-rag").checked) body.rag = true;
   state.controller = new AbortController();
   busy(true); showError("");
   try {
@@ -197,6 +223,7 @@ async function send(text) {
       if (chunk.sources) answer.sources = chunk.sources;
       const choice = chunk.choices && chunk.choices[0];
       if (choice && choice.citations) answer.citations = choice.citations;
+      if (chunk.agent_step) (answer.trace = answer.trace || []).push(chunk.agent_step);
       const delta = choice && choice.delta;
       if (delta && delta.content) {
         answer.content += delta.content;
@@ -209,6 +236,7 @@ async function send(text) {
   } finally {
     element.classList.remove("streaming");
     element.innerHTML = renderMarkdown(answer.content);
+    renderTrace(element, answer.trace);
     renderCitations(element, answer.citations);
     renderSources(element, answer.sources);
     chat.messages.push(answer);
@@ -255,6 +283,7 @@ const getJson = (path) => fetch(path, { headers: authHeader() }).then((r) => r.j
 Promise.all([getJson("/v1/models"), getJson("/v1/assistant")]).then(([m, assistant]) => {
   showDefaults(assistant);
   $("model-name").textContent = `model: ${m.data[0].id} (${assistant.name})`;
+  if (!m.agent) { $("use-agent").disabled = true; $("use-agent").parentElement.title = "no agent configured"; }
   if (!m.rag) { $("use-rag").disabled = true; $("use-rag").parentElement.title = "no RAG index loaded"; }
   else $("use-rag").checked = true;
 }).catch(() => {});
