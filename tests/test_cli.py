@@ -161,8 +161,9 @@ def test_serve_hands_the_recipes_assistant_and_keys_to_the_server(
     seen = {}
 
     def fake_server(model, chat, assistant, config, keys, grounding, model_name,  # noqa: ANN001
-                    grounding_settings=None) -> None:  # noqa: ANN001
-        seen.update(assistant=assistant, config=config, keys=keys, name=model_name)
+                    grounding_settings=None, agent=None) -> None:  # noqa: ANN001
+        seen.update(assistant=assistant, config=config, keys=keys, name=model_name,
+                    agent=agent)
 
     monkeypatch.setattr(lmforge.serve, "run_server", fake_server)
     monkeypatch.setenv("LMFORGE_API_KEYS", "sk-env sk-alice:alice:claims,staff:acme")
@@ -174,6 +175,7 @@ def test_serve_hands_the_recipes_assistant_and_keys_to_the_server(
     assert seen["assistant"].system.startswith("你是保小助")
     assert seen["assistant"].sampling.frequency_penalty == 0.4
     assert seen["config"].port == 8123 and seen["name"] == "model"
+    assert seen["agent"] is not None and seen["agent"].max_steps >= 1  # the recipe's [agent]
     assert set(seen["keys"].keys) == {"sk-env", "sk-alice", "sk-flag", "sk-file"}
     alice = seen["keys"].keys["sk-alice"]
     assert (alice.user, set(alice.groups), alice.tenant) == ("alice", {"claims", "staff"}, "acme")

@@ -112,18 +112,25 @@ def test_terms_quoted_names_and_assistant_replies_are_entities(rules: RuleRewrit
 
 def test_products_come_from_the_index_metadata(rag_index: RagIndex) -> None:
     rules = RuleRewriter.for_index(rag_index)
-    history = [user("我在看安联吉祥相伴两全保险（分红型）条款。它的犹豫期多长？")]
-    assert rules(history, "那这款产品的宽限期呢？") == "安联吉祥相伴两全保险（分红型）的宽限期呢？"
+    history = [user("我在看安联吉祥相伴两全保险。它的犹豫期多长？")]  # the name, shortened
+    rewritten = rules(history, "那这款产品的宽限期呢？")
+    assert rewritten == "安联吉祥相伴两全保险的宽限期呢？"
+    assert rules.scope(rewritten) == {"contract": "安联吉祥相伴两全保险（分红型）条款"}
+    assert rules.search_text(rewritten, "安联吉祥相伴两全保险（分红型）条款") == "宽限期？"
+    assert rules.scope("安联的宽限期呢？") == {}  # no name of the index
 
 
 @pytest.fixture(scope="module")
 def products_index(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> RagIndex:
-    """Two products whose clauses name them; the other one says 等待期 more often."""
+    """Three products' clauses; the two others say 等待期 more plainly than 康乐保's."""
     index = RagIndex.create(tmp_path_factory.mktemp("followup"), RagConfig(), embedder)
     index.add([
-        Document("安心宝意外险等待期说明：等待期为30日，等待期内发生的意外伤害不承担保险责任。",
+        Document("等待期：安心宝意外险的等待期为30日，等待期内发生的意外伤害不承担保险责任。",
                  "x", "anxin-wait", {"contract": "安心宝意外险"}),
-        Document("康乐保重疾险的等待期为90日。", "x", "kangle-wait", {"contract": "康乐保重疾险"}),
+        Document("平安宝医疗险的等待期为30日，等待期内发生的疾病不承担保险责任。", "x",
+                 "pingan-wait", {"contract": "平安宝医疗险"}),
+        Document("康乐保重疾险自合同生效日起有九十日的等待期，其间确诊的重大疾病不予给付，"
+                 "退还已交保险费。", "x", "kangle-wait", {"contract": "康乐保重疾险"}),
         Document("康乐保重疾险的犹豫期为15日，犹豫期内退保无息退还保费。", "x", "kangle-cool",
                  {"contract": "康乐保重疾险"}),
     ], progress=False)
@@ -139,14 +146,20 @@ def test_grounding_retrieves_for_the_standalone_follow_up(products_index: RagInd
     conversation = [user("康乐保重疾险的犹豫期有多长？"), assistant("15日。"), user(follow_up)]
     grounded = grounding.ground(conversation, chat, 4096, k=1)
     assert grounded.query == "康乐保重疾险的等待期呢？"
-    assert grounded.sources()[0]["document"] == "kangle-wait"
+    assert grounded.scope == {"contract": "康乐保重疾险"}
+    assert grounded.answerable and grounded.sources()[0]["document"] == "kangle-wait"
     assert grounded.question == follow_up  # the prompt shows the user's own question
     assert follow_up in grounded.messages[-1]["content"]
     assert grounded.messages[:2] == conversation[:2]
     # a single turn is retrieved as asked; an explicit rewriter wins
     assert grounding.ground([user(follow_up)], chat, 4096).query == follow_up
     asked = grounding.ground(conversation, chat, 4096, rewrite=lambda h, q: q)
-    assert asked.query == follow_up
+    assert asked.query == follow_up and asked.scope == {}
+    # the product's documents only: another product's clause is no answer about it
+    unknown = grounding.ground([user("康乐保重疾险的犹豫期有多长？"), user("它能报销牙科吗？")],
+                               chat, 4096)
+    assert unknown.scope == {"contract": "康乐保重疾险"}
+    assert {s["metadata"]["contract"] for s in unknown.sources()} <= {"康乐保重疾险"}
 
 
 RECORDS = [
@@ -187,13 +200,14 @@ def test_followup_evaluation_counts_rewrites_and_ranks(products_index: RagIndex)
          "contract": "康乐保重疾险"},
     ]
     made = followup_conversations(records)
-    result = evaluate_followups(products_index, made,
-                                {"rules": RuleRewriter.for_index(products_index)}, ks=(1,))
+    grounding = Grounding(Retriever(products_index))
+    result = evaluate_followups(grounding, made, {"rules": grounding.rules()}, ks=(1,))
     rows = result["rows"]
-    assert result["questions"] == 2 and set(rows) == {"standalone", "as_asked", "rules"}
-    assert rows["rules"]["rewritten"] == rows["rules"]["named"] == 2
-    assert rows["rules"]["recall@1"] >= rows["as_asked"]["recall@1"]
-    assert "rewritten" not in rows["as_asked"]
+    assert result["questions"] == 2
+    assert set(rows) == {"standalone", "as_asked", "rules", "rules_text"}
+    assert rows["rules"]["rewritten"] == rows["rules"]["named"] == rows["rules"]["scoped"] == 2
+    assert rows["rules"]["recall@1"] == 1.0  # within 康乐保's two documents
+    assert "rewritten" not in rows["as_asked"] and "scoped" not in rows["rules_text"]
 
 
 def test_conversation_files(tmp_path: Path) -> None:

@@ -12,11 +12,13 @@ from typing import Any
 
 import jsonschema
 import pytest
+import torch
 from conftest import FIXTURE_TOKENIZER, tiny_model
 
 from lmforge.config import SamplingConfig
 from lmforge.infer import Engine, Grammar, compile_json
 from lmforge.infer.grammar import token_bitmask
+from lmforge.infer.sampling import apply_token_bitmask
 from lmforge.tokenizer import EOS, IM_END, load_tokenizer
 
 
@@ -168,6 +170,12 @@ def test_grammars_are_cached_per_tokenizer_schema_and_literals(tok) -> None:  # 
 def test_a_schema_that_cannot_compile_is_a_value_error(schema: Any, says: str, tok) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=says):
         compile_json(tok, schema)
+
+
+def test_a_bitmask_leaves_exactly_its_tokens() -> None:
+    bitmask = torch.tensor([[0b101, -(1 << 31)]], dtype=torch.int32)  # tokens 0, 2 and 63
+    logits = apply_token_bitmask(torch.zeros(1, 70), bitmask)  # a padded vocabulary: 64..69
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [0, 2, 63]
 
 
 def test_end_tokens_are_allowed_only_where_the_grammar_may_end(tok) -> None:  # noqa: ANN001

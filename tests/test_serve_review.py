@@ -191,7 +191,7 @@ def test_serve_folder_loads_and_calls_run_server(tmp_path: Path, chat, model,  #
                  adapter=tmp_path / "lora")
     assert loaded == [(folder, tmp_path / "lora", "int8")]
     assert served == [(model, chat, assistant, ServeConfig(), keys, None, "my-model",
-                       GroundingConfig())]
+                       GroundingConfig(), None)]
     serve_folder(folder, assistant, ServeConfig(model_name="named"), keys,
                  rag_index=tmp_path / "index")
     assert served[-1][5] == ("rag", tmp_path / "index") and served[-1][6] == "named"

@@ -220,3 +220,69 @@ def test_sft_examples_lead_tool_conversations_with_the_system_prompt(tmp_path: P
     assert tool_use.messages[1:] == EXPECTED and tool_use.tools
     assert untouched.messages == [USER, ANSWER]
     assert stats["tool_use"] == {str(path): 1}
+
+
+def kept_out_contracts() -> set[str]:
+    """The contracts the demo recipe keeps out of training, as the pipeline decides them: the
+    data stage's held-out ones (evaluation) and SFT's decoding-validation ones."""
+    from lmforge.config import RecipeConfig, load_config
+    from lmforge.data import Document, in_heldout, validation_contracts
+
+    recipe = load_config(RecipeConfig, ROOT / "recipes" / "insurance-zh.toml")
+    source = next(s for s in recipe.data.sources if s.path == recipe.sft.qa_passages)
+    contracts = {json.loads(line)["contract"] for line in
+                 (ROOT / recipe.sft.qa_passages).read_text("utf-8").splitlines()}
+    held = {c for c in contracts if in_heldout(Document("", source.name, c, {"contract": c}),
+                                               source, recipe.data.split, recipe.run.seed)}
+    return held | validation_contracts(ROOT / recipe.sft.qa_queries, held,
+                                       recipe.sft.decoding_val_fraction, recipe.run.seed)
+
+
+def calls_and_results(messages: list[dict[str, Any]]) -> list[tuple[str, dict, str]]:
+    results = {m["tool_call_id"]: m["content"] for m in messages if m["role"] == "tool"}
+    return [(c["function"]["name"], c["function"]["arguments"], results[c["id"]])
+            for m in messages for c in m.get("tool_calls", [])]
+
+
+def test_the_shipped_tool_use_set_parses_whole_and_keeps_out_evaluation() -> None:
+    loaded = load_conversations(TOOL_USE, {"name": "保小助", "author": "lmforge"})
+    assert not loaded.problems and 150 <= len(loaded.items) <= 300
+    first_calls = [next((c["function"]["name"] for m in c.messages
+                         for c in m.get("tool_calls", [])), "none") for c in loaded.items]
+    assert {name: first_calls.count(name) >= 20 for name in
+            ("search_documents", "lookup_premium", "none")} == {
+        "search_documents": True, "lookup_premium": True, "none": True}
+    kept = kept_out_contracts()
+    assert len(kept) > 20
+    queries = [json.loads(line) for line in
+               (ROOT / "data" / "insurance" / "queries.jsonl").read_text("utf-8").splitlines()]
+    forbidden = {q["question"] for q in queries if q["contract"] in kept}
+    users = " ".join(m["content"] for c in loaded.items for m in c.messages
+                     if m["role"] == "user")
+    assert not [q for q in forbidden if q in users]
+    searched = [(args, json.loads(result)) for c in loaded.items
+                for name, args, result in calls_and_results(c.messages)
+                if name == "search_documents"]
+    assert all(args.get("contract") not in kept for args, _ in searched)
+    assert all(r["source"] not in kept for _, result in searched for r in result["results"])
+
+
+def test_the_shipped_results_are_what_the_tools_return() -> None:
+    """Premium lookups and sums rerun through the agent's own toolbox give the same JSON, and
+    every conversation offers exactly the recipe's tools."""
+    from lmforge.agent import build_toolbox
+    from lmforge.config import RecipeConfig, load_config
+
+    recipe = load_config(RecipeConfig, ROOT / "recipes" / "insurance-zh.toml")
+    toolbox = build_toolbox(recipe.agent, None, None, None, ROOT)  # all but search_documents
+    loaded = load_conversations(TOOL_USE)
+    reran = 0
+    for conversation in loaded.items:
+        offered = {t["function"]["name"]: t for t in conversation.tools}
+        assert set(offered) == {*toolbox.names, "search_documents"}
+        assert all(offered[s["function"]["name"]] == s for s in toolbox.specs)
+        for name, arguments, result in calls_and_results(conversation.messages):
+            if name in toolbox.names:
+                assert toolbox.call(name, arguments) == result
+                reran += 1
+    assert reran > 100

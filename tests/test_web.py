@@ -145,3 +145,34 @@ def test_markdown_is_rendered_and_html_escaped(page) -> None:  # noqa: ANN001
     assert "<h2>条款</h2>" in html and "<strong>免责</strong>" in html
     assert '<sup class="cite">[2]</sup>' in html
     assert "<img" not in html and "&lt;img" in html
+
+
+@pytest.fixture(scope="module")
+def agent_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from test_serve_agent import agent_server, taught_model
+
+    memory = tmp_path_factory.mktemp("memory")
+    _, running = agent_server(taught_model(memory), memory)
+    with running as url:
+        yield url
+
+
+def test_the_agent_answers_through_its_tools_with_the_steps_shown(browser, agent_url: str,  # noqa: ANN001
+                                                                  tmp_path: Path) -> None:
+    from test_serve_agent import ANSWER, QUESTION
+
+    page = browser.new_page()
+    page.goto(f"{agent_url}/#key=sk-alice")
+    page.wait_for_function("!document.getElementById('use-agent').disabled")
+    page.check("#use-agent")
+    page.fill("#input", QUESTION)
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.assistant .trace li.observation", timeout=60_000)
+    page.wait_for_function("document.getElementById('stop').hidden", timeout=60_000)
+    steps = page.locator(".message.assistant .trace li")
+    assert steps.count() == 2
+    assert "lookup_premium" in steps.nth(0).inner_text()
+    assert "臻爱一世" in steps.nth(1).inner_text()  # the table row the tool returned
+    assert ANSWER in assistant_text(page)
+    page.screenshot(path=str(tmp_path / "agent.png"), full_page=True)
+    page.close()

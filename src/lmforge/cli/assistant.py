@@ -67,7 +67,7 @@ def serve_model(args: argparse.Namespace, config: RecipeConfig, model_dir: Path,
 
     serve_folder(model_dir, config.assistant, config.serve,
                  load_api_keys(args.api_key, args.api_key_file, os.environ), rag_index,
-                 getattr(args, "adapter", None), getattr(args, "quantize", "none"))
+                 getattr(args, "adapter", None), getattr(args, "quantize", "none"), config.agent)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

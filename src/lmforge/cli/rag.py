@@ -145,7 +145,8 @@ def _followup_eval(args: argparse.Namespace) -> None:
         return
     for name, row in result["rows"].items():
         line = (f"{name:10} recall@1 {row['recall@1']:.3f}  recall@5 {row['recall@5']:.3f}  "
-                f"recall@10 {row['recall@10']:.3f}  MRR {row['mrr']:.3f}")
+                f"recall@10 {row['recall@10']:.3f}  MRR {row['mrr']:.3f}  "
+                f"answerable {row['answerable']:.3f}")
         if "rewritten" in row:
             line += (f"  ({row['rewritten']} rewritten, {row['named']} naming the contract, "
                      f"{row['scoped']} searched within it; p50 {row['rewrite_ms_p50']} ms)")

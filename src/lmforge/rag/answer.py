@@ -10,13 +10,14 @@ Fusion and reranker scores are rank-based or uncalibrated and cannot gate on the
 ``Grounding.ground`` is the one answer path: ``rag ask``, ``eval qa`` and the server all call it,
 so what the evaluation scores is what users get. It retrieves for the conversation's last user
 message made stand-alone (a follow-up such as "那它的等待期呢？" carries the product named
-earlier, ``rag/followup.py``), applies the no-answer gate, and fits the passages into the room
-the caller leaves for the prompt (counted in tokens of the model's own chat format); the
-prompt keeps the user's own words. Each call first checks (one
-``stat``, and a look at the reranker's files) whether the index folder published a newer
-generation or reranker; if so the new one is opened once, under a lock, and swapped in whole,
-while calls already running finish on the old one. One that fails to open is logged, the old
-state kept, and it is not retried until its files change again.
+earlier, ``rag/followup.py``, and is searched for among that product's documents only),
+applies the no-answer gate, and fits the passages into the room the caller leaves for the
+prompt (counted in tokens of the model's own chat format); the prompt keeps the user's own
+words. Each call first checks (one ``stat``, and a look at the reranker's files) whether the
+index folder published a newer generation or reranker; if so the new one is opened once, under
+a lock, and swapped in whole, while calls already running finish on the old one. One that
+fails to open is logged, the old state kept, and it is not retried until its files change
+again.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class Retrieved:
     hits: list[Hit]
     relevant: bool
     shown: list[str] = field(default_factory=list)  # the passages' texts as the prompt has them
-    scoped: bool = False  # retrieved within the documents of the product a follow-up names
 
     def sources(self) -> list[dict[str, Any]]:
         """What a client shows under the answer: [n] -> document, chunk, page, text (and the
@@ -209,9 +209,9 @@ class Grounding:
     def ground(self, messages: Sequence[Message], chat: ChatFormat, room: int,
                access: Access | None = None, k: int | None = None,
                rewrite: Rewriter | None = None) -> GroundedPrompt:
-        """Retrieve for the last user message (made stand-alone, ``standalone``) and put the
-        passages into it, trimmed so the encoded prompt takes at most ``room`` tokens (the
-        context minus the answer's budget)."""
+        """Retrieve for the last user message (made stand-alone, ``standalone``, within the
+        ``scope`` its rewrite names) and put the passages into it, trimmed so the encoded
+        prompt takes at most ``room`` tokens (the context minus the answer's budget)."""
         conversation = [dict(m) for m in messages]
         at = next((i for i in range(len(conversation) - 1, -1, -1)
                    if conversation[i]["role"] == "user"), None)
@@ -233,14 +233,13 @@ class Grounding:
                             "nothing relevant was found", room)
                 retrieved.relevant, retrieved.hits, retrieved.shown = False, [], []
             last["content"] = fitted or question
-        return GroundedPrompt(conversation, retrieved, question, query,
-                              scope if retrieved.scoped else {})
+        return GroundedPrompt(conversation, retrieved, question, query, scope)
 
     def scope(self, query: str, question: str, access: Access | None = None
               ) -> dict[str, str]:
         """The documents a rewritten follow-up is about: those of the product its rewrite
         names (a follow-up's question words are the same in every contract, and a product's
-        name is in its documents' metadata, seldom in their text). None for a question
+        name is in its documents' metadata, seldom in their text). Empty for a question
         asked as it stands, or when the caller already filters on that field."""
         if query == question:
             return {}
@@ -251,27 +250,31 @@ class Grounding:
 
     def retrieve(self, question: str, access: Access | None = None, k: int | None = None,
                  scope: dict[str, str] | None = None) -> Retrieved:
-        """The top ``k`` passages for ``question``; with ``scope``, among the documents whose
-        metadata matches it, unless none of those is relevant (then among all)."""
+        """The top ``k`` passages for ``question`` (with ``scope``: see ``ranked``)."""
         retriever = self.current()  # one snapshot for the whole call
         k = k or retriever.index.config.top_k
-        pool, relevant, scoped = self.ranked(question, access, k, scope, retriever)
-        return Retrieved(pool[:k], relevant, scoped=scoped)
+        pool, relevant = self.ranked(question, access, k, scope, retriever)
+        return Retrieved(pool[:k], relevant)
 
     def ranked(self, question: str, access: Access | None, k: int,
                scope: dict[str, str] | None = None, retriever: Retriever | None = None
-               ) -> tuple[list[Hit], bool, bool]:
-        """The whole final ranking ``retrieve`` cuts, whether it is relevant, and whether it
-        is the one within ``scope``."""
+               ) -> tuple[list[Hit], bool]:
+        """The whole final ranking ``retrieve`` cuts, and whether it is relevant. With a
+        ``scope``, only among the documents whose metadata matches it, with no way back to
+        the others: another product's clause is no answer about this one (clauses are copied
+        across contracts nearly word for word), so when the product has nothing relevant the
+        answer is that nothing was found. What is searched for there leaves the product's
+        name out (``RuleRewriter.search_text``): every document in the scope carries it in
+        its metadata, and the words of a name seldom in the text only pull the ranking
+        towards other clauses."""
         retriever = retriever or self.current()
         if scope:
-            within = replace(access or Access(), where={**(access.where if access else {}),
-                                                         **scope})
-            pool = retriever.search(question, within, "final")
-            if self.is_relevant(question, pool, k, retriever, within):
-                return pool, True, True
+            access = replace(access or Access(),
+                             where={**(access.where if access else {}), **scope})
+            for name in scope.values():
+                question = self.rules().search_text(question, name)
         pool = retriever.search(question, access, "final")
-        return pool, self.is_relevant(question, pool, k, retriever, access), False
+        return pool, self.is_relevant(question, pool, k, retriever, access)
 
     def is_relevant(self, question: str, pool: Sequence[Hit], k: int,
                     retriever: Retriever | None = None, access: Access | None = None) -> bool:

@@ -15,6 +15,11 @@ short "…呢"). A stand-alone question comes back unchanged, character for char
 cues are replaced by the entity (它的等待期 -> 安联臻爱一世的等待期); a bare "那X呢" takes the
 place of the earlier question's glossary term (犹豫期 -> 等待期) or is prefixed with the product.
 
+The name in the rewrite is not what finds the passages: contracts seldom write their own name,
+so its words in the query only pull the ranking elsewhere (measured in docs/experiments.md).
+``scope`` turns it into the metadata of that product's documents, and ``Grounding`` searches
+only there, for ``search_text``: the rewrite without the name.
+
 ``followup_conversations`` builds the evaluation set from the bundled labelled questions: two
 questions about one contract, the first naming it, the second referring back with a pronoun
 or an ellipsis; ``evaluate_followups`` reports the second turn's recall with and without
@@ -51,6 +56,7 @@ class Rewriter(Protocol):
 
 
 NAME_FIELDS = ("contract", "title", "product")  # document metadata that names a product
+BRACKETS = re.compile(r"[（(][^（）()]*[）)]")
 MIN_NAME = 4  # shorter metadata values ("2-1") would match inside ordinary words
 # 这款产品, 该保险, 本合同, 上述保单 (not 该保险金/本保险费: those are a benefit and a premium)
 # (那 only with a classifier: "那保险争议" is no reference)
@@ -65,6 +71,7 @@ ZH_LEAD = re.compile(r"^\s*(?:那么|那(?![些个时里儿样]))[，,、\s]*")
 EN_LEAD = re.compile(r"^\s*(?:and\s+)?(?:what|how)\s+about\b\s*|^\s*and\s+", re.I)
 TAIL = re.compile(r"呢\s*[？?]?\s*$")
 QUOTED = re.compile(r"《(?P<book>[^《》]{2,40})》|[“\"「](?P<quote>[^“”\"「」]{2,30})[”\"」]")
+GENERIC = re.compile(r"^(?:本|该|此)?(?:保险)?(?:合同|条款|保单|产品)$")  # 《保险合同》 names none
 # a quoted name that ends like a product's is one ("“安心保意外险”"; not "“保险金额”")
 PRODUCT_WORD = re.compile(r"(?:险|年金|合同|条款|产品|计划|insurance|policy|plan)$", re.I)
 NOT_A_NOUN = re.compile(r"如果|假如|若|要是|我|是否|能否|可以|会|怎么|如何|吗|什么|多少|哪"
@@ -75,6 +82,7 @@ WORD = re.compile(r"[\u4e00-\u9fff]|[A-Za-z0-9]+")
 # has its antecedent in the question itself; "那X呢" / "what about X": X at most ELLIPSIS long
 PRONOUN_REACH = 6
 ELLIPSIS = 12
+FRAME = re.compile(r"^\s*(?:关于|about)\s*[，,：:]\s*", re.I)  # what is left of "关于X，"
 Kind = Literal["product", "term"]
 
 
@@ -87,14 +95,16 @@ class Mention:
 
 
 def name_forms(name: str) -> list[str]:
-    """How a user may write a document's product name: whole, the part in 《》, or without a
+    """How a user may write a document's product name: whole, the part in 《》, without a
     trailing 条款 / 产品条款 (``《泰康团体重大疾病保险F款》产品条款`` ->
-    ``泰康团体重大疾病保险F款``)."""
+    ``泰康团体重大疾病保险F款``), and that without its brackets
+    (``安联臻爱一世（少儿版）重大疾病保险条款`` -> ``安联臻爱一世重大疾病保险``)."""
     forms = [name.strip()]
     inner = re.search(r"《([^》]+)》", name)
     if inner:
         forms.append(inner.group(1))
-    forms.append(re.sub(r"[\s_\-－]*(?:产品)?条款$", "", name.strip()).strip("《》 "))
+    short = re.sub(r"[\s_\-－]*(?:产品)?条款$", "", name.strip()).strip("《》 ")
+    forms += [short, BRACKETS.sub("", short).strip()]
     return [f for f in dict.fromkeys(forms) if len(f) >= MIN_NAME]
 
 
@@ -137,13 +147,31 @@ class RuleRewriter:
 
     def scope(self, text: str) -> dict[str, str]:
         """The metadata of the documents of the product ``text`` names first (``{"contract":
-        name}``); empty when it names none, or a way of writing that fits several names."""
+        name}``): the name written exactly, else the one name the way it is written fits;
+        empty when it names none, or fits several names and is none of them."""
         product = next((m for m in self.mentions(text) if m.kind == "product"), None)
-        names = self._named.get(product.text.lower(), set()) if product else set()
-        if len(names) != 1:
+        if product is None:
             return {}
-        name = next(iter(names))
-        return {self._fields[name]: name} if name in self._fields else {}
+        written = product.text.lower()
+        names = self._named.get(written, set())
+        exact = [n for n in names if n.lower() == written]
+        chosen = exact if len(exact) == 1 else list(names)
+        if len(chosen) != 1 or chosen[0] not in self._fields:
+            return {}
+        return {self._fields[chosen[0]]: chosen[0]}
+
+    def search_text(self, text: str, name: str) -> str:
+        """What to search for among the documents of product ``name``: ``text`` without its
+        mentions of the name (and a 关于…， / About …: around one), where the name tells no
+        document apart, and without an ellipsis' 呢 (no content, and a rare bigram that
+        lowers the question's term coverage); ``text`` itself when nothing would be left."""
+        spans = [m for m in self.mentions(text) if m.kind == "product"
+                 and name in self._named.get(m.text.lower(), {m.text})]
+        out = text
+        for m in reversed(spans):
+            out = out[: m.start] + out[m.end:]
+        out = TAIL.sub("？", FRAME.sub("", out, count=1).lstrip(" ，,：:的里呢？?"))
+        return out if _size(out) else text
 
     # ---- what a text mentions -------------------------------------------------------------
     def mentions(self, text: str) -> list[Mention]:
@@ -153,6 +181,8 @@ class RuleRewriter:
                  for m in (self._products.finditer(text) if self._products else ())]
         for m in QUOTED.finditer(text):
             name = m.group("book") or m.group("quote")
+            if GENERIC.match(name):
+                continue
             kind: Kind = "product" if m.group("book") or PRODUCT_WORD.search(name) else "term"
             found.append(Mention(name, kind, m.start(), m.end()))
         if self._terms:
@@ -285,8 +315,8 @@ def read_conversation(path: Path) -> list[Message]:
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: expected JSON or JSONL messages ({err.msg})") from None
-    if isinstance(data, dict):
-        data = data.get("messages")
+    if isinstance(data, dict):  # one object: the messages' holder, or a one-line JSONL
+        data = data.get("messages", [data])
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of messages or an object with 'messages'")
     for n, message in enumerate(data, 1):
@@ -299,7 +329,8 @@ def read_conversation(path: Path) -> list[Message]:
 
 
 # ---- the evaluation set -------------------------------------------------------------------
-FIRST_TURN = ("关于{quoted}，{q}", "我在看{name}。{q}", "{quoted}：{q}")
+# the contract as its metadata writes it, and in the shortest of its ``name_forms``
+FIRST_TURN = ("关于{quoted}，{q}", "我在看{name}。{q}", "{quoted}：{q}", "{short}的条款里，{q}")
 SECOND_TURN = ("那这款产品呢？{q}", "该保险里，{q}", "它的条款里，{q}", "那{q}")
 HELD_OUT_PURPOSE = "rerank"  # the split of pipeline/retrieval_data.py that rag eval reports on
 
@@ -347,8 +378,9 @@ def _pick(templates: Sequence[str], key: str) -> str:
 
 def _followup(contract: str, first: Mapping[str, Any], second: Mapping[str, Any]) -> FollowUp:
     quoted = contract if "《" in contract else f"《{contract}》"
+    short = (name_forms(contract) or [contract])[-1]
     asked = _pick(FIRST_TURN, f"first:{_qid(first)}").format(name=contract, quoted=quoted,
-                                                             q=first["question"])
+                                                             short=short, q=first["question"])
     follow = _pick(SECOND_TURN, f"second:{_qid(second)}").format(q=second["question"])
     history: list[Message] = [{"role": "user", "content": asked},
                               {"role": "assistant", "content": str(first.get("answer", ""))}]
@@ -382,11 +414,14 @@ def evaluate_followups(grounding: Grounding, followups: Sequence[FollowUp],
     ``Grounding.retrieve`` makes it (reranker, product scope), retrieved as the bundled
     question (``standalone``: what single-turn ``rag eval`` sees), as asked (``as_asked``: no
     rewriting) and through each rewriter: its query within the product the query names, as
-    users get it, and (``NAME_text``) its query alone. For a rewriter also how many queries it
-    changed, how many name the contract (any of its ``name_forms``), how many were searched
-    within it, and its median time per question."""
+    users get it, and (``NAME_text``) its query alone; each with the share the no-answer gate
+    lets through. For a rewriter also how many queries it changed, how many name the contract
+    (any of its ``name_forms``), how many were searched within it, and its median time per
+    question."""
     k = grounding.index.config.top_k  # what the no-answer gate judges, as for users
-    ranks: dict[str, list[int | None]] = {"standalone": [], "as_asked": []}
+    ranks: dict[str, list[int | None]] = {name: [] for name in (
+        "standalone", "as_asked", *(f"{n}{end}" for n in rewriters for end in ("", "_text")))}
+    answerable: dict[str, int] = {}
     stats = {name: _Rewrites() for name in rewriters}
     for item in followups:
         runs = [("standalone", item.original, False), ("as_asked", item.question, False)]
@@ -400,13 +435,16 @@ def evaluate_followups(grounding: Grounding, followups: Sequence[FollowUp],
             runs += [(name, query, True), (f"{name}_text", query, False)]
         for name, query, scoped in runs:
             scope = grounding.scope(query, item.question) if scoped else {}
-            pool, _, within = grounding.ranked(query, None, k, scope)
+            pool, relevant = grounding.ranked(query, None, k, scope)
+            answerable[name] = answerable.get(name, 0) + relevant
             if name in stats:
-                stats[name].scoped += within
+                stats[name].scoped += bool(scope)
             docs = documents_in_order(pool)
-            ranks.setdefault(name, []).append(docs.index(item.gold) + 1
-                                              if item.gold in docs else None)
-    rows: dict[str, dict[str, Any]] = {name: rank_metrics(r, ks) for name, r in ranks.items()}
+            ranks[name].append(docs.index(item.gold) + 1 if item.gold in docs else None)
+    rows: dict[str, dict[str, Any]] = {
+        name: {**rank_metrics(r, ks), "answerable": round(answerable.get(name, 0)
+                                                          / max(len(r), 1), 4)}
+        for name, r in ranks.items()}
     for name, s in stats.items():
         ms = sorted(s.seconds)[len(s.seconds) // 2] * 1000 if s.seconds else 0.0
         rows[name].update(rewritten=s.rewritten, named=s.named, scoped=s.scoped,

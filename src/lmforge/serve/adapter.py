@@ -30,7 +30,8 @@ from lmforge.infer import Evidence, beam_search, decode_whole, evidence_prompt, 
 from lmforge.model import Transformer
 from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
-from lmforge.serve import limits, tools
+from lmforge.serve import agentic, limits, tools
+from lmforge.serve.agentic import AgentService
 from lmforge.serve.audit import current
 from lmforge.serve.keys import Principal, access
 from lmforge.serve.metrics import Metrics
@@ -106,6 +107,7 @@ class Serving:
     metrics: Metrics
     grounding: Grounding | None = None
     grounding_settings: GroundingConfig = field(default_factory=GroundingConfig)
+    agent: AgentService | None = None
     streams: Streams = field(init=False)
     moderator: Moderator = field(init=False)
 
@@ -188,6 +190,9 @@ class Serving:
         if verdict is not None:  # tool results and earlier answers may quote clauses: unread
             return self.refused(body, verdict)
         messages = with_system(self.assistant.system, tools.conversation(body.messages))
+        if body.agent:
+            with template_refusals(len(messages) > len(body.messages)):
+                return await agentic.answer(self, body, messages, principal)
         requested = body.max_completion_tokens or body.max_tokens
         decoding = await run_in_threadpool(self.tool_plan, body)  # compiles grammars: a thread
         with template_refusals(len(messages) > len(body.messages)):

@@ -25,11 +25,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lmforge.config import AssistantConfig, GroundingConfig, ServeConfig
+from lmforge.agent import MemoryStore
+from lmforge.config import AgentConfig, AssistantConfig, GroundingConfig, ServeConfig
 from lmforge.infer import Engine
 from lmforge.model import Transformer
 from lmforge.rag import Grounding
 from lmforge.serve.adapter import Serving
+from lmforge.serve.agentic import AgentService
 from lmforge.serve.audit import AuditLog, Caller, RequestRecord, recording
 from lmforge.serve.body_limit import BodyLimit
 from lmforge.serve.keys import ApiKeys
@@ -47,9 +49,12 @@ log = logging.getLogger(__name__)
 def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
                config: ServeConfig, keys: ApiKeys | None = None,
                grounding: Grounding | None = None, model_name: str = "lmforge",
-               grounding_settings: GroundingConfig | None = None) -> FastAPI:
+               grounding_settings: GroundingConfig | None = None,
+               agent: AgentConfig | None = None) -> FastAPI:
     """The server of ``model``, answering as ``assistant`` in the model's ``chat`` format
-    (its template and stop ids). ``grounding`` (a RAG index) enables
+    (its template and stop ids). ``agent`` enables the ``agent`` chat option (its memory
+    under ``agent.memory_dir``, its tables' paths relative to the working directory).
+    ``grounding`` (a RAG index) enables
     the ``rag`` chat option, sources and citation checks in answers and ``/v1/embeddings``;
     RAG answers decode with ``grounding_settings`` (the model folder's, read by
     ``infer.read_grounding``; plain decoding when none). ``keys`` (if any) are required on
@@ -62,6 +67,9 @@ def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
     state.keys = keys or ApiKeys()
     state.grounding = grounding
     state.grounding_settings = grounding_settings or GroundingConfig()
+    state.agent = None if agent is None else AgentService(
+        agent, MemoryStore(Path(agent.memory_dir), agent.max_facts, agent.max_fact_chars)
+        if agent.memory_dir else None, Path.cwd())
     state.model_name = config.model_name or model_name
     state.metrics = Metrics()
     state.limiter = RateLimiter(config.rate_limit)
@@ -90,7 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.runner = EngineRunner(state.engine, state.config.max_waiting)
     state.serving = Serving(state.model, state.chat, state.assistant, state.config,
                             state.model_name, state.runner, state.metrics, state.grounding,
-                            state.grounding_settings)
+                            state.grounding_settings, state.agent)
     try:
         yield
     finally:
@@ -228,12 +236,13 @@ async def http_error(request: Request, err: StarletteHTTPException) -> JSONRespo
 def run_server(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
                config: ServeConfig, keys: ApiKeys | None = None,
                grounding: Grounding | None = None, model_name: str = "lmforge",
-               grounding_settings: GroundingConfig | None = None) -> None:
+               grounding_settings: GroundingConfig | None = None,
+               agent: AgentConfig | None = None) -> None:
     """Serve until interrupted (``lmforge serve`` and ``lmforge run --serve``)."""
     import uvicorn
 
     app = create_app(model, chat, assistant, config, keys, grounding, model_name,
-                     grounding_settings)
+                     grounding_settings, agent)
     print(banner(app))
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmforge import infer, rag
-from lmforge.config import AssistantConfig, ServeConfig
+from lmforge.config import AgentConfig, AssistantConfig, ServeConfig
 from lmforge.serve.keys import ApiKeys
 
 
 def serve_folder(model_dir: Path, assistant: AssistantConfig, config: ServeConfig,
                  keys: ApiKeys, rag_index: Path | None = None, adapter: Path | None = None,
-                 quantize: str = "none") -> None:
+                 quantize: str = "none", agent: AgentConfig | None = None) -> None:
     """Load the model of ``model_dir`` (with its LoRA ``adapter``, ``quantize``-d), open the
     RAG index ``rag_index`` if given, and serve until interrupted. RAG answers decode with the
     folder's grounding settings, as eval and ``rag ask`` over that folder do. The API reports
-    the model as ``config.model_name``, else the folder's name."""
+    the model as ``config.model_name``, else the folder's name; ``agent`` enables the agent
+    chat option."""
     import lmforge.serve as package  # looked up now: a test may replace ``run_server``
 
     # the index first: a bad one fails before the (slow) model load
@@ -24,4 +25,4 @@ def serve_folder(model_dir: Path, assistant: AssistantConfig, config: ServeConfi
     # a bad ``quantize`` is refused there, before the model is read
     model, chat = infer.load_for_inference(Path(model_dir), adapter=adapter, quantize=quantize)
     package.run_server(model, chat, assistant, config, keys, grounding,
-                       config.model_name or Path(model_dir).name, settings)
+                       config.model_name or Path(model_dir).name, settings, agent)

@@ -42,6 +42,7 @@ async def metrics(request: Request) -> str:
 async def models(request: Request) -> dict[str, Any]:
     state = request.app.state
     return {"object": "list", "rag": state.grounding is not None,
+            "agent": state.agent is not None,
             "data": [{"id": state.model_name, "object": "model", "created": 0,
                       "owned_by": "lmforge"}]}
 

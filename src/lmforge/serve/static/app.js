@@ -109,9 +109,9 @@ function renderCitations(element, citations) {
 // the tool returned, errors), as sources are shown under a RAG answer.
 const STEP_LABELS = { tool_call: "call", observation: "result", answer: "answer", error: "error" };
 function stepText(step) {
-  if (step.kind === "tool_call") return `${step.name}(${JSON.stringify(step.arguments)})`;
-  if (step.kind === "observation") return `${step.name || ""} → ${step.result || ""}`;
-  return step.error || step.content || "";
+  if (step.kind === "tool_call") return `${step.tool}(${JSON.stringify(step.arguments)})`;
+  if (step.kind === "observation") return `${step.tool} → ${step.error || step.result || ""}`;
+  return step.refused ? `${step.tool}: ${step.error}` : step.error || step.content || "";
 }
 
 function renderTrace(element, trace) {
