@@ -12,7 +12,7 @@ from lmforge.cli import build_parser, main
 COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "tokenize"], ["tokenizer"],
             ["tokenizer", "train"], ["tokenizer", "encode"], ["pretrain"], ["generate"],
             ["export"], ["export", "hf"], ["chat"], ["sft"], ["dpo"], ["rm"],
-            ["serve"]]
+            ["serve"], ["agent"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -307,3 +307,24 @@ def test_model_rewriter_asks_only_when_needed(monkeypatch: pytest.MonkeyPatch, t
     assert standalone([], QUESTION) == QUESTION  # no earlier turn: nothing to lean on
     cramped = model_rewriter(tiny_model(tok, max_seq_len=64), chat, rules_fallback)
     assert cramped(history, QUESTION) == FALLBACK  # the request does not fit its context
+
+
+def test_the_server_retrieves_a_follow_up_for_its_product(products_index: RagIndex,
+                                                          chat: Any) -> None:
+    import httpx
+    from conftest import live_server, tiny_model
+
+    from lmforge.config import AssistantConfig, SamplingConfig, ServeConfig
+    from lmforge.serve import create_app
+
+    app = create_app(tiny_model(chat.tokenizer, max_seq_len=1024), chat,
+                     AssistantConfig(sampling=SamplingConfig(max_new_tokens=4)),
+                     ServeConfig(), grounding=Grounding(Retriever(products_index)))
+    conversation = [user("康乐保重疾险的犹豫期有多长？"), assistant("15日。"),
+                    user("那它的等待期呢？")]
+    with live_server(app) as url:
+        got = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "messages": conversation, "rag": {"top_k": 1}}).json()
+    assert got["retrieval"] == {"query": "康乐保重疾险的等待期呢？",
+                                "scope": {"contract": "康乐保重疾险"}}
+    assert got["sources"][0]["document"] == "kangle-wait"

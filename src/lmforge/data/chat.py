@@ -175,13 +175,19 @@ def _content(value: Any) -> str:
     return str(value)
 
 
+def _from_json(value: Any, what: str) -> Any:
+    """``value`` itself, or the JSON it spells when it is a string (``what``: its name and
+    verb, as the error says it)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{what} not JSON ({err.msg}): {value[:80]!r}") from None
+
+
 def _arguments(value: Any, where: str, label: str) -> dict[str, Any]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{where}: {label}: arguments are not JSON ({err.msg}): "
-                              f"{value[:80]!r}") from None
+    value = _from_json(value, f"{where}: {label}: arguments are")
     if not isinstance(value, dict):
         raise RecordError(f"{where}: {label}: arguments must be a JSON object, got "
                           f"{type(value).__name__}")
@@ -286,12 +292,7 @@ def _observations(value: Any, open_calls: list[tuple[str, str]], where: str, i: 
 
 
 def _sharegpt_calls(value: Any, where: str, i: int) -> list[dict[str, Any]]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{where}: message {i} (function_call) is not JSON "
-                              f"({err.msg}): {value[:80]!r}") from None
+    value = _from_json(value, f"{where}: message {i} (function_call) is")
     calls = value if isinstance(value, list) else [value]
     if not calls:
         raise RecordError(f"{where}: message {i} (function_call) holds no call")

@@ -203,7 +203,9 @@ class Serving:
                 messages = grounded.messages
             prompt, evidence = await run_in_threadpool(self.encode_conversation, messages,
                                                        grounded, decoding.tools)
-        cited = {} if grounded is None else {"sources": grounded.sources()}
+        cited = {} if grounded is None else {
+            "sources": grounded.sources(),  # and what retrieval searched for (a follow-up:
+            "retrieval": {"query": grounded.query, "scope": grounded.scope}}  # stand-alone)
         current().add_documents(s["document"] for s in cited.get("sources", []))
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
