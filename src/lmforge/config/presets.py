@@ -17,7 +17,8 @@ from lmforge.config.loader import ConfigError
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 512},
-    "cpu-demo": {"dim": 256, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4, "max_seq_len": 512},
+    # 2048: room for an agent's tool specs (~940 tokens) and its tool turns
+    "cpu-demo": {"dim": 256, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4, "max_seq_len": 2048},
     "small": {"dim": 512, "n_layers": 8, "n_heads": 8, "n_kv_heads": 4, "max_seq_len": 1024},
     "base": {"dim": 1024, "n_layers": 24, "n_heads": 16, "n_kv_heads": 8, "max_seq_len": 2048},
 }

@@ -203,10 +203,11 @@ class Serving:
                 messages = grounded.messages
             prompt, evidence = await run_in_threadpool(self.encode_conversation, messages,
                                                        grounded, decoding.tools)
-        cited = {} if grounded is None else {
-            "sources": grounded.sources(),  # and what retrieval searched for (a follow-up:
-            "retrieval": {"query": grounded.query, "scope": grounded.scope}}  # stand-alone)
-        current().add_documents(s["document"] for s in cited.get("sources", []))
+        cited: dict[str, Any] = {}
+        if grounded is not None:  # the sources, and what retrieval searched for (stand-alone)
+            cited = {"sources": grounded.sources(),
+                     "retrieval": {"query": grounded.query, "scope": grounded.scope}}
+            current().add_documents(s["document"] for s in cited["sources"])
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
         self.metrics.prompt_tokens += len(prompt) * body.n
