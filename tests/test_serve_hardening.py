@@ -335,9 +335,9 @@ def test_an_answer_cut_by_max_tokens_ends_on_a_whole_character(tok, chat, model)
         submit = app.state.runner.submit
 
         def spy(request: str, prompt: list[int], config: Any, echo: bool = False,
-                evidence: Any = None) -> Any:
+                evidence: Any = None, grammar: Any = None) -> Any:
             seen.append((prompt, config))
-            return submit(request, prompt, config, echo, evidence=evidence)
+            return submit(request, prompt, config, echo, evidence=evidence, grammar=grammar)
 
         app.state.runner.submit = spy
         for seed in range(12):

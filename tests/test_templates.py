@@ -323,7 +323,14 @@ class Passages(Grounding):
     def __init__(self, text: str) -> None:
         self.text = text
 
-    def retrieve(self, question: str, access: Any = None, k: int | None = None) -> Retrieved:
+    def standalone(self, history: Any, question: str, rewrite: Any = None) -> str:
+        return question  # one document: every question is about it
+
+    def scope(self, query: str, question: str, access: Any = None) -> dict[str, str]:
+        return {}
+
+    def retrieve(self, question: str, access: Any = None, k: int | None = None,
+                 scope: dict[str, str] | None = None) -> Retrieved:
         chunk = ChunkInfo("d1-0", "d1", 0, self.text)
         return Retrieved([Hit(chunk, DocInfo("d1", "h", "src", {"title": "条款"}), 1.0)], True)
 
