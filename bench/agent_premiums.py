@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "insurance-zh.toml")
     parser.add_argument("--rag-index", type=Path, default=ROOT / "runs" / "insurance-zh" / "rag",
                         help="for search_documents: the tools offered as SFT offered them")
+    parser.add_argument("--first-turn", choices=["auto", "required"], default="auto",
+                        help="agent.first_turn: required forces a call (by grammar) first")
     parser.add_argument("-n", type=int, default=12)
     args = parser.parse_args()
 
@@ -65,7 +67,8 @@ def main() -> None:
     from lmforge.tokenizer import with_system
 
     recipe = load_config(RecipeConfig, args.recipe)
-    agent = dataclasses.replace(recipe.agent, memory_dir="")  # no memory tools: as in SFT
+    agent = dataclasses.replace(recipe.agent, memory_dir="",  # no memory tools: as in SFT
+                                first_turn=args.first_turn)
     model, chat = load_for_inference(args.model)
     sampling = dataclasses.replace(recipe.assistant.sampling, temperature=0.0,
                                    max_new_tokens=128)

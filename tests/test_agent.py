@@ -106,6 +106,13 @@ def test_a_call_is_run_observed_and_answered() -> None:
     json.dumps(run.to_dict(), ensure_ascii=False)  # the trace the web page and API show
 
 
+def test_a_required_first_turn_looks_something_up_then_lets_the_model_choose() -> None:
+    toolbox, config = calculator_only(first_turn="required")
+    script = Script(call("calculator", expression="50 * 160"), answer("一年约8000元。"))
+    Agent(script, toolbox, config).run(QUESTION)
+    assert [choice for _, _, choice in script.asked] == ["required", "auto"]
+
+
 def test_the_step_limit_forces_an_answer_without_tools() -> None:
     toolbox, config = calculator_only(max_steps=2)
     script = Script(call("calculator", expression="1+1"), call("calculator", expression="2+2"),

@@ -80,7 +80,7 @@ class Agent:
         conversation = self._with_memory(messages)
         trace: list[Step] = []
         specs = self.toolbox.specs
-        choice: ToolChoice = "auto"
+        choice: ToolChoice = self.config.first_turn if specs else "auto"
         steps = turns = 0
         retried = False
         while steps < self.config.max_steps:

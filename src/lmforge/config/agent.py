@@ -88,6 +88,9 @@ class AgentConfig:
     ``trace_chars`` in the trace people read."""
 
     max_steps: int = 4
+    # the first turn: "auto" lets the model choose; "required" makes it look something up
+    # first (by grammar: a call that parses, even from a model too small to write one)
+    first_turn: Literal["auto", "required"] = "auto"
     builtin: list[BuiltinTool] = field(default_factory=lambda: list(BUILTIN_TOOLS))
     tools: list[ToolConfig] = field(default_factory=list)
     memory_dir: str = ""  # each user's core facts and archival memory; "": no memory
