@@ -38,10 +38,13 @@ from lmforge.config.schema import (
 )
 from lmforge.config.training import (
     EmbedderConfig,
+    KTOConfig,
     LoraConfig,
     ModelConfig,
+    PrefixConfig,
     PreferenceConfig,
     RerankerConfig,
+    RLConfig,
     SFTConfig,
     TrainConfig,
 )
@@ -62,11 +65,14 @@ __all__ = [
     "EvalConfig",
     "ExportConfig",
     "IngestConfig",
+    "KTOConfig",
     "LoraConfig",
     "MixConfig",
     "ModelConfig",
     "ModerationConfig",
     "PreferenceConfig",
+    "PrefixConfig",
+    "RLConfig",
     "QualityConfig",
     "RagConfig",
     "RateLimitConfig",

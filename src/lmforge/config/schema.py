@@ -18,9 +18,11 @@ from lmforge.config.data import DataConfig, TokenizerConfig
 from lmforge.config.guard import ModerationConfig, RateLimitConfig
 from lmforge.config.training import (
     EmbedderConfig,
+    KTOConfig,
     ModelConfig,
     PreferenceConfig,
     RerankerConfig,
+    RLConfig,
     SFTConfig,
     TrainConfig,
 )
@@ -307,6 +309,9 @@ class RecipeConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
     rm: PreferenceConfig = field(default_factory=PreferenceConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
+    ppo: RLConfig = field(default_factory=lambda: RLConfig(reward="model", group_size=1))
+    grpo: RLConfig = field(default_factory=lambda: RLConfig(reward="mcq", group_size=4))
     rag: RagConfig = field(default_factory=RagConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)

@@ -165,6 +165,9 @@ class LoraConfig:
     alpha: float = 32.0
     dropout: float = 0.05
     targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    # DoRA (Liu et al. 2024): a learned magnitude per output row times the normalised
+    # direction W + BA; PEFT's ``use_dora``
+    use_dora: bool = False
 
     def __post_init__(self) -> None:
         check(self.rank >= 1, "rank", "at least 1", self.rank)
@@ -178,12 +181,28 @@ def _post_training_defaults() -> TrainConfig:
 
 
 @dataclass
+class PrefixConfig:
+    """P-Tuning v2 / prefix tuning (Li & Liang 2021; Liu et al. 2022): trainable key/value
+    vectors prepended in every layer, the model frozen; saved in PEFT's PREFIX_TUNING layout."""
+
+    virtual_tokens: int = 16
+    # PEFT's prefix_projection: the prefixes come out of a two-layer MLP while training
+    projection: bool = False
+    projection_dim: int = 256
+
+    def __post_init__(self) -> None:
+        check(self.virtual_tokens >= 1, "virtual_tokens", "at least 1", self.virtual_tokens)
+        check(self.projection_dim >= 1, "projection_dim", "at least 1", self.projection_dim)
+
+
+@dataclass
 class SFTConfig:
     """Supervised fine-tuning on chat data and domain question answering."""
 
-    method: Literal["full", "freeze", "lora"] = "lora"
+    method: Literal["full", "freeze", "lora", "prefix"] = "lora"
     trainable_blocks: int = 2  # freeze: only the last N blocks (and the final norm) train
     lora: LoraConfig = field(default_factory=LoraConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
     qlora: bool = False  # the frozen base in 4-bit NF4 under the LoRA adapters
     chat_files: list[str] = field(default_factory=list, metadata=INPUT)
     identity_file: str = field(default="", metadata=INPUT)
@@ -225,14 +244,91 @@ class PreferenceConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     pair_files: list[str] = field(default_factory=list, metadata=INPUT)
     qa_pairs: bool = True  # also build domain pairs from sft.qa_queries / sft.qa_passages
+    # the DPO stage's objective: "sigmoid" (Rafailov et al. 2023), "ipo" (Azar et al. 2023),
+    # "orpo" (Hong et al. 2024: NLL of chosen + odds-ratio term, no reference), "simpo" (Meng
+    # et al. 2024: length-normalised log-probabilities with a margin, no reference)
+    loss: Literal["sigmoid", "ipo", "orpo", "simpo"] = "sigmoid"
     beta: float = 0.1
+    simpo_gamma: float = 0.5  # SimPO's target margin, in units of beta
+    orpo_lambda: float = 0.1  # the weight of ORPO's odds-ratio term beside the chosen NLL
+    # feedback stores (``lmforge.feedback``) whose corrections become pairs: the correction
+    # chosen, the rated answer rejected
+    feedback_files: list[str] = field(default_factory=list, metadata=INPUT)
     val_fraction: float = 0.1
     train: TrainConfig = field(default_factory=_post_training_defaults)
 
     def __post_init__(self) -> None:
         check(self.beta > 0, "beta", "a positive number", self.beta)
+        check(self.simpo_gamma >= 0, "simpo_gamma", "0 or more", self.simpo_gamma)
+        check(self.orpo_lambda > 0, "orpo_lambda", "a positive number", self.orpo_lambda)
         check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
               self.val_fraction)
+
+
+@dataclass
+class KTOConfig:
+    """KTO (Ethayarajh et al. 2024) on unpaired thumbs up / down from the feedback store."""
+
+    method: Literal["full", "lora"] = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    feedback_files: list[str] = field(default_factory=list, metadata=INPUT)
+    beta: float = 0.1
+    desirable_weight: float = 1.0  # lambda_D: raise to balance fewer thumbs up than down
+    undesirable_weight: float = 1.0  # lambda_U
+    val_fraction: float = 0.2  # of distinct prompts, held out for evaluation
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=60, batch_size=8, seq_len=512, lr=1e-4, warmup_steps=5, eval_every=20,
+        eval_batches=8, save_every=60))
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, "beta", "a positive number", self.beta)
+        for name in ("desirable_weight", "undesirable_weight"):
+            check(getattr(self, name) > 0, name, "a positive number", getattr(self, name))
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
+              self.val_fraction)
+
+
+@dataclass
+class RLConfig:
+    """On-policy reinforcement learning from the engine's own samples: PPO (with the reward
+    model and a value head) or GRPO (group-relative advantages over verifiable rewards).
+    train.steps counts policy updates; train.batch_size is prompts per rollout."""
+
+    method: Literal["full", "lora"] = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # where the prompts come from: "mcq" (the exam questions of the training split: reward 1
+    # for the right letter), "grounded" (domain questions with their gold passage: reward for
+    # citing it, a penalty per unsupported sentence), "model" (prompt_files, or the SFT
+    # questions, scored by the ``rm`` stage's reward model: PPO)
+    reward: Literal["model", "mcq", "grounded"] = "model"
+    prompt_files: list[str] = field(default_factory=list, metadata=INPUT)
+    group_size: int = 4  # GRPO: samples per prompt; PPO: 1
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kl_coef: float = 0.05  # beta of the KL penalty to the reference (the starting model)
+    clip: float = 0.2  # the policy ratio's clip range
+    value_clip: float = 0.2  # PPO: the value prediction's clip range
+    value_coef: float = 0.5  # PPO: weight of the value loss
+    gamma: float = 1.0  # PPO: discount
+    lam: float = 0.95  # PPO: GAE lambda
+    epochs: int = 2  # optimisation passes over each rollout batch
+    whiten_rewards: bool = True  # PPO: rewards to zero mean, unit variance per batch
+    unsupported_penalty: float = 0.5  # grounded: per sentence the passages do not support
+    val_prompts: int = 32  # held-out prompts scored (greedy) at each evaluation
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=40, batch_size=8, seq_len=512, lr=2e-5, warmup_steps=0, eval_every=10,
+        eval_batches=1, save_every=10, log_every=1))
+
+    def __post_init__(self) -> None:
+        for name in ("group_size", "max_new_tokens", "epochs", "val_prompts"):
+            check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        for name in ("kl_coef", "clip", "value_clip", "value_coef", "unsupported_penalty"):
+            check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+        check(self.temperature > 0, "temperature", "a positive number", self.temperature)
+        check(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
+        fraction("gamma", self.gamma)
+        fraction("lam", self.lam)
 
 
 @dataclass
