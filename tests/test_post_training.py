@@ -67,17 +67,21 @@ def _model(seed: int = 0) -> Transformer:
 
 
 def _randomise_lora(model: Transformer) -> None:
+    """Trained-looking adapters: B away from zero, DoRA's magnitudes away from ||W||."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.randn_like(p))
 
 
-def test_lora_starts_at_the_base_and_merges_exactly() -> None:
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_lora_starts_at_the_base_and_merges_exactly(dora: bool) -> None:
     model, tokens = _model(), torch.randint(0, 320, (2, 16))
     with torch.no_grad():
         base = model(tokens).logits
-        names = apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.0))
+        names = apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.0, use_dora=dora))
         assert len(names) == 2 * 7  # q, k, v, o, gate, up, down per block
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert trainable and all(".lora_" in n for n in trainable)
@@ -91,7 +95,8 @@ def test_lora_starts_at_the_base_and_merges_exactly() -> None:
         assert torch.allclose(model(tokens).logits, adapted, atol=1e-5)
 
 
-def test_adapter_loads_in_peft_with_the_same_logits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_adapter_loads_in_peft_with_the_same_logits(tmp_path: Path, dora: bool) -> None:
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
     from lmforge.export import export_hf
@@ -101,7 +106,7 @@ def test_adapter_loads_in_peft_with_the_same_logits(tmp_path: Path) -> None:
     save_model(model, tmp_path / "base")
     copy_tokenizer_files(FIXTURE_TOKENIZER, tmp_path / "base")
     export_hf(tmp_path / "base", tmp_path / "hf")
-    config = LoraConfig(rank=4, alpha=8, dropout=0.0)
+    config = LoraConfig(rank=4, alpha=8, dropout=0.0, use_dora=dora)
     apply_lora(model, config)
     _randomise_lora(model)
     save_adapter(model, config, tmp_path / "adapter", str(tmp_path / "hf"))

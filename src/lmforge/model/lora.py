@@ -5,6 +5,13 @@ frozen inside, plus a low-rank update B·A scaled by alpha/r, B initialised to z
 starts from the base model exactly). The adapter is saved as ``adapter_config.json`` +
 ``adapter_model.safetensors`` with PEFT's key names for a Hugging Face Llama, so ``peft`` loads
 it onto our exported base; ``merge_lora`` folds it into the weights for export.
+
+DoRA (Liu et al. 2024, ``use_dora``) splits each adapted weight into a magnitude and a
+direction: W' = m * (W + s·B·A) / ||W + s·B·A||, the norm taken per output row and treated as a
+constant in the backward pass (the paper's section 4.3), m a trainable vector that starts at
+||W|| so training again starts from the base. The arithmetic is PEFT's ``DoraLinearLayer``
+(the base output rescaled, plus the rescaled low-rank update) and ``m`` is saved under PEFT's
+key, ``lora_magnitude_vector``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -29,7 +37,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear | NF4Linear, rank: int, alpha: float,
-                 dropout: float) -> None:
+                 dropout: float, dora: bool = False) -> None:
         super().__init__()
         self.base = base
         for p in base.parameters():
@@ -41,19 +49,55 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout)
         self.enabled = True
+        self.lora_magnitude_vector: nn.Parameter | None = None
+        if dora:  # B = 0: the magnitude of W itself
+            with torch.no_grad():
+                norm = self._base_weight(self.lora_A.weight.dtype).norm(dim=1)
+            self.lora_magnitude_vector = nn.Parameter(norm.to(self.lora_A.weight.device))
+
+    def _base_weight(self, dtype: torch.dtype) -> Tensor:
+        if isinstance(self.base, NF4Linear):
+            return self.base.dequantized(dtype)
+        return self.base.weight.to(dtype)
+
+    def _dora_factor(self, weight: Tensor) -> Tensor:
+        """m / ||W + s·B·A|| per output row, the norm detached (PEFT's ``get_weight_norm``)."""
+        assert self.lora_magnitude_vector is not None
+        delta = (self.lora_B.weight @ self.lora_A.weight).detach()
+        norm = (weight + self.scaling * delta).norm(dim=1).detach()
+        return self.lora_magnitude_vector / norm
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
-        if self.enabled:  # in the adapter's dtype: fp32 adapters train on a bf16 base
-            update = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype))))
-            out = out + (update * self.scaling).to(out.dtype)
-        return out
+        if not self.enabled:
+            return out
+        dropping = self.training and self.dropout.p > 0
+        x = self.dropout(x.to(self.lora_A.weight.dtype))  # fp32 adapters train on a bf16 base
+        update = self.lora_B(self.lora_A(x)) * self.scaling
+        if self.lora_magnitude_vector is not None:
+            # PEFT's arithmetic: m/n (W x + s·B·A x) = W x + (m/n - 1) W x + m/n s·B·A x,
+            # with W x the base output less its bias, or recomputed on the dropped-out input
+            weight = self._base_weight(x.dtype)
+            factor = self._dora_factor(weight)
+            if dropping:
+                base_out = F.linear(x, weight)
+            else:
+                bias = self.base.bias
+                base_out = out.to(x.dtype) - (bias.to(x.dtype) if bias is not None else 0)
+            update = (factor - 1) * base_out + factor * update
+        return out + update.to(out.dtype)
 
     def merged(self) -> nn.Linear:
         """The base with the update folded in (a 4-bit base comes back dequantized)."""
         base = self.base.to_linear() if isinstance(self.base, NF4Linear) else self.base
         with torch.no_grad():
-            base.weight += (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+            delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+            if self.lora_magnitude_vector is None:
+                base.weight += delta.to(base.weight.dtype)
+            else:
+                weight = base.weight.to(delta.dtype)
+                factor = self._dora_factor(weight)
+                base.weight.copy_(factor[:, None] * (weight + delta))
         return base
 
 
@@ -85,7 +129,7 @@ def apply_lora(model: nn.Module, spec: LoraConfig) -> list[str]:
         base = model.get_submodule(name)
         assert isinstance(base, nn.Linear | NF4Linear)
         device = next(iter(base.buffers() if isinstance(base, NF4Linear) else base.parameters()))
-        wrapper = LoRALinear(base, spec.rank, spec.alpha, spec.dropout)
+        wrapper = LoRALinear(base, spec.rank, spec.alpha, spec.dropout, spec.use_dora)
         _set(model, name, wrapper.to(device.device))
     return names
 
@@ -115,7 +159,8 @@ def merge_lora(model: nn.Module) -> None:
 
 
 def save_adapter(model: nn.Module, spec: LoraConfig, folder: Path, base_model: str) -> None:
-    """PEFT layout: keys ``base_model.model.model.<name>.lora_A.weight`` for a HF Llama."""
+    """PEFT layout: keys ``base_model.model.model.<name>.lora_A.weight`` for a HF Llama (and
+    ``<name>.lora_magnitude_vector`` with DoRA)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {}
     modules = dict(lora_modules(model))
@@ -123,6 +168,9 @@ def save_adapter(model: nn.Module, spec: LoraConfig, folder: Path, base_model: s
         prefix = f"base_model.model.model.{name}"
         state[f"{prefix}.lora_A.weight"] = module.lora_A.weight.detach().cpu().contiguous()
         state[f"{prefix}.lora_B.weight"] = module.lora_B.weight.detach().cpu().contiguous()
+        if module.lora_magnitude_vector is not None:
+            state[f"{prefix}.lora_magnitude_vector"] = (
+                module.lora_magnitude_vector.detach().cpu().contiguous())
     save_file(state, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank,
@@ -130,7 +178,7 @@ def save_adapter(model: nn.Module, spec: LoraConfig, folder: Path, base_model: s
         "target_modules": sorted({n.rsplit(".", 1)[-1] for n in modules}),
         "base_model_name_or_path": base_model, "fan_in_fan_out": False,
         "inference_mode": True, "modules_to_save": None, "use_rslora": False,
-        "use_dora": False, "init_lora_weights": True,
+        "use_dora": spec.use_dora, "init_lora_weights": True,
     }
     atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
 
@@ -139,7 +187,8 @@ def load_adapter(model: nn.Module, folder: Path) -> LoraConfig:
     """Wrap ``model`` as the adapter describes and load its weights."""
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     spec = LoraConfig(rank=config["r"], alpha=config["lora_alpha"], dropout=0.0,
-                    targets=list(config["target_modules"]))
+                      targets=list(config["target_modules"]),
+                      use_dora=bool(config.get("use_dora", False)))
     apply_lora(model, spec)
     state = load_file(str(folder / ADAPTER_WEIGHTS))
     modules = dict(lora_modules(model))
@@ -147,6 +196,11 @@ def load_adapter(model: nn.Module, folder: Path) -> LoraConfig:
         name, _, part = key.removeprefix("base_model.model.model.").rpartition(".lora_")
         if name not in modules:
             raise ValueError(f"{folder}: adapter weight {key} matches no layer of the model")
-        layer = modules[name].lora_A if part.startswith("A") else modules[name].lora_B
-        layer.weight.data.copy_(value)
+        module = modules[name]
+        target = (module.lora_A.weight if part.startswith("A") else
+                  module.lora_B.weight if part.startswith("B") else module.lora_magnitude_vector)
+        if target is None or target.shape != value.shape:
+            raise ValueError(f"{folder}: adapter weight {key} {tuple(value.shape)} does not fit "
+                             f"{name} (r = {spec.rank}, use_dora = {spec.use_dora})")
+        target.data.copy_(value)
     return spec
