@@ -3,18 +3,24 @@
 Every artifact lmforge writes that a later run trusts (shards, indexes, tokenizers, checkpoints,
 reports) goes through here. The recipe is the usual POSIX one: write beside the target under a
 temporary name, flush and fsync, then ``os.replace`` (atomic within one filesystem).
+Logs and stores that grow by a line at a time (the audit log, the feedback store) cannot afford
+to rewrite the whole file per line: ``append_line`` appends one line whole instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -98,3 +104,62 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def create_appendable(path: Path) -> None:
+    """Create ``path`` for ``append_line`` (mode 0600, with its folder) if it is missing, so
+    a path that cannot be written fails when its writer starts, not at the first line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+
+
+def append_line(path: Path, line: str, durable: bool = False) -> None:
+    """Append ``line`` (one line, ending in a newline) to ``path``, created (mode 0600: what is
+    appended is private) with its folder if missing.
+
+    One ``write`` on a file opened ``O_APPEND``: seeking to the end and writing are one step, so
+    lines of concurrent writers (threads, or two servers on one file) never interleave; an
+    exclusive ``flock`` around it keeps even a short write (a full disk), which needs a second
+    ``write``, whole. A line a crash cut short (the file does not end in a newline) is cut off
+    first, so the new line does not run on from it. The file is opened per line and closed:
+    a rotated log is picked up by the next line. ``durable`` fsyncs the line (and, for a new
+    file, its folder) before returning: for records too rare and precious to lose to a power
+    cut, not for a line per request."""
+    data = line.encode("utf-8")
+    if not data.endswith(b"\n") or b"\n" in data[:-1]:
+        raise ValueError(f"{path}: append_line takes one line ending in a newline")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+        _cut_torn_tail(fd, path)
+        written = 0
+        while written < len(data):  # a short write is finished, not cut
+            written += os.write(fd, data[written:])
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if durable and created:
+        _fsync_dir(path.parent)
+
+
+def _cut_torn_tail(fd: int, path: Path, block: int = 1 << 16) -> None:
+    """Truncate the file after its last newline when it does not end in one: what follows is
+    a line a crash cut short, which no reader takes (readers skip a torn last line)."""
+    end = os.fstat(fd).st_size
+    if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+        return
+    size = end
+    while end > 0:
+        start = max(0, end - block)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    log.warning("%s: cut off %d bytes of a line a crash left unfinished", path, size - end)
+    os.ftruncate(fd, end)

@@ -10,19 +10,16 @@ reaches it through ``current()``, a context variable: it follows the request int
 and worker threads it starts, so no signature has to carry it, and two requests never share
 one. Outside a request ``current()`` is a record nobody writes.
 
-A line is appended with one ``write`` on a file opened ``O_APPEND`` (seeking to the end and
-writing are one step, so lines of concurrent requests, or of two servers on one file, do not
-interleave; only a short write, on a full disk, needs a second), then closed: a rotated log
-is picked up by the next line. ``atomic.py`` replaces whole files, which a log that grows by
-a line per request cannot afford. Lines are not fsynced one by one (each request would wait on
-the disk): a killed server loses none, a power cut may lose the last few.
+A line is appended whole by ``atomic.append_line`` (one ``write`` on a file opened
+``O_APPEND``, so lines of concurrent requests, or of two servers on one file, do not
+interleave; the file is closed after each line, so a rotated log is picked up by the next).
+Lines are not fsynced one by one (each request would wait on the disk): a killed server loses
+none, a power cut may lose the last few.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lmforge.atomic import append_line, create_appendable
 from lmforge.guard import Verdict
 from lmforge.serve.keys import Principal
 
@@ -104,10 +102,8 @@ class AuditLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()  # one line at a time from this process
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            create_appendable(self.path)
         except OSError as err:
             raise ValueError(f"audit log {self.path}: cannot be written ({err.strerror})") from None
 
@@ -121,15 +117,4 @@ class AuditLog:
             "completion_tokens": record.completion_tokens,
             "moderation": None if record.verdict is None else record.verdict.as_dict(),
             "documents": record.documents, "seconds": round(seconds, 3)}
-        self.append(json.dumps(line, ensure_ascii=False) + "\n")
-
-    def append(self, text: str) -> None:
-        data = text.encode("utf-8")
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                written = 0
-                while written < len(data):  # a short write (a full disk) is finished, not cut
-                    written += os.write(fd, data[written:])
-            finally:
-                os.close(fd)
+        append_line(self.path, json.dumps(line, ensure_ascii=False) + "\n")
