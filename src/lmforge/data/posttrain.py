@@ -1,6 +1,7 @@
 """Post-training examples from a recipe's sections: chat files, the identity file and domain QA
-become conversations (SFT) or preference pairs (DPO, the reward model), with counts and
-rejected records for the stage's report. Domain QA on held-out contracts is never used.
+become conversations (SFT) or preference pairs (DPO, the reward model; also the users'
+corrections from the feedback store), with counts and rejected records for the stage's report.
+Domain QA on held-out contracts is never used.
 
 A chat file may hold tool-use conversations (``data/chat.py`` reads them); those are led by the
 assistant's system prompt unless they bring their own, as the agent will be run with it beside
@@ -14,6 +15,7 @@ from typing import Any
 from lmforge.config import AssistantConfig, PreferenceConfig, SFTConfig
 from lmforge.data.chat import Conversation, PreferencePair, load_conversations, load_preferences
 from lmforge.data.domain_qa import load_qa, preference_pairs, sft_conversations
+from lmforge.data.feedback import load_feedback
 from lmforge.tokenizer import with_system
 
 
@@ -48,7 +50,8 @@ def preference_examples(config: PreferenceConfig, sft: SFTConfig, assistant: Ass
                         heldout_contracts: set[str], seed: int
                         ) -> tuple[list[PreferencePair], dict[str, Any]]:
     """Pairs from ``config.pair_files``, plus domain pairs from SFT's QA files when
-    ``config.qa_pairs``."""
+    ``config.qa_pairs``, plus the users' corrections in ``config.feedback_files`` (the
+    correction chosen over the answer it corrects)."""
     pairs: list[PreferencePair] = []
     stats: dict[str, Any] = {"sources": {}, "problems": []}
     for path in config.pair_files:
@@ -62,4 +65,9 @@ def preference_examples(config: PreferenceConfig, sft: SFTConfig, assistant: Ass
                                   sft.rag_passage_chars, seed, sft.rag_answer)
         pairs += domain
         stats["sources"][sft.qa_queries] = len(domain)
+    if config.feedback_files:
+        feedback = load_feedback([Path(p) for p in config.feedback_files])
+        pairs += feedback.pairs
+        stats["sources"] |= {path: feedback.pairs_by_file[path] for path in feedback.stats["files"]}
+        stats["feedback"] = feedback.stats
     return pairs, stats
