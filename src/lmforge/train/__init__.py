@@ -3,6 +3,7 @@ runner (train/runner.py). A stage function builds its task from config sections 
 
 from lmforge.train.dpo import dpo
 from lmforge.train.embed import build_bi_encoder, train_bi_encoder
+from lmforge.train.kto import kto
 from lmforge.train.loop import Trainer, TrainingDiverged, TrainResult
 from lmforge.train.metrics import read_rows
 from lmforge.train.pretrain import pretrain
@@ -14,5 +15,5 @@ from lmforge.train.sharded import consolidate
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "baseline_metrics", "build_bi_encoder",
            "consolidate",
-           "dpo", "pretrain", "read_rows", "reward_model", "run_task", "sft", "train_bi_encoder",
-           "train_cross_encoder"]
+           "dpo", "kto", "pretrain", "read_rows", "reward_model", "run_task", "sft",
+           "train_bi_encoder", "train_cross_encoder"]
