@@ -153,6 +153,8 @@ TRAINING_COMMANDS = (
      f"lmforge dpo --recipe {EXAMPLE_RECIPE}"),
     ("rm", "train a Bradley-Terry reward model on preference pairs",
      f"lmforge rm --recipe {EXAMPLE_RECIPE}"),
+    ("kto", "KTO on the users' thumbs up / down and corrections (kto.feedback_files)",
+     f"lmforge kto --recipe {EXAMPLE_RECIPE} --set kto.feedback_files='[\"feedback.jsonl\"]'"),
 )
 
 

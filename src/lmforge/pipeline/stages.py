@@ -37,6 +37,7 @@ from lmforge.data import (
 from lmforge.export import export_gguf, export_hf, write_modelfile
 from lmforge.pipeline.decoding import decoding_stage
 from lmforge.pipeline.evaluate import evaluate_run
+from lmforge.pipeline.kto import kto_stage
 from lmforge.pipeline.layout import RunLayout
 from lmforge.pipeline.retrieval import train_retrieval
 from lmforge.pipeline.run import Stage
@@ -227,7 +228,11 @@ STAGES = [
 # trained on request only, outside ``lmforge run``
 BY_NAME = {stage.name: stage for stage in STAGES} | {
     "rm": Stage("rm", _preference_stage(reward_model), _preference_args("rm", "sft"),
-                resumable=True)}
+                resumable=True),
+    # KTO on the users' ratings of the trained assistant
+    "kto": Stage("kto", kto_stage, lambda r, layout: {
+        "config": r.kto, "base": _start(r.kto.train.init_from, layout.trained),
+        "out": layout.stage("kto"), "seed": r.run.seed}, resumable=True)}
 
 
 def print_summary(stage: str, summary: dict[str, Any]) -> None:
