@@ -295,7 +295,8 @@ class RLConfig:
     train.steps counts policy updates; train.batch_size is prompts per rollout."""
 
     method: Literal["full", "lora"] = "lora"
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    # no dropout: it would make the policy ratio of an unchanged policy differ from 1
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.0))
     # where the prompts come from: "mcq" (the exam questions of the training split: reward 1
     # for the right letter), "grounded" (domain questions with their gold passage: reward for
     # citing it, a penalty per unsupported sentence), "model" (prompt_files, or the SFT
@@ -329,6 +330,9 @@ class RLConfig:
         check(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         fraction("gamma", self.gamma)
         fraction("lam", self.lam)
+        # checkpoints on rollout boundaries: a resumed run regenerates the rollout it is in
+        check(self.train.save_every % self.epochs == 0, "train.save_every",
+              f"a multiple of epochs ({self.epochs})", self.train.save_every)
 
 
 @dataclass

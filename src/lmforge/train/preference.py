@@ -1,9 +1,19 @@
-"""Preference training on (prompt, chosen, rejected) pairs: DPO, and a Bradley-Terry reward model.
+"""Preference training on (prompt, chosen, rejected) pairs: DPO and its variants, and a
+Bradley-Terry reward model.
 
-DPO (Rafailov et al. 2023, sigmoid loss): -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))
-with sequence log-probabilities summed over answer tokens. The reference is the starting model;
-its log-probabilities are computed once before training (with LoRA: the adapters disabled), so no
-second copy of the weights is ever held.
+With sequence log-probabilities summed over answer tokens (``pi``, the reference's ``ref``) and
+the margin ``m = (pi_c - ref_c) - (pi_r - ref_r)``, the DPO stage's losses are
+- sigmoid (DPO, Rafailov et al. 2023): ``-log sigmoid(beta * m)``;
+- ipo (Azar et al. 2023): ``(m - 1 / (2 beta))^2``, a squared loss that stops pushing once the
+  margin reaches its target, so it does not overfit deterministic preferences as DPO does;
+- orpo (Hong et al. 2024), no reference: the chosen answer's per-token NLL plus
+  ``lambda * -log sigmoid(log odds(c) - log odds(r))`` with ``odds(y) = p / (1 - p)`` of the
+  per-token mean log-probability ``p``: SFT and preference in one pass;
+- simpo (Meng et al. 2024), no reference: ``-log sigmoid(beta * (avg_c - avg_r) - gamma)`` over
+  per-token mean log-probabilities, so long answers gain nothing from length.
+The reference is the starting model; its log-probabilities are computed once before training
+(with LoRA: the adapters disabled), so no second copy of the weights is ever held; the
+reference-free losses skip that pass for training pairs.
 
 Pairs are right-padded rows [chosen; rejected]: with causal attention, padding after the answer
 changes nothing before it, so no mask is needed.
@@ -29,11 +39,28 @@ from lmforge.train.finetune import split
 from lmforge.train.losses import IGNORE, token_nll
 from lmforge.train.sampler import EpochSampler
 
+REFERENCE_FREE = ("orpo", "simpo")
 
-def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
-             ref_rejected: Tensor, beta: float) -> Tensor:
-    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return -F.logsigmoid(beta * margin)
+
+def _log_odds(mean_logp: Tensor) -> Tensor:
+    """log(p / (1 - p)) of a per-token mean log-probability; p never reaches 1 exactly."""
+    return mean_logp - torch.log1p(-torch.exp(mean_logp.clamp(max=-1e-6)))
+
+
+def preference_loss(config: PreferenceConfig, logps: Tensor, ref: Tensor, tokens: Tensor
+                    ) -> Tensor:
+    """Per-pair loss of ``config.loss`` from [n, 2] (chosen, rejected) summed log-probs of the
+    policy and the reference and the answers' token counts (``ref`` unused when reference-free)."""
+    if config.loss in ("sigmoid", "ipo"):
+        margin = (logps[:, 0] - ref[:, 0]) - (logps[:, 1] - ref[:, 1])
+        if config.loss == "sigmoid":
+            return -F.logsigmoid(config.beta * margin)
+        return (margin - 1 / (2 * config.beta)) ** 2
+    mean = logps / tokens.clamp(min=1)
+    if config.loss == "simpo":
+        return -F.logsigmoid(config.beta * (mean[:, 0] - mean[:, 1]) - config.simpo_gamma)
+    odds_ratio = -F.logsigmoid(_log_odds(mean[:, 0]) - _log_odds(mean[:, 1]))
+    return -mean[:, 0] + config.orpo_lambda * odds_ratio
 
 
 def prompt_and_answer(chat: ChatFormat, prompt: list[Message], answer: str
@@ -59,6 +86,11 @@ def encode_pair(chat: ChatFormat, pair: PreferencePair, max_len: int
     prompt = prompt[-(max_len - longest):] if truncated else prompt
     rows = [(prompt + a, [IGNORE] * len(prompt) + a) for a in (chosen, rejected)]
     return rows[0][0], rows[0][1], rows[1][0], rows[1][1], truncated
+
+
+def answer_tokens(targets: Tensor) -> Tensor:
+    """[n, 2] learned-token counts of pair rows, flattened [2n, T] or not [n, 2, T]."""
+    return (targets != IGNORE).sum(-1).float().view(-1, 2)
 
 
 def sequence_logps(model: nn.Module, ids: Tensor, targets: Tensor, loss_chunk: int) -> Tensor:
@@ -134,9 +166,11 @@ class DPOTask:
     name = "dpo"
 
     def __init__(self, train: PairData, val: PairData, ref_train: Tensor, ref_val: Tensor,
-                 beta: float, seed: int, eval_batch_size: int, loss_chunk: int = 0) -> None:
+                 config: PreferenceConfig, seed: int, eval_batch_size: int) -> None:
+        """``ref_train``: zeros when the loss is reference-free (it is not read)."""
         self.train, self.val, self.ref_train, self.ref_val = train, val, ref_train, ref_val
-        self.beta, self.eval_batch_size, self.loss_chunk = beta, eval_batch_size, loss_chunk
+        self.config, self.beta, self.eval_batch_size = config, config.beta, eval_batch_size
+        self.loss_chunk = config.train.loss_chunk
         self.sampler = EpochSampler(len(train), seed)
 
     def batch(self, step: int, micro: int, micro_batches: int, micro_size: int,
@@ -148,8 +182,7 @@ class DPOTask:
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         logps = sequence_logps(model, batch["inputs"], batch["targets"],
                                self.loss_chunk).view(-1, 2)
-        ref = batch["ref"]
-        losses = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.beta)
+        losses = preference_loss(self.config, logps, batch["ref"], answer_tokens(batch["targets"]))
         return losses.mean(), len(losses)
 
     def tokens_per_batch(self, batch: dict[str, Tensor]) -> int:
@@ -161,15 +194,14 @@ class DPOTask:
         per-token log-ratio to the reference (a KL estimate on these answers)."""
         logps = all_logps(model, self.val, self.eval_batch_size, dist.device, self.loss_chunk)
         rewards = self.beta * (logps - self.ref_val)
-        tokens = (self.val.targets != IGNORE).sum(-1).clamp(min=1).float()
+        tokens = answer_tokens(self.val.targets)
         stats = torch.tensor([
             float((rewards[:, 0] > rewards[:, 1]).float().mean()),
             float((rewards[:, 0] - rewards[:, 1]).mean()),
             float((logps[:, 0] > logps[:, 1]).float().mean()),
             float((logps[:, 0] / tokens[:, 0] > logps[:, 1] / tokens[:, 1]).float().mean()),
             float(((logps - self.ref_val) / tokens).mean()),
-            float(dpo_loss(logps[:, 0], logps[:, 1], self.ref_val[:, 0], self.ref_val[:, 1],
-                           self.beta).mean()),
+            float(preference_loss(self.config, logps, self.ref_val, tokens).mean()),
         ], dtype=torch.float64, device=dist.device)
         if dist.world > 1:
             stats = all_reduce_sum(stats) / dist.world
