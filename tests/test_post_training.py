@@ -12,7 +12,7 @@ from lmforge.config import LoraConfig, ModelConfig
 from lmforge.model import Transformer, save_model
 from lmforge.model.lora import adapters_disabled, apply_lora, load_adapter, merge_lora, save_adapter
 from lmforge.tokenizer import IM_END, IM_START
-from lmforge.train.preference import dpo_loss, sequence_logps
+from lmforge.train.preference import preference_loss, sequence_logps
 from lmforge.train.sft import IGNORE, encode_conversation, pack
 
 FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
@@ -122,11 +122,27 @@ def test_adapter_loads_in_peft_with_the_same_logits(tmp_path: Path, dora: bool) 
         assert torch.allclose(again(tokens).logits, ours, atol=1e-6)
 
 
-def test_dpo_loss_matches_a_hand_computed_value() -> None:
-    loss = dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
-                    torch.tensor([-11.0]), beta=0.1)
-    # margin = (-10 + 11) - (-12 + 11) = 2; loss = -log sigmoid(0.1 * 2) = log(1 + e^-0.2)
-    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.2)), abs=1e-6)
+def _odds(mean_logp: float) -> float:
+    return mean_logp - math.log(1 - math.exp(mean_logp))
+
+
+# policy log-probs (chosen -10 over 5 tokens, rejected -12 over 4), reference -11 and -11:
+# margin = (-10 + 11) - (-12 + 11) = 2; per-token means -2 and -3
+@pytest.mark.parametrize(("loss", "beta", "expected"), [
+    ("sigmoid", 0.1, math.log(1 + math.exp(-0.1 * 2))),
+    ("ipo", 0.1, (2 - 1 / (2 * 0.1)) ** 2),
+    ("simpo", 2.0, math.log(1 + math.exp(-(2.0 * (-2 + 3) - 0.5)))),
+    ("orpo", 0.1, 2 + 0.25 * math.log(1 + math.exp(-(_odds(-2) - _odds(-3))))),
+])
+def test_preference_losses_match_hand_computed_values(loss: str, beta: float,
+                                                      expected: float) -> None:
+    from lmforge.config import PreferenceConfig
+
+    config = PreferenceConfig(loss=loss, beta=beta, simpo_gamma=0.5,  # type: ignore[arg-type]
+                              orpo_lambda=0.25)
+    value = preference_loss(config, torch.tensor([[-10.0, -12.0]]),
+                            torch.tensor([[-11.0, -11.0]]), torch.tensor([[5.0, 4.0]]))
+    assert value.item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_sequence_logps_sum_only_labelled_tokens() -> None:
@@ -263,7 +279,7 @@ def test_qlora_sft_stage_reports_memory_saved(tiny_run: Path, tmp_path: Path) ->
 
 
 def test_dpo_learns_a_separable_preference(tok, chat, tmp_path: Path) -> None:  # noqa: ANN001
-    from lmforge.config import TrainConfig
+    from lmforge.config import PreferenceConfig, TrainConfig
     from lmforge.data import PreferencePair
     from lmforge.train.distributed import DistInfo
     from lmforge.train.loop import Trainer
@@ -277,9 +293,10 @@ def test_dpo_learns_a_separable_preference(tok, chat, tmp_path: Path) -> None:  
                                     n_heads=4, n_kv_heads=2)).eval()
     cpu = torch.device("cpu")
     ref_train, ref_val = all_logps(model, train, 8, cpu, 0), all_logps(model, val, 8, cpu, 0)
-    task = DPOTask(train, val, ref_train, ref_val, beta=0.1, seed=0, eval_batch_size=8)
     config = TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=30,
                          save_every=30)
+    task = DPOTask(train, val, ref_train, ref_val, PreferenceConfig(beta=0.1, train=config),
+                   seed=0, eval_batch_size=8)
     result = Trainer(config, model, task, tmp_path, DistInfo(0, 1, 0, cpu), 0,
                      show_progress=False).fit()
     before, after = result.history[0], result.final_metrics
