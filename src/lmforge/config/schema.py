@@ -324,6 +324,10 @@ class RecipeConfig:
                        and getattr(self.tokenizer, f.name) != f.default]
             check(not trained, "tokenizer", "no tokenizer-training settings beside model.base "
                   f"(remove {', '.join(trained)})", trained)
+        # a prefix is not merged into the weights: a GGUF file would silently drop it
+        check(self.sft.method != "prefix" or self.export.gguf == "none", "export.gguf",
+              '"none" with sft.method = "prefix" (llama.cpp and Ollama cannot apply prefix '
+              "tuning's prefixes)", self.export.gguf)
 
 
 # what only a tokenizer trained from scratch uses

@@ -41,7 +41,7 @@ import torch
 from lmforge.atomic import atomic_write_path
 from lmforge.config import GGUF_TYPES, ModelConfig
 from lmforge.export.gguf_vocab import write_vocab
-from lmforge.model import hf_config, load_model, model_state
+from lmforge.model import PREFIX_FOLDER, hf_config, load_model, model_state
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
@@ -70,6 +70,10 @@ def export_gguf(model_dir: Path, out: Path, qtype: str = "f32") -> GGUFExport:
     """Write ``model_dir`` (an lmforge or supported Hugging Face folder) as one GGUF file."""
     if qtype not in GGUF_TYPES:
         raise ValueError(f"--type must be one of {', '.join(GGUF_TYPES)}, not {qtype!r}")
+    if (Path(model_dir) / PREFIX_FOLDER).is_dir():
+        raise ValueError(f"{model_dir}: the model carries prefix tuning's prefixes "
+                         f"({PREFIX_FOLDER}/), which llama.cpp and Ollama cannot apply; export "
+                         "it to Hugging Face (peft loads the prefix) or fine-tune with LoRA")
     if qtype == "q4_k_m":
         return _llama_cpp_quantized(model_dir, Path(out))
     model = load_model(Path(model_dir))

@@ -11,7 +11,9 @@ lmforge's, with eos on those two. Either way the eos ids, in ``config.json`` and
 ``generation_config.json`` alike, gain whatever ends an answer in the folder's chat template:
 a base lists only its end of text (Qwen2.5's ``<|endoftext|>``, Llama 3.1's
 ``<|end_of_text|>``), and the assistant trained on it ends its turns with ``<|im_end|>`` or
-``<|eot_id|>``, where transformers and vLLM must stop.
+``<|eot_id|>``, where transformers and vLLM must stop. A model with prefix tuning's prefixes
+(never merged into weights) goes out as its base plus ``prefix/``, the PEFT folder that
+``peft.PeftModel.from_pretrained`` puts on top (vLLM serves no prefix tuning).
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from safetensors.torch import save_file
 
 from lmforge.atomic import atomic_dir
 from lmforge.config import GROUNDING_KEY
-from lmforge.model import HF_INDEX_NAME, WEIGHTS_NAME, hf_config, load_model, model_state
+from lmforge.model import (
+    HF_INDEX_NAME,
+    PREFIX_FOLDER,
+    WEIGHTS_NAME,
+    hf_config,
+    load_model,
+    model_state,
+    prefix_encoder,
+    save_prefix,
+)
 from lmforge.tokenizer import (
     BOS,
     EOS,
@@ -118,6 +129,9 @@ def export_hf(model_dir: Path, out_dir: Path, dtype: str = "float32",
     config["torch_dtype"] = config["dtype"] = dtype
     with atomic_dir(out_dir) as tmp:
         write_weights(hf_state(model_state(model), DTYPES[dtype]), tmp, max_shard_bytes)
+        encoder = prefix_encoder(model)
+        if encoder is not None:
+            save_prefix(encoder, tmp / PREFIX_FOLDER, str(out_dir))
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         copy_tokenizer_files(model_dir, tmp)  # the base's generation config too: replaced here
         (tmp / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2), encoding="utf-8")

@@ -40,6 +40,16 @@ from lmforge.atomic import atomic_open, atomic_write_text
 from lmforge.config import ModelConfig, from_dict
 from lmforge.model.hf_config import config_from_hf
 from lmforge.model.llama import Transformer
+from lmforge.model.lora import ADAPTER_CONFIG, load_adapter
+from lmforge.model.prefix import (
+    PREFIX_FOLDER,
+    load_prefix,
+    load_prefix_weights,
+    prefix_encoder,
+    prefix_parameter_names,
+    read_prefix_config,
+    save_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +70,29 @@ FUSED_NAMES = ("qkv_proj.weight", "gate_up_proj.weight", "w13.weight")
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters to save: contiguous, with a tied head stored once (as the embedding)."""
+    """Parameters to save: contiguous, with a tied head stored once (as the embedding), without
+    a prefix (which ``save_model`` writes to its own folder)."""
     tied = model_config(model).tie_embeddings  # wrapped (reward model): backbone.lm_head
     state = model.state_dict()
     fused = [k for k in state if k.endswith(FUSED_NAMES)]
     if fused:
         raise ValueError(f"{fused[0]}: this model was fused for inference (model/fuse.py); "
                          "save or export the folder it was loaded from instead")
+    prefix = prefix_parameter_names(model)
     return {k: v.detach().contiguous() for k, v in state.items()
-            if not (tied and k.endswith("lm_head.weight"))}
+            if not (tied and k.endswith("lm_head.weight")) and not k.startswith(prefix)}
 
 
 def save_model(model: nn.Module, folder: Path) -> None:
+    """Weights and config; a model with a prefix (model/prefix.py) also gets ``prefix/``."""
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_open(folder / WEIGHTS_NAME) as f:
         f.write(_safetensors_bytes(model_state(model)))
     atomic_write_text(folder / CONFIG_NAME,
                       json.dumps(dataclasses.asdict(model_config(model)), indent=2) + "\n")
+    encoder = prefix_encoder(model)
+    if encoder is not None:
+        save_prefix(encoder, folder / PREFIX_FOLDER, str(folder))
 
 
 def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
@@ -84,10 +100,17 @@ def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """``state`` into ``model``; a prefix the model carries comes from ``state`` when it holds
+    it (a gathered sharded checkpoint), else from ``source``'s ``prefix/`` (``save_model``)."""
     tied = model_config(model).tie_embeddings
     state = {k: v for k, v in state.items() if not (tied and k.endswith("lm_head.weight"))}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
+    encoder, prefix = prefix_encoder(model), prefix_parameter_names(model)
+    if encoder is not None and any(k.startswith(prefix) for k in missing) and \
+            (source / PREFIX_FOLDER).is_dir():
+        load_prefix_weights(encoder, source / PREFIX_FOLDER)
+        missing = [k for k in missing if not k.startswith(prefix)]
     if missing or unexpected:
         raise ValueError(f"{source}: weights do not match the config "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -115,7 +138,7 @@ def _peak_rss_mib() -> float:
 def load_model(folder: Path, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, adapter: Path | None = None) -> Transformer:
     """Load an lmforge model folder or a Hugging Face folder of a supported family, optionally
-    with a LoRA adapter (PEFT layout) on top, kept separate so it can be switched off."""
+    with a PEFT adapter on top: LoRA, kept separate so it can be switched off, or a prefix."""
     model, stats = load_model_with_stats(folder, device, dtype, adapter)
     log.info("loaded %s: %d tensors from %d files (%d converted) in %.1f s; peak RSS %.0f MiB "
              "(+%.0f MiB)", folder, stats.tensors, stats.files, stats.converted, stats.seconds,
@@ -128,9 +151,11 @@ def load_model_with_stats(folder: Path, device: str | torch.device = "cpu",
                           ) -> tuple[Transformer, LoadStats]:
     """``load_model``, and what it cost.
 
-    An lmforge folder builds its model initialised, as before, because seeded post-training
-    runs draw their later random numbers (LoRA, heads) after that initialisation. A Hugging
-    Face folder builds on the meta device: nothing initialised, nothing allocated twice."""
+    A folder's ``prefix/`` (prefix tuning) is applied, and so is ``adapter``: a PEFT folder of
+    LoRA or of a prefix. An lmforge folder builds its model initialised, as before, because
+    seeded post-training runs draw their later random numbers (LoRA, heads) after that
+    initialisation. A Hugging Face folder builds on the meta device: nothing initialised,
+    nothing allocated twice."""
     folder = Path(folder)
     start, rss_before = time.perf_counter(), _peak_rss_mib()
     if (folder / CONFIG_NAME).exists():
@@ -144,14 +169,24 @@ def load_model_with_stats(folder: Path, device: str | torch.device = "cpu",
     else:
         raise FileNotFoundError(f"{folder}: no {CONFIG_NAME} or config.json; not a model folder")
     tensors, converted = _fill(model, files, folder)
+    if (folder / PREFIX_FOLDER / ADAPTER_CONFIG).exists():
+        load_prefix(model, folder / PREFIX_FOLDER)
     if adapter is not None:
-        from lmforge.model.lora import load_adapter
-
-        load_adapter(model, Path(adapter))
+        _load_any_adapter(model, Path(adapter))
     model = model.to(device=device, dtype=dtype)
     rss_after = _peak_rss_mib()
     return model, LoadStats(len(files), tensors, converted, time.perf_counter() - start,
                             rss_after, max(0.0, rss_after - rss_before))
+
+
+def _load_any_adapter(model: Transformer, folder: Path) -> None:
+    """A PEFT adapter folder onto ``model``: prefix tuning or LoRA, as its config says."""
+    if not (folder / ADAPTER_CONFIG).exists():
+        raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG}; not a PEFT adapter folder")
+    if read_prefix_config(folder).get("peft_type") == "PREFIX_TUNING":
+        load_prefix(model, folder)
+    else:
+        load_adapter(model, folder)
 
 
 def hf_weight_files(folder: Path) -> list[Path]:

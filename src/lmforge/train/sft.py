@@ -184,8 +184,9 @@ def encode_all(chat: ChatFormat, conversations: list[Conversation], max_len: int
 def sft(config: SFTConfig, conversations: list[Conversation], data_stats: dict[str, Any],
         base: Path, out: Path, seed: int, resume: bool = False, show_progress: bool = True
         ) -> dict[str, Any]:
-    """Fine-tune the model in ``base`` on ``conversations``; leaves ``out/model`` (merged),
-    ``out/adapter`` with LoRA, and the report. ``{}`` on non-main processes."""
+    """Fine-tune the model in ``base`` on ``conversations``; leaves ``out/model`` (merged; with
+    a prefix, the base's weights and ``prefix/``), ``out/adapter`` with LoRA or a prefix, and
+    the report. ``{}`` on non-main processes."""
     chat = load_chat_format(base)
     train_conv, val_conv = split(conversations, config.val_fraction, seed)
     stats = dict(data_stats)
