@@ -2,6 +2,7 @@
 deduplication and corrections as pairs, a tiny model that learns a rated preference, and the
 whole path: answers and ratings through the real server, then ``lmforge kto``."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -142,3 +143,80 @@ def test_stage_says_which_store_holds_too_little(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=re.escape(f"{store} hold 2 feedback records, 2 usable "
                                                    "rated answers on 1 distinct prompts")):
         kto_stage(KTOConfig(feedback_files=[str(store)]), tmp_path, tmp_path / "kto", 0)
+
+
+def test_ratings_through_the_server_then_lmforge_kto(tok, chat, tmp_path: Path) -> None:  # noqa: ANN001
+    from conftest import FIXTURE_TOKENIZER
+    from fastapi.testclient import TestClient
+
+    from lmforge.cli import main
+    from lmforge.config import ServeConfig
+    from lmforge.model import save_model
+    from lmforge.serve import create_app
+    from lmforge.tokenizer import copy_tokenizer_files
+
+    model = tiny_model(tok, max_seq_len=256, seed=5)
+    assistant = tmp_path / "assistant"
+    save_model(model, assistant)
+    copy_tokenizer_files(FIXTURE_TOKENIZER, assistant)
+    store = tmp_path / "feedback.jsonl"
+    app = create_app(model, chat, AssistantConfig(), ServeConfig(feedback_file=str(store)),
+                     model_name="tiny")
+    # (rating, correction) per question: thumbs up and down, two corrections
+    ratings = [("up", ""), ("down", ""), ("up", ""), ("down", "犹豫期是十五天。"), ("up", ""),
+               ("down", "可以退保，退还现金价值。"), ("up", ""), ("down", "")]
+    with TestClient(app) as client:
+        for i, (rating, correction) in enumerate(ratings):
+            answer = client.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": f"第{i}个问题：保险{i}怎么办？"}],
+                "max_tokens": 8, "temperature": 1.0, "seed": i})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"].strip()
+            response_id = answer.json()["id"]
+            rated = client.post("/v1/feedback", json={"response_id": response_id,
+                                                      "rating": rating, "correction": correction})
+            assert rated.status_code == 200, rated.text
+            if i == 0:  # the first user changes their mind: only the last rating counts
+                rated = client.post("/v1/feedback",
+                                    json={"response_id": response_id, "rating": "down"})
+                assert rated.status_code == 200, rated.text
+    recipe = tmp_path / "kto.toml"
+    recipe.write_text(f"""
+[run]
+name = "kto"
+out_dir = "{(tmp_path / 'run').as_posix()}"
+seed = 7
+
+[kto]
+feedback_files = ["{store.as_posix()}"]
+val_fraction = 0.5
+
+[kto.lora]
+rank = 4
+alpha = 8.0
+
+[kto.train]
+init_from = "{assistant.as_posix()}"
+steps = 4
+batch_size = 2
+seq_len = 256
+lr = 0.003
+warmup_steps = 1
+eval_every = 2
+eval_batches = 2
+save_every = 4
+threads = 1
+""", encoding="utf-8")
+    assert main(["kto", "--recipe", str(recipe)]) == 0
+    out = tmp_path / "run" / "kto"
+    assert (out / "model" / "model.safetensors").exists() and (out / "adapter").is_dir()
+    assert (out / "report.md").exists()
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["steps"] == 4 and report["method"] == "lora"
+    feedback = report["feedback"]
+    assert feedback["records"] == 9 and feedback["files"] == {str(store): 9}
+    assert feedback["duplicates_dropped"] == {"earlier_rating": 1, "same_answer": 0}
+    assert (feedback["up"], feedback["down"], feedback["corrections"]) == (3, 5, 2)
+    assert feedback["examples"] == {"desirable": 5, "undesirable": 5}
+    assert report["examples"]["train"] + report["examples"]["val"] == 10
+    assert {"val_loss", "kl", "reward_margin", "desirable_above_z"} <= set(report["final"])
