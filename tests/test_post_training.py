@@ -122,6 +122,22 @@ def test_adapter_loads_in_peft_with_the_same_logits(tmp_path: Path, dora: bool) 
         assert torch.allclose(again(tokens).logits, ours, atol=1e-6)
 
 
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_a_sharded_checkpoints_adapters_fold_like_merge(dora: bool) -> None:
+    """What ``lmforge export consolidate`` does with a checkpoint's adapter tensors."""
+    from lmforge.model import load_state
+    from lmforge.train.sharded import _fold_lora, _lora_scalings
+
+    model, tokens = _model(), torch.randint(0, 320, (2, 16))
+    apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.0, use_dora=dora))
+    _randomise_lora(model)
+    folded = _fold_lora(model.state_dict(), _lora_scalings(model))
+    plain = _model(seed=1)
+    load_state(plain, folded, Path("checkpoint"))
+    with torch.no_grad():
+        assert torch.allclose(plain(tokens).logits, model(tokens).logits, atol=1e-5)
+
+
 def _odds(mean_logp: float) -> float:
     return mean_logp - math.log(1 - math.exp(mean_logp))
 

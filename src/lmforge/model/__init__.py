@@ -26,6 +26,7 @@ from lmforge.model.lora import (
     save_adapter,
 )
 from lmforge.model.prefix import (
+    PREFIX_ATTRIBUTE,
     PREFIX_FOLDER,
     PrefixEncoder,
     apply_prefix,
@@ -47,12 +48,12 @@ from lmforge.model.weights import (
     save_model,
 )
 
-__all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "PREFIX_FOLDER", "WEIGHTS_NAME", "BiEncoder", "Block",
-           "CrossEncoder", "EmbedPair", "KVCache", "LoadStats", "NF4Linear", "Output",
-           "PrefixEncoder", "RerankGroup", "Transformer", "adapters_disabled", "apply_lora",
-           "apply_prefix", "causal_mask", "config_from_hf", "doc_rank", "document_inputs",
-           "document_mask", "extend_embeddings", "fuse_for_inference", "hf_config",
-           "load_adapter", "load_model", "load_model_with_stats", "load_prefix", "load_state",
-           "merge_lora", "model_config", "model_state", "pad", "pad_rows",
+__all__ = ["ARCHITECTURES", "HF_INDEX_NAME", "PREFIX_ATTRIBUTE", "PREFIX_FOLDER", "WEIGHTS_NAME",
+           "BiEncoder", "Block", "CrossEncoder", "EmbedPair", "KVCache", "LoadStats", "NF4Linear",
+           "Output", "PrefixEncoder", "RerankGroup", "Transformer", "adapters_disabled",
+           "apply_lora", "apply_prefix", "causal_mask", "config_from_hf", "doc_rank",
+           "document_inputs", "document_mask", "extend_embeddings", "fuse_for_inference",
+           "hf_config", "load_adapter", "load_model", "load_model_with_stats", "load_prefix",
+           "load_state", "merge_lora", "model_config", "model_state", "pad", "pad_rows",
            "positions_within_documents", "prefix_encoder", "quantize_linears", "save_adapter",
            "save_model", "save_prefix", "score_group"]

@@ -41,7 +41,7 @@ from lmforge.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 PREFIX_FOLDER = "prefix"  # inside a model folder
 ENCODER_WEIGHTS = "encoder.safetensors"  # the projection's own weights, for exact resume
-ATTRIBUTE = "prefix_encoder"  # where the encoder hangs on the model
+PREFIX_ATTRIBUTE = "prefix_encoder"  # where the encoder hangs on the model
 _FORWARD = inspect.signature(Transformer.forward)
 
 
@@ -113,7 +113,7 @@ def _prefixed(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     """The model's arguments with the prefixes in: a ``PrefixedCache``, positions shifted past
     the prefix, and the prefix columns opened in a mask. A module-level function looking the
     encoder up on the model, so copies of the model (``copy.deepcopy``) keep working."""
-    encoder: PrefixEncoder = getattr(model, ATTRIBUTE)
+    encoder: PrefixEncoder = getattr(model, PREFIX_ATTRIBUTE)
     call = _FORWARD.bind(model, *args, **kwargs)
     call.apply_defaults()
     a = call.arguments
@@ -139,7 +139,7 @@ def _attach(model: Transformer, encoder: PrefixEncoder) -> PrefixEncoder:
     if prefix_encoder(model) is not None:
         raise ValueError("the model already carries a prefix")
     param = next(model.parameters())
-    setattr(model, ATTRIBUTE, encoder.to(param.device))
+    setattr(model, PREFIX_ATTRIBUTE, encoder.to(param.device))
     model.register_forward_pre_hook(_prefixed, with_kwargs=True)
     return encoder
 
@@ -156,7 +156,7 @@ def apply_prefix(model: Transformer, spec: PrefixConfig) -> PrefixEncoder:
 def prefix_encoder(model: nn.Module) -> PrefixEncoder | None:
     """The prefix a model (or the backbone inside a wrapper) carries, if any."""
     for module in model.modules():
-        found = getattr(module, ATTRIBUTE, None)
+        found = getattr(module, PREFIX_ATTRIBUTE, None)
         if isinstance(found, PrefixEncoder):
             return found
     return None

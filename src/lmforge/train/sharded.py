@@ -41,7 +41,14 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lmforge.atomic import atomic_write_text
 from lmforge.config import ModelConfig, from_dict
-from lmforge.model import WEIGHTS_NAME, Transformer, load_state, model_config, save_model
+from lmforge.model import (
+    PREFIX_ATTRIBUTE,
+    WEIGHTS_NAME,
+    Transformer,
+    load_state,
+    model_config,
+    save_model,
+)
 from lmforge.train.checkpoint import list_checkpoints, remove_leftovers, restore_rng, rng_state
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.parallel import tie_groups
@@ -138,19 +145,28 @@ def _full_tensors(shards: Path) -> dict[str, Tensor]:
 
 
 def _fold_lora(tensors: dict[str, Tensor], scalings: dict[str, float]) -> dict[str, Tensor]:
-    """Adapters folded into their base weights: ``x.base.weight + s * B @ A`` as ``x.weight``."""
+    """Adapters folded into their base weights: ``x.base.weight + s * B @ A`` as ``x.weight``,
+    DoRA's rescaled per row to its magnitude (``m / ||W + s B A|| * (W + s B A)``)."""
     if any(k.endswith((".base.packed", ".base.absmax")) for k in tensors):
         raise ValueError("a QLoRA checkpoint (4-bit base) cannot be consolidated; the stage "
                          "saves its merged model when training ends")
+    if any(k.startswith(PREFIX_ATTRIBUTE + ".") for k in tensors):
+        raise ValueError("a prefix-tuning checkpoint cannot be consolidated (a prefix is not "
+                         "merged into weights); the stage saves model/ with its prefix/ when "
+                         "training ends")
     out: dict[str, Tensor] = {}
     for key, value in tensors.items():
-        if ".lora_A." in key or ".lora_B." in key:
+        if ".lora_A." in key or ".lora_B." in key or key.endswith(".lora_magnitude_vector"):
             continue
         name = key.replace(".base.", ".")
         module = key.rsplit(".base.", 1)[0]
         if module in scalings and key.endswith(".base.weight"):
             a, b = tensors[f"{module}.lora_A.weight"], tensors[f"{module}.lora_B.weight"]
-            value = value + scalings[module] * (b.float() @ a.float()).to(value.dtype)
+            folded = value.float() + scalings[module] * (b.float() @ a.float())
+            magnitude = tensors.get(f"{module}.lora_magnitude_vector")
+            if magnitude is not None:
+                folded = folded * (magnitude.float() / folded.norm(dim=1))[:, None]
+            value = folded.to(value.dtype)
         out[name] = value
     return out
 
