@@ -190,7 +190,8 @@ def test_serve_folder_loads_and_calls_run_server(tmp_path: Path, chat, model,  #
     serve_folder(folder, assistant, ServeConfig(), keys, quantize="int8",
                  adapter=tmp_path / "lora")
     assert loaded == [(folder, tmp_path / "lora", "int8")]
-    assert served == [(model, chat, assistant, ServeConfig(), keys, None, "my-model",
+    stored = ServeConfig(feedback_file=str(tmp_path / "feedback.jsonl"))  # "auto": beside
+    assert served == [(model, chat, assistant, stored, keys, None, "my-model",
                        GroundingConfig(), None)]
     serve_folder(folder, assistant, ServeConfig(model_name="named"), keys,
                  rag_index=tmp_path / "index")

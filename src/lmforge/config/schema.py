@@ -192,13 +192,20 @@ class ServeConfig:
     # one JSON line per request (who, route, status, tokens, verdict, documents; never
     # a key or the text; lmforge/serve/audit.py); "": none
     audit_log: str = ""
+    # users' ratings of answers (POST /v1/feedback, the web chat's thumbs; lmforge/feedback.py):
+    # "auto": feedback.jsonl in the run folder of the served model (runs/NAME/STAGE/model ->
+    # runs/NAME/feedback.jsonl), beside the model folder when it is not a run's; "": none
+    feedback_file: str = "auto"
+    feedback_answers: int = 4_096  # the newest answers kept in memory that users may rate
+    max_correction_chars: int = 4_000  # characters of one feedback correction
 
     def __post_init__(self) -> None:
         check(0 < self.port < 65536, "port", "a TCP port", self.port)
         for name in ("max_batch", "max_context", "max_waiting", "max_n", "max_body_bytes",
                      "max_beams", "max_prompt_chars", "max_messages", "max_question_chars",
                      "max_stops",
-                     "max_stop_chars", "max_embedding_inputs", "max_embedding_chars"):
+                     "max_stop_chars", "max_embedding_inputs", "max_embedding_chars",
+                     "feedback_answers", "max_correction_chars"):
             check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
         check(self.disconnect_poll_s > 0, "disconnect_poll_s", "positive",
               self.disconnect_poll_s)

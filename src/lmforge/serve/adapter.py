@@ -6,6 +6,7 @@ path (``Grounding.ground``) and decodes their answers as the model folder's grou
 streams and collects or streams their events as OpenAI bodies; a RAG answer carries its sources
 and the citation check of its sentences. Beam search, embeddings and retrieval run in worker
 threads, beside the engine, each counted against ``max_waiting`` with the engine's requests.
+Each chat answer is remembered (``answers.py``), so its user can rate it (``/v1/feedback``).
 A conversation the model's chat template refuses (roles out of the order it takes, an answer it
 would rewrite) is the client's to fix: a 400 that says what the template refused.
 No HTTP routing here: ``routes.py`` only hands requests in.
@@ -19,6 +20,8 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +35,7 @@ from lmforge.prompts import NO_ANSWER
 from lmforge.rag import GroundedPrompt, Grounding
 from lmforge.serve import agentic, limits, tools
 from lmforge.serve.agentic import AgentService
+from lmforge.serve.answers import Answers
 from lmforge.serve.audit import current
 from lmforge.serve.keys import Principal, access
 from lmforge.serve.metrics import Metrics
@@ -40,6 +44,7 @@ from lmforge.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    FeedbackRequest,
     RagOptions,
     SamplingFields,
     envelope,
@@ -108,11 +113,15 @@ class Serving:
     grounding: Grounding | None = None
     grounding_settings: GroundingConfig = field(default_factory=GroundingConfig)
     agent: AgentService | None = None
+    feedback_file: Path | None = None  # where users' ratings go (None: they are refused)
     streams: Streams = field(init=False)
     moderator: Moderator = field(init=False)
+    answers: Answers | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.moderator = Moderator(self.config.moderation)
+        self.answers = None if self.feedback_file is None else Answers(
+            self.config.feedback_answers, self.feedback_file, self.model_name)
         self.streams = Streams(self.tok, self.config, self.model_name, self.runner, self.metrics,
                                self.moderator)
 
@@ -198,7 +207,7 @@ class Serving:
         with template_refusals(len(messages) > len(body.messages)):
             grounded = await self.ground(body, messages, principal, requested)
             if grounded is not None and not grounded.answerable:
-                return self.no_answer(body)
+                return self.no_answer(body, messages, principal)
             if grounded is not None:
                 messages = grounded.messages
             prompt, evidence = await run_in_threadpool(self.encode_conversation, messages,
@@ -210,6 +219,9 @@ class Serving:
             current().add_documents(s["document"] for s in cited["sources"])
         budget = self.budget(len(prompt), requested, "messages")
         request_id = new_id("chatcmpl")
+        # what the first choice said, once it is whole: what its user may rate
+        answered = partial(self.remember, request_id, principal, messages,
+                           cited.get("sources", []))
         self.metrics.prompt_tokens += len(prompt) * body.n
         if body.use_beam_search:
             results = await self.beams(prompt, body, budget)
@@ -219,7 +231,7 @@ class Serving:
                                          grammar=decoding.grammar)
             if body.stream:
                 chunks = self.streams.chat_chunks(request_id, streams, cited, body.logprobs,
-                                                  decoding)
+                                                  decoding, answered)
                 return self.streams.sse(chunks, streams)
             results = await self.streams.collect(streams, disconnected, "messages")
         total = sum(r.tokens for r in results)
@@ -227,6 +239,7 @@ class Serving:
         current().add_usage(len(prompt), total)
         choices = [self.chat_choice(i, r, body.logprobs, cited, decoding)
                    for i, r in enumerate(results)]
+        answered(choices[0]["message"]["content"] or "")
         return envelope("chat.completion", request_id, self.model_name, choices,
                         usage=usage(len(prompt), total), **cited)
 
@@ -273,6 +286,23 @@ class Serving:
                 "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                          for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": count, "total_tokens": count}}
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    def remember(self, request_id: str, principal: Principal | None, messages: list[Message],
+                 sources: list[dict[str, Any]], answer: str) -> None:
+        """Keep an answer (its first choice, as the client got it) for its user to rate."""
+        if self.answers is not None:
+            self.answers.remember(request_id, principal, messages, sources, answer)
+
+    async def feedback(self, body: FeedbackRequest, principal: Principal | None
+                       ) -> dict[str, str]:
+        if self.answers is None:
+            raise APIError(404, "this server keeps no feedback (serve.feedback_file is empty)",
+                           code="feedback_unavailable")
+        limits.check_feedback(body, self.config)
+        item = await self.answers.rate(body, principal)
+        return {"id": item.id, "status": "recorded"}
 
     # -- checks, grounding and the token budget ---------------------------------------------
 
@@ -355,10 +385,15 @@ class Serving:
                            param=param, code="context_length_exceeded")
         return budget
 
-    def no_answer(self, body: ChatCompletionRequest) -> Any:
+    def no_answer(self, body: ChatCompletionRequest, messages: list[Message],
+                  principal: Principal | None) -> Any:
         """Nothing relevant was retrieved: say so, never invent. No sources, so no sentence
-        to check (``citations`` is empty)."""
-        return self.fixed_answer(body, NO_ANSWER, "stop", {"citations": []}, {"sources": []})
+        to check (``citations`` is empty). Its user may rate it: the gate may have been
+        wrong."""
+        request_id = new_id("chatcmpl")
+        self.remember(request_id, principal, messages, [], NO_ANSWER)
+        return self.fixed_answer(body, NO_ANSWER, "stop", {"citations": []}, {"sources": []},
+                                 request_id)
 
     def refused(self, body: ChatCompletionRequest, verdict: Verdict) -> Any:
         """Moderation turned the request down: the policy's refusal, finish
@@ -368,9 +403,10 @@ class Serving:
                                  {"moderation": verdict.as_dict()})
 
     def fixed_answer(self, body: ChatCompletionRequest, text: str, finished: str,
-                     per_choice: dict[str, Any], extra: dict[str, Any]) -> Any:
+                     per_choice: dict[str, Any], extra: dict[str, Any],
+                     request_id: str | None = None) -> Any:
         """An answer the model did not generate, as a whole body or a one-chunk stream."""
-        request_id = new_id("chatcmpl")
+        request_id = request_id or new_id("chatcmpl")
         if body.stream:
             async def chunks() -> AsyncIterator[dict[str, Any]]:
                 yield envelope("chat.completion.chunk", request_id, self.model_name,

@@ -7,6 +7,7 @@ request for the caller: ``search_documents`` reads with the caller's ACL and ten
 the caller's own (per API-key user, inside its tenant), and only the recipe's tools exist. The
 answer comes back with the run's trace (``trace``; streamed, one ``agent_step`` chunk per
 step, then the answer); what the documents search retrieved is written to the audit log.
+Its user may rate the answer like any other (``answers.py``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ async def answer(serving: Serving, body: ChatCompletionRequest, messages: list[M
         record.flag(shown.verdict)
         finished = "content_filter"
     request_id = new_id("chatcmpl")
+    # rated with the conversation of its last turn: memory, calls and results (not the answer)
+    serving.remember(request_id, principal, done.messages[:-1], [], shown.text)
     if body.stream:
         return serving.streams.sse(_chunks(serving, request_id, done, shown.text, finished), [])
     return envelope("chat.completion", request_id, serving.model_name,

@@ -3,8 +3,8 @@
 ``create_app`` is the factory: it puts the server's state on ``app.state`` (the engine and, while
 the server runs, its runner thread and the serving adapter; the settings, the model's chat
 format, assistant, API keys, grounding and its decoding settings, metrics, the keys' rate
-limits and the audit log), adds the middleware (API keys, rate limits, audit, body
-limit, metrics) and the OpenAI-shaped error handlers, and mounts the page. The
+limits, the audit log and the feedback store), adds the middleware (API keys, rate limits,
+audit, body limit, metrics) and the OpenAI-shaped error handlers, and mounts the page. The
 routes (``routes.py``) are thin; the adapter (``adapter.py``) talks to the engine. No module
 globals.
 """
@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmforge.agent import MemoryStore
+from lmforge.atomic import create_appendable
 from lmforge.config import AgentConfig, AssistantConfig, GroundingConfig, ServeConfig
 from lmforge.infer import Engine
 from lmforge.model import Transformer
@@ -59,7 +60,9 @@ def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
     RAG answers decode with ``grounding_settings`` (the model folder's, read by
     ``infer.read_grounding``; plain decoding when none). ``keys`` (if any) are required on
     every route but ``/``, ``/health`` and the static files. The API reports the model as
-    ``config.model_name``, or else ``model_name``."""
+    ``config.model_name``, or else ``model_name``. Users' ratings go to
+    ``config.feedback_file`` (``serve_folder`` resolves "auto" for its model folder; here,
+    with no folder to put it in, "auto" keeps no feedback, as "" does)."""
     app = FastAPI(title="lmforge", description="OpenAI-compatible API of an lmforge model",
                   lifespan=lifespan)
     state = app.state
@@ -74,6 +77,7 @@ def create_app(model: Transformer, chat: ChatFormat, assistant: AssistantConfig,
     state.metrics = Metrics()
     state.limiter = RateLimiter(config.rate_limit)
     state.audit = AuditLog(Path(config.audit_log)) if config.audit_log else None
+    state.feedback_file = feedback_store(config.feedback_file)
     state.engine = Engine(model, chat.tokenizer, max_batch=config.max_batch,
                           max_len=config.context(model.config.max_seq_len),
                           prefix_cache_tokens=None if config.prefix_cache_tokens < 0
@@ -98,11 +102,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.runner = EngineRunner(state.engine, state.config.max_waiting)
     state.serving = Serving(state.model, state.chat, state.assistant, state.config,
                             state.model_name, state.runner, state.metrics, state.grounding,
-                            state.grounding_settings, state.agent)
+                            state.grounding_settings, state.agent, state.feedback_file)
     try:
         yield
     finally:
         state.runner.close()
+
+
+def feedback_store(setting: str) -> Path | None:
+    """The feedback store's path (None: none), created now: a path that cannot be written
+    stops the server when it starts, naming it, never at a user's first rating."""
+    if setting in ("", "auto"):
+        return None
+    path = Path(setting)
+    try:
+        create_appendable(path)
+    except OSError as err:
+        raise ValueError(f"serve.feedback_file {path}: cannot be written ({err.strerror})"
+                         ) from None
+    return path
 
 
 class Guard:
@@ -251,7 +269,8 @@ def banner(app: FastAPI) -> str:
     state = app.state
     url = f"http://{state.config.host}:{state.config.port}"
     rag = "on" if state.grounding is not None else "off (no --rag-index)"
+    feedback = state.feedback_file or "off (serve.feedback_file)"
     keys = (f"required ({len(state.keys.keys)} key(s))" if state.keys.required
             else "not required")
     return (f"serving '{state.model_name}' as {state.assistant.name}: web chat {url}/, "
-            f"API {url}/v1; RAG {rag}; API key {keys}")
+            f"API {url}/v1; RAG {rag}; API key {keys}; feedback {feedback}")

@@ -1,8 +1,9 @@
 """What one request may ask of the server, checked before any tokenising, retrieval or
 generation so that one client cannot starve the others: prompt and message sizes, the RAG
 question, stop strings (their matching runs on the engine thread for every generated token of
-every sample, so their number and length bound its cost), embeddings inputs, the model name,
-and the OpenAI parameters this server does not honour (rejected rather than ignored).
+every sample, so their number and length bound its cost), embeddings inputs, a feedback
+correction, the model name, and the OpenAI parameters this server does not honour (rejected
+rather than ignored).
 Each refusal is a 400 in OpenAI's shape naming the parameter (a wrong model: a 404).
 
 And what one API key may ask per minute (``RateLimiter``, ``[serve.rate_limit]``): requests,
@@ -25,6 +26,7 @@ from lmforge.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    FeedbackRequest,
     SamplingFields,
 )
 
@@ -109,6 +111,12 @@ def check_embedding(body: EmbeddingRequest, config: ServeConfig) -> list[str]:
     if any(not t for t in texts):
         raise APIError(400, "input texts must be non-empty", param="input")
     return texts
+
+
+def check_feedback(body: FeedbackRequest, config: ServeConfig) -> None:
+    if len(body.correction) > config.max_correction_chars:
+        raise too_long("correction", f"a correction of {len(body.correction)} characters",
+                       config.max_correction_chars)
 
 
 @dataclass

@@ -170,6 +170,15 @@ class EmbeddingRequest(BaseModel):
     input_type: Literal["query", "passage"] = "passage"  # extension: e5's two prefixes
 
 
+class FeedbackRequest(BaseModel):
+    """A user's rating of one of their answers (``POST /v1/feedback``, an lmforge extension):
+    the answer is named by its chat completion ``id``; the server kept what it was."""
+
+    response_id: Text = Field(min_length=1, max_length=64)
+    rating: Literal["up", "down"]
+    correction: Text = ""  # what the answer should have said (serve.max_correction_chars)
+
+
 class APIError(Exception):
     """A request the server turns down, answered in OpenAI's error shape."""
 

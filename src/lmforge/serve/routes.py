@@ -10,7 +10,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from lmforge.serve.adapter import Serving
-from lmforge.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from lmforge.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    FeedbackRequest,
+)
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -42,7 +47,7 @@ async def metrics(request: Request) -> str:
 async def models(request: Request) -> dict[str, Any]:
     state = request.app.state
     return {"object": "list", "rag": state.grounding is not None,
-            "agent": state.agent is not None,
+            "agent": state.agent is not None, "feedback": state.feedback_file is not None,
             "data": [{"id": state.model_name, "object": "model", "created": 0,
                       "owned_by": "lmforge"}]}
 
@@ -76,3 +81,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 @router.post("/v1/chat/completions")
 async def chat(body: ChatCompletionRequest, request: Request) -> Any:
     return await serving(request).chat(body, request.state.principal, request.is_disconnected)
+
+
+@router.post("/v1/feedback")
+async def feedback(body: FeedbackRequest, request: Request) -> dict[str, str]:
+    """A user's thumb up or down (and correction) on one of their chat answers."""
+    return await serving(request).feedback(body, request.state.principal)

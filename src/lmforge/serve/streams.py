@@ -146,12 +146,15 @@ class Streams:
 
     async def chat_chunks(self, request_id: str, streams: list[Stream],
                           cited: dict[str, Any], logprobs: bool = False,
-                          decoding: ToolPlan | None = None
+                          decoding: ToolPlan | None = None,
+                          answered: Callable[[str], None] | None = None
                           ) -> AsyncIterator[dict[str, Any]]:
         """The first chunk of each choice carries the ``sources`` (when ``cited`` has them),
         its last one that choice's ``citations``, checked on the text it showed. Each choice
         is read as ``Shown`` reads it (tool calls, moderation); one that moderation stops is
-        cancelled at once and says ``content_filter``."""
+        cancelled at once and says ``content_filter``. Once every choice has ended,
+        ``answered`` gets the first one's text as shown (a stream its client left is not
+        whole, and gets no call)."""
         for i in range(len(streams)):
             yield envelope("chat.completion.chunk", request_id, self.model_name,
                            [{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -168,6 +171,8 @@ class Streams:
                 choice["logprobs"] = chat_logprobs(self.tok, self.token_bytes, [event])
             yield envelope("chat.completion.chunk", request_id, self.model_name, [choice])
             self.stop_if_over(shown[i], streams[i], event)
+        if answered is not None:
+            answered(shown[0].text)
 
     def stop_if_over(self, shown: Shown, stream: Stream, event: Event) -> None:
         """A choice moderation ended is cancelled at once; its queue ends here."""
