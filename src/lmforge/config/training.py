@@ -316,6 +316,7 @@ class RLConfig:
     epochs: int = 2  # optimisation passes over each rollout batch
     whiten_rewards: bool = True  # PPO: rewards to zero mean, unit variance per batch
     unsupported_penalty: float = 0.5  # grounded: per sentence the passages do not support
+    val_fraction: float = 0.3  # of prompts (by question), never trained on: evaluation
     val_prompts: int = 32  # held-out prompts scored (greedy) at each evaluation
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=40, batch_size=8, seq_len=512, lr=2e-5, warmup_steps=0, eval_every=10,
@@ -330,6 +331,8 @@ class RLConfig:
         check(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         fraction("gamma", self.gamma)
         fraction("lam", self.lam)
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
+              self.val_fraction)
         # checkpoints on rollout boundaries: a resumed run regenerates the rollout it is in
         check(self.train.save_every % self.epochs == 0, "train.save_every",
               f"a multiple of epochs ({self.epochs})", self.train.save_every)

@@ -4,10 +4,13 @@ post-training examples (conversations, preference pairs) built from a recipe's s
 from lmforge.data.chat import Conversation, PreferencePair, RecordError, load_conversations
 from lmforge.data.clean import scrub_pii
 from lmforge.data.domain_qa import (
+    QA,
     KeptOut,
     heldout_contracts,
     heldout_questions,
     kept_out,
+    load_qa,
+    rag_question,
     validation_contracts,
 )
 from lmforge.data.feedback import FeedbackData, RatedAnswer, load_feedback
@@ -17,8 +20,8 @@ from lmforge.data.prepare import in_heldout, prepare
 from lmforge.data.shards import ShardError, ShardSet
 from lmforge.data.tokenize import encode_document, tokenize_corpus
 
-__all__ = ["Conversation", "Document", "FeedbackData", "KeptOut", "PreferencePair", "Problem",
+__all__ = ["QA", "Conversation", "Document", "FeedbackData", "KeptOut", "PreferencePair", "Problem",
            "RatedAnswer", "Reader", "RecordError", "ShardError", "ShardSet", "encode_document",
            "heldout_contracts", "heldout_questions", "in_heldout", "jsonl_records", "kept_out",
-           "load_conversations", "load_feedback", "preference_examples", "prepare", "scrub_pii",
-           "sft_examples", "tokenize_corpus", "validation_contracts"]
+           "load_conversations", "load_feedback", "load_qa", "preference_examples", "prepare",
+           "rag_question", "scrub_pii", "sft_examples", "tokenize_corpus", "validation_contracts"]

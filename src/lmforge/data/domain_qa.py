@@ -24,8 +24,8 @@ from typing import Any
 from lmforge.config import GroundingConfig, SFTConfig
 from lmforge.data.chat import Conversation, Message, PreferencePair
 from lmforge.data.ingest import jsonl_records
-from lmforge.splits import held_out
 from lmforge.prompts import Passage, rag_user_message
+from lmforge.splits import held_out
 from lmforge.text import char_f1, cite_each, extract_answer, sentence_runs
 
 EVASIVE = ["这个问题比较复杂，建议您咨询保险公司客服。", "我无法确定，请参考具体合同条款。",
@@ -111,14 +111,22 @@ def sft_conversations(items: list[QA], by_pid: dict[str, dict[str, str]], system
         out.append(Conversation([*head, {"role": "user", "content": item.question},
                                  {"role": "assistant", "content": item.answer}],
                                 f"qa:{item.qid}:bare"))
-        pids, gold = _context(item, by_pid, distractors, rng)
-        shown = _passages(pids, by_pid, max_chars)
+        user, _, shown, gold = rag_question(item, by_pid, distractors, max_chars, rng)
         reply = grounded_answer(item.answer, shown[gold - 1], gold, answer)
-        user = rag_user_message(item.question, shown)
         out.append(Conversation([*head, {"role": "user", "content": user},
                                  {"role": "assistant", "content": reply}],
                                 f"qa:{item.qid}:rag"))
     return out
+
+
+def rag_question(item: QA, by_pid: dict[str, dict[str, str]], distractors: int,
+                 max_chars: int, rng: random.Random
+                 ) -> tuple[str, list[str], list[Passage], int]:
+    """The question after its passages as the RAG prompt shows them (the gold among
+    distractors): (user message, passage ids, the passages, the gold's 1-based number)."""
+    pids, gold = _context(item, by_pid, distractors, rng)
+    shown = _passages(pids, by_pid, max_chars)
+    return rag_user_message(item.question, shown), pids, shown, gold
 
 
 def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system: str,
@@ -130,10 +138,9 @@ def preference_pairs(items: list[QA], by_pid: dict[str, dict[str, str]], system:
         by_gold.setdefault(item.gold_pid, []).append(item)
     pairs = []
     for n, item in enumerate(items):
-        pids, gold = _context(item, by_pid, distractors, rng)
+        user, pids, shown, gold = rag_question(item, by_pid, distractors, max_chars, rng)
         head: list[Message] = [{"role": "system", "content": system}] if system else []
-        shown = _passages(pids, by_pid, max_chars)
-        prompt = [*head, {"role": "user", "content": rag_user_message(item.question, shown)}]
+        prompt = [*head, {"role": "user", "content": user}]
         wrong = [(i + 1, q) for i, p in enumerate(pids) if p != item.gold_pid
                  for q in by_gold.get(p, [])]
         if n % 2 == 0 and wrong:

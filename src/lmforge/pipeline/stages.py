@@ -40,6 +40,7 @@ from lmforge.pipeline.evaluate import evaluate_run
 from lmforge.pipeline.kto import kto_stage
 from lmforge.pipeline.layout import RunLayout
 from lmforge.pipeline.retrieval import train_retrieval
+from lmforge.pipeline.rl import rl_args, rl_stage
 from lmforge.pipeline.run import Stage
 from lmforge.rag import RagIndex
 from lmforge.tokenizer import base_tokenizer, train_tokenizer
@@ -232,7 +233,11 @@ BY_NAME = {stage.name: stage for stage in STAGES} | {
     # KTO on the users' ratings of the trained assistant
     "kto": Stage("kto", kto_stage, lambda r, layout: {
         "config": r.kto, "base": _start(r.kto.train.init_from, layout.trained),
-        "out": layout.stage("kto"), "seed": r.run.seed}, resumable=True)}
+        "out": layout.stage("kto"), "seed": r.run.seed}, resumable=True),
+    # on-policy RL from the trained assistant: PPO with the rm stage's reward model, GRPO with
+    # rewards the domain verifies (exam letters, cited gold passages)
+    "ppo": Stage("ppo", rl_stage("ppo"), rl_args("ppo"), resumable=True),
+    "grpo": Stage("grpo", rl_stage("grpo"), rl_args("grpo"), resumable=True)}
 
 
 def print_summary(stage: str, summary: dict[str, Any]) -> None:

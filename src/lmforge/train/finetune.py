@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import PreferenceConfig, SFTConfig
+from lmforge.config import KTOConfig, PreferenceConfig, RLConfig, SFTConfig
 from lmforge.model import (
     Transformer,
     apply_lora,
@@ -33,8 +33,8 @@ def split(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list
     return train, val
 
 
-def choose_trainable(model: Transformer, method: str, config: SFTConfig | PreferenceConfig
-                     ) -> None:
+def choose_trainable(model: Transformer, method: str,
+                     config: SFTConfig | PreferenceConfig | KTOConfig | RLConfig) -> None:
     """Full: everything. Freeze: the last N blocks and final norm. LoRA: adapters only.
     Prefix: the key/value prefixes only."""
     if method == "lora":
@@ -50,8 +50,9 @@ def choose_trainable(model: Transformer, method: str, config: SFTConfig | Prefer
             p.requires_grad_(name.startswith(tuple(keep)) or name.startswith("norm."))
 
 
-def save_merged(model: Transformer, method: str, config: SFTConfig | PreferenceConfig,
-                base: Path, out: Path) -> None:
+def save_merged(model: Transformer, method: str,
+                config: SFTConfig | PreferenceConfig | KTOConfig | RLConfig, base: Path, out: Path
+                ) -> None:
     """Adapter (PEFT layout) if LoRA or a prefix, then the merged model as a self-contained
     folder (with a prefix: the base's weights and ``prefix/``, written by ``save_model``)."""
     if method == "lora":

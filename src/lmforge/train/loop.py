@@ -60,6 +60,14 @@ class Task(Protocol):
         ...
 
 
+def step_metrics(task: Task, dist: DistInfo) -> dict[str, float]:
+    """What a task measures while it trains, logged beside the loss: an RL task's rollout
+    reward, KL, entropy and lengths (``step_metrics(dist)``, optional; called on every
+    process at the same steps, so it may all-reduce)."""
+    measure = getattr(task, "step_metrics", None)
+    return measure(dist) if measure is not None else {}
+
+
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps had a non-finite loss; the last good checkpoint is intact."""
 
@@ -230,7 +238,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
             if done % config.log_every == 0 or done == config.steps:
                 row = {"step": done, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                       "grad_norm": grad_norm, "tokens_per_s": rate}
+                       "grad_norm": grad_norm, "tokens_per_s": rate,
+                       **step_metrics(self.task, self.dist)}
                 log.write(row)
             if done % config.eval_every == 0 or done == config.steps:
                 last = self.evaluate()

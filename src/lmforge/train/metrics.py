@@ -63,3 +63,24 @@ def plot_losses(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.legend(loc="upper right")
     ax.set_title(title)
     save_figure(fig, path)
+
+
+def plot_rl_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """An RL run's four curves: reward, KL to the reference, entropy and response length,
+    per rollout (training rows) and greedy on held-out prompts (evaluation rows)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), dpi=110)
+    panels = [("reward", "reward"), ("kl", "KL to reference (nats/answer)"),
+              ("entropy", "entropy (nats/token)"), ("response_length", "response tokens")]
+    for ax, (key, label) in zip(axes.flat, panels, strict=True):
+        for prefix, style in (("", "-"), ("val_", "o--")):
+            points = [(r["step"], r[prefix + key]) for r in rows if prefix + key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, ms=3, lw=1,
+                        label="held-out (greedy)" if prefix else "rollouts")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.legend(loc="best", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

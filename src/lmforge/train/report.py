@@ -59,5 +59,7 @@ def write_training_report(out: Path, title: str, report: dict[str, Any]) -> None
           f"tokens/s; {report['bad_steps']} steps skipped for non-finite loss.", "",
           markdown_table(["metric", "before training", "final",
                           f"best (step {best.get('step', '-')})"], rows), "",
-          *efficiency_line(report), *_data_section(report), "![loss curve](loss.png)"]
+          *efficiency_line(report), *_data_section(report), "![loss curve](loss.png)",
+          *([f"![reward, KL, entropy and length]({report['curves']})"]
+            if "curves" in report else [])]
     write_report_pair(out, report, "\n".join(md))

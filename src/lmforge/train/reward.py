@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.config import PreferenceConfig
 from lmforge.data import PreferencePair
-from lmforge.model import merge_lora, save_model
+from lmforge.model import load_model, merge_lora, save_model
 from lmforge.tokenizer import copy_tokenizer_files, load_chat_format
 from lmforge.train.distributed import DistInfo
 from lmforge.train.finetune import choose_trainable
@@ -51,3 +51,15 @@ def reward_model(config: PreferenceConfig, pairs: list[PreferencePair],
 
     return run_task(config.train, build, out, seed, "Reward model", save, resume,
                     show_progress)
+
+
+def load_reward_model(folder: Path) -> RewardModel:
+    """A model folder the reward-model stage left, with its head, ready to score (PPO)."""
+    head = folder / HEAD_NAME
+    if not head.is_file():
+        raise ValueError(f"{folder}: no {HEAD_NAME}; this is not a reward model folder (train "
+                         "one with `lmforge rm`)")
+    model = RewardModel(load_model(folder))
+    model.score.load_state_dict(
+        {"weight": load_file(str(head))["score.weight"].to(model.score.weight.dtype)})
+    return model.eval().requires_grad_(False)
