@@ -108,10 +108,10 @@ def test_verifiable_rewards() -> None:
 
 # --- a toy task with a known optimum: answers made only of one given token --------------------
 
-def _base(tmp_path: Path, vocab: int) -> Path:
+def _base(tmp_path: Path, vocab: int, context: int = 128) -> Path:
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4,
-                                    n_kv_heads=2, max_seq_len=128))
+                                    n_kv_heads=2, max_seq_len=context))
     with torch.no_grad():  # a peaked start: some tokens are likely, so rewards vary
         model.lm_head.weight.mul_(12.0)
     save_model(model, tmp_path / "base")
@@ -208,3 +208,25 @@ def test_full_tuning_keeps_a_frozen_reference(chat: Any, tmp_path: Path) -> None
     rows = [r for r in _rows(tmp_path / "full") if "kl" in r]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout: policy == ref
     assert report["final"]["val_kl"] > 0.0  # ... and after two updates it has moved
+
+
+@pytest.mark.parametrize("reward", ["mcq", "grounded"])
+def test_grpo_stage_runs_on_verifiable_rewards(reward: str, chat: Any, tmp_path: Path) -> None:
+    from lmforge.config import AssistantConfig, SFTConfig
+    from lmforge.pipeline.rl import rl_stage
+
+    data = Path(__file__).parent.parent / "data" / "tiny"
+    base = _base(tmp_path, chat.tokenizer.get_vocab_size(), context=1024)
+    config = RLConfig(reward=reward, group_size=2, max_new_tokens=4,  # type: ignore[arg-type]
+                      prompt_files=[str(data / "mcq_insurance.jsonl")], val_prompts=4,
+                      train=TrainConfig(steps=2, batch_size=2, seq_len=1024, lr=1e-3,
+                                        warmup_steps=0, eval_every=2, save_every=2,
+                                        log_every=1, eval_batches=1))
+    sft = SFTConfig(qa_queries=str(data / "rag_queries.jsonl"),
+                    qa_passages=str(data / "rag_passages.jsonl"), rag_passage_chars=120)
+    summary = rl_stage("grpo")(config, sft, AssistantConfig(), tmp_path / "no-corpus", base,
+                               tmp_path / "no-rm", tmp_path / "grpo", seed=0)
+    report = json.loads((tmp_path / "grpo" / "report.json").read_text())
+    assert report["reward"] == reward and report["prompts"]["train"] > 0
+    assert report["prompts"]["val"] > 0 and "val_reward" in report["final"]
+    assert "held-out reward" in summary["headline"]

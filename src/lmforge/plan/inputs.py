@@ -75,9 +75,9 @@ def resolve_method(recipe: RecipeConfig | None, stage: Stage, method: Method | N
     if recipe is None or stage == "pretrain":
         return "full", rank
     sft = recipe.sft
-    if sft.method == "freeze":
-        raise ValueError('sft.method = "freeze" is not planned; give --method full, lora or '
-                         "qlora")
+    if sft.method == "freeze" or sft.method == "prefix":
+        raise ValueError(f'sft.method = "{sft.method}" is not planned; give --method full, '
+                         "lora or qlora")
     return ("qlora" if sft.qlora else sft.method), rank
 
 

@@ -234,6 +234,18 @@ class RLTask:
                 "val_response_length": float(mask.sum(-1).mean())}
 
 
+def fit_context(prompts: RLPrompts, room: int) -> RLPrompts:
+    """The prompts that leave the model's context room for an answer (numbers unchanged, so a
+    ``Score`` keyed by them still reads the right gold)."""
+    keep = [len(ids) <= room for ids in prompts.ids]
+    train = [n for n in prompts.train if keep[n]]
+    val = [n for n in prompts.val if keep[n]]
+    if not train or not val:
+        raise ValueError(f"too few RL prompts leave {room} tokens of the model's context for "
+                         f"the answer ({len(train)} training, {len(val)} held out)")
+    return RLPrompts(prompts.ids, train, val)
+
+
 def reference_model(policy: Transformer, method: str) -> Transformer | None:
     """Full tuning needs the starting weights kept aside; LoRA has them under its adapters."""
     if method == "lora":
@@ -280,6 +292,8 @@ def reinforce(method: Method, config: RLConfig, prompts: RLPrompts, rollout: Rol
 
     def build(dist: DistInfo, micro: int) -> tuple[nn.Module, Task]:
         policy = load_model(base).to(dist.device)
+        fitting = fit_context(prompts, policy.config.max_seq_len - config.max_new_tokens)
+        fields["prompts_beyond_context"] = len(prompts.ids) - len(fitting.ids)
         reference = reference_model(policy, config.method)
         choose_trainable(policy, config.method, config)
         model = PolicyValue(policy, value_head=method == "ppo").to(dist.device)
@@ -288,8 +302,8 @@ def reinforce(method: Method, config: RLConfig, prompts: RLPrompts, rollout: Rol
             if reward_folder is None:
                 raise ValueError("ppo: no reward: give a reward model folder (`lmforge rm`)")
             scorer = reward_model_score(load_reward_model(reward_folder).to(dist.device),
-                                        prompts, pad_id, micro * config.group_size)
-        return model, RLTask(method, config, model, prompts, rollout, scorer, pad_id, seed,
+                                        fitting, pad_id, micro * config.group_size)
+        return model, RLTask(method, config, model, fitting, rollout, scorer, pad_id, seed,
                              reference)
 
     def save(model: nn.Module, task: Task) -> dict[str, Any]:
