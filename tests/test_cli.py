@@ -11,7 +11,8 @@ from lmforge.cli import build_parser, main
 
 COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "tokenize"], ["tokenizer"],
             ["tokenizer", "train"], ["tokenizer", "encode"], ["pretrain"], ["generate"],
-            ["export"], ["export", "hf"], ["chat"], ["sft"], ["dpo"], ["rm"],
+            ["export"], ["export", "hf"], ["chat"], ["sft"], ["dpo"], ["rm"], ["kto"], ["ppo"],
+            ["grpo"],
             ["serve"], ["agent"]]
 
 
