@@ -249,7 +249,7 @@ class PreferenceConfig:
     # et al. 2024: length-normalised log-probabilities with a margin, no reference)
     loss: Literal["sigmoid", "ipo", "orpo", "simpo"] = "sigmoid"
     beta: float = 0.1
-    simpo_gamma: float = 0.5  # SimPO's target margin, in units of beta
+    simpo_gamma: float = 0.5  # SimPO's target margin gamma (the paper: 0.5-1.5 with beta 2-2.5)
     orpo_lambda: float = 0.1  # the weight of ORPO's odds-ratio term beside the chosen NLL
     # feedback stores (``lmforge.feedback``) whose corrections become pairs: the correction
     # chosen, the rated answer rejected
