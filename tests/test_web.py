@@ -1,6 +1,7 @@
 """The web chat page in a real headless Chromium against a live server: a question typed in
 Chinese streams an answer, Enter during IME composition does not send, the stop button ends a
-generation, conversations persist, and model output cannot inject HTML."""
+generation, conversations persist, model output cannot inject HTML, and every answer has
+thumbs whose ratings (and corrections) reach the feedback store."""
 
 import os
 import shutil
@@ -12,6 +13,7 @@ import pytest
 from conftest import FIXTURE_TOKENIZER, live_server, tiny_model
 
 from lmforge.config import AssistantConfig, ServeConfig
+from lmforge.feedback import read_feedback
 from lmforge.model import Transformer
 from lmforge.serve import create_app
 from lmforge.tokenizer import load_chat_format
@@ -32,10 +34,16 @@ class PacedTransformer(Transformer):
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("feedback") / "feedback.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(store: Path) -> Iterator[str]:
     chat = load_chat_format(FIXTURE_TOKENIZER)
     model = tiny_model(chat.tokenizer, max_seq_len=512, cls=PacedTransformer)
-    app = create_app(model, chat, AssistantConfig(), ServeConfig(model_name="tiny-web"))
+    app = create_app(model, chat, AssistantConfig(),
+                     ServeConfig(model_name="tiny-web", feedback_file=str(store)))
     with live_server(app) as url:
         yield url
 
@@ -121,6 +129,66 @@ def test_stop_button_ends_generation(page, server: str) -> None:  # noqa: ANN001
     time.sleep(0.5)
     assert assistant_text(page) == stopped  # nothing arrives after stop
     assert page.locator(".message.assistant.streaming").count() == 0
+
+
+def kept_answers(page) -> list[dict]:  # noqa: ANN001
+    """The current conversation's answers as the page keeps them (localStorage)."""
+    return page.evaluate("JSON.parse(localStorage.getItem('lmforge.conversations'))[0]"
+                         ".messages.filter((m) => m.role === 'assistant')")
+
+
+def test_every_answer_has_thumbs_that_reach_the_store(page, store: Path,  # noqa: ANN001
+                                                      tmp_path: Path) -> None:
+    page.fill("#max-tokens", "6")
+    questions = ["什么是犹豫期？", "宽限期是多少天？"]
+    for n, question in enumerate(questions, 1):
+        page.fill("#input", question)
+        page.press("#input", "Enter")
+        page.wait_for_function("document.querySelectorAll('.message.assistant .feedback')"
+                               f".length === {n} && document.getElementById('stop').hidden",
+                               timeout=30_000)
+    assert page.locator(".message.assistant").count() == 2  # thumbs on every answer
+    first, second = page.locator(".message.assistant").all()
+    first.locator(".thumb.up").click()
+    page.wait_for_function("document.querySelector('.message.assistant .thumb.up')"
+                           ".getAttribute('aria-pressed') === 'true'")
+    assert not first.locator(".correction").is_visible()
+    second.locator(".thumb.down").click()  # thumbs down asks what it should have said
+    second.locator(".correction textarea").fill("宽限期为六十日。")
+    second.locator(".correction button").click()
+    page.wait_for_function("document.querySelectorAll('.message.assistant .status')[1]"
+                           ".textContent.includes('correction recorded')")
+    assert not second.locator(".correction").is_visible()  # sent: the box closes
+    page.screenshot(path=str(tmp_path / "feedback.png"), full_page=True)
+    kept = kept_answers(page)
+    rated = {item.response_id: item for item in read_feedback(store)}  # the last of each
+    for answer, question in zip(kept, questions, strict=True):
+        item = rated[answer["id"]]
+        assert item.answer == answer["content"]
+        assert item.messages[-1] == {"role": "user", "content": question}
+    assert (rated[kept[0]["id"]].rating, rated[kept[0]["id"]].correction) == ("up", "")
+    assert (rated[kept[1]["id"]].rating, rated[kept[1]["id"]].correction) == (
+        "down", "宽限期为六十日。")
+    page.reload()  # the chosen thumb is kept with the conversation
+    page.wait_for_selector(".message.assistant .feedback")
+    assert page.get_attribute(".message.assistant .thumb.up", "aria-pressed") == "true"
+
+
+def test_a_refused_rating_is_shown(page) -> None:  # noqa: ANN001
+    page.fill("#max-tokens", "4")
+    page.fill("#input", "什么是犹豫期？")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.assistant .feedback", timeout=30_000)
+    page.evaluate("""() => {  // an answer the server no longer has (it restarted, say)
+        const all = JSON.parse(localStorage.getItem('lmforge.conversations'));
+        all[0].messages[1].id = 'chatcmpl-forgotten';
+        localStorage.setItem('lmforge.conversations', JSON.stringify(all));
+    }""")
+    page.reload()
+    page.click(".message.assistant .thumb.up")
+    page.wait_for_selector(".message.assistant .status.error")
+    assert "not recorded" in page.inner_text(".message.assistant .status.error")
+    assert page.get_attribute(".message.assistant .thumb.up", "aria-pressed") == "false"
 
 
 def test_settings_show_the_assistants_defaults(page) -> None:  # noqa: ANN001

@@ -1,11 +1,12 @@
 // lmforge web chat: plain JS, no build step. Conversations live in localStorage; answers stream
 // from /v1/chat/completions (SSE) and can be stopped; under a RAG answer, the server's check of
-// each sentence against the source it cites, then the sources.
+// each sentence against the source it cites, then the sources; under every answer, thumbs up and
+// down (and a correction) sent to /v1/feedback with the answer's id.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const STORE = "lmforge.conversations";
-const state = { conversations: load(), current: null, controller: null };
+const state = { conversations: load(), current: null, controller: null, feedback: false };
 
 function load() {
   try { return JSON.parse(localStorage.getItem(STORE)) || []; } catch { return []; }
@@ -129,6 +130,67 @@ function renderTrace(element, trace) {
   element.appendChild(box);
 }
 
+// Thumbs under an answer the server can still rate: one it finished (a stopped answer was never
+// whole) and that the model gave (a question moderation refused is not rated). A thumb sends at
+// once; thumbs down, or "correct", opens a box for what the answer should have said.
+function renderFeedback(element, message) {
+  if (!state.feedback || !message.id || !message.finished || message.refused) return;
+  const box = document.createElement("div");
+  box.className = "feedback";
+  const thumbs = [["up", "👍", "Good answer"], ["down", "👎", "Bad answer"]].map(([rating, face, label]) => {
+    const button = document.createElement("button");
+    button.type = "button"; button.className = `thumb ${rating}`; button.textContent = face;
+    button.title = label; button.setAttribute("aria-label", label);
+    button.setAttribute("aria-pressed", String(message.rating === rating));
+    // a thumb down keeps a correction already given; a thumb up no longer needs it
+    button.onclick = () => rate(message, box, rating, rating === "down" ? message.correction || "" : "")
+      .then((ok) => { if (ok && rating === "down") form.hidden = false; });
+    return button;
+  });
+  const correct = document.createElement("button");
+  correct.type = "button"; correct.className = "correct"; correct.textContent = "correct";
+  correct.onclick = () => { form.hidden = !form.hidden; };
+  const status = document.createElement("span");
+  status.className = "status"; status.setAttribute("role", "status");
+  const form = document.createElement("form");
+  form.className = "correction"; form.hidden = true;
+  form.innerHTML = '<textarea rows="2" placeholder="What should the answer have said?"></textarea>' +
+    '<button type="submit">Send correction</button>';
+  form.querySelector("textarea").value = message.correction || "";
+  form.onsubmit = (event) => {
+    event.preventDefault();
+    const text = form.querySelector("textarea").value.trim();
+    rate(message, box, message.rating || "down", text).then((ok) => { if (ok) form.hidden = true; });
+  };
+  box.append(...thumbs, correct, status, form);
+  element.appendChild(box);
+}
+
+async function rate(message, box, rating, correction) {
+  const status = box.querySelector(".status");
+  status.className = "status"; status.textContent = "";
+  try {
+    const response = await fetch("/v1/feedback", {
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeader() },
+      body: JSON.stringify({ response_id: message.id, rating, correction }),
+    });
+    if (!response.ok) {
+      const problem = await response.json().catch(() => ({}));
+      throw new Error((problem.error && problem.error.message) || `HTTP ${response.status}`);
+    }
+  } catch (err) {
+    status.className = "status error"; status.textContent = `Feedback not recorded: ${err.message}`;
+    return false;
+  }
+  message.rating = rating; message.correction = correction;
+  save();
+  for (const thumb of box.querySelectorAll(".thumb")) {
+    thumb.setAttribute("aria-pressed", String(thumb.classList.contains(rating)));
+  }
+  status.textContent = correction ? "Thanks: correction recorded" : "Thanks";
+  return true;
+}
+
 function addMessage(message) {
   const element = document.createElement("div");
   element.className = `message ${message.role}`;
@@ -137,6 +199,7 @@ function addMessage(message) {
   renderTrace(element, message.trace);
   renderCitations(element, message.citations);
   renderSources(element, message.sources);
+  if (message.role === "assistant") renderFeedback(element, message);
   $("messages").appendChild(element);
   element.scrollIntoView({ block: "end" });
   return element;
@@ -194,7 +257,9 @@ async function send(text) {
   if (chat.messages.length === 0) chat.title = text.slice(0, 30);
   chat.messages.push({ role: "user", content: text });
   renderAll();
-  const answer = { role: "assistant", content: "", sources: null, citations: null, trace: null };
+  // id: the completion's, which /v1/feedback names; finished: the stream ended with a reason
+  const answer = { role: "assistant", content: "", sources: null, citations: null, trace: null,
+                   id: null, finished: false, refused: false };
   const element = addMessage(answer);
   element.classList.add("streaming");
   const system = $("system").value.trim();
@@ -220,8 +285,11 @@ async function send(text) {
       throw new Error((problem.error && problem.error.message) || `HTTP ${response.status}`);
     }
     for await (const chunk of events(response)) {
+      if (chunk.id) answer.id = chunk.id;
+      if (chunk.moderation) answer.refused = true;  // the question was refused, not answered
       if (chunk.sources) answer.sources = chunk.sources;
       const choice = chunk.choices && chunk.choices[0];
+      if (choice && choice.finish_reason) answer.finished = true;
       if (choice && choice.citations) answer.citations = choice.citations;
       if (chunk.agent_step) (answer.trace = answer.trace || []).push(chunk.agent_step);
       const delta = choice && choice.delta;
@@ -286,6 +354,8 @@ Promise.all([getJson("/v1/models"), getJson("/v1/assistant")]).then(([m, assista
   if (!m.agent) { $("use-agent").disabled = true; $("use-agent").parentElement.title = "no agent configured"; }
   if (!m.rag) { $("use-rag").disabled = true; $("use-rag").parentElement.title = "no RAG index loaded"; }
   else $("use-rag").checked = true;
+  state.feedback = Boolean(m.feedback);
+  if (!state.controller) renderAll();  // the thumbs of the answers already shown
 }).catch(() => {});
 state.current = state.conversations[0] || null;
 renderAll();
