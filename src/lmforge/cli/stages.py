@@ -154,7 +154,8 @@ TRAINING_COMMANDS = (
     ("rm", "train a Bradley-Terry reward model on preference pairs",
      f"lmforge rm --recipe {EXAMPLE_RECIPE}"),
     ("kto", "KTO on the users' thumbs up / down and corrections (kto.feedback_files)",
-     f"lmforge kto --recipe {EXAMPLE_RECIPE} --set kto.feedback_files='[\"feedback.jsonl\"]'"),
+     f"lmforge kto --recipe {EXAMPLE_RECIPE} "
+     "--set kto.feedback_files='[\"runs/insurance-zh/feedback.jsonl\"]'"),
     ("ppo", "PPO against the reward model of `lmforge rm` (value head, GAE, KL to the start)",
      f"lmforge ppo --recipe {EXAMPLE_RECIPE}"),
     ("grpo", "GRPO on verifiable rewards: exam letters (mcq) or cited gold passages (grounded)",
