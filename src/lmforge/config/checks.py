@@ -12,7 +12,8 @@ from lmforge.config.loader import ConfigError
 # stage hashes their content, so editing a chat file re-runs SFT without a hand-kept input list.
 INPUT = {"input": True}
 
-DocFormat = Literal["auto", "txt", "md", "jsonl", "json", "html", "pdf", "docx"]
+DocFormat = Literal["auto", "txt", "md", "jsonl", "json", "html", "pdf", "docx", "xlsx", "pptx",
+                    "epub"]
 
 
 def check(condition: bool, name: str, expected: str, value: object) -> None:

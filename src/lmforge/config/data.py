@@ -49,6 +49,9 @@ class IngestConfig:
 
     max_line_bytes: int = 8 * 1024 * 1024
     max_file_bytes: int = 512 * 1024 * 1024
+    # pdf pages without a text layer (scans): "auto" reads them by OCR when the extra is
+    # installed and reports each with the install command when not; "off" reports them.
+    ocr: Literal["auto", "off"] = "auto"
 
     def __post_init__(self) -> None:
         check(self.max_line_bytes > 0, "max_line_bytes", "a positive integer", self.max_line_bytes)

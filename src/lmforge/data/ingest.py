@@ -1,4 +1,5 @@
-"""Reading raw files into documents: txt, md, jsonl, json, html, pdf, docx, whole folders.
+"""Reading raw files into documents: txt, md, jsonl, json, html, pdf, docx, xlsx, pptx, epub,
+whole folders.
 
 Every reader yields ``Document`` or ``Problem``; a bad file or line becomes a Problem that names
 the file (and line) and is counted in the report, so one broken input never costs the others.
@@ -7,13 +8,19 @@ read as soon as it passes the length limit. A link that leads outside the source
 Problem, never read (a link to ``/etc/passwd`` must not become training data or a public
 document of the RAG index, which reads through this module too).
 
-HTML goes through BeautifulSoup with the standard-library parser (no compiled dependency);
-pdf and docx through pypdf and python-docx, optional extras: when missing, each such file is
-reported with the install command rather than crashing the run.
+Structured documents keep their structure as markdown: headings as ``#`` lines and tables as
+markdown tables (``tables.py``, the one shape every format writes). HTML and epub are read in
+``markup.py``, pdf in ``pdf.py`` (pdfplumber, scanned pages by OCR), docx, xlsx and pptx in
+``office.py``; the libraries for pdf and office files are the optional ``docs`` extra: when one
+is missing, each such file is reported with the install command rather than crashing the run.
+A document of pages, slides, sheets or chapters has them joined by form feeds, with
+``meta["pages"]`` (their number) and ``meta["positions"]`` (which of the four they are), so RAG
+sources can cite "sheet 2" or "slide 3".
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -22,14 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import IngestConfig, SourceConfig
+from lmforge.data.markup import epub_units, html_text
+from lmforge.data.office import docx_text, pptx_units, xlsx_units
+from lmforge.data.pdf import pdf_units
 from lmforge.data.quality import looks_garbled
+from lmforge.data.tables import Units
 from lmforge.data.textfile import GARBLED, UNDECODABLE, decode_bytes, one_line, read_lines
 
 SUFFIX_FORMATS = {
     ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".jsonl": "jsonl",
     ".ndjson": "jsonl", ".json": "json", ".html": "html", ".htm": "html", ".pdf": "pdf",
-    ".docx": "docx",
+    ".docx": "docx", ".xlsx": "xlsx", ".xlsm": "xlsx", ".pptx": "pptx", ".epub": "epub",
 }
+WHOLE_FILE = ("json", "html", "pdf", "docx", "xlsx", "pptx", "epub")  # read at once: size-capped
+# the optional library each format needs: (module to import, package to install)
+LIBRARIES = {"pdf": ("pdfplumber", "pdfplumber"), "docx": ("docx", "python-docx"),
+             "xlsx": ("openpyxl", "openpyxl"), "pptx": ("pptx", "python-pptx")}
 AUTO_ID_FIELDS = ("id", "pid", "doc_id")
 EXTRA_HINT = "install the optional extra: pip install 'lmforge[docs]'"
 # JSON may escape lone surrogates ("\\ud800"): no UTF-8 for them, so writing them would crash
@@ -170,8 +185,11 @@ class Reader:
             yield self._problem(str(path), "empty file, skipped")
             return
         too_big = path.stat().st_size > self.limits.max_file_bytes
-        if fmt in ("json", "html", "pdf", "docx") and too_big:
+        if fmt in WHOLE_FILE and too_big:
             yield self._problem(str(path), f"file over {self.limits.max_file_bytes} bytes, skipped")
+            return
+        if fmt in LIBRARIES and not _importable(LIBRARIES[fmt][0]):
+            yield self._problem(str(path), f"{fmt} support needs {LIBRARIES[fmt][1]}: {EXTRA_HINT}")
             return
         reader = getattr(self, f"_read_{fmt}")
         try:
@@ -313,44 +331,46 @@ class Reader:
             yield self._record(record, f"{path}[{i}]", f"{name}[{i}]")
 
     def _read_html(self, path: Path) -> Iterator[Item]:
-        from bs4 import BeautifulSoup
-
         text = self._decode_file(path)
         if isinstance(text, Problem):
             yield text
             return
-        soup = BeautifulSoup(text, "html.parser")
-        for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template"]):
-            tag.decompose()
-        title = soup.title.get_text(strip=True) if soup.title else ""
-        if soup.title:
-            soup.title.decompose()
-        lines = (line.strip() for line in soup.get_text("\n").splitlines())
-        body = "\n".join(line for line in lines if line)
+        title, body = html_text(text)
         yield self._doc(body, self._name(path), {"title": title} if title else {})
 
-    def _read_pdf(self, path: Path) -> Iterator[Item]:
-        try:
-            from pypdf import PdfReader
-        except ImportError:
-            yield self._problem(str(path), f"pdf support needs pypdf: {EXTRA_HINT}")
-            return
-        reader = PdfReader(path)
-        pages = [page.extract_text() or "" for page in reader.pages]
-        if not any(p.strip() for p in pages):
-            yield self._problem(str(path), "no extractable text (scanned or empty pdf), skipped")
-            return
-        # pages end in form feeds (as pdftotext writes them): chunkers can recover page numbers
-        yield self._doc("\f".join(pages), self._name(path), {"pages": str(len(pages))})
-
     def _read_docx(self, path: Path) -> Iterator[Item]:
-        try:
-            import docx
-        except ImportError:
-            yield self._problem(str(path), f"docx support needs python-docx: {EXTRA_HINT}")
+        yield self._doc(docx_text(path), self._name(path))
+
+    def _read_pdf(self, path: Path) -> Iterator[Item]:
+        yield from self._positioned(path, pdf_units(path, self.limits.ocr))
+
+    def _read_xlsx(self, path: Path) -> Iterator[Item]:
+        yield from self._positioned(path, xlsx_units(path))
+
+    def _read_pptx(self, path: Path) -> Iterator[Item]:
+        yield from self._positioned(path, pptx_units(path))
+
+    def _read_epub(self, path: Path) -> Iterator[Item]:
+        yield from self._positioned(path, epub_units(path, self.limits.max_file_bytes))
+
+    def _positioned(self, path: Path, units: Units) -> Iterator[Item]:
+        """One document of pages (slides, sheets, chapters) ending in form feeds, as
+        pdftotext writes them, and a Problem for each unit that could not be read."""
+        for number, reason in units.skipped:
+            yield self._problem(f"{path} {units.position} {number}", reason)
+        if not any(text.strip() for text in units.texts):
+            yield self._problem(str(path), f"no extractable text (scanned or empty "
+                                           f"{path.suffix.lstrip('.').lower() or 'file'}), skipped")
             return
-        document = docx.Document(str(path))
-        parts = [p.text for p in document.paragraphs]
-        for table in document.tables:
-            parts.extend(" | ".join(cell.text for cell in row.cells) for row in table.rows)
-        yield self._doc("\n".join(p for p in parts if p.strip()), self._name(path))
+        meta = {"pages": str(len(units.texts)), "positions": units.position}
+        if units.title:
+            meta["title"] = units.title
+        yield self._doc("\f".join(units.texts), self._name(path), meta)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
