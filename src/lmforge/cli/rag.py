@@ -218,9 +218,7 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         print(f"citations {marks}: {sum(c['supported'] for c in checked)} of {len(checked)} "
               "sentences supported by the passage they cite", end="\n\n")
     for source in sources:
-        where = " · ".join(str(x) for x in (source["document"],
-                                            source["page"] and f"p. {source['page']}",
-                                            source["heading"]) if x)
+        where = " · ".join(x for x in (source["document"], source["location"]) if x)
         print(f"[{source['n']}] {where}: {source['text'][:200]}")
 
 

@@ -165,7 +165,7 @@ def evaluate_qa(model: Transformer, chat: ChatFormat, grounding: Grounding,
                              [[h[0].chunk.text] if h else [] for h in hits], citation_threshold)}
     shown = [{"question": i.question, "reference": i.answer, "rag": a.strip(),
               "no_rag": b.strip(), "baseline": c,
-              "sources": [{k: s[k] for k in ("n", "document", "page", "text")}
+              "sources": [{k: s[k] for k in ("n", "document", "page", "location", "text")}
                           for s in g.retrieved.sources()],
               "citations": {name: [s.as_dict() for s in checked[name][n]] for name in checked}}
              for n, (i, a, b, c, g) in enumerate(zip(items, with_rag, bare, baseline, grounded,

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from lmforge.prompts import Passage, neutralise, rag_user_message
 from lmforge.rag.access import Access, public_meta
+from lmforge.rag.chunk import position_label
 from lmforge.rag.followup import Rewriter, RuleRewriter
 from lmforge.rag.index import RagIndex
 from lmforge.rag.manifest import stamp
@@ -48,11 +49,21 @@ class Retrieved:
     shown: list[str] = field(default_factory=list)  # the passages' texts as the prompt has them
 
     def sources(self) -> list[dict[str, Any]]:
-        """What a client shows under the answer: [n] -> document, chunk, page, text (and the
-        document's metadata, less who may read it)."""
-        return [{"n": n, "document": h.doc.doc_id, "chunk": h.chunk.index, "page": h.chunk.page,
-                 "heading": h.chunk.heading, "text": h.chunk.text, "score": round(h.score, 4),
-                 "metadata": public_meta(h.doc.meta)} for n, h in enumerate(self.hits, 1)]
+        """What a client shows under the answer: [n] -> document, chunk, page (the number of
+        the pdf page, sheet, slide or chapter its ``position`` names: the document's
+        ``positions`` metadata, a page when an older reader wrote none), text, its
+        ``location`` as a citation says it, and the document's metadata, less who may read
+        it."""
+        sources = []
+        for n, h in enumerate(self.hits, 1):
+            page = h.chunk.page
+            kind = None if page is None else h.doc.meta.get("positions", "page")
+            sources.append({
+                "n": n, "document": h.doc.doc_id, "chunk": h.chunk.index, "page": page,
+                "position": kind, "location": position_label(kind, page, h.chunk.heading),
+                "heading": h.chunk.heading, "text": h.chunk.text, "score": round(h.score, 4),
+                "metadata": public_meta(h.doc.meta)})
+        return sources
 
     def user_message(self, question: str, passages: int | None = None,
                      max_chars: int | None = None) -> str:

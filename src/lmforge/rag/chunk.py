@@ -4,8 +4,11 @@ Sentences end at 。！？；!?; (with any closing quotes or brackets kept on th
 English full stop followed by a space, and at line breaks. Sentences are packed into chunks up to a
 target size (characters, or tokens of the embedder when a counter is given) with an overlap of
 whole trailing sentences; a sentence is only cut when it alone is over the size. Markdown headings
-start a new chunk and travel with it as metadata, and pdf page breaks (form feeds, as the reader
-writes them) give each chunk the page it starts on, so a citation can say where the text is.
+start a new chunk and travel with it as metadata, and page breaks (form feeds, as the reader
+writes them between pdf pages, sheets, slides and chapters) give each chunk the position it starts
+on, so a citation can say where the text is. Markdown tables are chunked apart from prose, whole
+rows under their repeated header (``rag/tables.py``); prose around a table is chunked as if the
+table were not there.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from lmforge.rag.tables import row_groups, table_end, table_text
 from lmforge.text import split_sentences
+
+NAMED_POSITIONS = ("sheet", "slide")  # units whose first line is their name or title
 
 
 def heading(line: str) -> tuple[int, str] | None:
@@ -43,30 +49,57 @@ class Chunk:
         return f"{self.doc_id}#{self.index}"
 
 
+def position_label(kind: str | None, number: int | None, heading: str) -> str:
+    """Where a chunk is, as its citation names it: ``p. 3 · 总则``, ``chapter 2 · 第一节``,
+    ``sheet 2 (费率表)``, ``slide 4 (保障责任)``; the heading alone without a position. A
+    sheet's or slide's heading is the name or title the reader put at its top, so it names the
+    numbered unit instead of following it."""
+    if kind is None or number is None:
+        return heading
+    if kind in NAMED_POSITIONS:
+        return f"{kind} {number} ({heading})" if heading else f"{kind} {number}"
+    where = f"p. {number}" if kind == "page" else f"{kind} {number}"
+    return f"{where} · {heading}" if heading else where
+
+
 @dataclass
 class _Section:
     heading: str
-    page: int | None
-    sentences: list[tuple[str, int | None]]
+    sentences: list[tuple[str, int | None]]  # a table's: header and separator, then rows
+    table: bool = False
 
 
 def _sections(text: str, paged: bool) -> Iterator[_Section]:
-    """Runs of sentences under one heading path, each sentence tagged with its page."""
+    """Runs of sentences under one heading path, and each table as a section of its own
+    (its rows for sentences), each sentence or row tagged with its page."""
     pages = text.split("\f") if paged else [text]
-    path: list[str] = []
-    current = _Section("", 1 if paged else None, [])
-    for number, page_text in enumerate(pages, start=1):
-        for line in page_text.split("\n"):
-            found = heading(line)
+    numbered = [(line, number if paged else None)
+                for number, page_text in enumerate(pages, start=1)
+                for line in page_text.split("\n")]
+    lines = [line for line, _ in numbered]
+    path: list[tuple[int, str]] = []  # the headings above: level, text
+    current = _Section("", [])
+    at = 0
+    while at < len(numbered):
+        line, number = numbered[at]
+        found = heading(line)
+        end = at if found else table_end(lines, at)
+        if found or end > at:
+            if current.sentences:
+                yield current
             if found:
-                if current.sentences:
-                    yield current
                 level, title = found
-                path = [*path[: level - 1], title]
-                current = _Section(" > ".join(path), number if paged else None, [])
-                continue
-            for sentence in split_sentences(line):
-                current.sentences.append((sentence, number if paged else None))
+                path = [*((lv, t) for lv, t in path if lv < level), (level, title)]
+            else:
+                header = f"{line.strip()}\n{lines[at + 1].strip()}"
+                rows = [(row.strip(), page) for row, page in numbered[at + 2:end]]
+                yield _Section(current.heading, [(header, number), *rows], table=True)
+            current = _Section(" > ".join(t for _, t in path), [])
+            at = max(end, at + 1)
+            continue
+        for sentence in split_sentences(line):
+            current.sentences.append((sentence, number))
+        at += 1
     if current.sentences:
         yield current
 
@@ -96,12 +129,16 @@ def _cut(sentence: str, size: int, measure: Callable[[str], int]) -> list[str]:
 def chunk_text(doc_id: str, text: str, size: int = 300, overlap: int = 60,
                measure: Callable[[str], int] = len, paged: bool = False) -> list[Chunk]:
     """Chunks of ``text`` of at most ``size`` (as ``measure`` counts), overlapping by whole
-    trailing sentences up to ``overlap``."""
+    trailing sentences up to ``overlap``; a table's chunks hold whole rows under its header,
+    without overlap, and a row alone over ``size`` is kept whole (``rag/tables.py``)."""
     if size < 1 or not 0 <= overlap < size:
         raise ValueError(f"chunk size must be >= 1 and 0 <= overlap < size (got {size}, "
                          f"{overlap})")
     chunks: list[Chunk] = []
     for section in _sections(text, paged):
+        if section.table:
+            chunks += _table_chunks(doc_id, len(chunks), section, size, measure)
+            continue
         units = [(piece, page) for sentence, page in section.sentences
                  for piece in _cut(sentence, size, measure)]
         window: list[tuple[str, int | None]] = []
@@ -126,3 +163,17 @@ def chunk_text(doc_id: str, text: str, size: int = 300, overlap: int = 60,
 
 def _chunk(doc_id: str, index: int, window: list[tuple[str, int | None]], heading: str) -> Chunk:
     return Chunk(doc_id, index, _join([s for s, _ in window]), window[0][1], heading)
+
+
+def _table_chunks(doc_id: str, first: int, table: _Section, size: int,
+                  measure: Callable[[str], int]) -> list[Chunk]:
+    """A table's chunks, numbered from ``first``: each its header and whole rows, at the page
+    of its first row (the header's when the table has none)."""
+    (header, page), *numbered = table.sentences
+    rows = [row for row, _ in numbered]
+    chunks: list[Chunk] = []
+    for group in row_groups(header, rows, size, measure):
+        chunks.append(Chunk(doc_id, first + len(chunks),
+                            table_text(header, rows[group.start:group.stop]),
+                            numbered[group.start][1] if group else page, table.heading))
+    return chunks

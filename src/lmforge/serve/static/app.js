@@ -76,7 +76,10 @@ function renderSources(element, sources) {
   for (const s of sources) {
     const li = document.createElement("li");
     li.value = s.n;
-    const where = [s.document, s.page ? `p. ${s.page}` : "", s.heading || ""].filter(Boolean).join(" · ");
+    // location: "p. 3 · heading", "sheet 2 (name)", "slide 4 (title)" (rag/chunk.py position_label);
+    // answers kept in localStorage from before it existed have page and heading only
+    const location = s.location ?? [s.page ? `p. ${s.page}` : "", s.heading || ""].filter(Boolean).join(" · ");
+    const where = [s.document, location].filter(Boolean).join(" · ");
     li.innerHTML = `<strong>${escapeHtml(where)}</strong>: ${escapeHtml(s.text.slice(0, 160))}${s.text.length > 160 ? "…" : ""}`;
     box.appendChild(li);
   }
