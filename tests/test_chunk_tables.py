@@ -80,6 +80,15 @@ def test_a_table_keeps_its_heading_path_and_page() -> None:
     assert (chunks[-1].text, chunks[-1].page) == ("第三页正文。", 3)
 
 
+def test_each_sheet_or_slide_heading_replaces_the_one_before() -> None:
+    # units as the reader writes them, each under "## name", with no "# title" above: a
+    # heading path is the headings of lower level above it, not of the first one seen
+    text = "## 说明\n本工作簿列出保费。\f## 费率表\n费率正文。\f## 附表\n### 注\n附注。"
+    chunks = chunk_text("d", text, size=100, overlap=0, paged=True)
+    assert [(c.heading, c.page) for c in chunks] == [("说明", 1), ("费率表", 2),
+                                                    ("附表 > 注", 3)]
+
+
 @pytest.mark.parametrize(("lines", "prose"), [
     ("| 年龄 | 计划A |\n| 30 | 300元。含税 |",  # no separator row
      "| 年龄 | 计划A | | 30 | 300元。含税 |"),
