@@ -70,8 +70,9 @@ class _Section:
 
 
 def _sections(text: str, paged: bool) -> Iterator[_Section]:
-    """Runs of sentences under one heading path, and each table as a section of its own
-    (its rows for sentences), each sentence or row tagged with its page."""
+    """Runs of sentences under one heading path (the headings of lower level above them),
+    and each table as a section of its own (its header lines, then its rows, for sentences),
+    each sentence or row tagged with its page."""
     pages = text.split("\f") if paged else [text]
     numbered = [(line, number if paged else None)
                 for number, page_text in enumerate(pages, start=1)
