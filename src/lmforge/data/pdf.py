@@ -43,7 +43,7 @@ def _page_text(page: Any) -> str:
     tables = page.find_tables()
     rest = page
     for table in tables:
-        rest = rest.outside_bbox(table.bbox)
+        rest = rest.outside_bbox(table.bbox, strict=False)  # ruling lines may pass the edge
     placed: list[tuple[float, Block]] = [(line["top"], line["text"]) for line in
                                          rest.extract_text_lines(strip=True, return_chars=False)]
     placed += [(table.bbox[1], markdown_table(*_table_rows(table))) for table in tables]
