@@ -235,3 +235,14 @@ def test_large_inputs_are_identified_without_reading_them_whole(tmp_path: Path,
     assert fingerprint.content_hash([tmp_path]) == first
     rewrite(config, b'{"hidden_size": 65}')  # small files: every byte counts
     assert fingerprint.content_hash([tmp_path]) != first
+
+
+def test_report_samples_say_where_in_the_document_each_source_is() -> None:
+    from lmforge.pipeline.report import samples_section
+
+    sample = {"question": "q", "rag": "a [1]", "no_rag": "b", "reference": "c", "sources": [
+        {"n": 1, "document": "rates.xlsx", "location": "sheet 2 (费率表)", "text": "| 40 |"},
+        {"n": 2, "document": "old.txt", "text": "written before locations"}]}
+    md = samples_section({"qa": {"samples": [sample]}})
+    assert "  - [1] rates.xlsx · sheet 2 (费率表): | 40 |" in md
+    assert "  - [2] old.txt: written before locations" in md

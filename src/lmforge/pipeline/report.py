@@ -161,13 +161,20 @@ def training_section(layout: RunLayout) -> list[str]:
             "![loss curves](training.png)", ""]
 
 
+def _where(source: dict[str, Any]) -> str:
+    """The document and, when it has positions, where in it (samples written before sources
+    carried a location have none)."""
+    location = source.get("location")
+    return f"{source['document']} · {location}" if location else source["document"]
+
+
 def samples_section(results: dict[str, Any]) -> list[str]:
     md = ["## Sample answers (held-out contracts, with RAG)", ""]
     for n, s in enumerate(results.get("qa", {}).get("samples", []), 1):
         md += [f"**Q{n}. {s['question']}**", "", f"- assistant + RAG: {_one_line(s['rag'])}",
                f"- assistant alone: {_one_line(s['no_rag'])}",
                f"- reference: {_one_line(s['reference'])}", "- sources:"]
-        md += [f"  - [{c['n']}] {c['document']}: {_one_line(c['text'])[:160]}"
+        md += [f"  - [{c['n']}] {_where(c)}: {_one_line(c['text'])[:160]}"
                for c in s["sources"]]
         md.append("")
     return md
