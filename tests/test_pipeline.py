@@ -244,5 +244,5 @@ def test_report_samples_say_where_in_the_document_each_source_is() -> None:
         {"n": 1, "document": "rates.xlsx", "location": "sheet 2 (费率表)", "text": "| 40 |"},
         {"n": 2, "document": "old.txt", "text": "written before locations"}]}
     md = samples_section({"qa": {"samples": [sample]}})
-    assert "  - [1] rates.xlsx · sheet 2 (费率表): | 40 |" in md
+    assert "  - [1] rates.xlsx · sheet 2 (费率表): \\| 40 \\|" in md
     assert "  - [2] old.txt: written before locations" in md
