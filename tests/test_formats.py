@@ -22,7 +22,8 @@ from doc_corpus import (
     table_pdf,
 )
 
-from lmforge.config import IngestConfig, SourceConfig
+from lmforge.config import ConfigError, IngestConfig, SourceConfig
+from lmforge.config.loader import from_dict
 from lmforge.data import pdf as pdf_module
 from lmforge.data.ingest import Document, Problem, Reader
 from lmforge.data.markup import html_text
@@ -108,6 +109,12 @@ def test_scanned_pages_are_reported_or_read_by_ocr(tmp_path: Path,
     docs, problems = read(path)
     assert not problems and docs[0].text == "\f".join(SCANNED_LINES)
     assert docs[0].meta["pages"] == "2"
+
+
+def test_the_ocr_setting_is_checked_where_the_recipe_is_read() -> None:
+    assert from_dict(IngestConfig, {"ocr": "off"}).ocr == "off"
+    with pytest.raises(ConfigError, match="ocr: expected one of 'auto', 'off', got 'always'"):
+        from_dict(IngestConfig, {"ocr": "always"})
 
 
 def test_docx_headings_paragraphs_and_tables_in_order(tmp_path: Path) -> None:
