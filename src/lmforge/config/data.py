@@ -153,6 +153,23 @@ class ShardConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """The Slurm array job that runs the data stage's per-file work (``data.executor =
+    "slurm"``); the folders of the run and the sources must be on storage every node sees."""
+
+    partition: str = ""
+    time: str = "04:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    # run before each task, e.g. "source /shared/lmforge/.venv/bin/activate"
+    env_command: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.cpus_per_task >= 1, "cpus_per_task", "at least 1", self.cpus_per_task)
+        check(self.mem_per_cpu_gb >= 1, "mem_per_cpu_gb", "at least 1", self.mem_per_cpu_gb)
+
+
+@dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -162,8 +179,19 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    # processes for the per-document work (0: the machine's cores; 1: all in this process);
+    # the output is the same for every value (data/engine.py)
+    workers: int = 0
+    # where those processes run: this machine, a Slurm array job, or a Ray cluster (RAY_ADDRESS)
+    executor: Literal["local", "slurm", "ray"] = "local"
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
+        check(self.workers >= 0, "workers", "a non-negative integer (0: the machine's cores)",
+              self.workers)
+        if self.executor == "slurm":
+            check(bool(self.slurm.partition), "slurm.partition", "a Slurm partition with "
+                  "executor = \"slurm\"", self.slurm.partition)
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         check(not dupes, "sources", "unique source names", dupes)

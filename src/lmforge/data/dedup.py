@@ -5,13 +5,20 @@ only in formatting collide. Near: MinHash over character shingles with LSH bandi
 ``datasketch`` (the standard implementation; writing our own would buy nothing). Character
 shingles work for Chinese and English alike. The first document seen is kept, so source order
 in the recipe decides which copy survives.
+
+The check is split in two so that the data engine can run it on many cores with the same result:
+``fingerprint`` (the costly part: the hash and the MinHash signature of one document) needs no
+index and runs anywhere; ``Deduplicator.check`` then decides in order against what was kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from lmforge.config import DedupConfig
 
@@ -33,6 +40,31 @@ def shingles(text: str, size: int) -> set[bytes]:
     return {key[i : i + size].encode("utf-8") for i in range(len(key) - size + 1)}
 
 
+class Fingerprint(NamedTuple):
+    """What deduplication needs of one document: its exact hash and its MinHash values (each
+    empty when that check is off)."""
+
+    digest: str
+    hashvalues: np.ndarray | None
+
+
+@cache
+def _template(num_perm: int, seed: int) -> Any:
+    """An empty MinHash; its permutations are drawn once per process, not once per document."""
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=seed)
+
+
+def fingerprint(text: str, config: DedupConfig, seed: int) -> Fingerprint:
+    digest = exact_hash(text) if config.exact else ""
+    if not config.near:
+        return Fingerprint(digest, None)
+    signature = _template(config.num_perm, seed).copy()
+    signature.update_batch(list(shingles(text, config.shingle_chars)))
+    return Fingerprint(digest, signature.hashvalues)
+
+
 class Deduplicator:
     """Streams documents and says, for each, whether it is new, an exact or a near duplicate."""
 
@@ -46,20 +78,18 @@ class Deduplicator:
         self._seed = seed
         self._count = 0
 
-    def _signature(self, text: str) -> Any:
-        m = self._minhash(num_perm=self.config.num_perm, seed=self._seed)
-        m.update_batch(list(shingles(text, self.config.shingle_chars)))
-        return m
-
-    def check(self, text: str) -> str | None:
-        """Return "exact" or "near" for a duplicate, else None and remember the document."""
-        if self.config.exact:
-            digest = exact_hash(text)
-            if digest in self._seen:
-                return "exact"
+    def check(self, text: str, known: Fingerprint | None = None) -> str | None:
+        """Return "exact" or "near" for a duplicate, else None and remember the document.
+        ``known``: the document's fingerprint when it was computed elsewhere."""
+        digest, hashvalues = known or fingerprint(text, self.config, self._seed)
+        if self.config.exact and digest in self._seen:
+            return "exact"
         signature = None
-        if self.config.near:
-            signature = self._signature(text)
+        if hashvalues is not None:
+            template = _template(self.config.num_perm, self._seed)
+            signature = self._minhash(seed=self._seed, hashvalues=hashvalues,
+                                      permutations=template.permutations,
+                                      scheme=template.scheme)
             if self._lsh.query(signature):
                 return "near"
         if self.config.exact:

@@ -10,9 +10,11 @@ a source never reshuffles the others.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,10 @@ from tqdm import tqdm
 
 from lmforge.atomic import atomic_dir
 from lmforge.config import ConfigError, DataConfig, SourceConfig, SplitConfig
-from lmforge.data.clean import normalise, scrub_pii
 from lmforge.data.dedup import Deduplicator
-from lmforge.data.ingest import Document, Problem, Reader
+from lmforge.data.engine import plan, read_results, read_unit, resolve_workers, run_units
+from lmforge.data.ingest import Document, Problem
 from lmforge.data.mix import SourceStats, mix_order, source_rates
-from lmforge.data.quality import quality_problem
 from lmforge.data.report import write_data_report
 from lmforge.splits import held_out
 
@@ -51,46 +52,55 @@ def in_heldout(doc: Document, source: SourceConfig, split: SplitConfig, seed: in
     return held_out(group or doc.doc_id, fraction, seed, purpose=source.name)
 
 
-def _file_bytes(reader: Reader) -> int:
-    return sum(p.stat().st_size for p in reader.files())
+def collect(config: DataConfig, seed: int, log: list[str], out_dir: Path
+            ) -> tuple[list[Document], dict[str, SourceTally], int]:
+    """Ingest, clean, filter and deduplicate every source, in recipe order.
 
-
-def collect(config: DataConfig, seed: int, log: list[str]) -> tuple[list[Document],
-                                                                   dict[str, SourceTally]]:
-    """Ingest, clean, filter and deduplicate every source, in recipe order."""
+    With one local worker the per-document steps run here as the documents are consumed; with
+    more, the engine runs them on every file first, into a work folder beside the corpus. The
+    dedup decisions are made here in both cases, in recipe order (the first copy seen is kept).
+    Returns the documents kept, what happened to each source's, and the workers used.
+    """
+    units, listing = plan(config)
+    workers = resolve_workers(config, units)
+    here = workers == 1 and config.executor == "local"
+    folder = out_dir / ".corpus.units"
+    if not here:
+        run_units(config, units, seed, folder, workers)
     dedup = Deduplicator(config.dedup, seed=seed)
     tallies: dict[str, SourceTally] = {}
     kept: list[Document] = []
-    for source in config.sources:
+    for i, source in enumerate(config.sources):
         tally = tallies[source.name] = SourceTally()
-        reader = Reader(source, config.ingest, max_chars=config.quality.max_chars)
-        with tqdm(total=_file_bytes(reader), unit="B", unit_scale=True,
-                  desc=f"data {source.name}", leave=False) as bar:
-            for item in reader:
+        files = [u for u in units if u.source == i]
+        items = chain(listing[i], chain.from_iterable(
+            read_unit(config, u, seed) if here else read_results(config, u, folder)
+            for u in files))
+        with tqdm(total=sum(u.size for u in files), unit="B", unit_scale=True,
+                  desc=f"data {source.name}", leave=False, disable=not here) as bar:
+            for item in items:
                 if isinstance(item, Problem):
                     tally.problems += 1
                     log.append(str(item))
                     tqdm.write(f"warning: {item}")
                     continue
-                bar.update(len(item.text.encode("utf-8")))
+                bar.update(len(item.doc.text.encode("utf-8")))
                 tally.docs_in += 1
-                tally.chars_in += len(item.text)
-                text = normalise(item.text, config.clean)
-                if config.clean.scrub_pii:
-                    text, counts = scrub_pii(text, config.clean.pii_placeholder)
-                    tally.pii.update(counts)
-                reason = quality_problem(text, source.language, config.quality)
+                tally.chars_in += item.chars_in
+                tally.pii.update(item.pii)
+                reason = item.reason
                 if reason is None:
-                    dup = dedup.check(text)
+                    dup = dedup.check(item.doc.text, item.known)
                     reason = f"{dup}_duplicate" if dup else None
                 if reason is not None:
                     tally.dropped[reason] += 1
-                    tally.dropped_chars[reason] += len(item.text)
+                    tally.dropped_chars[reason] += item.chars_in
                     continue
                 tally.docs_kept += 1
-                tally.chars_kept += len(text)
-                kept.append(Document(text, item.source, item.doc_id, item.meta))
-    return kept, tallies
+                tally.chars_kept += len(item.doc.text)
+                kept.append(item.doc)
+    shutil.rmtree(folder, ignore_errors=True)
+    return kept, tallies, workers
 
 
 def _record(doc: Document) -> str:
@@ -103,7 +113,7 @@ def prepare(config: DataConfig, out_dir: Path, seed: int) -> dict[str, Any]:
         raise ConfigError("data.sources: no sources configured; add [[data.sources]] to the recipe")
     started = time.time()
     log: list[str] = []
-    docs, tallies = collect(config, seed, log)
+    docs, tallies, workers = collect(config, seed, log, out_dir)
     by_name = {s.name: s for s in config.sources}
     train: list[Document] = []
     val: list[Document] = []
@@ -148,6 +158,7 @@ def prepare(config: DataConfig, out_dir: Path, seed: int) -> dict[str, Any]:
             sum(mixed_chars[s.name] for s in config.sources if s.domain)
             / max(1, sum(mixed_chars.values())), 4),
         "seconds": round(time.time() - started, 1),
+        "workers": workers,
     }
     write_data_report(out_dir, report)
     return report

@@ -1,0 +1,248 @@
+"""The data stage's per-document work on many cores or a cluster, run by datatrove.
+
+Why datatrove (measured in ``bench/data_scale.py``, figures in ``bench/RESULTS.md`` and
+``docs/experiments.md``): it is three small packages on top of what lmforge already installs
+(datatrove, loguru, humanize: ~22 MB) where Ray Data adds ~240 MB (ray itself) and starts a
+local cluster (GCS, raylet, object store) on every run; on one machine the two scale the same
+per-file work alike, and datatrove's executors cover the three places the stage runs -- local
+processes, a Slurm array job, a Ray cluster -- with the same pipeline object, plus
+skip-completed tasks. Its own MinHash dedup (buckets on disk, then clusters) is not used: it
+keeps one document per *cluster* of near duplicates, where lmforge keeps the first of each
+document against the documents kept before it, so its kept set differs (see docs/cluster.md).
+
+How the output stays byte-identical to one process: everything that looks at one document alone
+(reading, normalising, PII scrubbing, the quality rules, the exact hash and the MinHash
+signature, ~95% of the stage's time) runs per input file, in parallel; what depends on the order
+of documents (the dedup decisions, first seen kept, then split, mix and write) stays one cheap
+pass in recipe order in ``prepare.collect``. A file is the grain of work: a source that is one
+big file is one task.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from lmforge.atomic import atomic_write_text
+from lmforge.config import DataConfig
+from lmforge.data.clean import normalise, scrub_pii
+from lmforge.data.dedup import Fingerprint, fingerprint
+from lmforge.data.ingest import Document, Problem, Reader
+from lmforge.data.quality import quality_problem
+
+ENGINE_HINT = "install the data engine: pip install datatrove (a dependency of lmforge)"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One input file of one source: the grain of parallel work."""
+
+    index: int  # position in recipe order
+    source: int  # index into ``DataConfig.sources``
+    path: str
+    size: int
+
+
+@dataclass
+class Cleaned:
+    """One document after the per-document steps, before the ordered dedup decision."""
+
+    doc: Document  # the cleaned text
+    chars_in: int  # of the text as read
+    pii: dict[str, int]
+    reason: str | None  # the quality rule it failed
+    known: Fingerprint | None  # for dedup, when it passed the quality rules
+
+
+def reader(config: DataConfig, source: int) -> Reader:
+    return Reader(config.sources[source], config.ingest, max_chars=config.quality.max_chars)
+
+
+def plan(config: DataConfig) -> tuple[list[Unit], list[list[Problem]]]:
+    """The files of every source in recipe order, and each source's problems found while
+    listing its folder (links out of it), which come before its documents."""
+    units: list[Unit] = []
+    problems: list[list[Problem]] = []
+    for i in range(len(config.sources)):
+        files, found = reader(config, i)._scan()
+        problems.append(found)
+        for path in files:
+            units.append(Unit(len(units), i, str(path), path.stat().st_size))
+    return units, problems
+
+
+def clean_document(item: Document, config: DataConfig, language: str, seed: int) -> Cleaned:
+    """Normalise, scrub PII, apply the quality rules and fingerprint one document."""
+    text = normalise(item.text, config.clean)
+    pii: Counter[str] = Counter()
+    if config.clean.scrub_pii:
+        text, pii = scrub_pii(text, config.clean.pii_placeholder)
+    reason = quality_problem(text, language, config.quality)
+    known = fingerprint(text, config.dedup, seed) if reason is None else None
+    return Cleaned(Document(text, item.source, item.doc_id, item.meta), len(item.text),
+                   dict(pii), reason, known)
+
+
+def read_unit(config: DataConfig, unit: Unit, seed: int) -> Iterator[Cleaned | Problem]:
+    """The per-document steps over one file, in file order."""
+    language = config.sources[unit.source].language
+    for item in reader(config, unit.source).read_file(Path(unit.path)):
+        yield item if isinstance(item, Problem) else clean_document(item, config, language, seed)
+
+
+def _encode(item: Cleaned | Problem) -> dict[str, Any]:
+    if isinstance(item, Problem):
+        return {"problem": [item.location, item.reason]}
+    values = item.known.hashvalues if item.known else None
+    return {"text": item.doc.text, "id": item.doc.doc_id, "meta": item.doc.meta,
+            "chars_in": item.chars_in, "pii": item.pii, "reason": item.reason,
+            "digest": item.known.digest if item.known else None,
+            "minhash": None if values is None else base64.b64encode(values.tobytes()).decode(),
+            "dtype": None if values is None else values.dtype.str}
+
+
+def _decode(record: dict[str, Any], source: str) -> Cleaned | Problem:
+    if "problem" in record:
+        return Problem(source, *record["problem"])
+    known = None
+    if record["digest"] is not None:
+        values = None if record["minhash"] is None else np.frombuffer(
+            base64.b64decode(record["minhash"]), dtype=record["dtype"])
+        known = Fingerprint(record["digest"], values)
+    return Cleaned(Document(record["text"], source, record["id"], record["meta"]),
+                   record["chars_in"], record["pii"], record["reason"], known)
+
+
+def _unit_file(folder: Path, unit: Unit) -> Path:
+    return folder / f"{unit.index:06d}.jsonl"
+
+
+def write_unit(config: DataConfig, unit: Unit, seed: int, folder: Path) -> None:
+    """One file's results as JSON lines (ASCII-escaped, so any text survives the round trip),
+    in place only when complete: its presence means the unit is done."""
+    try:
+        lines = [json.dumps(_encode(item)) + "\n" for item in read_unit(config, unit, seed)]
+    except Exception as err:
+        raise RuntimeError(f"data engine: {unit.path}: {type(err).__name__}: {err}") from err
+    atomic_write_text(_unit_file(folder, unit), "".join(lines))
+
+
+def read_results(config: DataConfig, unit: Unit, folder: Path) -> Iterator[Cleaned | Problem]:
+    source = config.sources[unit.source].name
+    with _unit_file(folder, unit).open(encoding="utf-8") as f:
+        for line in f:
+            yield _decode(json.loads(line), source)
+
+
+class UnitTasks:
+    """The datatrove pipeline step: task ``rank`` of ``world_size`` does every
+    ``world_size``-th unit, largest files first, so the big files start early and spread out."""
+
+    def __init__(self, config: DataConfig, units: list[Unit], seed: int, folder: Path) -> None:
+        self.config, self.seed, self.folder = config, seed, folder
+        self.units = sorted(units, key=lambda u: (-u.size, u.index))
+
+    def __repr__(self) -> str:  # how datatrove's task logs name the step
+        return f"lmforge per-document steps ({len(self.units)} files)"
+
+    def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> list[Any]:
+        if self.config.executor == "local":  # a failure reaches the caller; the bar is the log
+            from loguru import logger
+
+            logger.disable("datatrove")
+        for unit in self.units[rank::world_size]:
+            write_unit(self.config, unit, self.seed, self.folder)
+        return []
+
+
+# Starting worker processes costs a few seconds: below this much input, ``workers = 0`` (auto)
+# does the work in this process (the output is the same either way).
+AUTO_MIN_BYTES = 4 << 20
+
+
+def resolve_workers(config: DataConfig, units: list[Unit]) -> int:
+    """``data.workers``; 0 means the cores this process may use, or 1 for a small input."""
+    if config.workers:
+        return config.workers
+    cores = len(os.sched_getaffinity(0))
+    if config.executor == "local" and sum(u.size for u in units) < AUTO_MIN_BYTES:
+        return 1
+    return max(1, min(cores, len(units)))
+
+
+def _executor(config: DataConfig, step: UnitTasks, tasks: int, workers: int, logs: Path) -> Any:
+    try:
+        from datatrove.executor import LocalPipelineExecutor
+    except ImportError:
+        raise ImportError(f"data.workers = {workers}: {ENGINE_HINT}") from None
+    common = {"pipeline": [step], "tasks": tasks, "logging_dir": str(logs),
+              "skip_completed": False}
+    if config.executor == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        slurm = config.slurm
+        return SlurmPipelineExecutor(
+            **common, workers=workers, partition=slurm.partition, time=slurm.time,
+            cpus_per_task=slurm.cpus_per_task, mem_per_cpu_gb=slurm.mem_per_cpu_gb,
+            job_name="lmforge-data", env_command=slurm.env_command or None)
+    if config.executor == "ray":
+        from datatrove.executor import RayPipelineExecutor
+
+        return RayPipelineExecutor(**common, workers=workers)
+    return LocalPipelineExecutor(**common, workers=workers)
+
+
+def run_units(config: DataConfig, units: list[Unit], seed: int, folder: Path,
+              workers: int) -> None:
+    """Run every unit on the configured executor into ``folder``, with a progress bar over the
+    input bytes; returns when every unit's results are there (a Slurm job is waited for)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    tasks = min(len(units), 4 * workers) if config.executor == "local" else len(units)
+    step = UnitTasks(config, units, seed, folder)
+    executor = _executor(config, step, max(1, tasks), min(workers, max(1, tasks)),
+                         folder / "logs")
+    failure: list[BaseException] = []
+
+    def launch() -> None:
+        from loguru import logger
+
+        if config.executor == "local":
+            logger.disable("datatrove")
+        try:
+            executor.run()
+        except BaseException as err:  # re-raised in the caller's thread
+            failure.append(err)
+        finally:
+            logger.enable("datatrove")
+
+    thread = threading.Thread(target=launch, daemon=True)
+    thread.start()
+    pending = list(units)
+    with tqdm(total=sum(u.size for u in units), unit="B", unit_scale=True,
+              desc=f"data ({workers} workers, {config.executor})") as bar:
+        while pending:
+            alive = thread.is_alive()  # before listing: a unit written before it ended is seen
+            done = [u for u in pending if _unit_file(folder, u).exists()]
+            bar.update(sum(u.size for u in done))
+            pending = [u for u in pending if u not in done]
+            if failure:
+                raise failure[0]
+            if pending and not alive and config.executor != "slurm":
+                raise RuntimeError(f"data engine: stopped with {len(pending)} files not done "
+                                   f"(first {pending[0].path}); logs in {folder / 'logs'}")
+            if pending:
+                time.sleep(0.2)
+    thread.join()
