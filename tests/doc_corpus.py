@@ -4,8 +4,9 @@ and an epub. Every file carries its own facts (``FACTS``: a question, the file, 
 sheet / slide / chapter it is on, and the answer's text), so tests can check that each is read,
 and retrieved and cited at the right position.
 
-The pdfs are drawn by fpdf2 in the CJK font CI installs (``scripts/setup-browser.sh``); tests
-that need it skip with the reason when it is absent.
+The text pdf is drawn by fpdf2 and the scan rendered by ``tests/ocr_pages.py``, both in the
+CJK font CI installs (``scripts/setup-browser.sh``); tests that need it skip with the reason
+when it is absent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ocr_pages import scanned_pdf
 
 CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 
@@ -87,23 +89,6 @@ def table_pdf(path: Path) -> Path:
             for value in values:
                 row.cell(value)
     pdf.multi_cell(0, 8, "以上保费单位为元。", new_x="LMARGIN", new_y="NEXT")
-    pdf.output(str(path))
-    return path
-
-
-def image_pdf(path: Path, pages: list[list[str]]) -> Path:
-    """A pdf whose pages are only pictures of text (a scan: no text layer)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.truetype(str(need_font()), 36)
-    pdf = _fpdf()
-    for lines in pages:
-        image = Image.new("L", (1240, 1754), 255)
-        draw = ImageDraw.Draw(image)
-        for i, line in enumerate(lines):
-            draw.text((100, 120 + 70 * i), line, font=font, fill=0)
-        pdf.add_page()
-        pdf.image(image, x=0, y=0, w=pdf.w, h=pdf.h)
     pdf.output(str(path))
     return path
 
@@ -210,7 +195,7 @@ def build_corpus(folder: Path) -> Path:
     """Every file of ``FACTS`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     table_pdf(folder / "terms.pdf")
-    image_pdf(folder / "scan.pdf", [SCANNED_LINES])
+    scanned_pdf(folder / "scan.pdf", [SCANNED_LINES])
     rates_docx(folder / "rates.docx")
     annuity_xlsx(folder / "annuity.xlsx")
     accident_pptx(folder / "accident.pptx")

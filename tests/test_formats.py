@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-import types
 import zipfile
 from pathlib import Path
 
@@ -16,17 +15,18 @@ from doc_corpus import (
     accident_pptx,
     annuity_xlsx,
     guide_epub,
-    image_pdf,
     need_font,
     rates_docx,
     table_pdf,
 )
+from ocr_pages import scanned_pdf
 
 from lmforge.config import ConfigError, IngestConfig, SourceConfig
 from lmforge.config.loader import from_dict
 from lmforge.data import pdf as pdf_module
 from lmforge.data.ingest import Document, Problem, Reader
 from lmforge.data.markup import html_text
+from lmforge.data.ocr import MISSING
 from lmforge.data.tables import cell_text, markdown_table, render
 
 
@@ -93,22 +93,24 @@ def test_pdf_merged_cells_repeat_and_a_spanning_header_joins(tmp_path: Path) -> 
 
 def test_scanned_pages_are_reported_or_read_by_ocr(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    path = image_pdf(tmp_path / "scan.pdf", [SCANNED_LINES, SCANNED_LINES[:1]])
+    need_font()
+    path = scanned_pdf(tmp_path / "scan.pdf", [SCANNED_LINES, SCANNED_LINES[:1]])
     docs, problems = read(path, ocr="off")
     assert not docs
     assert [p.location for p in problems[:2]] == [f"{path} page 1", f"{path} page 2"]
     assert "no text layer" in problems[0].reason and "ingest.ocr = 'off'" in problems[0].reason
 
-    fake = types.SimpleNamespace(ocr_available=lambda: "pip install 'lmforge[ocr]'",
-                                 pdf_page_text=lambda path, index: SCANNED_LINES[index])
-    monkeypatch.setattr(pdf_module, "_ocr", lambda: fake)
+    monkeypatch.setattr(pdf_module, "ocr_available", lambda: MISSING)  # the extra not installed
     docs, problems = read(path)
-    assert not docs and "pip install 'lmforge[ocr]'" in problems[0].reason
+    assert not docs and problems[0].reason.endswith(MISSING)
 
-    fake.ocr_available = lambda: None
+    read_pages: list[int] = []  # the OCR engine's part is tests/test_ocr.py's
+    monkeypatch.setattr(pdf_module, "ocr_available", lambda: None)
+    monkeypatch.setattr(pdf_module, "pdf_page_text",
+                        lambda path, index: read_pages.append(index) or SCANNED_LINES[index])
     docs, problems = read(path)
     assert not problems and docs[0].text == "\f".join(SCANNED_LINES)
-    assert docs[0].meta["pages"] == "2"
+    assert docs[0].meta["pages"] == "2" and read_pages == [0, 1]
 
 
 def test_the_ocr_setting_is_checked_where_the_recipe_is_read() -> None:

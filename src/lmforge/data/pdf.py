@@ -9,11 +9,10 @@ install command; ``"off"`` reports it without trying.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
 
+from lmforge.data.ocr import ocr_available, pdf_page_text
 from lmforge.data.tables import Block, Units, markdown_table, render
 
 NO_TEXT_LAYER = "no text layer (a scanned page?), skipped"
@@ -77,22 +76,11 @@ def _table_rows(table: Any) -> tuple[list[list[str | None]], int]:
     return rows, header
 
 
-def _ocr() -> ModuleType | None:
-    """``data/ocr.py`` (written beside this module; absent in older trees)."""
-    try:
-        return importlib.import_module("lmforge.data.ocr")
-    except ModuleNotFoundError:
-        return None
-
-
 def _scanned(path: Path, index: int, mode: Literal["auto", "off"]) -> tuple[str, str]:
     """A scanned page's OCR text, or why there is none."""
     if mode == "off":
         return "", f"{NO_TEXT_LAYER} (ingest.ocr = 'off')"
-    ocr = _ocr()
-    if ocr is None:
-        return "", f"{NO_TEXT_LAYER}: this lmforge has no OCR"
-    missing = ocr.ocr_available()
+    missing = ocr_available()
     if missing:
         return "", f"{NO_TEXT_LAYER}: {missing}"
-    return str(ocr.pdf_page_text(path, index)), ""
+    return pdf_page_text(path, index), ""
