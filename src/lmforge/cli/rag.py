@@ -250,7 +250,7 @@ def _index_commands(sub: argparse._SubParsersAction) -> None:
         "paths",
         nargs="+",
         type=Path,
-        help="files or folders (txt, md, html, jsonl, json, pdf, docx)",
+        help="files or folders (txt, md, html, jsonl, json, pdf, docx, xlsx, pptx, epub)",
     )
     p.add_argument("--index", type=Path, required=True, help="index folder")
     p.add_argument(
