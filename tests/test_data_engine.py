@@ -1,6 +1,6 @@
 """The data stage on the engine (data/engine.py): with two worker processes it writes the very
-bytes one process writes -- corpus, problems log and report -- including which copy of a
-near-duplicate pair across files survives and how a broken file is reported."""
+bytes one process writes -- corpus, problems log, report and token shards -- including which
+copy of a near-duplicate pair across files survives and how a broken file is reported."""
 
 import json
 from dataclasses import replace
@@ -12,13 +12,15 @@ import pytest
 from lmforge.config import (
     ConfigError,
     DataConfig,
+    DedupConfig,
     QualityConfig,
     RecipeConfig,
+    ShardConfig,
     SourceConfig,
     load_config,
 )
-from lmforge.data import Document, prepare
-from lmforge.data.dedup import fingerprint
+from lmforge.data import Document, prepare, tokenize_corpus
+from lmforge.data.dedup import Deduplicator, fingerprint, shingles
 from lmforge.data.engine import Cleaned, _decode, _encode, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +52,13 @@ def corpus(tmp_path: Path) -> DataConfig:
 
 
 def outputs(out: Path) -> dict[str, object]:
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    """The corpus, the report less its timings, and the token shards of the corpus."""
     assert not (out / ".corpus.units").exists()  # the engine's work folder is cleaned up
+    tokenize_corpus(out, ROOT / "tests/fixtures/tokenizer", out / "shards", ShardConfig())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     timing = (report.pop("seconds"), report.pop("workers"))
-    files = {p.name: p.read_bytes() for p in sorted((out / "corpus").iterdir())}
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for part in ("corpus", "shards")
+             for p in sorted((out / part).iterdir())}
     return {"report": report, "files": files, "timing": timing}
 
 
@@ -63,15 +68,16 @@ def test_two_workers_write_the_bytes_one_process_writes(tmp_path: Path) -> None:
     two = outputs(_prepare(replace(config, workers=2), tmp_path / "two"))
     assert one["timing"][1] == 1 and two["timing"][1] == 2
     assert one["files"] == two["files"] and one["report"] == two["report"]
+    assert any(name.endswith(".bin") for name in one["files"])
     sources = one["report"]["sources"]
     # the near copy in b.txt is checked against a.txt's paragraph, read first, and dropped
     assert sources["zh"]["dropped"]["near_duplicate"] >= 1
     assert sources["zh"]["dropped"]["exact_duplicate"] >= 1
     kept = [json.loads(line)["text"] for name in ("train.jsonl", "val.jsonl")
-            for line in one["files"][name].decode().splitlines()]
+            for line in one["files"][f"corpus/{name}"].decode().splitlines()]
     assert CLAUSE in kept and NEAR not in kept
     # the broken line is reported by file and line, in the same words
-    problems = one["files"]["problems.log"].decode()
+    problems = one["files"]["corpus/problems.log"].decode()
     assert f"{tmp_path / 'en.jsonl'}:4: invalid JSON" in problems
     assert sources["en"]["problems"] == 1
 
@@ -92,6 +98,31 @@ def test_a_document_survives_the_trip_through_a_work_file() -> None:
         cleaned.doc, cleaned.chars_in, cleaned.pii, cleaned.reason)
     assert back.known.digest == cleaned.known.digest
     assert np.array_equal(back.known.hashvalues, cleaned.known.hashvalues)
+
+
+def test_the_band_index_decides_as_datasketch_lsh_does() -> None:
+    """The same documents, in the same order, through MinHashLSH itself: every decision the
+    same (near copies of each other and of earlier documents, unrelated text)."""
+    from datasketch import MinHash, MinHashLSH
+
+    zh = (ROOT / "data/tiny/pretrain_zh.txt").read_text(encoding="utf-8").split("\n\n")
+    texts = [t for t in zh if len(t) > 80][:40]
+    texts += [t.replace(t[10:14], "保险责任") for t in texts[::3]]  # small edits: near copies
+    texts += [t[: len(t) // 2] for t in texts[1::5]]  # halves: mostly not near
+    config = DedupConfig(exact=False)
+    ours = Deduplicator(config, seed=5)
+    lsh = MinHashLSH(threshold=config.jaccard_threshold, num_perm=config.num_perm)
+    decisions, reference = [], []
+    for i, text in enumerate(texts):
+        decisions.append(ours.check(text))
+        signature = MinHash(num_perm=config.num_perm, seed=5)
+        signature.update_batch(list(shingles(text, config.shingle_chars)))
+        near = bool(lsh.query(signature))
+        if not near:
+            lsh.insert(str(i), signature)
+        reference.append("near" if near else None)
+    assert decisions == reference
+    assert 5 <= decisions.count("near") < len(texts) - 30
 
 
 def test_units_are_the_files_in_recipe_order(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Exact and near-duplicate removal across all sources.
 
 Exact: a hash of the text with case, whitespace and punctuation removed, so copies that differ
-only in formatting collide. Near: MinHash over character shingles with LSH banding, through
-``datasketch`` (the standard implementation; writing our own would buy nothing). Character
+only in formatting collide. Near: MinHash over character shingles with LSH banding: the
+signatures and the band layout are ``datasketch``'s (the standard implementation), the index a
+compact set per band that answers as ``MinHashLSH`` does (``Deduplicator``). Character
 shingles work for Chinese and English alike. The first document seen is kept, so source order
 in the recipe decides which copy survives.
 
@@ -66,17 +67,25 @@ def fingerprint(text: str, config: DedupConfig, seed: int) -> Fingerprint:
 
 
 class Deduplicator:
-    """Streams documents and says, for each, whether it is new, an exact or a near duplicate."""
+    """Streams documents and says, for each, whether it is new, an exact or a near duplicate.
+
+    The near-duplicate index is datasketch's LSH banding (its band count and width for the
+    threshold) held as one set of band values per band: a document is a near duplicate when
+    one of its bands equals that band of a kept document, which is exactly when
+    ``MinHashLSH.query`` returns a candidate, in a third of the memory (MinHashLSH also
+    keeps, per document, a key and its band list, for removing and listing documents, which
+    dedup never does). The index still grows with the documents kept: ~1 KB each.
+    """
 
     def __init__(self, config: DedupConfig, seed: int = 1) -> None:
-        from datasketch import MinHash, MinHashLSH
+        from datasketch import MinHashLSH
 
         self.config = config
-        self._minhash = MinHash
-        self._seen: set[str] = set()
-        self._lsh = MinHashLSH(threshold=config.jaccard_threshold, num_perm=config.num_perm)
         self._seed = seed
-        self._count = 0
+        self._seen: set[str] = set()
+        bands = MinHashLSH(threshold=config.jaccard_threshold, num_perm=config.num_perm)
+        self._ranges: list[tuple[int, int]] = list(bands.hashranges)
+        self._bands: list[set[bytes]] = [set() for _ in self._ranges]
 
     def check(self, text: str, known: Fingerprint | None = None) -> str | None:
         """Return "exact" or "near" for a duplicate, else None and remember the document.
@@ -84,19 +93,14 @@ class Deduplicator:
         digest, hashvalues = known or fingerprint(text, self.config, self._seed)
         if self.config.exact and digest in self._seen:
             return "exact"
-        signature = None
-        if hashvalues is not None:
-            template = _template(self.config.num_perm, self._seed)
-            signature = self._minhash(seed=self._seed, hashvalues=hashvalues,
-                                      permutations=template.permutations,
-                                      scheme=template.scheme)
-            if self._lsh.query(signature):
-                return "near"
+        bands = [] if hashvalues is None else [
+            hashvalues[start:end].tobytes() for start, end in self._ranges]
+        if any(band in kept for band, kept in zip(bands, self._bands, strict=False)):
+            return "near"
         if self.config.exact:
             self._seen.add(digest)
-        if signature is not None:
-            self._lsh.insert(str(self._count), signature, check_duplication=False)
-        self._count += 1
+        for band, kept in zip(bands, self._bands, strict=False):
+            kept.add(band)
         return None
 
 

@@ -1,14 +1,14 @@
 """The data stage's per-document work on many cores or a cluster, run by datatrove.
 
-Why datatrove (measured in ``bench/data_scale.py``, figures in ``bench/RESULTS.md`` and
-``docs/experiments.md``): it is three small packages on top of what lmforge already installs
-(datatrove, loguru, humanize: ~22 MB) where Ray Data adds ~240 MB (ray itself) and starts a
-local cluster (GCS, raylet, object store) on every run; on one machine the two scale the same
-per-file work alike, and datatrove's executors cover the three places the stage runs -- local
-processes, a Slurm array job, a Ray cluster -- with the same pipeline object, plus
-skip-completed tasks. Its own MinHash dedup (buckets on disk, then clusters) is not used: it
-keeps one document per *cluster* of near duplicates, where lmforge keeps the first of each
-document against the documents kept before it, so its kept set differs (see docs/cluster.md).
+Why datatrove rather than Ray Data (measured on the bundled recipe x4, 55 MB, 2-core machine;
+``docs/experiments.md``, ``bench/RESULTS.md``): with the same lmforge steps and the same output,
+datatrove's local executor ran the stage at 1.05 MB/s on 2 workers against 0.66 for Ray Data
+(0.65 in one process), in 533 MB of memory against 1.9 GB (Ray starts a local cluster -- GCS,
+raylet, object store -- on every run, ~9 s); and it adds three small packages (datatrove,
+loguru, humanize: ~22 MB) to lmforge's install where Ray adds ~240 MB. The same pipeline object
+runs on its local, Slurm and Ray executors (``data.executor``). Its own MinHash dedup (buckets
+on disk, then clusters) is not used: it keeps one document per *cluster* of near duplicates,
+where lmforge keeps the first of each against the documents kept before it (docs/cluster.md).
 
 How the output stays byte-identical to one process: everything that looks at one document alone
 (reading, normalising, PII scrubbing, the quality rules, the exact hash and the MinHash
@@ -173,11 +173,14 @@ AUTO_MIN_BYTES = 4 << 20
 
 
 def resolve_workers(config: DataConfig, units: list[Unit]) -> int:
-    """``data.workers``; 0 means the cores this process may use, or 1 for a small input."""
+    """``data.workers``; 0 means the cores this process may use (1 for a small input), or on a
+    cluster as many tasks at once as there are files."""
     if config.workers:
         return config.workers
+    if config.executor != "local":
+        return max(1, len(units))
     cores = len(os.sched_getaffinity(0))
-    if config.executor == "local" and sum(u.size for u in units) < AUTO_MIN_BYTES:
+    if sum(u.size for u in units) < AUTO_MIN_BYTES:
         return 1
     return max(1, min(cores, len(units)))
 

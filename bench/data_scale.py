@@ -1,0 +1,229 @@
+"""The data stage at scale: throughput with workers, peak memory, and dedup memory as the corpus
+grows, on the bundled recipe's data section replicated N times.
+
+Each copy of a source file has its CJK characters and Latin letters rotated by the copy's number
+(digits, punctuation and JSON keys untouched), so the copies are new documents -- as a larger
+real corpus would be -- rather than exact duplicates that dedup drops before indexing them; each
+copy keeps the original's length, scripts and duplicate structure, so every filter sees the same
+kind of text. Prints one table: MB/s of raw input (total and per worker) for ingest + clean +
+dedup (``prepare``) and for tokenisation into shards, peak RSS of the process and its workers,
+whether both worker counts wrote the same bytes, and the dedup index's memory at each scale.
+Run with the machine otherwise quiet:
+
+    .venv/bin/python bench/data_scale.py                      # 4x for throughput; 1x/4x/16x dedup
+    .venv/bin/python bench/data_scale.py --scale 1 --dedup-scales 1 4   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from lmforge.config import DataConfig, RecipeConfig, ShardConfig, load_config
+from lmforge.data import prepare, tokenize_corpus
+from lmforge.data.dedup import Deduplicator
+from lmforge.data.engine import Cleaned, plan, read_results, run_units
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/insurance-zh.toml"
+TOKENIZER = ROOT / "tests/fixtures/tokenizer"
+CJK_START, CJK_SIZE = 0x4E00, 0x9FA5 - 0x4E00 + 1
+
+
+def rotation(copy: int) -> dict[int, int]:
+    """The character map of copy ``copy`` (copy 0 is the original)."""
+    table = {CJK_START + i: CJK_START + (i + copy * 331) % CJK_SIZE for i in range(CJK_SIZE)}
+    for base in (ord("a"), ord("A")):
+        table |= {base + i: base + (i + copy) % 26 for i in range(26)}
+    return table
+
+
+def _rotate_values(value: Any, table: dict[int, int]) -> Any:
+    if isinstance(value, str):
+        return value.translate(table)
+    if isinstance(value, list):
+        return [_rotate_values(v, table) for v in value]
+    if isinstance(value, dict):
+        return {k: _rotate_values(v, table) for k, v in value.items()}
+    return value
+
+
+def rotated_file(src: Path, dst: Path, copy: int) -> None:
+    table = rotation(copy)
+    text = src.read_text(encoding="utf-8")
+    if src.suffix == ".jsonl":
+        text = "".join(json.dumps(_rotate_values(json.loads(line), table), ensure_ascii=False)
+                       + "\n" for line in text.splitlines() if line.strip())
+    elif src.suffix == ".json":
+        text = json.dumps(_rotate_values(json.loads(text), table), ensure_ascii=False)
+    else:
+        text = text.translate(table)
+    dst.write_text(text, encoding="utf-8")
+
+
+def scaled(data: DataConfig, scale: int, work: Path) -> DataConfig:
+    """The recipe's data section with each source a folder of ``scale`` rotated copies."""
+    folder = work / f"x{scale}"
+    done = folder / ".complete"
+    sources = []
+    for source in data.sources:
+        path = ROOT / source.path
+        files = sorted(path.glob(source.glob)) if path.is_dir() else [path]
+        target = folder / source.name
+        if not done.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            for copy in range(scale):
+                for f in files:
+                    rotated_file(f, target / f"{copy:03d}-{f.name}", copy)
+        sources.append(replace(source, path=str(target), glob="*"))
+    done.touch()
+    return replace(data, sources=sources)
+
+
+class PeakRSS:
+    """Peak resident memory of this process and all its children together, sampled."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.peak, self.every = 0, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(self.every)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "report.json"
+                       and p.name != "report.md"):
+        h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def measure(data: DataConfig, workers: int, out: Path, seed: int) -> dict[str, Any]:
+    """One prepare + tokenise run (in its own process, so its peak memory is its own)."""
+    config = replace(data, workers=workers)
+    raw = sum(u.size for u in plan(config)[0])
+    shutil.rmtree(out, ignore_errors=True)
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        prepare(config, out, seed)
+        prepared = time.perf_counter()
+        tokenize_corpus(out, TOKENIZER, out / "shards", ShardConfig())
+        tokenized = time.perf_counter()
+    corpus_bytes = sum((out / "corpus" / f).stat().st_size for f in ("train.jsonl", "val.jsonl"))
+    return {"workers": workers, "raw_mb": raw / 1e6, "prepare_s": prepared - start,
+            "tokenize_s": tokenized - prepared, "corpus_mb": corpus_bytes / 1e6,
+            "peak_rss_mb": rss.peak / 1e6, "digest": digest(out)}
+
+
+def dedup_memory(data: DataConfig, workers: int, work: Path, seed: int) -> dict[str, Any]:
+    """The fingerprints of every document (on the engine), then the ordered dedup pass alone
+    under tracemalloc: what the index holds once every document has been checked."""
+    config = replace(data, workers=workers)
+    units, _ = plan(config)
+    folder = work / "units"
+    run_units(config, units, seed, folder, workers)
+    dedup = Deduplicator(config.dedup, seed=seed)  # its imports and empty tables not counted
+    tracemalloc.start()
+    checked = kept = 0
+    for unit in units:
+        for item in read_results(config, unit, folder):
+            if isinstance(item, Cleaned) and item.reason is None:
+                checked += 1
+                kept += dedup.check(item.doc.text, item.known) is None
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    shutil.rmtree(folder)
+    return {"raw_mb": sum(u.size for u in units) / 1e6, "checked": checked, "kept": kept,
+            "index_mb": held / 1e6, "peak_mb": peak / 1e6}
+
+
+def child(args: argparse.Namespace) -> None:
+    recipe = load_config(RecipeConfig, RECIPE)
+    data = scaled(recipe.data, args.scale, args.work)
+    workers = args.workers[0]
+    if args.mode == "measure":
+        result = measure(data, workers, args.work / f"out-{workers}", recipe.run.seed)
+    else:
+        result = dedup_memory(data, workers, args.work, recipe.run.seed)
+    print("RESULT " + json.dumps(result))
+
+
+def run_child(mode: str, scale: int, workers: int, work: Path) -> dict[str, Any]:
+    env_threads = {"RAYON_NUM_THREADS": str(workers)}  # the tokenizer's threads: the same count
+    cmd = [sys.executable, __file__, "--child", mode, "--scale", str(scale), "--workers",
+           str(workers), "--work", str(work)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={**os.environ, **env_threads})
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=4, help="copies for the throughput runs")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--dedup-scales", type=int, nargs="*", default=[1, 4, 16])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lmforge-data-scale"))
+    parser.add_argument("--child", choices=["measure", "dedup"], dest="mode")
+    args = parser.parse_args()
+    if args.mode:
+        child(args)
+        return
+    runs = [run_child("measure", args.scale, w, args.work) for w in args.workers]
+    base = runs[0]
+    print(f"throughput, bundled data x{args.scale} ({base['raw_mb']:.0f} MB raw input)\n")
+    print("| workers | prepare MB/s | per worker | tokenise MB/s | both MB/s | speed-up | "
+          "peak RSS MB | same bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        both = r["raw_mb"] / (r["prepare_s"] + r["tokenize_s"])
+        base_both = base["raw_mb"] / (base["prepare_s"] + base["tokenize_s"])
+        print(f"| {r['workers']} | {r['raw_mb'] / r['prepare_s']:.2f} | "
+              f"{r['raw_mb'] / r['prepare_s'] / r['workers']:.2f} | "
+              f"{r['corpus_mb'] / r['tokenize_s']:.1f} | {both:.2f} | {both / base_both:.2f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['digest'] == base['digest']} |")
+    if args.dedup_scales:
+        print("\ndedup index (the ordered pass; fingerprints computed on the engine)\n")
+        print("| scale | raw MB | documents checked | kept | index MB | bytes per kept doc |")
+        print("|---|---|---|---|---|---|")
+        for scale in args.dedup_scales:
+            d = run_child("dedup", scale, max(args.workers), args.work)
+            print(f"| {scale}x | {d['raw_mb']:.0f} | {d['checked']:,} | {d['kept']:,} | "
+                  f"{d['index_mb']:.1f} | {d['index_mb'] * 1e6 / max(1, d['kept']):,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
