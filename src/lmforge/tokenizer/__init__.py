@@ -16,16 +16,13 @@ from lmforge.tokenizer.chat import (
     plain_text_tokenizer,
     with_system,
 )
-from lmforge.tokenizer.template import (
-    ChatFormat,
-    Message,
-    TemplateRefused,
-    Tool,
+from lmforge.tokenizer.folder import (
     document_end_id,
     has_chat_template,
     load_chat_format,
     load_tokenizer,
 )
+from lmforge.tokenizer.template import ChatFormat, Message, TemplateRefused, Tool
 from lmforge.tokenizer.tools import ParsedTurn, Piece, ToolCall, ToolFormat, ToolStream, tool_format
 from lmforge.tokenizer.train import train_bpe, train_tokenizer
 from lmforge.tokenizer.vocab import (

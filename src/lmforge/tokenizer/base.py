@@ -40,8 +40,8 @@ from lmforge.atomic import atomic_dir, atomic_write_text
 from lmforge.config import TokenizerConfig
 from lmforge.reporting import markdown_table, write_report_pair
 from lmforge.tokenizer.chat import plain_text_tokenizer
+from lmforge.tokenizer.folder import load_chat_format
 from lmforge.tokenizer.report import chars_per_token, held_out_groups
-from lmforge.tokenizer.template import load_chat_format
 from lmforge.tokenizer.train import (
     iter_texts,
     read_terms,
