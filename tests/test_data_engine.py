@@ -21,7 +21,7 @@ from lmforge.config import (
 )
 from lmforge.data import Document, prepare, tokenize_corpus
 from lmforge.data.dedup import Deduplicator, fingerprint, shingles
-from lmforge.data.engine import Cleaned, _decode, _encode, plan
+from lmforge.data.engine import Cleaned, _decode, _encode, plan, run_units
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAUSE = ("在本合同保险期间内，如果本合同当时已经累积有现金价值，"
@@ -130,6 +130,16 @@ def test_units_are_the_files_in_recipe_order(tmp_path: Path) -> None:
     assert [(u.index, Path(u.path).name) for u in units] == [
         *((i, f"{i:02d}.txt") for i in range(7)), (7, "en.jsonl")]
     assert listing == [[], []]
+
+
+def test_a_worker_that_fails_names_the_file(tmp_path: Path) -> None:
+    """A file gone between listing and reading (not a bad file: that is a Problem) fails the
+    worker; the error reaches the caller with the file's name instead of hanging the run."""
+    config = replace(corpus(tmp_path), workers=2)
+    units, _ = plan(config)
+    Path(units[2].path).unlink()
+    with pytest.raises(RuntimeError, match=r"02\.txt: FileNotFoundError"):
+        run_units(config, units, 1, tmp_path / "units", 2)
 
 
 def test_workers_and_executor_are_checked() -> None:
