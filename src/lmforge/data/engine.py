@@ -203,6 +203,13 @@ def _executor(config: DataConfig, step: UnitTasks, tasks: int, workers: int, log
     if config.executor == "ray":
         from datatrove.executor import RayPipelineExecutor
 
+        try:
+            import ray
+        except ImportError:
+            raise ImportError('data.executor = "ray": install Ray on this machine and every '
+                              "node: pip install 'ray[data]'") from None
+        if not ray.is_initialized():
+            ray.init()  # the cluster RAY_ADDRESS names; without it, one on this machine
         return RayPipelineExecutor(**common, workers=workers)
     return LocalPipelineExecutor(**common, workers=workers)
 
