@@ -5,6 +5,7 @@ they should."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -199,6 +200,27 @@ def test_a_fingerprint_covers_exactly_what_the_stage_is_handed(tmp_path: Path) -
     assert fp(config, layout.model("pretrain")) != first  # an input file's content
     with pytest.raises(ValueError, match="stage dpo, which has not run"):
         fp(config, layout.model("dpo"))
+
+
+def test_how_many_workers_prepare_the_data_is_not_part_of_its_fingerprint(tmp_path: Path
+                                                                          ) -> None:
+    """The corpus is the same bytes for any workers or executor (tests/test_data_engine.py), so
+    changing them re-runs nothing; a setting that changes the output still does."""
+    from lmforge.config.data import DataConfig, SlurmConfig
+    from lmforge.pipeline import RunLayout
+    from lmforge.pipeline.fingerprint import fingerprint
+
+    layout = RunLayout(tmp_path / "run")
+
+    def fp(config: DataConfig) -> str:
+        return fingerprint("data", {"data": config, "out": layout.stage("data"), "seed": 0},
+                           layout, {})
+
+    first = fp(DataConfig())
+    assert fp(DataConfig(workers=7, executor="slurm",
+                         slurm=SlurmConfig(partition="cpu"))) == first
+    assert fp(DataConfig(workers=7, mix=dataclasses.replace(DataConfig().mix,
+                                                            domain_fraction=0.9))) != first
 
 
 def test_large_inputs_are_identified_without_reading_them_whole(tmp_path: Path,

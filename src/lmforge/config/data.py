@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmforge.config.checks import INPUT, DocFormat, check, fraction
+from lmforge.config.checks import INPUT, NEUTRAL, DocFormat, check, fraction
 
 
 @dataclass
@@ -181,10 +181,10 @@ class DataConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     # processes for the per-document work (0: the machine's cores; 1: all in this process);
     # the output is the same for every value (data/engine.py)
-    workers: int = 0
+    workers: int = field(default=0, metadata=NEUTRAL)
     # where those processes run: this machine, a Slurm array job, or a Ray cluster (RAY_ADDRESS)
-    executor: Literal["local", "slurm", "ray"] = "local"
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    executor: Literal["local", "slurm", "ray"] = field(default="local", metadata=NEUTRAL)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata=NEUTRAL)
 
     def __post_init__(self) -> None:
         check(self.workers >= 0, "workers", "a non-negative integer (0: the machine's cores)",

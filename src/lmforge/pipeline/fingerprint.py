@@ -2,7 +2,8 @@
 the content of every file a config field marks as an input (``config.INPUT``), and, for
 each path it reads from another stage's folder, that stage's fingerprint. Nothing is listed by
 hand, so a setting or file a stage receives can never be left out of its fingerprint, and the
-stages a stage builds on are read off its paths.
+stages a stage builds on are read off its paths. Fields marked ``config.NEUTRAL`` (how many
+processes, where they run) are left out: they change how a stage runs, never what it writes.
 
 A file above ``WHOLE_HASH_LIMIT`` (an open base's multi-GB weights) is identified by its size,
 modification time and first and last MiB instead of all of its bytes, as ``make`` and ``rsync``
@@ -63,7 +64,7 @@ class StageInputs:
     def plain(self, value: Any) -> Any:
         if is_dataclass(value) and not isinstance(value, type):
             return {f.name: self._field(getattr(value, f.name), f.metadata.get("input", False))
-                    for f in fields(value)}
+                    for f in fields(value) if not f.metadata.get("neutral", False)}
         if isinstance(value, Path):
             return self._path(value)
         if isinstance(value, Mapping):
