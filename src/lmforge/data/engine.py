@@ -76,7 +76,7 @@ def plan(config: DataConfig) -> tuple[list[Unit], list[list[Problem]]]:
     units: list[Unit] = []
     problems: list[list[Problem]] = []
     for i in range(len(config.sources)):
-        files, found = reader(config, i)._scan()
+        files, found = reader(config, i).scan()
         problems.append(found)
         for path in files:
             units.append(Unit(len(units), i, str(path), path.stat().st_size))

@@ -126,9 +126,11 @@ class Reader:
 
     def files(self) -> list[Path]:
         """The files to read, in order (links that lead outside the folder left out)."""
-        return self._scan()[0]
+        return self.scan()[0]
 
-    def _scan(self) -> tuple[list[Path], list[Problem]]:
+    def scan(self) -> tuple[list[Path], list[Problem]]:
+        """The files to read and the links left out, each a Problem, in the order reading
+        reports them (the parallel data stage lists them before its workers read)."""
         if self.root.is_file():
             return [self.root], []
         if not self.root.is_dir():
@@ -152,7 +154,7 @@ class Reader:
         return inside, outside
 
     def __iter__(self) -> Iterator[Item]:
-        files, problems = self._scan()
+        files, problems = self.scan()
         yield from problems
         for path in files:
             yield from self.read_file(path)
