@@ -268,3 +268,15 @@ def test_report_samples_say_where_in_the_document_each_source_is() -> None:
     md = samples_section({"qa": {"samples": [sample]}})
     assert "  - [1] rates.xlsx · sheet 2 (费率表): \\| 40 \\|" in md
     assert "  - [2] old.txt: written before locations" in md
+
+
+def test_every_single_stage_command_finds_its_arguments_and_folder(tmp_path: Path) -> None:
+    """``lmforge ppo`` once failed before starting: its folder was missing from the layout."""
+    from lmforge.config import RecipeConfig
+    from lmforge.pipeline import BY_NAME, RunLayout
+
+    recipe = RecipeConfig()
+    layout = RunLayout(tmp_path / "run")
+    for name, stage in BY_NAME.items():
+        stage.args(recipe, layout)
+        assert layout.stage(name).parent == layout.root or name == "shards", name

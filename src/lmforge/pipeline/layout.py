@@ -7,7 +7,7 @@ runs/<name>/
   data/            corpus/ (train.jsonl, val.jsonl), report.md        <- data
   data/shards/     *.bin + index.json                                 <- shards
   tokenizer/       tokenizer.json, ...                                <- tokenizer
-  pretrain/ sft/ dpo/ rm/ kto/   model/, checkpoints/, metrics.jsonl, loss.png, report.md
+  pretrain/ sft/ dpo/ rm/ kto/ ppo/ grpo/   model/, checkpoints/, metrics.jsonl, report.md
   rag/             the index (store, keyword index, manifest, reranker/)
   decoding/        model/ (the trained assistant + its chosen grounded decoding), report.md
   eval/            report.json, report.md, heldout_queries.jsonl
@@ -23,7 +23,7 @@ from pathlib import Path
 
 STAGE_FOLDERS = {"data": "data", "shards": "data/shards", "tokenizer": "tokenizer",
                  "pretrain": "pretrain", "sft": "sft", "dpo": "dpo", "rm": "rm", "kto": "kto",
-                 "rag": "rag",
+                 "ppo": "ppo", "grpo": "grpo", "rag": "rag",
                  "decoding": "decoding", "eval": "eval", "export": "export"}
 TRAINING_STAGES = ("pretrain", "sft", "dpo")  # the chain that makes the assistant
 ASSISTANT_STAGE = TRAINING_STAGES[-1]
