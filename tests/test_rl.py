@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import FIXTURE_TOKENIZER, killed_at
 
-from lmforge.config import LoraConfig, ModelConfig, RLConfig, TrainConfig
+from lmforge.config import ConfigError, LoraConfig, ModelConfig, RLConfig, TrainConfig
 from lmforge.model import Transformer, save_model
 from lmforge.pipeline.rl import engine_rollout, grounded_reward, mcq_reward
 from lmforge.tokenizer import copy_tokenizer_files, encode_chat
@@ -230,3 +230,28 @@ def test_grpo_stage_runs_on_verifiable_rewards(reward: str, chat: Any, tmp_path:
     assert report["reward"] == reward and report["prompts"]["train"] > 0
     assert report["prompts"]["val"] > 0 and "val_reward" in report["final"]
     assert "held-out reward" in summary["headline"]
+
+
+def test_letters_only_answers_are_one_option_letter(chat: Any, tmp_path: Path) -> None:
+    """A random model writes no letter on its own (no reward for GRPO to learn from); under
+    ``letters_only`` every sampled and greedy answer is one of the options' letters."""
+    from lmforge.infer import compile_choice
+    from lmforge.model import load_model
+    from lmforge.pipeline.rl import encode_prompts, mcq_prompts
+
+    data = Path(__file__).parent.parent / "data" / "tiny"
+    prompted = mcq_prompts([str(data / "mcq_insurance.jsonl")], "")
+    assert prompted.options == "ABCD"
+    config = RLConfig(reward="mcq", letters_only=True, max_new_tokens=4,
+                      train=TrainConfig(steps=2, seq_len=1024, warmup_steps=0, save_every=2))
+    prompts, _ = encode_prompts(chat, prompted, config, 1024, seed=0)
+    model = load_model(_base(tmp_path, chat.tokenizer.get_vocab_size(), context=1024)).eval()
+    rollout = engine_rollout(chat, config, compile_choice(chat.tokenizer, list("ABCD")))
+    rows = prompts.train[:4]
+    with torch.no_grad():
+        for greedy in (False, True):
+            answers = rollout(model, [prompts.ids[r] for r in rows], list(range(4)), greedy)
+            texts = [chat.tokenizer.decode(a) for a in answers]
+            assert len(texts) == 4 and set(texts) <= {"A", "B", "C", "D"}, texts
+    with pytest.raises(ConfigError, match="letters_only"):
+        RLConfig(reward="grounded", letters_only=True)

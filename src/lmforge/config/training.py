@@ -302,6 +302,10 @@ class RLConfig:
     # citing it, a penalty per unsupported sentence), "model" (prompt_files, or the SFT
     # questions, scored by the ``rm`` stage's reward model: PPO)
     reward: Literal["model", "mcq", "grounded"] = "model"
+    # mcq: answers constrained to one option letter (rollouts and held-out scoring alike): a
+    # model that does not yet answer with a letter gets a reward signal; what it learns is
+    # which letter
+    letters_only: bool = False
     prompt_files: list[str] = field(default_factory=list, metadata=INPUT)
     group_size: int = 4  # GRPO: samples per prompt; PPO: 1
     max_new_tokens: int = 48
@@ -333,6 +337,8 @@ class RLConfig:
         fraction("lam", self.lam)
         check(0.0 < self.val_fraction < 1.0, "val_fraction", "a fraction in (0, 1)",
               self.val_fraction)
+        check(not self.letters_only or self.reward == "mcq", "letters_only",
+              'reward = "mcq" (only exam answers are option letters)', self.letters_only)
         # checkpoints on rollout boundaries: a resumed run regenerates the rollout it is in
         check(self.train.save_every % self.epochs == 0, "train.save_every",
               f"a multiple of epochs ({self.epochs})", self.train.save_every)

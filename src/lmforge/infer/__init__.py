@@ -14,7 +14,7 @@ from lmforge.infer.generate import (
     generate_grounded,
     stream_generate,
 )
-from lmforge.infer.grammar import Grammar, compile_json
+from lmforge.infer.grammar import Grammar, compile_choice, compile_json
 from lmforge.infer.grounded import (
     GENERATION_CONFIG,
     Evidence,
@@ -29,8 +29,8 @@ from lmforge.infer.rewrite import model_rewriter
 from lmforge.infer.sampling import next_tokens
 
 __all__ = ["GENERATION_CONFIG", "Beam", "ChatSession", "Delta", "Engine", "Event", "Evidence",
-           "Grammar", "GroundedAsk", "Quote", "beam_search", "compile_json", "complete",
-           "decode_whole", "evidence_prompt",
+           "Grammar", "GroundedAsk", "Quote", "beam_search", "compile_choice", "compile_json",
+           "complete", "decode_whole", "evidence_prompt",
            "generate", "generate_chat", "generate_grounded", "load_for_inference", "model_rewriter",
            "next_tokens",
            "read_grounding", "scored_quotes", "stopping", "stream_generate", "terminal_chat",

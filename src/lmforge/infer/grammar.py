@@ -1,4 +1,5 @@
-"""Structured outputs: a grammar that only lets a request's tokens spell valid JSON.
+"""Structured outputs: a grammar that only lets a request's tokens spell valid JSON (or one of
+a few given choices, ``compile_choice``).
 
 ``compile_json`` turns a JSON schema (or None: any JSON object, OpenAI's ``json_object``), with
 literal text before and after it (a tool call's ``<tool_call>\\n`` ... ``\\n</tool_call>``), into
@@ -89,7 +90,7 @@ class Grammar:
 
 
 _tokenizers: dict[int, tuple[Tokenizer, llguidance.LLTokenizer]] = {}
-_grammars: OrderedDict[tuple[int, str, str, str], Grammar] = OrderedDict()
+_grammars: OrderedDict[tuple[int, str], Grammar] = OrderedDict()
 _lock = threading.Lock()  # a server compiles in its request threads
 
 
@@ -102,28 +103,37 @@ def compile_json(tok: Tokenizer, schema: dict[str, Any] | None, prefix: str = ""
     if schema is not None and not isinstance(schema, dict):
         raise ValueError(f"a JSON schema must be an object, got {type(schema).__name__}")
     schema = schema if schema is not None else {"type": "object"}  # ({} is any JSON value)
-    key = (id(tok), json.dumps(schema, sort_keys=True, ensure_ascii=False), prefix, suffix)
+    body = json.dumps({**schema, "x-guidance": JSON_LAYOUT}, ensure_ascii=False)
+    start = " ".join(p for p in (_literal(tok, prefix), "json_body", _literal(tok, suffix)) if p)
+    return _cached(tok, f"start: {start}\njson_body: %json {body}\n",
+                   "cannot constrain decoding to this JSON schema")
+
+
+def compile_choice(tok: Tokenizer, choices: Sequence[str]) -> Grammar:
+    """Exactly one of ``choices``, as vLLM's ``guided_choice``: an exam answer that must be one
+    of its option letters, whatever the model would have written around it."""
+    if not choices or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError(f"choices must be non-empty strings, got {list(choices)!r}")
+    alternatives = " | ".join(f"({_literal(tok, c)})" for c in choices)
+    return _cached(tok, f"start: {alternatives}\n", "cannot constrain decoding to these choices")
+
+
+def _cached(tok: Tokenizer, source: str, refusal: str) -> Grammar:
+    """The Lark ``source`` compiled for ``tok``, once per pair (a server compiles each
+    request's tool schemas, mostly the same few)."""
+    key = (id(tok), source)
     with _lock:
         if key in _grammars:
             _grammars.move_to_end(key)
             return _grammars[key]
-        grammar = _compile(tok, schema, prefix, suffix)
-        _grammars[key] = grammar
+        lltok = _llguidance_tokenizer(tok)
+        pristine = llguidance.LLMatcher(lltok, source, log_level=0)
+        if pristine.is_error():
+            raise ValueError(f"{refusal}: {_one_line(pristine.get_error())}")
+        grammar = _grammars[key] = Grammar(source, lltok.vocab_size, pristine)
         if len(_grammars) > CACHED_GRAMMARS:
             _grammars.popitem(last=False)
         return grammar
-
-
-def _compile(tok: Tokenizer, schema: dict[str, Any], prefix: str, suffix: str) -> Grammar:
-    lltok = _llguidance_tokenizer(tok)
-    body = json.dumps({**schema, "x-guidance": JSON_LAYOUT}, ensure_ascii=False)
-    start = " ".join(p for p in (_literal(tok, prefix), "json_body", _literal(tok, suffix)) if p)
-    source = f"start: {start}\njson_body: %json {body}\n"
-    pristine = llguidance.LLMatcher(lltok, source, log_level=0)
-    if pristine.is_error():
-        raise ValueError(f"cannot constrain decoding to this JSON schema: "
-                         f"{_one_line(pristine.get_error())}")
-    return Grammar(source, lltok.vocab_size, pristine)
 
 
 def _llguidance_tokenizer(tok: Tokenizer) -> llguidance.LLTokenizer:

@@ -5,7 +5,8 @@ sampler, the chat format's stop ids), with the policy's weights used as they are
 training goes on with them. Rewards the domain can verify are scored here, because they need
 eval's and rag's reading of an answer:
 - ``mcq``: exam questions (FinEval layout); 1 when the first option letter the answer names is
-  the right one, else 0;
+  the right one, else 0; with ``letters_only`` every answer, sampled and held-out, is one option
+  letter (the engine's structured outputs), for a model that has not learnt to answer with one;
 - ``grounded``: a domain question after its gold passage among distractors (the RAG prompt
   SFT trains on); 1 when the answer cites the gold passage, minus ``unsupported_penalty`` per
   sentence the cited passages do not support (rag/citations.py, the server's own check);
@@ -29,7 +30,7 @@ from typing import Any
 from lmforge.config import AssistantConfig, RecipeConfig, RLConfig, SamplingConfig, SFTConfig
 from lmforge.data import QA, heldout_contracts, load_qa, rag_question
 from lmforge.eval import LETTERS, Question, read_questions, render
-from lmforge.infer import Engine, stopping
+from lmforge.infer import Engine, Grammar, compile_choice, stopping
 from lmforge.model import Transformer
 from lmforge.pipeline.layout import RunLayout
 from lmforge.rag import check_answer
@@ -41,9 +42,11 @@ MCQ_INSTRUCTION = "\n请只回答正确选项的字母。"
 _LETTER = re.compile(f"[{LETTERS}]")
 
 
-def engine_rollout(chat: ChatFormat, config: RLConfig) -> Rollout:
+def engine_rollout(chat: ChatFormat, config: RLConfig, grammar: Grammar | None = None
+                   ) -> Rollout:
     """Each prompt's sampled (or greedy) response ids from one batched engine run, ending in
-    the stop id when the answer stopped; each prompt draws with its own seed."""
+    the stop id when the answer stopped; each prompt draws with its own seed, under
+    ``grammar`` when given (structured outputs: one of the option letters)."""
     sampling = stopping(chat, SamplingConfig(max_new_tokens=config.max_new_tokens,
                                              temperature=config.temperature, top_p=config.top_p))
 
@@ -54,7 +57,7 @@ def engine_rollout(chat: ChatFormat, config: RLConfig) -> Rollout:
         for n, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
             drawn = dataclasses.replace(sampling, seed=seed,
                                         temperature=0.0 if greedy else sampling.temperature)
-            engine.submit(prompt, drawn, str(n))
+            engine.submit(prompt, drawn, str(n), grammar=grammar)
         responses: list[list[int]] = [[] for _ in prompts]
         for event in engine.run():
             if event.token is not None:
@@ -71,6 +74,7 @@ class Prompted:
     conversations: list[list[Message]]
     keys: list[str]  # what the held-out split goes by (the question)
     gold: list[Any]  # the right letter's index, or (the passages shown, the gold's number)
+    options: str = ""  # mcq: the letters an answer may be (as many as the most choices)
 
 
 def mcq_prompts(files: Sequence[str], system: str) -> Prompted:
@@ -78,7 +82,8 @@ def mcq_prompts(files: Sequence[str], system: str) -> Prompted:
     head: list[Message] = [{"role": "system", "content": system}] if system else []
     return Prompted([[*head, {"role": "user", "content": render(q, False) + MCQ_INSTRUCTION}]
                      for q in questions], [q.question for q in questions],
-                    [q.answer for q in questions])
+                    [q.answer for q in questions],
+                    LETTERS[:max((len(q.choices) for q in questions), default=0)])
 
 
 def grounded_prompts(sft: SFTConfig, system: str, exclude: set[str], seed: int) -> Prompted:
@@ -179,8 +184,11 @@ def rl_stage(method: Method) -> Callable[..., dict[str, Any]]:
         max_len = config.train.seq_len
         prompts, stats = encode_prompts(chat, prompted, config, max_len, seed)
         score = None if config.reward == "model" else verifiable_score(config, chat, prompted)
-        report = reinforce(method, config, prompts, engine_rollout(chat, config), score, base,
-                           out, seed, reward_model if config.reward == "model" else None,
+        grammar = compile_choice(chat.tokenizer, list(prompted.options)) \
+            if config.letters_only else None
+        report = reinforce(method, config, prompts, engine_rollout(chat, config, grammar),
+                           score, base, out, seed,
+                           reward_model if config.reward == "model" else None,
                            {"reward": config.reward, **stats}, resume)
         if not report:
             return {}
