@@ -18,6 +18,7 @@ from lmforge.model import Transformer, save_model
 from lmforge.pipeline.rl import engine_rollout, grounded_reward, mcq_reward
 from lmforge.tokenizer import copy_tokenizer_files, encode_chat
 from lmforge.train import RLPrompts, reinforce
+from lmforge.train.rl import entropy, token_logps
 from lmforge.train.rl_losses import (
     gae,
     group_advantages,
@@ -210,14 +211,17 @@ def test_full_tuning_keeps_a_frozen_reference(chat: Any, tmp_path: Path) -> None
     assert report["final"]["val_kl"] > 0.0  # ... and after two updates it has moved
 
 
-@pytest.mark.parametrize("reward", ["mcq", "grounded"])
+@pytest.mark.parametrize("reward", ["mcq", "grounded", "letters"])
 def test_grpo_stage_runs_on_verifiable_rewards(reward: str, chat: Any, tmp_path: Path) -> None:
     from lmforge.config import AssistantConfig, SFTConfig
     from lmforge.pipeline.rl import rl_stage
 
     data = Path(__file__).parent.parent / "data" / "tiny"
     base = _base(tmp_path, chat.tokenizer.get_vocab_size(), context=1024)
+    letters = reward == "letters"
+    reward = "mcq" if letters else reward
     config = RLConfig(reward=reward, group_size=2, max_new_tokens=4,  # type: ignore[arg-type]
+                      letters_only=letters,
                       prompt_files=[str(data / "mcq_insurance.jsonl")], val_prompts=4,
                       train=TrainConfig(steps=2, batch_size=2, seq_len=1024, lr=1e-3,
                                         warmup_steps=0, eval_every=2, save_every=2,
@@ -230,6 +234,8 @@ def test_grpo_stage_runs_on_verifiable_rewards(reward: str, chat: Any, tmp_path:
     assert report["reward"] == reward and report["prompts"]["train"] > 0
     assert report["prompts"]["val"] > 0 and "val_reward" in report["final"]
     assert "held-out reward" in summary["headline"]
+    if letters:  # one letter per answer
+        assert report["final"]["val_response_length"] == 1.0
 
 
 def test_letters_only_answers_are_one_option_letter(chat: Any, tmp_path: Path) -> None:
@@ -255,3 +261,17 @@ def test_letters_only_answers_are_one_option_letter(chat: Any, tmp_path: Path) -
             assert len(texts) == 4 and set(texts) <= {"A", "B", "C", "D"}, texts
     with pytest.raises(ConfigError, match="letters_only"):
         RLConfig(reward="grounded", letters_only=True)
+
+
+def test_logps_over_allowed_tokens_are_the_constrained_policys() -> None:
+    logits = torch.randn(2, 3, 10)
+    targets = torch.tensor([[1, 4, 7], [4, 4, 1]])
+    allowed = torch.tensor([1, 4, 7])
+    expected = torch.log_softmax(logits[..., allowed], -1)  # the policy over those three
+    column = {1: 0, 4: 1, 7: 2}
+    want = torch.tensor([[expected[b, t, column[int(targets[b, t])]] for t in range(3)]
+                         for b in range(2)])
+    assert torch.allclose(token_logps(logits, targets, allowed), want, atol=1e-6)
+    assert torch.allclose(token_logps(logits, targets),
+                          torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0])
+    assert torch.allclose(entropy(logits, allowed), -(expected.exp() * expected).sum(-1))

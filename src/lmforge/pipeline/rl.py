@@ -189,7 +189,9 @@ def rl_stage(method: Method) -> Callable[..., dict[str, Any]]:
         report = reinforce(method, config, prompts, engine_rollout(chat, config, grammar),
                            score, base, out, seed,
                            reward_model if config.reward == "model" else None,
-                           {"reward": config.reward, **stats}, resume)
+                           {"reward": config.reward, **stats}, resume,
+                           allowed=letter_ids(chat, prompted.options)
+                           if config.letters_only else None)
         if not report:
             return {}
         final = report["final"]
@@ -200,6 +202,17 @@ def rl_stage(method: Method) -> Callable[..., dict[str, Any]]:
                             "curves": str(out / report["curves"])}}
 
     return body
+
+
+def letter_ids(chat: ChatFormat, letters: str) -> list[int]:
+    """Each option letter's one token: what a letters-only answer is, and what its policy is
+    normalised over."""
+    ids = [chat.tokenizer.encode(letter, add_special_tokens=False).ids for letter in letters]
+    split = [letter for letter, i in zip(letters, ids, strict=True) if len(i) != 1]
+    if split:
+        raise ValueError(f"letters_only: the tokenizer spells {split} in more than one token; "
+                         "answers cannot be constrained to one letter token")
+    return [i[0] for i in ids]
 
 
 def _files(paths: Sequence[str]) -> list[str]:

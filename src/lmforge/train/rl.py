@@ -19,7 +19,7 @@ score from ``reward_model_score``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +83,18 @@ class PolicyValue(nn.Module):
         return logits, values
 
 
-def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    return torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+def token_logps(logits: Tensor, targets: Tensor, allowed: Tensor | None = None) -> Tensor:
+    """Log-probabilities of ``targets``; with ``allowed`` (the only tokens sampling could pick,
+    e.g. option letters) normalised over those, so ratios and KL are the constrained policy's
+    (a target outside them, at a masked prompt position, gets a finite value nothing reads)."""
+    logits = logits[..., : targets.shape[-1], :].float()  # a whole sequence's: the last unread
+    norm = torch.logsumexp(logits if allowed is None else logits[..., allowed], -1)
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - norm
 
 
-def entropy(logits: Tensor) -> Tensor:
-    logp = torch.log_softmax(logits.float(), -1)
+def entropy(logits: Tensor, allowed: Tensor | None = None) -> Tensor:
+    logp = torch.log_softmax(logits.float() if allowed is None else logits[..., allowed].float(),
+                             -1)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -107,11 +113,12 @@ class RLTask:
 
     def __init__(self, method: Method, config: RLConfig, model: PolicyValue, prompts: RLPrompts,
                  rollout: Rollout, score: Score, pad_id: int, seed: int,
-                 reference: Transformer | None = None) -> None:
-        """``reference``: the frozen starting model for full tuning; None with LoRA."""
+                 reference: Transformer | None = None, allowed: Tensor | None = None) -> None:
+        """``reference``: the frozen starting model for full tuning; None with LoRA.
+        ``allowed``: the tokens the rollout is constrained to, when it is."""
         self.name, self.config, self.model, self.prompts = method, config, model, prompts
         self.rollout, self.score, self.pad_id, self.seed = rollout, score, pad_id, seed
-        self.reference = reference
+        self.reference, self.allowed = reference, allowed
         self.sampler = EpochSampler(len(prompts.train), seed)
         self.group = config.group_size
         self._cache: dict[tuple[int, int], dict[str, Tensor]] = {}
@@ -150,9 +157,9 @@ class RLTask:
     @torch.no_grad()
     def _reference_logps(self, ids: Tensor) -> Tensor:
         if self.reference is not None:
-            return token_logps(self.reference(ids).logits, ids[:, 1:])
+            return token_logps(self.reference(ids).logits, ids[:, 1:], self.allowed)
         with adapters_disabled(self.model.policy):
-            return token_logps(self.model.policy(ids).logits, ids[:, 1:])
+            return token_logps(self.model.policy(ids).logits, ids[:, 1:], self.allowed)
 
     def _rollout(self, k: int, micro: int, micro_batches: int, micro_size: int,
                  dist: DistInfo) -> dict[str, Tensor]:
@@ -166,11 +173,11 @@ class RLTask:
         ids, mask = self._padded(rows, responses, dist.device)
         with torch.no_grad():
             logits, values = self.model(ids)
-            old = token_logps(logits[:, :-1], ids[:, 1:])
+            old = token_logps(logits[:, :-1], ids[:, 1:], self.allowed)
             ref = self._reference_logps(ids)
             kl = ((old - ref) * mask).sum(-1)
             self._stats[micro] = torch.stack([
-                scores.mean(), kl.mean(), masked_mean(entropy(logits[:, :-1]), mask),
+                scores.mean(), kl.mean(), masked_mean(entropy(logits[:, :-1], self.allowed), mask),
                 mask.sum(-1).mean()]).double()
         batch = {"inputs": ids, "mask": mask, "old_logps": old, "ref_logps": ref}
         if values is None:  # GRPO
@@ -197,7 +204,7 @@ class RLTask:
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         c, ids, mask = self.config, batch["inputs"], batch["mask"]
         logits, values = model(ids)
-        logps = token_logps(logits[:, :-1], ids[:, 1:])
+        logps = token_logps(logits[:, :-1], ids[:, 1:], self.allowed)
         surrogate = policy_loss(logps, batch["old_logps"], batch["advantages"], c.clip)
         if values is None:  # GRPO: KL in the loss, token means per sequence
             per_token = surrogate + c.kl_coef * k3_kl(logps, batch["ref_logps"])
@@ -228,7 +235,8 @@ class RLTask:
         scores = self.score(rows, responses)
         ids, mask = self._padded(rows, responses, dist.device)
         with torch.no_grad():
-            logps = token_logps(self.model.policy(ids).logits[:, :-1], ids[:, 1:])
+            logps = token_logps(self.model.policy(ids).logits[:, :-1], ids[:, 1:],
+                                self.allowed)
             kl = ((logps - self._reference_logps(ids)) * mask).sum(-1)
         return {"val_reward": float(np.mean(scores)), "val_kl": float(kl.mean()),
                 "val_response_length": float(mask.sum(-1).mean())}
@@ -281,11 +289,13 @@ def reward_model_score(reward: RewardModel, prompts: RLPrompts, pad_id: int,
 def reinforce(method: Method, config: RLConfig, prompts: RLPrompts, rollout: Rollout,
               score: Score | None, base: Path, out: Path, seed: int,
               reward_folder: Path | None = None, stats: dict[str, Any] | None = None,
-              resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+              resume: bool = False, show_progress: bool = True,
+              allowed: Sequence[int] | None = None) -> dict[str, Any]:
     """PPO or GRPO from the model in ``base``; ``score`` rewards the answers, or (PPO) the
-    reward model in ``reward_folder`` does. Leaves ``out/model`` (merged), ``out/adapter`` with
-    LoRA, the report and the reward / KL / entropy / length curves. ``{}`` off the main
-    process."""
+    reward model in ``reward_folder`` does; ``allowed``: the tokens ``rollout`` is constrained
+    to (the policy is then the model's distribution over them). Leaves ``out/model``
+    (merged), ``out/adapter`` with LoRA, the report and the reward / KL / entropy / length
+    curves. ``{}`` off the main process."""
     chat = load_chat_format(base)
     pad_id = chat.tokenizer.token_to_id(PAD) or 0
     fields = dict(stats or {})
@@ -303,8 +313,10 @@ def reinforce(method: Method, config: RLConfig, prompts: RLPrompts, rollout: Rol
                 raise ValueError("ppo: no reward: give a reward model folder (`lmforge rm`)")
             scorer = reward_model_score(load_reward_model(reward_folder).to(dist.device),
                                         fitting, pad_id, micro * config.group_size)
+        restricted = None if allowed is None else torch.tensor(list(allowed),
+                                                               device=dist.device)
         return model, RLTask(method, config, model, fitting, rollout, scorer, pad_id, seed,
-                             reference)
+                             reference, restricted)
 
     def save(model: nn.Module, task: Task) -> dict[str, Any]:
         assert isinstance(model, PolicyValue)
