@@ -174,7 +174,7 @@ def rl_stage(method: Method) -> Callable[..., dict[str, Any]]:
             if not config.prompt_files:
                 raise ValueError(f"{method}.prompt_files: list the exam questions to train on "
                                  '(FinEval csv/jsonl), e.g. ["data/eval/fineval/val"]')
-            prompted = mcq_prompts(_files(config.prompt_files), assistant.system)
+            prompted = mcq_prompts(question_files(config.prompt_files), assistant.system)
         elif config.reward == "grounded":
             prompted = grounded_prompts(sft, assistant.system, exclude, seed)
         else:
@@ -215,7 +215,7 @@ def letter_ids(chat: ChatFormat, letters: str) -> list[int]:
     return [i[0] for i in ids]
 
 
-def _files(paths: Sequence[str]) -> list[str]:
+def question_files(paths: Sequence[str]) -> list[str]:
     """Files, with folders expanded to the csv / jsonl files inside."""
     out: list[str] = []
     for p in map(Path, paths):
