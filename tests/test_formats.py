@@ -5,6 +5,7 @@ as positions; missing libraries and malformed files reported by name."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -205,10 +206,32 @@ def test_a_malformed_file_is_a_problem_naming_it(tmp_path: Path, suffix: str) ->
     assert problems[0].reason.startswith(f"cannot read as {suffix[1:]}: ")
 
 
-def test_an_epub_that_unpacks_past_the_size_limit_is_a_problem(tmp_path: Path) -> None:
-    path = guide_epub(tmp_path / "guide.epub")
+@pytest.mark.parametrize("make", [guide_epub, rates_docx, annuity_xlsx, accident_pptx],
+                         ids=["epub", "docx", "xlsx", "pptx"])
+def test_a_zip_document_that_unpacks_past_the_size_limit_is_a_problem(make, tmp_path: Path
+                                                                      ) -> None:  # noqa: ANN001
+    """Refused before a library inflates it: the limit bounds memory, not just the file."""
+    suffix = {"guide_epub": ".epub", "rates_docx": ".docx", "annuity_xlsx": ".xlsx",
+              "accident_pptx": ".pptx"}[make.__name__]
+    path = make(tmp_path / f"doc{suffix}")
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as book:
-        book.writestr("OEBPS/text/big.xhtml", "保" * 200_000)  # ~600 kB, a few kB packed
-    assert path.stat().st_size < 20_000
+        book.writestr("padding/big.xml", "保" * 200_000)  # ~600 kB, a few kB packed
+    assert path.stat().st_size < 100_000
     docs, problems = read(path, max_file_bytes=100_000)
     assert not docs and problems[0].reason.endswith("more than 100000 bytes uncompressed")
+
+
+def test_an_xlsx_declaring_a_whole_sheet_reads_only_its_cells(tmp_path: Path) -> None:
+    """Excel declares A1:XFD1048576 when whole rows are formatted; read-only openpyxl would
+    pad every row out to it (17 billion cells)."""
+    path = annuity_xlsx(tmp_path / "annuity.xlsx")
+    declared = tmp_path / "declared.xlsx"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(declared, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.startswith("xl/worksheets/"):
+                data = re.sub(rb'<dimension ref="[^"]*"', b'<dimension ref="A1:XFD1048576"',
+                              data)
+            target.writestr(info, data)
+    assert b"XFD1048576" in zipfile.ZipFile(declared).read("xl/worksheets/sheet2.xml")
+    assert one(declared).text == one(path).text

@@ -341,16 +341,16 @@ class Reader:
         yield self._doc(body, self._name(path), {"title": title} if title else {})
 
     def _read_docx(self, path: Path) -> Iterator[Item]:
-        yield self._doc(docx_text(path), self._name(path))
+        yield self._doc(docx_text(path, self.limits.max_file_bytes), self._name(path))
 
     def _read_pdf(self, path: Path) -> Iterator[Item]:
         yield from self._positioned(path, pdf_units(path, self.limits.ocr))
 
     def _read_xlsx(self, path: Path) -> Iterator[Item]:
-        yield from self._positioned(path, xlsx_units(path))
+        yield from self._positioned(path, xlsx_units(path, self.limits.max_file_bytes))
 
     def _read_pptx(self, path: Path) -> Iterator[Item]:
-        yield from self._positioned(path, pptx_units(path))
+        yield from self._positioned(path, pptx_units(path, self.limits.max_file_bytes))
 
     def _read_epub(self, path: Path) -> Iterator[Item]:
         yield from self._positioned(path, epub_units(path, self.limits.max_file_bytes))

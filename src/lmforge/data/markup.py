@@ -16,7 +16,7 @@ from xml.etree import ElementTree
 
 from bs4 import BeautifulSoup, Tag
 
-from lmforge.data.tables import Units, markdown_table, render
+from lmforge.data.tables import Units, check_unpacked, markdown_table, render
 from lmforge.data.textfile import decode_bytes
 
 DROPPED_TAGS = ["script", "style", "noscript", "nav", "header", "footer", "template"]
@@ -101,9 +101,8 @@ def epub_units(path: Path, max_bytes: int) -> Units:
     """An epub's chapters in spine order, one unit each. One that unpacks to more than
     ``max_bytes`` is refused before anything is read (a zip bomb is a Problem, not a full
     memory)."""
+    check_unpacked(path, max_bytes)
     with zipfile.ZipFile(path) as book:
-        if sum(info.file_size for info in book.infolist()) > max_bytes:
-            raise ValueError(f"more than {max_bytes} bytes uncompressed")
         rootfile = ElementTree.fromstring(book.read("META-INF/container.xml")).find(
             f".//{_CONTAINER}")
         if rootfile is None or not rootfile.get("full-path"):

@@ -26,6 +26,7 @@ problem.) A lock keeps threads of one process from calling the engine at once.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import threading
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 MISSING = ("OCR needs the optional 'ocr' extra (rapidocr-onnxruntime, pypdfium2): "
            "pip install 'lmforge[ocr]'")
 DPI = 200  # a usual scan resolution: 12 pt text is ~33 px high, what PP-OCR reads best
+MAX_PIXELS = 40_000_000  # an A0 sheet at 200 dpi is 31 M
 REQUIRED = ("rapidocr_onnxruntime", "pypdfium2")
 
 _lock = threading.Lock()
@@ -73,14 +75,18 @@ def image_text(image: Image.Image) -> str:
 
 def pdf_page_text(path: Path, page_index: int, dpi: int = DPI) -> str:
     """The OCR text of page ``page_index`` (0-based) of the pdf at ``path``, rendered at
-    ``dpi``."""
+    ``dpi``, or less where a page is so large that it would pass ``MAX_PIXELS`` (a 5 m page
+    of a crafted pdf would take gigabytes)."""
     import pypdfium2
 
     pdf = pypdfium2.PdfDocument(path)
     try:
         if not 0 <= page_index < len(pdf):
             raise IndexError(f"{path}: no page {page_index + 1} (it has {len(pdf)})")
-        image = pdf[page_index].render(scale=dpi / 72, grayscale=True).to_pil()
+        page = pdf[page_index]
+        width, height = page.get_size()  # points
+        scale = min(dpi / 72, math.sqrt(MAX_PIXELS / max(width * height, 1.0)))
+        image = page.render(scale=scale, grayscale=True).to_pil()
     finally:
         pdf.close()
     return image_text(image)

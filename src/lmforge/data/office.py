@@ -15,17 +15,20 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from lmforge.data.tables import Block, Units, markdown_table, render, spread
+from lmforge.data.tables import Block, Units, check_unpacked, markdown_table, render, spread
 
 NOTES = "备注 / Notes:"
+MAX_SHEET_CELLS = 4_000_000  # rows x columns of one sheet: a rate table is far smaller
 _HEADING_STYLE = re.compile(r"(?:heading|标题)\s*(\d)", re.IGNORECASE)
 
 
-def docx_text(path: Path) -> str:
-    """Paragraphs and tables in document order; "Title" and "Heading N" styles as headings."""
+def docx_text(path: Path, max_bytes: int) -> str:
+    """Paragraphs and tables in document order; "Title" and "Heading N" styles as headings.
+    Office files are zips: one that unpacks past ``max_bytes`` is refused unread."""
     import docx
     from docx.table import Table
 
+    check_unpacked(path, max_bytes)
     blocks: list[Block] = []
     for item in docx.Document(str(path)).iter_inner_content():
         if isinstance(item, Table):  # python-docx repeats a merged cell in each position
@@ -42,17 +45,27 @@ def _heading(style: str | None, text: str) -> str:
     return f"{'#' * level} {title}" if level and title else text
 
 
-def xlsx_units(path: Path) -> Units:
+def xlsx_units(path: Path, max_bytes: int) -> Units:
     """Each worksheet as ``## <name>`` and its used range as one table (first non-empty row
-    as the header); values as stored (``data_only``: formulas' cached results)."""
+    as the header); values as stored (``data_only``: formulas' cached results). The range is
+    the cells present, not the sheet's declared dimension (a formatted whole column declares
+    a million rows), and a sheet spanning more than ``MAX_SHEET_CELLS`` is refused."""
     import openpyxl
 
+    check_unpacked(path, max_bytes)
     book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
         texts = []
         for sheet in book.worksheets:
-            grid = [list(row) for row in sheet.iter_rows(values_only=True)]
-            width = max((len(row) for row in grid), default=0)
+            sheet.reset_dimensions()
+            grid: list[list[Any]] = []
+            width = 0
+            for row in sheet.iter_rows(values_only=True):
+                grid.append(list(row))
+                width = max(width, len(row))
+                if len(grid) * width > MAX_SHEET_CELLS:
+                    raise ValueError(f"sheet {sheet.title!r} spans more than "
+                                     f"{MAX_SHEET_CELLS} cells")
             for row in grid:
                 row += [None] * (width - len(row))
             spread(grid, _merges(sheet))
@@ -79,11 +92,12 @@ def _merges(sheet: Any) -> list[tuple[int, int, int, int]]:
     return spans
 
 
-def pptx_units(path: Path) -> Units:
+def pptx_units(path: Path, max_bytes: int) -> Units:
     """Each slide: ``## <title>`` (``## Slide N`` when it has none), its text frames and tables
     in reading order, then its speaker notes under ``NOTES``."""
     from pptx import Presentation
 
+    check_unpacked(path, max_bytes)
     texts = []
     for number, slide in enumerate(Presentation(str(path)).slides, 1):
         title_shape = slide.shapes.title

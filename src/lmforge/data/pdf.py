@@ -54,11 +54,12 @@ def _table_rows(table: Any) -> tuple[list[list[str | None]], int]:
     """The rows, and how many make the header. pdfplumber leaves None where a merged cell
     covers a position; each gets the text of the cell whose box covers that position's centre
     (merged cells repeated). A first-row cell that reaches down over rows makes them all
-    header ("年龄" beside "年保费" over "臻选", "尊享")."""
+    header ("年龄" beside "年保费" over "臻选", "尊享"), unless it reaches the last row."""
     texts = table.extract()
     boxes = [(box, text) for row, row_texts in zip(table.rows, texts, strict=True)
              for box, text in zip(row.cells, row_texts, strict=True) if box is not None]
     top = table.rows[0].bbox[1] if table.rows else 0
+    last = table.rows[-1].bbox[1] if table.rows else 0  # the last row's top edge
     rows, header = [], 1
     for r, (row, row_texts) in enumerate(zip(table.rows, texts, strict=True)):
         out = []
@@ -70,10 +71,12 @@ def _table_rows(table: Any) -> tuple[list[list[str | None]], int]:
                               if b[0] <= x <= b[2] and b[1] <= y <= b[3]), None)
                 if cover is not None:
                     text = cover[1]
-                    header = max(header, r + 1) if cover[0][1] == top else header
+                    spans_header = cover[0][1] == top and cover[0][3] <= last
+                    header = max(header, r + 1) if spans_header else header
             out.append(text)
         rows.append(out)
-    return rows, header
+    # a cell merged down to the last row (a label along the left edge) makes no header rows
+    return rows, min(header, max(1, len(rows) - 1))
 
 
 def _scanned(path: Path, index: int, mode: Literal["auto", "off"]) -> tuple[str, str]:

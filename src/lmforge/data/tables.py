@@ -21,14 +21,24 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 Position = Literal["page", "slide", "sheet", "chapter"]
 # a line break between two CJK characters (or full-width punctuation) is a wrap, not a space
 _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 _CJK_WRAP = re.compile(f"(?<=[{_CJK}])[ \t]*[\r\n\v]+[ \t]*(?=[{_CJK}])")
+
+
+def check_unpacked(path: Path, max_bytes: int) -> None:
+    """Refuse a zip container (docx, xlsx, pptx, epub) that unpacks to more than ``max_bytes``,
+    before any library inflates it: a zip bomb is a Problem, not a full memory."""
+    with zipfile.ZipFile(path) as archive:
+        if sum(info.file_size for info in archive.infolist()) > max_bytes:
+            raise ValueError(f"more than {max_bytes} bytes uncompressed")
 
 
 @dataclass

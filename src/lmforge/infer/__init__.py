@@ -14,7 +14,7 @@ from lmforge.infer.generate import (
     generate_grounded,
     stream_generate,
 )
-from lmforge.infer.grammar import Grammar, compile_choice, compile_json
+from lmforge.infer.grammar import Grammar, compile_choice, compile_json, first_tokens
 from lmforge.infer.grounded import (
     GENERATION_CONFIG,
     Evidence,
@@ -30,7 +30,7 @@ from lmforge.infer.sampling import next_tokens
 
 __all__ = ["GENERATION_CONFIG", "Beam", "ChatSession", "Delta", "Engine", "Event", "Evidence",
            "Grammar", "GroundedAsk", "Quote", "beam_search", "compile_choice", "compile_json",
-           "complete", "decode_whole", "evidence_prompt",
+           "complete", "decode_whole", "evidence_prompt", "first_tokens",
            "generate", "generate_chat", "generate_grounded", "load_for_inference", "model_rewriter",
            "next_tokens",
            "read_grounding", "scored_quotes", "stopping", "stream_generate", "terminal_chat",

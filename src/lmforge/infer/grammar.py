@@ -195,6 +195,14 @@ def token_bitmask(matchers: Sequence[Matcher], ends: Sequence[Collection[int]]) 
     return bitmask
 
 
+def first_tokens(grammar: Grammar) -> list[int]:
+    """Every token the grammar allows as the first of an output: for a choice of one-token
+    answers, every token that spells one (``A`` and a byte-fallback ``<0x41>`` alike)."""
+    words = token_bitmask([grammar.start()], [()])[0].tolist()
+    return [32 * w + bit for w, word in enumerate(words) for bit in range(32)
+            if (word >> bit) & 1 and 32 * w + bit < grammar.vocab_size]
+
+
 def _allow(bitmask: Tensor, row: int, token: int) -> None:
     word, bit = divmod(token, 32)
     value = (int(bitmask[row, word]) & 0xFFFFFFFF) | (1 << bit)

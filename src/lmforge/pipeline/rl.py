@@ -30,7 +30,7 @@ from typing import Any
 from lmforge.config import AssistantConfig, RecipeConfig, RLConfig, SamplingConfig, SFTConfig
 from lmforge.data import QA, heldout_contracts, load_qa, rag_question
 from lmforge.eval import LETTERS, Question, read_questions, render
-from lmforge.infer import Engine, Grammar, compile_choice, stopping
+from lmforge.infer import Engine, Grammar, compile_choice, first_tokens, stopping
 from lmforge.model import Transformer
 from lmforge.pipeline.layout import RunLayout
 from lmforge.rag import check_answer
@@ -190,8 +190,7 @@ def rl_stage(method: Method) -> Callable[..., dict[str, Any]]:
                            score, base, out, seed,
                            reward_model if config.reward == "model" else None,
                            {"reward": config.reward, **stats}, resume,
-                           allowed=letter_ids(chat, prompted.options)
-                           if config.letters_only else None)
+                           allowed=letter_ids(grammar) if grammar else None)
         if not report:
             return {}
         final = report["final"]
@@ -204,15 +203,20 @@ def rl_stage(method: Method) -> Callable[..., dict[str, Any]]:
     return body
 
 
-def letter_ids(chat: ChatFormat, letters: str) -> list[int]:
-    """Each option letter's one token: what a letters-only answer is, and what its policy is
-    normalised over."""
-    ids = [chat.tokenizer.encode(letter, add_special_tokens=False).ids for letter in letters]
-    split = [letter for letter, i in zip(letters, ids, strict=True) if len(i) != 1]
-    if split:
-        raise ValueError(f"letters_only: the tokenizer spells {split} in more than one token; "
-                         "answers cannot be constrained to one letter token")
-    return [i[0] for i in ids]
+def letter_ids(grammar: Grammar) -> list[int]:
+    """The tokens a letters-only answer can be: what its policy is normalised over. A letter
+    the tokenizer can only spell in several tokens would make answers longer than one token,
+    whose later tokens no such set describes: refused."""
+    allowed = first_tokens(grammar)
+    if not all(_completes(grammar, i) for i in allowed):
+        raise ValueError("letters_only: some option letter takes more than one token in this "
+                         "tokenizer; answers cannot be constrained to one letter token")
+    return allowed
+
+
+def _completes(grammar: Grammar, token: int) -> bool:
+    matcher = grammar.start()
+    return matcher.accept(token) and matcher.complete
 
 
 def question_files(paths: Sequence[str]) -> list[str]:

@@ -7,8 +7,8 @@ whole trailing sentences; a sentence is only cut when it alone is over the size.
 start a new chunk and travel with it as metadata, and page breaks (form feeds, as the reader
 writes them between pdf pages, sheets, slides and chapters) give each chunk the position it starts
 on, so a citation can say where the text is. Markdown tables are chunked apart from prose, whole
-rows under their repeated header (``rag/tables.py``); prose around a table is chunked as if the
-table were not there.
+rows under their repeated header (``rag/tables.py``); a table ends the prose before it (no chunk
+or overlap spans a table), and its rows never join a sentence.
 """
 
 from __future__ import annotations
