@@ -1,6 +1,7 @@
 """OCR of scanned pages (data/ocr.py): pages rendered from known text are read back within a
 character error rate measured on them (bench/ocr.py), blank pages give nothing, pieces of a
-line come out in reading order, and a missing extra says what to install."""
+line come out in reading order, a missing extra says what to install, and a worker's thread
+limit reaches ONNX Runtime's sessions."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ocr_pages import character_error_rate, render_text_page, scanned_pdf
 from PIL import Image
 
 from lmforge.data import ocr
+
+infer_engine = pytest.importorskip("rapidocr_onnxruntime.utils.infer_engine")
 
 CLAUSE = ("第三十四条 保险事故发生时，如果存在重复保险，保险人按照本保险合同的相应保险金额与其他"
           "保险合同及本保险合同相应保险金额总和的比例承担赔偿责任。")
@@ -99,3 +102,29 @@ def test_a_forked_worker_builds_its_own_engine() -> None:
     worker.start()
     worker.join(timeout=60)
     assert worker.exitcode == 0
+
+
+def test_limit_threads_reaches_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session of an engine built after ``limit_threads`` holds the count, as ONNX
+    Runtime reports it back; an engine built before is replaced, the same count again keeps
+    the engine, and a count below 1 is refused."""
+    counts: list[int] = []
+
+    class Recorded(infer_engine.InferenceSession):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            counts.append(self.get_session_options().intra_op_num_threads)
+
+    monkeypatch.setattr(infer_engine, "InferenceSession", Recorded)
+    monkeypatch.setattr(ocr, "_engines", dict(ocr._engines))  # the module's engine stays alive
+    monkeypatch.setattr(ocr, "_threads", None)
+    before = ocr._engines[os.getpid()]
+    ocr.limit_threads(1)
+    ocr.image_text(Image.new("L", (32, 32), 255))
+    engine = ocr._engines[os.getpid()]
+    assert engine is not before
+    assert counts == [1, 1, 1]  # detection, classifier, recognition
+    ocr.limit_threads(1)
+    assert ocr._engines[os.getpid()] is engine
+    with pytest.raises(ValueError, match="1 or more"):
+        ocr.limit_threads(0)

@@ -21,6 +21,10 @@ parent's stays referenced, never freed there, as freeing it waits on those absen
 and hangs. (A forked child must still end by ``os._exit``, as multiprocessing's workers do:
 ONNX Runtime's own exit handlers hang in it too; spawn and forkserver workers have neither
 problem.) A lock keeps threads of one process from calling the engine at once.
+
+Each of ONNX Runtime's sessions (detection, classifier, recognition) runs its operators on a
+pool of as many threads as the machine has cores, so N data workers reading scans at once would
+run N x cores threads; a worker calls ``limit_threads`` with its share of the cores.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ REQUIRED = ("rapidocr_onnxruntime", "pypdfium2")
 
 _lock = threading.Lock()
 _engines: dict[int, Any] = {}  # process id -> its engine; a forked child finds its parent's
+_threads: int | None = None  # limit_threads's count; None: ONNX Runtime's default, every core
 
 
 def _renew_lock() -> None:
@@ -60,6 +65,23 @@ def ocr_available() -> str | None:
     if all(importlib.util.find_spec(name) is not None for name in REQUIRED):
         return None
     return MISSING
+
+
+def limit_threads(threads: int) -> None:
+    """Makes this process's OCR engine run each ONNX Runtime session's operators on ``threads``
+    threads (its intra-op pool) instead of one per core, so that workers sharing a machine do
+    not oversubscribe it. An engine this process has already built with another count is
+    dropped and rebuilt on its next use; calling again with the same count costs nothing. A
+    process forked afterwards inherits the count. (The inter-op pool is left alone: RapidOCR's
+    sessions run their graphs sequentially and never start it.) A count above the machine's
+    cores is RapidOCR's default again, one thread per core."""
+    global _threads
+    if threads < 1:
+        raise ValueError(f"OCR threads must be 1 or more, got {threads}")
+    with _lock:
+        if threads != _threads:
+            _threads = threads
+            _engines.pop(os.getpid(), None)
 
 
 def image_text(image: Image.Image) -> str:
@@ -101,7 +123,8 @@ def _ocr_engine() -> Any:
             raise ModuleNotFoundError(missing)
         from rapidocr_onnxruntime import RapidOCR
 
-        engine = _engines[os.getpid()] = RapidOCR(use_cls=False)
+        threads = {} if _threads is None else {"intra_op_num_threads": _threads}
+        engine = _engines[os.getpid()] = RapidOCR(use_cls=False, **threads)
     return engine
 
 
