@@ -7,12 +7,13 @@ real corpus would be -- rather than exact duplicates that dedup drops before ind
 copy keeps the original's length, scripts and duplicate structure, so every filter sees the same
 kind of text. Prints one table: MB/s of raw input (total and per worker) for ingest + clean +
 dedup (``prepare``) and for tokenisation into shards, peak RSS of the process and its workers,
-whether both worker counts wrote the same bytes, and the dedup index's memory at each scale;
+whether both worker counts wrote the same bytes, and the dedup decisions' memory at each scale;
 and, as the ceiling for the speed-up, what two processes of plain Python get over one here.
 Run with the machine otherwise quiet:
 
-    .venv/bin/python bench/data_scale.py                      # 4x for throughput; 1x/4x/16x dedup
+    .venv/bin/python bench/data_scale.py                # 4x for throughput; 1x..64x for dedup
     .venv/bin/python bench/data_scale.py --scale 1 --dedup-scales 1 4   # quicker
+    .venv/bin/python bench/data_scale.py --no-throughput --dedup-scales 1 4 16 64
     .venv/bin/python bench/data_scale.py --ray --dedup-scales   # beside Ray Data, same steps
 """
 
@@ -37,8 +38,8 @@ import psutil
 
 from lmforge.config import DataConfig, RecipeConfig, ShardConfig, load_config
 from lmforge.data import prepare, tokenize_corpus
-from lmforge.data.dedup import Deduplicator
-from lmforge.data.engine import Cleaned, Unit, plan, read_results, run_units, write_unit
+from lmforge.data.dedup import KEPT, find_duplicates, key_count
+from lmforge.data.engine import Unit, plan, read_keys, run_units, write_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes/insurance-zh.toml"
@@ -169,26 +170,30 @@ def ray_units(config: DataConfig, units: list[Unit], seed: int, folder: Path,
     ray.shutdown()
 
 
-def dedup_memory(data: DataConfig, workers: int, work: Path, seed: int) -> dict[str, Any]:
-    """The fingerprints of every document (on the engine), then the ordered dedup pass alone
-    under tracemalloc: what the index holds once every document has been checked."""
-    config = replace(data, workers=workers)
-    units, _ = plan(config)
+def dedup_memory(data: DataConfig, workers: int, work: Path, seed: int, scales: list[int],
+                 budgets: list[int]) -> list[dict[str, Any]]:
+    """The dedup keys of every document at the largest scale (on the engine), then the dedup
+    decisions alone, under tracemalloc, on the documents of the first ``scale`` copies, for
+    each scale and bucket budget: its peak memory (the keys spooled to disk not counted, as
+    they are read back through the page cache)."""
+    units, _ = plan(data)
     folder = work / "units"
-    run_units(config, units, seed, folder, workers)
-    dedup = Deduplicator(config.dedup, seed=seed)  # its imports and empty tables not counted
-    tracemalloc.start()
-    checked = kept = 0
-    for unit in units:
-        for item in read_results(config, unit, folder):
-            if isinstance(item, Cleaned) and item.reason is None:
-                checked += 1
-                kept += dedup.check(item.doc.text, item.known) is None
-    held, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    run_units(data, units, seed, folder, workers)
+    key_count(data.dedup)  # datasketch's import and band layout, once, not counted
+    rows = []
+    for scale in scales:
+        mine = [u for u in units if int(Path(u.path).name.split("-")[0]) < scale]
+        for budget in budgets:
+            keys = (read_keys(data, u, folder) for u in mine)
+            tracemalloc.start()
+            decisions = find_duplicates(keys, data.dedup, work / "dedup", budget)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            rows.append({"scale": scale, "budget_mb": budget / 2**20, "peak_mb": peak / 1e6,
+                         "raw_mb": sum(u.size for u in mine) / 1e6, "checked": len(decisions),
+                         "kept": int((decisions == KEPT).sum())})
     shutil.rmtree(folder)
-    return {"raw_mb": sum(u.size for u in units) / 1e6, "checked": checked, "kept": kept,
-            "index_mb": held / 1e6, "peak_mb": peak / 1e6}
+    return rows
 
 
 def _spin(n: int) -> float:
@@ -219,17 +224,19 @@ def child(args: argparse.Namespace) -> None:
     if args.mode == "ray":  # the ordered pass as always, the per-file work on Ray Data
         sys.modules["lmforge.data.prepare"].run_units = ray_units  # type: ignore[attr-defined]
         data = replace(data, executor="ray")
+    result: Any
     if args.mode in ("measure", "ray"):
         result = measure(data, workers, args.work / f"out-{workers}", recipe.run.seed)
     else:
-        result = dedup_memory(data, workers, args.work, recipe.run.seed)
+        result = dedup_memory(data, workers, args.work, recipe.run.seed, args.dedup_scales,
+                              [b << 20 for b in args.budgets])
     print("RESULT " + json.dumps(result))
 
 
-def run_child(mode: str, scale: int, workers: int, work: Path) -> dict[str, Any]:
+def run_child(mode: str, scale: int, workers: int, work: Path, *extra: str) -> Any:
     env_threads = {"RAYON_NUM_THREADS": str(workers)}  # the tokenizer's threads: the same count
     cmd = [sys.executable, __file__, "--child", mode, "--scale", str(scale), "--workers",
-           str(workers), "--work", str(work)]
+           str(workers), "--work", str(work), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, **env_threads})
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
@@ -242,7 +249,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=4, help="copies for the throughput runs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--dedup-scales", type=int, nargs="*", default=[1, 4, 16])
+    parser.add_argument("--dedup-scales", type=int, nargs="*", default=[1, 4, 16, 64])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[64, 4],
+                        help="dedup bucket budgets to measure, MiB (64: the default)")
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="only the dedup memory table")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lmforge-data-scale"))
     parser.add_argument("--ray", action="store_true",
                         help="also run the per-file work on Ray Data (pip install 'ray[data]')")
@@ -251,6 +262,13 @@ def main() -> None:
     if args.mode:
         child(args)
         return
+    if not args.no_throughput:
+        throughput(args)
+    if args.dedup_scales:
+        dedup_table(args)
+
+
+def throughput(args: argparse.Namespace) -> None:
     ceiling = machine_ceiling()
     runs = [run_child("measure", args.scale, w, args.work) for w in args.workers]
     if args.ray:
@@ -269,14 +287,20 @@ def main() -> None:
               f"{r['raw_mb'] / r['prepare_s'] / int(str(r['workers']).split()[0]):.2f} | "
               f"{r['corpus_mb'] / r['tokenize_s']:.1f} | {both:.2f} | {both / base_both:.2f} | "
               f"{r['peak_rss_mb']:.0f} | {r['digest'] == base['digest']} |")
-    if args.dedup_scales:
-        print("\ndedup index (the ordered pass; fingerprints computed on the engine)\n")
-        print("| scale | raw MB | documents checked | kept | index MB | bytes per kept doc |")
-        print("|---|---|---|---|---|---|")
-        for scale in args.dedup_scales:
-            d = run_child("dedup", scale, max(args.workers), args.work)
-            print(f"| {scale}x | {d['raw_mb']:.0f} | {d['checked']:,} | {d['kept']:,} | "
-                  f"{d['index_mb']:.1f} | {d['index_mb'] * 1e6 / max(1, d['kept']):,.0f} |")
+
+
+def dedup_table(args: argparse.Namespace) -> None:
+    top = max(args.dedup_scales)
+    extra = ["--dedup-scales", *map(str, args.dedup_scales), "--budgets", *map(str, args.budgets)]
+    rows = run_child("dedup", top, max(args.workers), args.work, *extra)
+    print("\ndedup decisions alone (keys computed on the engine), tracemalloc peak\n")
+    print("| scale | raw MB | documents checked | kept | bucket budget MiB | peak MB | "
+          "bytes per document |")
+    print("|---|---|---|---|---|---|---|")
+    for d in rows:
+        print(f"| {d['scale']}x | {d['raw_mb']:.0f} | {d['checked']:,} | {d['kept']:,} | "
+              f"{d['budget_mb']:.0f} | {d['peak_mb']:.1f} | "
+              f"{d['peak_mb'] * 1e6 / max(1, d['checked']):,.0f} |")
 
 
 if __name__ == "__main__":

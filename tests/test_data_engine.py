@@ -3,6 +3,9 @@ bytes one process writes -- corpus, problems log, report and token shards -- inc
 copy of a near-duplicate pair across files survives and how a broken file is reported."""
 
 import json
+import os
+import re
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,16 +15,24 @@ import pytest
 from lmforge.config import (
     ConfigError,
     DataConfig,
-    DedupConfig,
     QualityConfig,
     RecipeConfig,
     ShardConfig,
+    SlurmConfig,
     SourceConfig,
     load_config,
 )
-from lmforge.data import Document, prepare, tokenize_corpus
-from lmforge.data.dedup import Deduplicator, fingerprint, shingles
-from lmforge.data.engine import Cleaned, _decode, _encode, plan, run_units
+from lmforge.data import prepare, tokenize_corpus
+from lmforge.data.dedup import fingerprint, key_count
+from lmforge.data.engine import (
+    Cleaned,
+    plan,
+    read_keys,
+    read_results,
+    read_unit,
+    run_units,
+    write_unit,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAUSE = ("在本合同保险期间内，如果本合同当时已经累积有现金价值，"
@@ -87,42 +98,29 @@ def _prepare(config: DataConfig, out: Path) -> Path:
     return out
 
 
-def test_a_document_survives_the_trip_through_a_work_file() -> None:
-    config = DataConfig()
-    text = "保险金额 <EMAIL> \\n \u2028 \"quoted\" 𠀋"
-    cleaned = Cleaned(Document(text, "s", "f.txt:3", {"k": "v,w"}), 40, {"EMAIL": 1}, None,
-                      fingerprint(text, config.dedup, seed=3))
-    back = _decode(json.loads(json.dumps(_encode(cleaned))), "s")
-    assert isinstance(back, Cleaned) and back.known is not None and cleaned.known is not None
-    assert (back.doc, back.chars_in, back.pii, back.reason) == (
-        cleaned.doc, cleaned.chars_in, cleaned.pii, cleaned.reason)
-    assert back.known.digest == cleaned.known.digest
-    assert np.array_equal(back.known.hashvalues, cleaned.known.hashvalues)
-
-
-def test_the_band_index_decides_as_datasketch_lsh_does() -> None:
-    """The same documents, in the same order, through MinHashLSH itself: every decision the
-    same (near copies of each other and of earlier documents, unrelated text)."""
-    from datasketch import MinHash, MinHashLSH
-
-    zh = (ROOT / "data/tiny/pretrain_zh.txt").read_text(encoding="utf-8").split("\n\n")
-    texts = [t for t in zh if len(t) > 80][:40]
-    texts += [t.replace(t[10:14], "保险责任") for t in texts[::3]]  # small edits: near copies
-    texts += [t[: len(t) // 2] for t in texts[1::5]]  # halves: mostly not near
-    config = DedupConfig(exact=False)
-    ours = Deduplicator(config, seed=5)
-    lsh = MinHashLSH(threshold=config.jaccard_threshold, num_perm=config.num_perm)
-    decisions, reference = [], []
-    for i, text in enumerate(texts):
-        decisions.append(ours.check(text))
-        signature = MinHash(num_perm=config.num_perm, seed=5)
-        signature.update_batch(list(shingles(text, config.shingle_chars)))
-        near = bool(lsh.query(signature))
-        if not near:
-            lsh.insert(str(i), signature)
-        reference.append("near" if near else None)
-    assert decisions == reference
-    assert 5 <= decisions.count("near") < len(texts) - 30
+def test_a_document_survives_the_trip_through_a_work_file(tmp_path: Path) -> None:
+    """Text that JSON and line splitting could break, and its dedup keys beside it."""
+    text = "保险金额 <EMAIL> \\n \u2028 \"quoted\" 𠀋 " + CLAUSE
+    source = tmp_path / "a.jsonl"
+    records = [{"id": "x", "text": text, "k": "v,w"}, {"id": "short", "text": "太短"}]
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                      encoding="utf-8")
+    config = DataConfig(sources=[SourceConfig(name="s", path=str(source), meta_fields=["k"])],
+                        quality=QualityConfig(min_chars=20))
+    (unit,), _ = plan(config)
+    read: list[int] = []
+    write_unit(config, unit, 3, tmp_path, read.append)
+    direct = list(read_unit(config, unit, 3))
+    back = list(read_results(config, unit, tmp_path))
+    assert len(back) == len(direct) == 2 and all(isinstance(b, Cleaned) for b in back)
+    for got, want in zip(back, direct, strict=True):
+        assert (got.doc, got.chars_in, got.pii, got.reason) == (
+            want.doc, want.chars_in, want.pii, want.reason)
+    assert back[0].reason is None and back[1].reason is not None
+    keys = read_keys(config, unit, tmp_path)  # only the document that passed the rules has keys
+    assert keys.shape == (1, key_count(config.dedup), 2)
+    assert np.array_equal(keys[0], fingerprint(direct[0].doc.text, config.dedup, seed=3))
+    assert sum(read) == len(direct[0].doc.text.encode()) + len(direct[1].doc.text.encode())
 
 
 def test_units_are_the_files_in_recipe_order(tmp_path: Path) -> None:
@@ -156,3 +154,59 @@ def test_the_bundled_recipe_gives_the_same_corpus_on_two_workers(tmp_path: Path)
     one = outputs(_prepare(replace(data, workers=1), tmp_path / "one"))
     two = outputs(_prepare(replace(data, workers=2), tmp_path / "two"))
     assert one["files"] == two["files"] and one["report"] == two["report"]
+
+
+class FakeSlurm:
+    """What datatrove's Slurm executor does on this side: submit and return; here the "job"
+    writes the results of the units given to it, then leaves the queue."""
+
+    def __init__(self, config: DataConfig, units: list, seed: int, folder: Path) -> None:
+        self.config, self.units, self.seed, self.folder = config, units, seed, folder
+        self.job_id: str | None = None
+
+    def run(self) -> None:
+        for unit in self.units:
+            write_unit(self.config, unit, self.seed, self.folder)
+        self.job_id = "4242"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_slurm_job_that_ends_short_of_its_files_fails_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: bool) -> None:
+    """A Slurm task that died never writes its results; once the job has left the queue
+    (``squeue`` no longer lists it) the run fails naming the job, instead of waiting forever."""
+    from lmforge.data import engine
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\nprintf '%s' \"$*\" >> \"$0.asked\"\n")  # the queue is empty
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(engine, "SLURM_POLL_S", 0.0)
+    config = replace(corpus(tmp_path), executor="slurm", slurm=SlurmConfig(partition="cpu"))
+    units, _ = plan(config)
+    folder = tmp_path / "units"
+    done = units if finished else units[:3]
+    monkeypatch.setattr(engine, "_executor",
+                        lambda *_: FakeSlurm(config, done, 1, folder))
+    outcome: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            run_units(config, units, 1, folder, 2)
+            outcome.append(None)
+        except RuntimeError as err:
+            outcome.append(err)
+
+    waiting = threading.Thread(target=wait, daemon=True)  # a run that waits forever fails here
+    waiting.start()
+    waiting.join(timeout=60)
+    assert outcome, "run_units still waiting for a job that has left the queue"
+    if finished:
+        assert outcome == [None]
+    else:
+        assert re.search(r"Slurm job 4242 ended with 5 files not done \(first .*03\.txt\)",
+                         str(outcome[0]))
+        assert "--jobs 4242" in (bin_dir / "squeue.asked").read_text()
+    assert all((folder / f"{u.index:06d}.jsonl").exists() for u in done)

@@ -103,9 +103,12 @@ class DedupConfig:
     jaccard_threshold: float = 0.8
     num_perm: int = 128
     shingle_chars: int = 5
+    # the keys one bucket of the on-disk dedup holds in memory (the peak is ~3x), MiB
+    bucket_mb: int = field(default=64, metadata=NEUTRAL)
 
     def __post_init__(self) -> None:
         fraction("jaccard_threshold", self.jaccard_threshold, open_low=True)
+        check(self.bucket_mb >= 1, "bucket_mb", "at least 1 (MiB)", self.bucket_mb)
         check(self.num_perm >= 16, "num_perm", "at least 16", self.num_perm)
         check(self.shingle_chars >= 1, "shingle_chars", "at least 1", self.shingle_chars)
 

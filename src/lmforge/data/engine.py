@@ -12,22 +12,24 @@ where lmforge keeps the first of each against the documents kept before it (docs
 
 How the output stays byte-identical to one process: everything that looks at one document alone
 (reading, normalising, PII scrubbing, the quality rules, the exact hash and the MinHash
-signature, ~95% of the stage's time) runs per input file, in parallel; what depends on the order
-of documents (the dedup decisions, first seen kept, then split, mix and write) stays one cheap
-pass in recipe order in ``prepare.collect``. A file is the grain of work: a source that is one
-big file is one task.
+signature, ~95% of the stage's time) runs per input file, in parallel, into a work folder (the
+results as JSON lines, the dedup keys beside them); what depends on the order of documents (the
+dedup decisions, first seen kept, then split, mix and write) stays in recipe order in
+``prepare.collect``, on disk (``dedup.find_duplicates``, ``prepare.KeptDocuments``). One local
+worker runs the same steps in the calling process. A file is the grain of work: a source that
+is one big file is one task.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +37,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lmforge.atomic import atomic_write_text
+from lmforge.atomic import atomic_open
 from lmforge.config import DataConfig
 from lmforge.data.clean import normalise, scrub_pii
-from lmforge.data.dedup import Fingerprint, fingerprint
+from lmforge.data.dedup import fingerprint, key_count
 from lmforge.data.ingest import Document, Problem, Reader
 from lmforge.data.quality import quality_problem
 
@@ -63,7 +65,7 @@ class Cleaned:
     chars_in: int  # of the text as read
     pii: dict[str, int]
     reason: str | None  # the quality rule it failed
-    known: Fingerprint | None  # for dedup, when it passed the quality rules
+    keys: np.ndarray | None  # for dedup, when it passed the quality rules (``fingerprint``)
 
 
 def reader(config: DataConfig, source: int) -> Reader:
@@ -90,9 +92,9 @@ def clean_document(item: Document, config: DataConfig, language: str, seed: int)
     if config.clean.scrub_pii:
         text, pii = scrub_pii(text, config.clean.pii_placeholder)
     reason = quality_problem(text, language, config.quality)
-    known = fingerprint(text, config.dedup, seed) if reason is None else None
+    keys = fingerprint(text, config.dedup, seed) if reason is None else None
     return Cleaned(Document(text, item.source, item.doc_id, item.meta), len(item.text),
-                   dict(pii), reason, known)
+                   dict(pii), reason, keys)
 
 
 def read_unit(config: DataConfig, unit: Unit, seed: int) -> Iterator[Cleaned | Problem]:
@@ -105,45 +107,58 @@ def read_unit(config: DataConfig, unit: Unit, seed: int) -> Iterator[Cleaned | P
 def _encode(item: Cleaned | Problem) -> dict[str, Any]:
     if isinstance(item, Problem):
         return {"problem": [item.location, item.reason]}
-    values = item.known.hashvalues if item.known else None
     return {"text": item.doc.text, "id": item.doc.doc_id, "meta": item.doc.meta,
-            "chars_in": item.chars_in, "pii": item.pii, "reason": item.reason,
-            "digest": item.known.digest if item.known else None,
-            "minhash": None if values is None else base64.b64encode(values.tobytes()).decode(),
-            "dtype": None if values is None else values.dtype.str}
+            "chars_in": item.chars_in, "pii": item.pii, "reason": item.reason}
 
 
 def _decode(record: dict[str, Any], source: str) -> Cleaned | Problem:
     if "problem" in record:
         return Problem(source, *record["problem"])
-    known = None
-    if record["digest"] is not None:
-        values = None if record["minhash"] is None else np.frombuffer(
-            base64.b64decode(record["minhash"]), dtype=record["dtype"])
-        known = Fingerprint(record["digest"], values)
     return Cleaned(Document(record["text"], source, record["id"], record["meta"]),
-                   record["chars_in"], record["pii"], record["reason"], known)
+                   record["chars_in"], record["pii"], record["reason"], None)
 
 
 def _unit_file(folder: Path, unit: Unit) -> Path:
     return folder / f"{unit.index:06d}.jsonl"
 
 
-def write_unit(config: DataConfig, unit: Unit, seed: int, folder: Path) -> None:
-    """One file's results as JSON lines (ASCII-escaped, so any text survives the round trip),
-    in place only when complete: its presence means the unit is done."""
+def _keys_file(folder: Path, unit: Unit) -> Path:
+    return folder / f"{unit.index:06d}.keys"
+
+
+def write_unit(config: DataConfig, unit: Unit, seed: int, folder: Path,
+               progress: Callable[[int], object] | None = None) -> None:
+    """One file's results as JSON lines (ASCII-escaped, so any text survives the round trip)
+    and, beside them, the dedup keys of the documents that passed the quality rules, in order
+    (raw uint64). Written as they come, so a big file is never held in memory; in place only
+    when complete: the results file's presence means the unit is done. ``progress``: called
+    with the bytes of each document read."""
     try:
-        lines = [json.dumps(_encode(item)) + "\n" for item in read_unit(config, unit, seed)]
+        with atomic_open(_unit_file(folder, unit), "w") as results, \
+                atomic_open(_keys_file(folder, unit)) as keys:
+            for item in read_unit(config, unit, seed):
+                results.write(json.dumps(_encode(item)) + "\n")
+                if isinstance(item, Cleaned):
+                    if item.keys is not None:
+                        item.keys.tofile(keys)
+                    if progress:
+                        progress(len(item.doc.text.encode("utf-8")))
     except Exception as err:
         raise RuntimeError(f"data engine: {unit.path}: {type(err).__name__}: {err}") from err
-    atomic_write_text(_unit_file(folder, unit), "".join(lines))
 
 
 def read_results(config: DataConfig, unit: Unit, folder: Path) -> Iterator[Cleaned | Problem]:
+    """A unit's results, in file order (``keys`` comes from ``read_keys``)."""
     source = config.sources[unit.source].name
     with _unit_file(folder, unit).open(encoding="utf-8") as f:
         for line in f:
             yield _decode(json.loads(line), source)
+
+
+def read_keys(config: DataConfig, unit: Unit, folder: Path) -> np.ndarray:
+    """The dedup keys of a unit's documents that passed the quality rules, (n, keys, 2)."""
+    width = key_count(config.dedup)
+    return np.fromfile(_keys_file(folder, unit), dtype="<u8").reshape(-1, width, 2)
 
 
 class UnitTasks:
@@ -241,18 +256,41 @@ def run_units(config: DataConfig, units: list[Unit], seed: int, folder: Path,
     thread = threading.Thread(target=launch, daemon=True)
     thread.start()
     pending = list(units)
+    checked = time.monotonic()
     with tqdm(total=sum(u.size for u in units), unit="B", unit_scale=True,
               desc=f"data ({workers} workers, {config.executor})") as bar:
         while pending:
             alive = thread.is_alive()  # before listing: a unit written before it ended is seen
+            ended = False
+            if config.executor == "slurm" and not alive and \
+                    time.monotonic() - checked >= SLURM_POLL_S:
+                checked = time.monotonic()
+                ended = slurm_job_ended(getattr(executor, "job_id", None))  # before listing too
             done = [u for u in pending if _unit_file(folder, u).exists()]
             bar.update(sum(u.size for u in done))
             pending = [u for u in pending if u not in done]
             if failure:
                 raise failure[0]
-            if pending and not alive and config.executor != "slurm":
-                raise RuntimeError(f"data engine: stopped with {len(pending)} files not done "
+            if pending and (ended or not alive and config.executor != "slurm"):
+                what = f"Slurm job {executor.job_id} ended" if ended else "stopped"
+                raise RuntimeError(f"data engine: {what} with {len(pending)} files not done "
                                    f"(first {pending[0].path}); logs in {folder / 'logs'}")
             if pending:
                 time.sleep(0.2)
     thread.join()
+
+
+# How often a Slurm job's state is asked of the scheduler while its results are awaited.
+SLURM_POLL_S = 30.0
+
+
+def slurm_job_ended(job_id: object) -> bool:
+    """Whether a Slurm job has left the queue (done, failed, cancelled or timed out): then any
+    unit without its results failed. Unknown (no job id yet, no ``squeue`` here): False."""
+    if job_id in (None, -1) or shutil.which("squeue") is None:
+        return False
+    asked = subprocess.run(["squeue", "--noheader", "--jobs", str(job_id), "--format", "%i"],
+                           capture_output=True, text=True, check=False)
+    if asked.returncode:  # a job long gone is "Invalid job id" on some versions
+        return "invalid job id" in asked.stderr.lower()
+    return not asked.stdout.strip()

@@ -10,6 +10,8 @@ Within the domain or general group, sources share in proportion to ``weight``.
 from __future__ import annotations
 
 import random
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lmforge.config import MixConfig
@@ -51,9 +53,11 @@ def draw_copies(rate: float, rng: random.Random) -> int:
     return whole + (1 if rng.random() < rate - whole else 0)
 
 
-def mix_order(doc_sources: list[str], rates: dict[str, float], seed: int) -> list[int]:
-    """Indices of the documents to train on, repeated by rate and shuffled, deterministic."""
+def mix_order(doc_sources: Iterable[str], rates: dict[str, float], seed: int) -> array[int]:
+    """Indices of the documents to train on, repeated by rate and shuffled, deterministic; an
+    array of 8 bytes per entry, as a corpus may have tens of millions of them."""
     rng = random.Random(seed)
-    order = [i for i, src in enumerate(doc_sources) for _ in range(draw_copies(rates[src], rng))]
-    rng.shuffle(order)
+    order = array("q", (i for i, src in enumerate(doc_sources)
+                        for _ in range(draw_copies(rates[src], rng))))
+    rng.shuffle(order)  # any mutable sequence: the same draws as on a list
     return order

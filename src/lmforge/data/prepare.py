@@ -10,9 +10,12 @@ a source never reshuffles the others.
 from __future__ import annotations
 
 import json
+import mmap
 import shutil
 import time
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -22,8 +25,16 @@ from tqdm import tqdm
 
 from lmforge.atomic import atomic_dir
 from lmforge.config import ConfigError, DataConfig, SourceConfig, SplitConfig
-from lmforge.data.dedup import Deduplicator
-from lmforge.data.engine import plan, read_results, read_unit, resolve_workers, run_units
+from lmforge.data.dedup import KEPT, REASONS, find_duplicates, key_count
+from lmforge.data.engine import (
+    Unit,
+    plan,
+    read_keys,
+    read_results,
+    resolve_workers,
+    run_units,
+    write_unit,
+)
 from lmforge.data.ingest import Document, Problem
 from lmforge.data.mix import SourceStats, mix_order, source_rates
 from lmforge.data.report import write_data_report
@@ -52,54 +63,92 @@ def in_heldout(doc: Document, source: SourceConfig, split: SplitConfig, seed: in
     return held_out(group or doc.doc_id, fraction, seed, purpose=source.name)
 
 
-def collect(config: DataConfig, seed: int, log: list[str], out_dir: Path
-            ) -> tuple[list[Document], dict[str, SourceTally], int]:
-    """Ingest, clean, filter and deduplicate every source, in recipe order.
+class KeptDocuments:
+    """The documents kept, in order, as their corpus records in a spill file, with what split
+    and mix need of each (source, side, length): the text is never all in memory, a few dozen
+    bytes per document are."""
 
-    With one local worker the per-document steps run here as the documents are consumed; with
-    more, the engine runs them on every file first, into a work folder beside the corpus. The
-    dedup decisions are made here in both cases, in recipe order (the first copy seen is kept).
-    Returns the documents kept, what happened to each source's, and the workers used.
+    def __init__(self, path: Path, sources: list[SourceConfig]) -> None:
+        self.path = path
+        self.names = [s.name for s in sources]
+        self._file = path.open("wb")
+        self.ends = array("q")  # where each record ends in the spill file
+        self.source = array("H")
+        self.chars = array("q")
+        self.heldout = bytearray()
+
+    def add(self, doc: Document, source: int, heldout: bool) -> None:
+        self.ends.append(self._file.tell() + self._file.write(_record(doc).encode("utf-8")))
+        self.source.append(source)
+        self.chars.append(len(doc.text))
+        self.heldout.append(heldout)
+
+    def records(self, which: Iterable[int]) -> Iterator[bytes]:
+        """The records of these documents (by position), in that order."""
+        self._file.flush()
+        if not self.ends:
+            return
+        with self.path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for i in which:
+                yield m[self.ends[i - 1] if i else 0 : self.ends[i]]
+
+
+def run_per_document_steps(config: DataConfig, units: list[Unit], seed: int, folder: Path,
+                           workers: int) -> None:
+    """Every file's per-document steps into ``folder``: on the engine's workers, or with one
+    local worker here, with a bar over the bytes read (the results are the same)."""
+    if workers > 1 or config.executor != "local":
+        run_units(config, units, seed, folder, workers)
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with tqdm(total=sum(u.size for u in units), unit="B", unit_scale=True, desc="data",
+              leave=False) as bar:
+        for unit in units:
+            write_unit(config, unit, seed, folder, bar.update)
+
+
+def collect(config: DataConfig, seed: int, log: list[str], folder: Path
+            ) -> tuple[KeptDocuments, dict[str, SourceTally], int]:
+    """Ingest, clean, filter and deduplicate every source, in recipe order, in ``folder``.
+
+    The per-document steps run on every file first (``run_per_document_steps``), then the
+    dedup decisions are made over all the documents' keys in recipe order (the first copy seen
+    is kept; ``find_duplicates``), then one pass over the results tallies each source and spills
+    the documents kept. Returns them, what happened to each source's, and the workers used.
     """
     units, listing = plan(config)
     workers = resolve_workers(config, units)
-    here = workers == 1 and config.executor == "local"
-    folder = out_dir / ".corpus.units"
-    if not here:
-        run_units(config, units, seed, folder, workers)
-    dedup = Deduplicator(config.dedup, seed=seed)
+    run_per_document_steps(config, units, seed, folder, workers)
+    decisions = iter(find_duplicates((read_keys(config, u, folder) for u in units),
+                                     config.dedup, folder / "dedup")
+                     if key_count(config.dedup) else ())
     tallies: dict[str, SourceTally] = {}
-    kept: list[Document] = []
+    kept = KeptDocuments(folder / "kept.jsonl", config.sources)
     for i, source in enumerate(config.sources):
         tally = tallies[source.name] = SourceTally()
-        files = [u for u in units if u.source == i]
         items = chain(listing[i], chain.from_iterable(
-            read_unit(config, u, seed) if here else read_results(config, u, folder)
-            for u in files))
-        with tqdm(total=sum(u.size for u in files), unit="B", unit_scale=True,
-                  desc=f"data {source.name}", leave=False, disable=not here) as bar:
-            for item in items:
-                if isinstance(item, Problem):
-                    tally.problems += 1
-                    log.append(str(item))
-                    tqdm.write(f"warning: {item}")
-                    continue
-                bar.update(len(item.doc.text.encode("utf-8")))
-                tally.docs_in += 1
-                tally.chars_in += item.chars_in
-                tally.pii.update(item.pii)
-                reason = item.reason
-                if reason is None:
-                    dup = dedup.check(item.doc.text, item.known)
-                    reason = f"{dup}_duplicate" if dup else None
-                if reason is not None:
-                    tally.dropped[reason] += 1
-                    tally.dropped_chars[reason] += item.chars_in
-                    continue
-                tally.docs_kept += 1
-                tally.chars_kept += len(item.doc.text)
-                kept.append(item.doc)
-    shutil.rmtree(folder, ignore_errors=True)
+            read_results(config, u, folder) for u in units if u.source == i))
+        for item in items:
+            if isinstance(item, Problem):
+                tally.problems += 1
+                log.append(str(item))
+                tqdm.write(f"warning: {item}")
+                continue
+            tally.docs_in += 1
+            tally.chars_in += item.chars_in
+            tally.pii.update(item.pii)
+            reason = item.reason
+            if reason is None:
+                dup = REASONS.get(next(decisions, KEPT))
+                reason = f"{dup}_duplicate" if dup else None
+            if reason is not None:
+                tally.dropped[reason] += 1
+                tally.dropped_chars[reason] += item.chars_in
+                continue
+            tally.docs_kept += 1
+            tally.chars_kept += len(item.doc.text)
+            kept.add(item.doc, i, in_heldout(item.doc, source, config.split, seed))
     return kept, tallies, workers
 
 
@@ -113,31 +162,33 @@ def prepare(config: DataConfig, out_dir: Path, seed: int) -> dict[str, Any]:
         raise ConfigError("data.sources: no sources configured; add [[data.sources]] to the recipe")
     started = time.time()
     log: list[str] = []
-    docs, tallies, workers = collect(config, seed, log, out_dir)
-    by_name = {s.name: s for s in config.sources}
-    train: list[Document] = []
-    val: list[Document] = []
-    for doc in docs:
-        (val if in_heldout(doc, by_name[doc.source], config.split, seed) else train).append(doc)
-    train_chars: dict[str, int] = defaultdict(int)
-    for doc in train:
-        train_chars[doc.source] += len(doc.text)
-    stats = [SourceStats(s.name, s.domain, s.weight, train_chars[s.name]) for s in config.sources]
-    rates = source_rates(stats, config.mix)
-    order = mix_order([d.source for d in train], rates, seed)
-    mixed_chars: Counter[str] = Counter()
-    for i in order:
-        mixed_chars[train[i].source] += len(train[i].text)
-    val_chars: Counter[str] = Counter()
-    for doc in val:
-        val_chars[doc.source] += len(doc.text)
-    corpus = out_dir / "corpus"
-    with atomic_dir(corpus) as tmp:
-        with (tmp / "train.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(_record(train[i]) for i in order)
-        with (tmp / "val.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(_record(d) for d in val)
-        (tmp / "problems.log").write_text("\n".join(log) + "\n", encoding="utf-8")
+    folder = out_dir / ".corpus.units"
+    try:
+        kept, tallies, workers = collect(config, seed, log, folder)
+        train = array("q", (i for i, side in enumerate(kept.heldout) if not side))
+        train_chars: Counter[str] = Counter()
+        for i in train:
+            train_chars[kept.names[kept.source[i]]] += kept.chars[i]
+        stats = [SourceStats(s.name, s.domain, s.weight, train_chars[s.name])
+                 for s in config.sources]
+        rates = source_rates(stats, config.mix)
+        order = mix_order((kept.names[kept.source[i]] for i in train), rates, seed)
+        mixed_chars: Counter[str] = Counter()
+        for i in order:
+            mixed_chars[kept.names[kept.source[train[i]]]] += kept.chars[train[i]]
+        val = [i for i, side in enumerate(kept.heldout) if side]
+        val_chars: Counter[str] = Counter()
+        for i in val:
+            val_chars[kept.names[kept.source[i]]] += kept.chars[i]
+        corpus = out_dir / "corpus"
+        with atomic_dir(corpus) as tmp:
+            with (tmp / "train.jsonl").open("wb") as f:
+                f.writelines(kept.records(train[i] for i in order))
+            with (tmp / "val.jsonl").open("wb") as f:
+                f.writelines(kept.records(val))
+            (tmp / "problems.log").write_text("\n".join(log) + "\n", encoding="utf-8")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     report = {
         "sources": {
             s.name: {
