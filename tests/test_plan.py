@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lmforge.cli import main
-from lmforge.config import LoraConfig, ModelConfig, TrainConfig
+from lmforge.config import LoraConfig, ModelConfig, RecipeConfig, TrainConfig, from_dict
 from lmforge.model import Transformer, apply_lora, config_from_hf, quantize_linears
 from lmforge.plan import (
     GPUS,
@@ -28,9 +28,11 @@ from lmforge.plan import (
     largest_micro_batch,
     make_plan,
     peak_flops,
+    plan_from,
     predict,
     predict_peak,
 )
+from lmforge.train.finetune import choose_trainable
 from lmforge.train.losses import token_nll
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -60,6 +62,62 @@ def test_parameter_counts_match_the_published_figures() -> None:
     assert llama.total == 6_738_415_616
     lora = count_parameters(hf(LLAMA), "lora", 16)  # 7 linears x 32 blocks x 16 x (in + out)
     assert lora.trained == 32 * 16 * (4 * 2 * 4096 + 3 * (4096 + 11008))
+
+
+SFT_METHODS = {
+    "lora": {"method": "lora", "lora": {"rank": 4}},
+    "dora": {"method": "lora", "lora": {"rank": 4, "use_dora": True}},
+    "qlora dora": {"method": "lora", "qlora": True, "lora": {"rank": 4, "use_dora": True}},
+    "prefix": {"method": "prefix", "prefix": {"virtual_tokens": 5}},
+    "prefix, projected": {"method": "prefix",
+                          "prefix": {"virtual_tokens": 5, "projection": True,
+                                     "projection_dim": 7}},
+}
+
+
+@pytest.mark.parametrize("sft", list(SFT_METHODS))
+@pytest.mark.parametrize("name", list(TINY))
+def test_trained_parameters_are_what_the_sft_stage_trains(name: str, sft: str) -> None:
+    """The plan of a recipe's SFT (its method, LoRA rank, DoRA, prefix) counts exactly the
+    parameters the stage's own ``choose_trainable`` leaves trainable on the real model: DoRA's
+    magnitude vectors, prefix tuning's keys and values (and its projection MLP)."""
+    config = TINY[name]
+    recipe = from_dict(RecipeConfig, {
+        "model": {f: getattr(config, f) for f in ("vocab_size", "dim", "n_layers", "n_heads",
+                                                   "n_kv_heads", "ffn_dim", "qkv_bias",
+                                                   "tie_embeddings")},
+        "sft": SFT_METHODS[sft], "export": {"gguf": "none"}})
+    model = Transformer(config)
+    if recipe.sft.qlora:
+        quantize_linears(model)
+    choose_trainable(model, recipe.sft.method, recipe.sft)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    plan = plan_from(recipe=recipe, stage="finetune", tokens=1e6)
+    n = plan.params
+    assert n.trained == sum(p.numel() for p in trained)
+    assert n.largest_trained == max(p.numel() for p in trained)
+    assert plan.memory.optimizer == 8 * n.trained  # AdamW's two fp32 states
+    assert plan.memory.gradients == 4 * n.trained
+    kv = config.n_kv_heads * config.head_dim
+    if sft == "prefix":  # per layer: 5 virtual tokens x kv heads x head dim, keys and values
+        assert n.trained == config.n_layers * 5 * kv * 2
+    if "dora" in sft:  # one magnitude per output row of every adapted linear
+        lora = count_parameters(config, "lora", 4)
+        assert n.magnitudes == n.trained - lora.trained > 0
+
+
+def test_prefix_tokens_add_attention_flops_and_dora_needs_lora() -> None:
+    config = TINY["gqa, tied"]
+    train = TrainConfig(batch_size=2, seq_len=16)
+    prefix = make_plan(config, train, CPU, method="prefix", stage="finetune", tokens=1e6,
+                       prefix=from_dict(RecipeConfig, {}).sft.prefix)
+    frozen = make_plan(config, train, CPU, method="lora", lora_rank=1, stage="finetune",
+                       tokens=1e6)
+    attention = 12 * config.n_layers * config.dim * prefix.params.virtual_tokens
+    assert prefix.training.flops_per_token == pytest.approx(
+        frozen.training.flops_per_token - 6 * frozen.params.adapters + attention)
+    with pytest.raises(ValueError, match="DoRA is a kind of LoRA"):
+        count_parameters(config, "prefix", dora=True)
 
 
 def saved_bytes(model: nn.Module, tokens: torch.Tensor, chunk: int, amp: bool) -> int:
@@ -289,7 +347,13 @@ def test_peak_flops_and_the_trainer_entry_point() -> None:
     (["--hf-config", str(LLAMA), "--gpu", "h100", "--gpus", "8", "--parallel", "fsdp",
       "--activation-checkpointing", "--loss-chunk", "4096"],
      ["total 6.74 B", "FSDP over 8", "compute-optimal"]),
-], ids=["demo recipe", "demo preset", "qwen2.5-1.5b", "llama-2-7b fsdp"])
+    (["--hf-config", str(QWEN), "--stage", "finetune", "--method", "prefix",
+      "--virtual-tokens", "32", "--tokens", "1e8"],  # 28 layers x 32 x 2 kv heads x 128 x 2
+     ["trained 458.75 k (prefix of 32 tokens, finetune)"]),
+    (["--hf-config", str(QWEN), "--stage", "finetune", "--method", "lora", "--dora",
+      "--tokens", "1e8"], ["with DoRA"]),
+], ids=["demo recipe", "demo preset", "qwen2.5-1.5b", "llama-2-7b fsdp", "qwen prefix",
+        "qwen dora"])
 def test_plan_answers_for_the_demo_and_open_models(args: list[str], shown: list[str],
                                                    capsys: pytest.CaptureFixture,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,6 +378,9 @@ def test_plan_json_holds_the_peaks(capsys: pytest.CaptureFixture) -> None:
     (["--preset", "cpu-demo", "--hf-config", str(QWEN)], "exactly one of --recipe"),
     (["--gpu", "h100"], "exactly one of --recipe"),
     (["--preset", "cpu-demo", "--method", "dora"], "method: expected one of full"),
+    (["--preset", "cpu-demo", "--dora"], "DoRA is a kind of LoRA"),
+    (["--preset", "cpu-demo", "--method", "prefix", "--virtual-tokens", "0"],
+     "virtual_tokens"),
     (["--preset", "huge"], "preset: expected one of"),
     (["--preset", "cpu-demo", "--gpus", "2", "--batch-size", "3"], "not a multiple"),
     (["--hf-config", "missing.json"], "no file missing.json"),

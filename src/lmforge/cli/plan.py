@@ -20,7 +20,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
     plan = plan_from(
         recipe=load_recipe(args) if args.recipe else None, preset=args.preset or "",
         hf_config=args.hf_config, vocab=args.vocab, stage=args.stage, gpu=args.gpu,
-        gpus=args.gpus, method=args.method, lora_rank=args.lora_rank, tokens=args.tokens,
+        gpus=args.gpus, method=args.method, lora_rank=args.lora_rank, dora=args.dora,
+        virtual_tokens=args.virtual_tokens, tokens=args.tokens,
         hours=args.hours, mfu=args.mfu, context=args.context,
         **{field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()})
     print(json.dumps(as_json(plan)) if args.json else render(plan), end="" if not args.json
@@ -47,9 +48,14 @@ def add_plan_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--hours", type=float, help="time budget instead: tokens reachable in it")
     p.add_argument("--stage", choices=["pretrain", "finetune"], default="pretrain",
                    help="which recipe section trains ([pretrain] or [sft.train])")
-    p.add_argument("--method", help="full, lora or qlora (default: full, or the recipe's sft "
-                   "method when fine-tuning)")
+    p.add_argument("--method", help="full, lora, qlora or prefix (default: full, or the "
+                   "recipe's sft method when fine-tuning)")
     p.add_argument("--lora-rank", type=int, help="LoRA rank, adapters on all linears (16)")
+    p.add_argument("--dora", action=argparse.BooleanOptionalAction,
+                   help="LoRA as DoRA: a trained magnitude per output row (default: the "
+                   "recipe's sft.lora.use_dora)")
+    p.add_argument("--virtual-tokens", type=int, help="prefix tuning's prefix length "
+                   "(default: the recipe's sft.prefix, or 16)")
     p.add_argument("--gpu", default="cpu", help="h100, h200, a100, l40s, 4090, or cpu (this "
                    "machine, measured; the default)")
     p.add_argument("--gpus", type=int, default=1, help="devices (default 1)")

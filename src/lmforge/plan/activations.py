@@ -14,7 +14,12 @@ Read off model/llama.py and checked tensor by tensor with
 - LoRA (frozen base, dropout as lmforge's default 0.05) keeps, per adapted linear, the dropout
   mask (float on CPU, bool on CUDA), the dropped input in the adapter's matmul dtype and the
   rank-r middle; frozen projections and norms keep no inputs of their own, and block 0's input
-  needs no gradient at all.
+  needs no gradient at all. DoRA keeps somewhat more per adapted linear (the base output it
+  rescales), which is not counted;
+- prefix tuning (frozen model, no adapters) keeps what a frozen LoRA model keeps less the
+  adapters' own tensors: the blocks' activations are still needed, as every layer's prefix
+  keys and values take a gradient through its attention (their extra columns, a few per row,
+  are not counted).
 With activation checkpointing (train/parallel.py: each block under non-reentrant
 ``torch.utils.checkpoint``) a block keeps only its input, and one block's worth is alive while
 it is recomputed, after the loss's backward is done. The loss holds 12 bytes per logit at its
@@ -110,7 +115,9 @@ def activation_bytes(c: ModelConfig, p: Precision, method: Method, chunked: bool
     attention = p.matmul * (2 * q + 2 * kv) + 4 * c.n_heads
     ffn, ffn_widths = _ffn(c, p, frozen)
     readers = 5 if not c.n_experts else 4 + bool(c.shared_expert_dim) * 3
-    if frozen:  # per adapter: dropout mask, dropped input (in the matmul dtype), rank-r middle
+    if method == "prefix":  # frozen linears keep no inputs; block 0's norm needs none
+        inputs, first = 0, -(4 * d + 4)
+    elif frozen:  # per adapter: dropout mask, dropped input (in the matmul dtype), rank-r middle
         widths = [d, d, d, q, *ffn_widths]
         inputs = sum(w * (p.mask + p.matmul) + lora_rank * p.matmul for w in widths)
         first = -(4 * d + 4) - 3 * p.mask * d  # block 0: no norm input, q/k/v keep no mask

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from lmforge.config import ModelConfig, TrainConfig
+from lmforge.config import ModelConfig, PrefixConfig, TrainConfig
 from lmforge.plan.activations import activation_bytes, logit_bytes, precision_for
 from lmforge.plan.hardware import Hardware, ring_bandwidth
 from lmforge.plan.memory import HEADROOM, Prediction, largest_micro_batch, micro_batch, predict
@@ -154,12 +154,14 @@ def _budget(params: ParamCount, stage: Stage, tokens: float | None,
 def make_plan(model: ModelConfig, train: TrainConfig, device: Hardware, world: int = 1,
               method: Method = "full", lora_rank: int = 16, stage: Stage = "pretrain",
               tokens: float | None = None, hours: float | None = None,
-              utilisation: float = 0.4, context: int = 4096) -> Plan:
+              utilisation: float = 0.4, context: int = 4096, *, dora: bool = False,
+              prefix: PrefixConfig | None = None) -> Plan:
     """Everything ``lmforge plan`` prints; ``tokens`` or ``hours`` is the budget (neither:
-    Chinchilla's 20 tokens per parameter when pretraining)."""
+    Chinchilla's 20 tokens per parameter when pretraining); ``dora`` and ``prefix`` as
+    ``count_parameters`` takes them."""
     if not 0 < utilisation <= 1:
         raise ValueError(f"mfu: expected a fraction in (0, 1], got {utilisation}")
-    n = count_parameters(model, method, lora_rank)
+    n = count_parameters(model, method, lora_rank, dora=dora, prefix=prefix)
     tokens, hours = _budget(n, stage, tokens, hours)
     memory = predict(model, train, world, device, method, lora_rank, n)
     comm = communication(n, train, device, world, memory.accumulation)

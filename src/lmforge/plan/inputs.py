@@ -4,11 +4,11 @@ model, the training run, the method and the budget, each flag overriding the rec
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ModelConfig, RecipeConfig, TrainConfig, from_dict
+from lmforge.config import ModelConfig, PrefixConfig, RecipeConfig, TrainConfig, from_dict
 from lmforge.model import config_from_hf
 from lmforge.plan.estimate import Plan, Stage, make_plan
 from lmforge.plan.hardware import hardware
@@ -66,25 +66,47 @@ def resolve_train(recipe: RecipeConfig | None, stage: Stage, model: ModelConfig,
     return train
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """How the model trains: ``method``, LoRA's rank and whether it is DoRA, the prefix."""
+
+    method: Method
+    lora_rank: int
+    dora: bool
+    prefix: PrefixConfig
+
+
 def resolve_method(recipe: RecipeConfig | None, stage: Stage, method: Method | None,
-                   lora_rank: int | None) -> tuple[Method, int]:
-    """``method`` as given, else the recipe's SFT method when fine-tuning, else full."""
+                   lora_rank: int | None, dora: bool | None = None,
+                   virtual_tokens: int | None = None) -> Tuning:
+    """``method`` as given, else the recipe's SFT method when fine-tuning, else full; LoRA's
+    rank, DoRA and the prefix as given, else the recipe's ``[sft.lora]`` / ``[sft.prefix]``,
+    else their defaults."""
     rank = lora_rank or (recipe.sft.lora.rank if recipe is not None else 16)
-    if method is not None:
-        return method, rank
-    if recipe is None or stage == "pretrain":
-        return "full", rank
-    sft = recipe.sft
-    if sft.method == "freeze" or sft.method == "prefix":
-        raise ValueError(f'sft.method = "{sft.method}" is not planned; give --method full, '
-                         "lora or qlora")
-    return ("qlora" if sft.qlora else sft.method), rank
+    prefix = recipe.sft.prefix if recipe is not None else PrefixConfig()
+    if virtual_tokens is not None:
+        prefix = replace(prefix, virtual_tokens=virtual_tokens)
+    if method is None and recipe is not None and stage == "finetune":
+        sft = recipe.sft
+        if sft.method == "freeze":
+            raise ValueError('sft.method = "freeze" is not planned; give --method full, '
+                             "lora, qlora or prefix")
+        method = "qlora" if sft.qlora else sft.method
+    chosen: Method = method or "full"
+    lora = chosen in ("lora", "qlora")
+    if dora and not lora:
+        raise ValueError(f"dora: DoRA is a kind of LoRA; give --method lora or qlora, not "
+                         f"{chosen}")
+    use_dora = dora if dora is not None else lora and recipe is not None and \
+        recipe.sft.lora.use_dora
+    return Tuning(chosen, rank, use_dora, prefix)
 
 
 def plan_from(*, recipe: RecipeConfig | None = None, preset: str = "",
               hf_config: Path | None = None, vocab: int | None = None,
               stage: Stage = "pretrain", gpu: str = "cpu", gpus: int = 1,
               method: Method | None = None, lora_rank: int | None = None,
+              dora: bool | None = None, virtual_tokens: int | None = None,
               tokens: float | None = None, hours: float | None = None, mfu: float = 0.4,
               context: int | None = None, **train_fields: Any) -> Plan:
     """``lmforge plan``'s flags as one call. Without a budget a recipe's own (its steps x
@@ -94,8 +116,9 @@ def plan_from(*, recipe: RecipeConfig | None = None, preset: str = "",
     device = hardware(gpu)
     model = resolve_model(recipe, preset, hf_config, vocab)
     train = resolve_train(recipe, stage, model, gpus, **train_fields)
-    chosen, rank = resolve_method(recipe, stage, method, lora_rank)
+    tuning = resolve_method(recipe, stage, method, lora_rank, dora, virtual_tokens)
     if recipe is not None and tokens is None and hours is None:
         tokens = float(train.steps * train.batch_size * train.seq_len)
-    return make_plan(model, train, device, gpus, chosen, rank, stage, tokens, hours, mfu,
-                     context or min(model.max_seq_len, DEFAULT_CONTEXT))
+    return make_plan(model, train, device, gpus, tuning.method, tuning.lora_rank, stage, tokens,
+                     hours, mfu, context or min(model.max_seq_len, DEFAULT_CONTEXT),
+                     dora=tuning.dora, prefix=tuning.prefix)

@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from lmforge.config import ModelConfig, TrainConfig
+from lmforge.config import ModelConfig, PrefixConfig, TrainConfig
 from lmforge.plan.activations import Precision, activation_bytes, logit_bytes, precision_for
 from lmforge.plan.hardware import Hardware, resolve
 from lmforge.plan.params import Method, ParamCount, count_parameters
@@ -195,10 +195,13 @@ def predict(model: ModelConfig, train: TrainConfig, world: int, device: Hardware
 
 def predict_peak(model: ModelConfig, train: TrainConfig, world: int = 1,
                  device: Hardware | torch.device | str = "cpu", method: Method = "full",
-                 lora_rank: int = 16) -> Prediction:
+                 lora_rank: int = 16, *, dora: bool = False,
+                 prefix: PrefixConfig | None = None) -> Prediction:
     """What the trainer's report compares its measured peak with: ``predict`` for a device
-    given as a torch device (``dist.device``) or a table key."""
-    return predict(model, train, world, resolve(device), method, lora_rank)
+    given as a torch device (``dist.device``) or a table key (``dora`` and ``prefix`` as
+    ``count_parameters`` takes them)."""
+    n = count_parameters(model, method, lora_rank, dora=dora, prefix=prefix)
+    return predict(model, train, world, resolve(device), method, lora_rank, n)
 
 
 def largest_micro_batch(model: ModelConfig, train: TrainConfig, world: int, device: Hardware,

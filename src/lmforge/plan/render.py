@@ -116,12 +116,19 @@ def _compute_optimal(plan: Plan) -> str:
             f"{count(o.tokens)} tokens")
 
 
+def _method(plan: Plan) -> str:
+    n = plan.params
+    if n.magnitudes:
+        return f"{plan.method} with DoRA"
+    return f"prefix of {n.virtual_tokens} tokens" if plan.method == "prefix" else plan.method
+
+
 def render(plan: Plan) -> str:
     n, h = plan.params, plan.hardware
     lines = [
         f"model: {_model_line(plan)}",
         f"parameters: total {count(n.total)}, non-embedding {count(n.non_embedding)}, active "
-        f"per token {count(n.active)}, trained {count(n.trained)} ({plan.method}, "
+        f"per token {count(n.active)}, trained {count(n.trained)} ({_method(plan)}, "
         f"{plan.stage})",
         f"hardware: {plan.world} x {h.name}: {count(h.peak_flops, 'G')}FLOP/s, "
         f"{gib(h.memory)}, {h.memory_bandwidth / 1e9:.0f} GB/s memory, {h.link} "
