@@ -177,6 +177,23 @@ def test_peak_memory_sees_a_short_lived_allocation() -> None:
     assert 60 * 2**20 < peak.bytes < 200 * 2**20
 
 
+def test_peak_memory_counts_memory_that_malloc_kept_from_before() -> None:
+    """Freed tensors below glibc's mmap threshold stay resident in the heap (one kept above
+    them stops the heap shrinking) and the next allocation reuses them: without giving them
+    back first, the run's 64 MiB never shows in the resident set (CI read 4 KiB)."""
+    from lmforge.train.memory import PeakMemory
+
+    torch.ones(30 * 2**20 // 4)  # freeing an mmapped 30 MiB raises the threshold past 8 MiB
+    freed = [torch.ones(8 * 2**20 // 4) for _ in range(12)]
+    above = torch.ones(1024)
+    del freed
+    with PeakMemory(torch.device("cpu"), interval=0.001) as peak:
+        block = torch.ones(64 * 2**20 // 4)
+        time.sleep(0.5)
+        del block
+    assert 60 * 2**20 < peak.bytes < 200 * 2**20, above.sum()
+
+
 def test_the_training_report_puts_measured_memory_and_mfu_beside_plans(
         tiny_run: Path, tmp_path: Path) -> None:
     report = run_pretrain(tiny_run, tmp_path / "run", steps=4, save_every=4)

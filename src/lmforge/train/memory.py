@@ -7,10 +7,17 @@ starts. On CPU there is no allocator to ask, and the process's own high-water ma
 stage before it: a thread samples the resident set (``/proc/self/statm``) every few
 milliseconds instead, and the peak is its highest reading above the reading when the run
 started (so the Python process, its libraries and data already loaded are not counted).
+
+The resident set only grows when new pages are touched, and malloc keeps the memory freed
+before the run (an earlier stage's tensors) resident and hands it out again: a run that fits in
+it would measure nothing. So the run starts by giving that memory back (glibc's
+``malloc_trim``; elsewhere there is nothing to call and the peak may read low).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import threading
 from types import TracebackType
@@ -29,6 +36,17 @@ def resident_bytes() -> int:
         return 0
 
 
+def release_free_memory() -> None:
+    """Return the pages malloc holds free to the system (glibc only; a no-op elsewhere)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # musl, macOS: no malloc_trim
+        return
+    if trim is not None:
+        trim(0)
+
+
 class PeakMemory:
     """``with PeakMemory(device) as peak: ...`` then ``peak.bytes``: the run's peak above its
     start (CPU: resident set; CUDA: allocated tensors, which start with the model in them)."""
@@ -44,6 +62,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
+        release_free_memory()
         self._start = self._highest = resident_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
