@@ -14,13 +14,13 @@ from lmforge.data.domain_qa import (
     validation_contracts,
 )
 from lmforge.data.feedback import FeedbackData, RatedAnswer, load_feedback
-from lmforge.data.ingest import Document, Problem, Reader, jsonl_records
+from lmforge.data.ingest import SUFFIX_FORMATS, Document, Problem, Reader, jsonl_records
 from lmforge.data.posttrain import preference_examples, sft_examples
 from lmforge.data.prepare import in_heldout, prepare
 from lmforge.data.shards import ShardError, ShardSet
 from lmforge.data.tokenize import encode_document, tokenize_corpus
 
-__all__ = ["QA", "Conversation", "Document", "FeedbackData", "KeptOut", "PreferencePair", "Problem",
+__all__ = ["QA", "SUFFIX_FORMATS", "Conversation", "Document", "FeedbackData", "KeptOut", "PreferencePair", "Problem",
            "RatedAnswer", "Reader", "RecordError", "ShardError", "ShardSet", "encode_document",
            "heldout_contracts", "heldout_questions", "in_heldout", "jsonl_records", "kept_out",
            "load_conversations", "load_feedback", "load_qa", "preference_examples", "prepare",

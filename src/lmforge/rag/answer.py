@@ -299,7 +299,7 @@ class Grounding:
         best_dense = max(h.features.get("dense", 0.0) for h in pool)
         lexical = index.lexical_for(access)
         terms = set(lexical.analyzer(question))
-        coverage = max(lexical.coverage(terms, lexical.present(terms, h.chunk.text))[0]
+        coverage = max(lexical.coverage(terms, lexical.present(terms, h.chunk.searchable))[0]
                        for h in pool[:k])
         return (best_dense >= index.config.min_dense_score
                 or coverage >= index.config.min_keyword_coverage)

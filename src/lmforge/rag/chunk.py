@@ -20,6 +20,7 @@ from lmforge.rag.tables import row_groups, table_end, table_text
 from lmforge.text import split_sentences
 
 NAMED_POSITIONS = ("sheet", "slide")  # units whose first line is their name or title
+HEADING_PATH = " > "  # between the headings of a chunk's ``heading``, outermost first
 
 
 def heading(line: str) -> tuple[int, str] | None:
@@ -95,7 +96,7 @@ def _sections(text: str, paged: bool) -> Iterator[_Section]:
                 header = f"{line.strip()}\n{lines[at + 1].strip()}"
                 rows = [(row.strip(), page) for row, page in numbered[at + 2:end]]
                 yield _Section(current.heading, [(header, number), *rows], table=True)
-            current = _Section(" > ".join(t for _, t in path), [])
+            current = _Section(HEADING_PATH.join(t for _, t in path), [])
             at = max(end, at + 1)
             continue
         for sentence in split_sentences(line):

@@ -53,6 +53,7 @@ from lmforge.rag.records import (
     IndexReport,
     current_settings,
     document_hash,
+    document_title,
     stored_chunks,
 )
 from lmforge.rag.sources import load_user_terms, read_sources
@@ -186,7 +187,7 @@ class RagIndex:
                     for d in doc_ids if d in self.docs]
         if restored:
             cache = EmbeddingCache(self.folder / "embeddings.npz")
-            vectors = cache.embed(embedder, [c.text for _, cs in restored for c in cs],
+            vectors = cache.embed(embedder, [c.searchable for _, cs in restored for c in cs],
                                   progress=False)
             store.upsert(stored_chunks(restored), vectors)
             cache.save()
@@ -245,7 +246,7 @@ class RagIndex:
         store.delete_docs(sorted(set(store.rows().values())))
         cache = EmbeddingCache(self.folder / "embeddings.npz")
         changed = [(info, [self.chunks[c] for c in info.chunks]) for info in self.docs.values()]
-        vectors = cache.embed(embedder, [c.text for _, cs in changed for c in cs],
+        vectors = cache.embed(embedder, [c.searchable for _, cs in changed for c in cs],
                               progress=progress)
         store.upsert(stored_chunks(changed), vectors)
         self._domain, self._domain_store, self.domain_name = embedder, store, embedder.name
@@ -254,7 +255,7 @@ class RagIndex:
         return len(vectors)
 
     def _live_keys(self) -> set[str]:
-        return {text_key(embedder, c.text) for embedder, _ in self.spaces()
+        return {text_key(embedder, c.searchable) for embedder, _ in self.spaces()
                 for c in self.chunks.values()}
 
     @property
@@ -267,8 +268,7 @@ class RagIndex:
 
     def _rebuild_keyword(self) -> None:
         ids = list(self.chunks)
-        self._keyword = KeywordIndex.build(self.analyzer, ids,
-                                           [self.chunks[i].text for i in ids])
+        self._keyword = KeywordIndex.build(self.analyzer, ids, [self.chunks[i] for i in ids])
         self._lexical = None
         self._expander = None
         self._tenants.clear()
@@ -302,7 +302,7 @@ class RagIndex:
         """Term statistics of every chunk (operators'), built once and shared by the reranker
         and the no-answer gate (building them reads every chunk)."""
         if self._lexical is None:
-            self._lexical = LexicalFeatures(self.analyzer, ((c.doc_id, c.text)
+            self._lexical = LexicalFeatures(self.analyzer, ((c.doc_id, c.searchable)
                                                             for c in self.chunks.values()))
         return self._lexical
 
@@ -334,7 +334,8 @@ class RagIndex:
                 continue
             report.problems += acl_problems(doc.doc_id, doc.meta, self.config.default_access)
             info = DocInfo(doc.doc_id, digest, doc.source, dict(doc.meta))
-            chunks = [ChunkInfo(c.chunk_id, c.doc_id, c.index, c.text, c.page, c.heading)
+            title = document_title(doc)
+            chunks = [ChunkInfo(c.chunk_id, c.doc_id, c.index, c.text, c.page, c.heading, title)
                       for c in pieces]
             info.chunks = [c.chunk_id for c in chunks]
             changed.append((info, chunks))
@@ -348,7 +349,7 @@ class RagIndex:
     def _write(self, changed: list[tuple[DocInfo, list[ChunkInfo]]], report: IndexReport,
                progress: bool) -> None:
         cache = EmbeddingCache(self.folder / "embeddings.npz")
-        texts = [c.text for _, chunks in changed for c in chunks]
+        texts = [c.searchable for _, chunks in changed for c in chunks]
         before = len(cache.vectors)
         vectors = [cache.embed(embedder, texts, progress=progress)
                    for embedder, _ in self.spaces()]

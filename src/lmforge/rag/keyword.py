@@ -7,6 +7,14 @@ match. Domain terms go into jieba's user dictionary so "重大疾病保险金" s
 is lower-cased words. bm25s keeps the index as sparse matrices that save without pickle, and its
 ``weight_mask`` applies a filter inside the scoring (a document a user may not read never
 competes for the top k).
+
+A chunk is scored as two fields, summed: its text, and its label (its document's title and its
+section's heading path, ``ChunkInfo.label``) without length normalisation (``b = 0``). Every
+chunk of a document carries the same title, and normalised by length the shortest of them would
+gain most from it; a heading in the text field would make its chunk longer and lose to a
+heading-less one (a title slide outranked the slide whose table answers). Unnormalised, the
+label adds the same to every chunk it names, so it ranks documents and sections and leaves
+which of their chunks answers to the texts.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -26,6 +35,16 @@ WORD = re.compile(r"[\w\u3400-\u4dbf\u4e00-\u9fff]+")
 STOP_WORDS = ("的 了 是 在 和 与 及 或 等 将 对 由 为 以 其 之 中 也 而 被 把 向 从 "
               "这 那 我 您 吗 呢 吧 a an the of to in on for and or is are be by with as at")
 STOP = frozenset(STOP_WORDS.split())
+LABELS = "labels"  # the folder of the label field's index, inside the keyword index's
+
+
+class Fielded(Protocol):
+    """A chunk as BM25 reads it (``ChunkInfo``)."""
+
+    text: str
+
+    @property
+    def label(self) -> str: ...
 
 
 class ChineseAnalyzer:
@@ -54,20 +73,26 @@ class KeywordIndex:
     thousands of chunks, and never out of step with the vector store."""
 
     def __init__(self, analyzer: ChineseAnalyzer, chunk_ids: Sequence[str] = (),
-                 retriever: object | None = None) -> None:
+                 retriever: object | None = None, labels: object | None = None) -> None:
         self.analyzer = analyzer
         self.chunk_ids = list(chunk_ids)
         self._retriever = retriever
+        self._labels = labels  # the label field; None when no chunk has a label
 
     @classmethod
     def build(cls, analyzer: ChineseAnalyzer, chunk_ids: Sequence[str],
-              texts: Sequence[str]) -> KeywordIndex:
+              chunks: Sequence[Fielded]) -> KeywordIndex:
         import bm25s
 
+        if not chunks:
+            return cls(analyzer, chunk_ids)
         retriever = bm25s.BM25()
-        if texts:
-            retriever.index([analyzer(t) or ["\0"] for t in texts], show_progress=False)
-        return cls(analyzer, chunk_ids, retriever if texts else None)
+        retriever.index([analyzer(c.text) or ["\0"] for c in chunks], show_progress=False)
+        labels = None
+        if any(c.label for c in chunks):
+            labels = bm25s.BM25(b=0.0)
+            labels.index([analyzer(c.label) or ["\0"] for c in chunks], show_progress=False)
+        return cls(analyzer, chunk_ids, retriever, labels)
 
     def scores(self, query: str, allowed: np.ndarray | None = None) -> np.ndarray:
         """BM25 score of every chunk; chunks outside ``allowed`` (a boolean mask) score 0."""
@@ -75,13 +100,16 @@ class KeywordIndex:
             return np.zeros(len(self.chunk_ids), dtype=np.float32)
         mask = None if allowed is None else allowed.astype(np.float32)
         terms = self.analyzer(query) or ["\0"]
-        return np.asarray(self._retriever.get_scores(terms, weight_mask=mask),  # type: ignore[attr-defined]
-                          dtype=np.float32)
+        fields = [f for f in (self._retriever, self._labels) if f is not None]
+        return np.asarray(sum(f.get_scores(terms, weight_mask=mask)  # type: ignore[attr-defined]
+                              for f in fields), dtype=np.float32)
 
     def save(self, folder: Path) -> None:
         with atomic_dir(folder) as tmp:
             if self._retriever is not None:
                 self._retriever.save(str(tmp), show_progress=False)  # type: ignore[attr-defined]
+            if self._labels is not None:
+                self._labels.save(str(tmp / LABELS), show_progress=False)  # type: ignore[attr-defined]
             (tmp / "chunk_ids.txt").write_text("\n".join(self.chunk_ids), encoding="utf-8")
 
     @classmethod
@@ -90,10 +118,13 @@ class KeywordIndex:
 
         ids = (folder / "chunk_ids.txt").read_text(encoding="utf-8")
         chunk_ids = ids.split("\n") if ids else []
-        retriever = None
+        retriever = labels = None
         if chunk_ids:
             retriever = bm25s.BM25.load(str(folder), show_progress=False, allow_pickle=False)
-        return cls(analyzer, chunk_ids, retriever)
+        if chunk_ids and (folder / LABELS).is_dir():  # an index from before labels has none
+            labels = bm25s.BM25.load(str(folder / LABELS), show_progress=False,
+                                     allow_pickle=False)
+        return cls(analyzer, chunk_ids, retriever, labels)
 
 
 class LexicalFeatures:

@@ -84,7 +84,7 @@ def embed_pairs(index: RagIndex, pairs: Sequence[Pair], tok: Tokenizer, query_le
 
     def passage(chunk_id: str) -> list[int]:
         if chunk_id not in ids:
-            ids[chunk_id] = encode_text(tok, index.chunks[chunk_id].text)[:passage_len] or [0]
+            ids[chunk_id] = encode_text(tok, index.chunks[chunk_id].searchable)[:passage_len] or [0]
         return ids[chunk_id]
 
     out = []

@@ -7,10 +7,15 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import PurePosixPath
 
-from lmforge.data import Document
+from lmforge.data import SUFFIX_FORMATS, Document
 from lmforge.rag.access import acl_of
+from lmforge.rag.chunk import HEADING_PATH
+from lmforge.rag.chunk import heading as markdown_heading
 from lmforge.rag.store import StoredChunk
+
+UNTITLED_SLIDE = "Slide {number}"  # the heading ``data/office.py`` gives a slide without a title
 
 
 @dataclass
@@ -21,6 +26,31 @@ class ChunkInfo:
     text: str
     page: int | None = None
     heading: str = ""
+    title: str = ""  # the document's (``document_title``), for ``searchable``
+
+    @property
+    def section(self) -> str:
+        """The heading path below the document's title (a title slide's, or a docx's under
+        its Title heading, does not repeat the title)."""
+        parts = self.heading.split(HEADING_PATH) if self.heading else []
+        return HEADING_PATH.join(parts[1:] if parts[:1] == [self.title] else parts)
+
+    @property
+    def label(self) -> str:
+        """What names the chunk rather than says its content: the document's title, then its
+        section's heading path. A table chunk holds only rows under their header; which
+        product, sheet or slide they belong to is said here."""
+        return "\n".join(part for part in (self.title, self.section) if part)
+
+    @property
+    def searchable(self) -> str:
+        """What questions are matched against (embeddings, coverage, reranker; BM25 scores
+        ``label`` and ``text`` as two fields, ``keyword.py``): the text under its label,
+        which names the product where the chunk does not (two products' same-shaped rate
+        tables differ only in their numbers). What the model is shown and cites stays
+        ``text``; a chunk without a label is searched as its text alone (so its cached
+        vectors stay valid)."""
+        return f"{self.label}\n{self.text}" if self.label else self.text
 
 
 @dataclass
@@ -55,6 +85,22 @@ class IndexReport:
 def document_hash(doc: Document) -> str:
     payload = json.dumps([doc.text, sorted(doc.meta.items())], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def document_title(doc: Document) -> str:
+    """The name a document's chunks are searched under: its ``title`` metadata (html, epub,
+    or a record's field); for a slide deck its first slide's title (the title slide names the
+    product, the later slides only their topic: 保障计划对比); else for a file the reader read
+    its name without the suffix (an xlsx carries no title, and company files are named for
+    their product: ``安心保费率表.xlsx``). A record's id names nothing and gives none."""
+    if doc.meta.get("title"):
+        return " ".join(doc.meta["title"].split())
+    if doc.meta.get("positions") == "slide":
+        first = markdown_heading(doc.text.split("\n", 1)[0])
+        if first and first[1] != UNTITLED_SLIDE.format(number=1):
+            return first[1]
+    path = PurePosixPath(doc.doc_id.replace("\\", "/"))
+    return path.stem if path.suffix.lower() in SUFFIX_FORMATS else ""
 
 
 def current_settings(cls: type, saved: dict) -> dict:

@@ -57,7 +57,7 @@ def feature_matrix(hits: Sequence[Hit], question: str, lexical: LexicalFeatures)
     terms = set(lexical.analyzer(question))
     rows = [[hit.features.get(name, 0.0) * (60.0 if name == "rrf" else 1.0)
              for name in RETRIEVAL_FEATURES]
-            + lexical(terms, hit.chunk.text, question, hit.doc.doc_id) for hit in hits]
+            + lexical(terms, hit.chunk.searchable, question, hit.doc.doc_id) for hit in hits]
     return np.asarray(rows, dtype=np.float32).reshape(len(hits), len(FEATURES))
 
 
@@ -113,7 +113,7 @@ class Reranker:
     def scores(self, question: str, hits: Sequence[Hit], lexical: LexicalFeatures
                ) -> np.ndarray:
         """``lexical``: the statistics of the reader (``RagIndex.lexical_for``)."""
-        ids = ([pair_ids(self.tok, question, h.chunk.text, self.max_len) for h in hits]
+        ids = ([pair_ids(self.tok, question, h.chunk.searchable, self.max_len) for h in hits]
                if self.model.use_text else [[0]] * len(hits))  # the evidence head reads no text
         group = RerankGroup(ids, feature_matrix(hits, question, lexical),
                             np.zeros(len(hits), dtype=bool), [h.doc.doc_id for h in hits])
@@ -149,7 +149,7 @@ def rerank_groups(index: RagIndex, queries: Sequence[Query], tok: Tokenizer,
             continue
         hits = retriever.candidates(query.question)[: config.candidates]
         groups.append(RerankGroup(
-            [pair_ids(tok, query.question, h.chunk.text, config.train.seq_len) for h in hits],
+            [pair_ids(tok, query.question, h.chunk.searchable, config.train.seq_len) for h in hits],
             feature_matrix(hits, query.question, lexical),
             np.array([h.doc.doc_id == query.gold for h in hits], dtype=bool),
             [h.doc.doc_id for h in hits], query.group))

@@ -60,12 +60,12 @@ class TenantStatistics:
                 ) -> KeywordIndex:
         return self._for_tenant(
             self._keyword, tenant, docs, chunks, policy,
-            lambda ids: KeywordIndex.build(analyzer, ids, [chunks[i].text for i in ids]), whole)
+            lambda ids: KeywordIndex.build(analyzer, ids, [chunks[i] for i in ids]), whole)
 
     def lexical(self, tenant: str, docs: Mapping[str, DocInfo], chunks: Mapping[str, ChunkInfo],
                 policy: str, analyzer: ChineseAnalyzer, whole: Callable[[], LexicalFeatures]
                 ) -> LexicalFeatures:
         return self._for_tenant(
             self._lexical, tenant, docs, chunks, policy,
-            lambda ids: LexicalFeatures(analyzer, ((chunks[i].doc_id, chunks[i].text)
+            lambda ids: LexicalFeatures(analyzer, ((chunks[i].doc_id, chunks[i].searchable)
                                                    for i in ids)), whole)
