@@ -15,6 +15,7 @@ Run with the machine otherwise quiet:
     .venv/bin/python bench/data_scale.py --scale 1 --dedup-scales 1 4   # quicker
     .venv/bin/python bench/data_scale.py --no-throughput --dedup-scales 1 4 16 64
     .venv/bin/python bench/data_scale.py --ray --dedup-scales   # beside Ray Data, same steps
+    .venv/bin/python bench/data_scale.py --one-file --scale 32 --task-mb 0 4 --dedup-scales
 """
 
 from __future__ import annotations
@@ -78,6 +79,22 @@ def rotated_file(src: Path, dst: Path, copy: int) -> None:
     dst.write_text(text, encoding="utf-8")
 
 
+def one_file(data: DataConfig, scale: int, work: Path) -> DataConfig:
+    """The recipe's first jsonl source alone, as one file of ``scale`` rotated copies: a
+    company's single export, which the engine cuts into pieces of ``data.task_mb``."""
+    source = next(s for s in data.sources if s.path.endswith(".jsonl"))
+    target = work / f"one-x{scale}" / Path(source.path).name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.with_suffix(".part").open("w", encoding="utf-8") as out:
+            for copy in range(scale):
+                rotated_file(ROOT / source.path, target.with_suffix(".copy"), copy)
+                out.write(target.with_suffix(".copy").read_text(encoding="utf-8"))
+        target.with_suffix(".copy").unlink()
+        target.with_suffix(".part").rename(target)
+    return replace(data, sources=[replace(source, path=str(target))])
+
+
 def scaled(data: DataConfig, scale: int, work: Path) -> DataConfig:
     """The recipe's data section with each source a folder of ``scale`` rotated copies."""
     folder = work / f"x{scale}"
@@ -135,6 +152,7 @@ def digest(folder: Path) -> str:
 def measure(data: DataConfig, workers: int, out: Path, seed: int) -> dict[str, Any]:
     """One prepare + tokenise run (in its own process, so its peak memory is its own)."""
     config = replace(data, workers=workers)
+    tasks = len(plan(config)[0])
     raw = sum(u.size for u in plan(config)[0])
     shutil.rmtree(out, ignore_errors=True)
     with PeakRSS() as rss:
@@ -146,7 +164,8 @@ def measure(data: DataConfig, workers: int, out: Path, seed: int) -> dict[str, A
     corpus_bytes = sum((out / "corpus" / f).stat().st_size for f in ("train.jsonl", "val.jsonl"))
     return {"workers": workers, "raw_mb": raw / 1e6, "prepare_s": prepared - start,
             "tokenize_s": tokenized - prepared, "corpus_mb": corpus_bytes / 1e6,
-            "peak_rss_mb": rss.peak / 1e6, "digest": digest(out)}
+            "peak_rss_mb": rss.peak / 1e6, "digest": digest(out), "tasks": tasks,
+            "task_mb": config.task_mb}
 
 
 def ray_units(config: DataConfig, units: list[Unit], seed: int, folder: Path,
@@ -219,7 +238,8 @@ def machine_ceiling(n: int = 20_000_000) -> float:
 
 def child(args: argparse.Namespace) -> None:
     recipe = load_config(RecipeConfig, RECIPE)
-    data = scaled(recipe.data, args.scale, args.work)
+    data = (one_file if args.one_file else scaled)(recipe.data, args.scale, args.work)
+    data = replace(data, task_mb=args.task_mb[0])
     workers = args.workers[0]
     if args.mode == "ray":  # the ordered pass as always, the per-file work on Ray Data
         sys.modules["lmforge.data.prepare"].run_units = ray_units  # type: ignore[attr-defined]
@@ -233,10 +253,12 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(mode: str, scale: int, workers: int, work: Path, *extra: str) -> Any:
+def run_child(mode: str, scale: int, workers: int, work: Path, *extra: str,
+              task_mb: float = 64.0, single: bool = False) -> Any:
     env_threads = {"RAYON_NUM_THREADS": str(workers)}  # the tokenizer's threads: the same count
     cmd = [sys.executable, __file__, "--child", mode, "--scale", str(scale), "--workers",
-           str(workers), "--work", str(work), *extra]
+           str(workers), "--work", str(work), "--task-mb", str(task_mb),
+           *(["--one-file"] if single else []), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, **env_threads})
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
@@ -257,6 +279,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/lmforge-data-scale"))
     parser.add_argument("--ray", action="store_true",
                         help="also run the per-file work on Ray Data (pip install 'ray[data]')")
+    parser.add_argument("--one-file", action="store_true",
+                        help="throughput on one big jsonl file (the recipe's first jsonl "
+                             "source, --scale copies in one file)")
+    parser.add_argument("--task-mb", type=float, nargs="+", default=[64.0],
+                        help="data.task_mb values for the throughput runs (0: a file is one "
+                             "task)")
     parser.add_argument("--child", choices=["measure", "ray", "dedup"], dest="mode")
     args = parser.parse_args()
     if args.mode:
@@ -270,20 +298,24 @@ def main() -> None:
 
 def throughput(args: argparse.Namespace) -> None:
     ceiling = machine_ceiling()
-    runs = [run_child("measure", args.scale, w, args.work) for w in args.workers]
+    runs = [run_child("measure", args.scale, w, args.work, task_mb=t, single=args.one_file)
+            for w in args.workers for t in args.task_mb]
     if args.ray:
-        runs += [{**run_child("ray", args.scale, w, args.work), "workers": f"{w} (Ray Data)"}
+        runs += [{**run_child("ray", args.scale, w, args.work, single=args.one_file),
+                  "workers": f"{w} (Ray Data)"}
                  for w in args.workers]
     base = runs[0]
-    print(f"throughput, bundled data x{args.scale} ({base['raw_mb']:.0f} MB raw input); two "
+    what = "one jsonl file of" if args.one_file else "bundled data"
+    print(f"throughput, {what} x{args.scale} ({base['raw_mb']:.0f} MB raw input); two "
           f"processes of plain Python ran {ceiling:.2f}x one here, before these runs\n")
-    print("| workers | prepare MB/s | per worker | tokenise MB/s | both MB/s | speed-up | "
-          "peak RSS MB | same bytes |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| workers | task MiB | tasks | prepare MB/s | per worker | tokenise MB/s | both MB/s | "
+          "speed-up | peak RSS MB | same bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         both = r["raw_mb"] / (r["prepare_s"] + r["tokenize_s"])
         base_both = base["raw_mb"] / (base["prepare_s"] + base["tokenize_s"])
-        print(f"| {r['workers']} | {r['raw_mb'] / r['prepare_s']:.2f} | "
+        print(f"| {r['workers']} | {r['task_mb']:g} | {r['tasks']} | "
+              f"{r['raw_mb'] / r['prepare_s']:.2f} | "
               f"{r['raw_mb'] / r['prepare_s'] / int(str(r['workers']).split()[0]):.2f} | "
               f"{r['corpus_mb'] / r['tokenize_s']:.1f} | {both:.2f} | {both / base_both:.2f} | "
               f"{r['peak_rss_mb']:.0f} | {r['digest'] == base['digest']} |")

@@ -33,6 +33,7 @@ from lmforge.data.engine import (
     run_units,
     write_unit,
 )
+from lmforge.data.textfile import Span, line_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAUSE = ("在本合同保险期间内，如果本合同当时已经累积有现金价值，"
@@ -128,6 +129,48 @@ def test_units_are_the_files_in_recipe_order(tmp_path: Path) -> None:
     assert [(u.index, Path(u.path).name) for u in units] == [
         *((i, f"{i:02d}.txt") for i in range(7)), (7, "en.jsonl")]
     assert listing == [[], []]
+
+
+def test_line_spans_cut_at_line_ends_and_count_the_lines_before(tmp_path: Path) -> None:
+    path = tmp_path / "lines.txt"
+    lines = [f"{i}" * (i % 7) for i in range(200)]  # empty lines too
+    path.write_bytes(("\n".join(lines) + "\n").encode())
+    data = path.read_bytes()
+    for piece in (1, 5, 64, 333, len(data) // 2):
+        spans = line_spans(path, piece)
+        assert spans[0].start == 0 and spans[-1].end == len(data) and len(spans) > 1
+        for before, after in zip(spans, spans[1:], strict=False):
+            assert before.end == after.start and data[after.start - 1:after.start] == b"\n"
+            assert after.start - before.start >= piece  # at least a piece, to a line end
+        for span in spans:  # the line at a span's start is the line one reader counts there
+            assert span.first_line == data[:span.start].count(b"\n") + 1
+    assert line_spans(path, len(data)) == [Span(0, len(data), 1)]
+    assert line_spans(path, 0) == [Span(0, len(data), 1)]
+
+
+def test_a_big_line_file_is_read_in_pieces_into_the_bytes_of_one(tmp_path: Path) -> None:
+    """The jsonl source (a broken line among its records) and a text source read by line,
+    cut into pieces of ~1 KB: many tasks, the same corpus, report and problems (by line)."""
+    config = corpus(tmp_path)
+    lines = tmp_path / "lines.txt"
+    paragraphs = (ROOT / "data/tiny/pretrain_zh.txt").read_text(encoding="utf-8").split("\n\n")
+    lines.write_text("\ufeff" + "\n".join(p.replace("\n", " ") for p in paragraphs) + "\n",
+                     encoding="utf-8")
+    config.sources.append(SourceConfig(name="lines", path=str(lines), unit="line"))
+    whole, _ = plan(replace(config, task_mb=0))
+    cut, _ = plan(replace(config, task_mb=1 / 1024))
+    assert [Path(u.path).name for u in cut].count("en.jsonl") > 3
+    assert [Path(u.path).name for u in cut].count("lines.txt") > 3
+    assert len(whole) == 9 and sum(u.size for u in cut) == sum(u.size for u in whole)
+    assert all(u.span is None for u in cut if u.path.endswith(".txt") and u.source == 0)
+    one = outputs(_prepare(replace(config, workers=1, task_mb=0), tmp_path / "one"))
+    two = outputs(_prepare(replace(config, workers=2, task_mb=1 / 1024), tmp_path / "two"))
+    assert one["files"] == two["files"] and one["report"] == two["report"]
+    problems = one["files"]["corpus/problems.log"].decode()
+    assert f"{tmp_path / 'en.jsonl'}:4: invalid JSON" in problems
+    kept = [json.loads(line) for name in ("train.jsonl", "val.jsonl")
+            for line in two["files"][f"corpus/{name}"].decode().splitlines()]
+    assert any(k["id"].startswith("lines.txt:") for k in kept)
 
 
 def test_a_worker_that_fails_names_the_file(tmp_path: Path) -> None:

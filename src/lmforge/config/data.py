@@ -188,8 +188,13 @@ class DataConfig:
     # where those processes run: this machine, a Slurm array job, or a Ray cluster (RAY_ADDRESS)
     executor: Literal["local", "slurm", "ray"] = field(default="local", metadata=NEUTRAL)
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata=NEUTRAL)
+    # a file of one document per line (jsonl; text read by line) bigger than this many MiB is
+    # cut into pieces of about this size, each a task of its own (0: a file is one task)
+    task_mb: float = field(default=64.0, metadata=NEUTRAL)
 
     def __post_init__(self) -> None:
+        check(self.task_mb >= 0, "task_mb", "a non-negative number of MiB (0: a file is one "
+              "task)", self.task_mb)
         check(self.workers >= 0, "workers", "a non-negative integer (0: the machine's cores)",
               self.workers)
         if self.executor == "slurm":

@@ -16,8 +16,10 @@ signature, ~95% of the stage's time) runs per input file, in parallel, into a wo
 results as JSON lines, the dedup keys beside them); what depends on the order of documents (the
 dedup decisions, first seen kept, then split, mix and write) stays in recipe order in
 ``prepare.collect``, on disk (``dedup.find_duplicates``, ``prepare.KeptDocuments``). One local
-worker runs the same steps in the calling process. A file is the grain of work: a source that
-is one big file is one task.
+worker runs the same steps in the calling process. A file is the grain of work, but a file of
+one document per line (jsonl, text read by line) over ``data.task_mb`` is cut at line ends into
+pieces of about that size, each read by its own task under its own line numbers: a source that
+is one 20 GB jsonl file keeps every worker busy.
 """
 
 from __future__ import annotations
@@ -43,18 +45,23 @@ from lmforge.data.clean import normalise, scrub_pii
 from lmforge.data.dedup import fingerprint, key_count
 from lmforge.data.ingest import Document, Problem, Reader
 from lmforge.data.quality import quality_problem
+from lmforge.data.textfile import Span, line_spans
 
 ENGINE_HINT = "install the data engine: pip install datatrove (a dependency of lmforge)"
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One input file of one source: the grain of parallel work."""
+    """One input file of one source, or a piece of one: the grain of parallel work."""
 
     index: int  # position in recipe order
     source: int  # index into ``DataConfig.sources``
     path: str
-    size: int
+    size: int  # bytes to read
+    span: Span | None = None  # the piece, when the file is read in pieces
+
+    def __str__(self) -> str:
+        return f"{self.path} (from line {self.span.first_line})" if self.span else self.path
 
 
 @dataclass
@@ -77,11 +84,18 @@ def plan(config: DataConfig) -> tuple[list[Unit], list[list[Problem]]]:
     listing its folder (links out of it), which come before its documents."""
     units: list[Unit] = []
     problems: list[list[Problem]] = []
+    piece = int(config.task_mb * 2**20)
     for i in range(len(config.sources)):
-        files, found = reader(config, i).scan()
+        source = reader(config, i)
+        files, found = source.scan()
         problems.append(found)
         for path in files:
-            units.append(Unit(len(units), i, str(path), path.stat().st_size))
+            size = path.stat().st_size
+            if not piece or size <= piece or not source.reads_by_line(path):
+                units.append(Unit(len(units), i, str(path), size))
+                continue
+            units += [Unit(len(units) + n, i, str(path), s.end - s.start, s)
+                      for n, s in enumerate(line_spans(path, piece))]
     return units, problems
 
 
@@ -100,7 +114,7 @@ def clean_document(item: Document, config: DataConfig, language: str, seed: int)
 def read_unit(config: DataConfig, unit: Unit, seed: int) -> Iterator[Cleaned | Problem]:
     """The per-document steps over one file, in file order."""
     language = config.sources[unit.source].language
-    for item in reader(config, unit.source).read_file(Path(unit.path)):
+    for item in reader(config, unit.source).read_file(Path(unit.path), unit.span):
         yield item if isinstance(item, Problem) else clean_document(item, config, language, seed)
 
 
@@ -144,7 +158,7 @@ def write_unit(config: DataConfig, unit: Unit, seed: int, folder: Path,
                     if progress:
                         progress(len(item.doc.text.encode("utf-8")))
     except Exception as err:
-        raise RuntimeError(f"data engine: {unit.path}: {type(err).__name__}: {err}") from err
+        raise RuntimeError(f"data engine: {unit}: {type(err).__name__}: {err}") from err
 
 
 def read_results(config: DataConfig, unit: Unit, folder: Path) -> Iterator[Cleaned | Problem]:
@@ -274,7 +288,7 @@ def run_units(config: DataConfig, units: list[Unit], seed: int, folder: Path,
             if pending and (ended or not alive and config.executor != "slurm"):
                 what = f"Slurm job {executor.job_id} ended" if ended else "stopped"
                 raise RuntimeError(f"data engine: {what} with {len(pending)} files not done "
-                                   f"(first {pending[0].path}); logs in {folder / 'logs'}")
+                                   f"(first {pending[0]}); logs in {folder / 'logs'}")
             if pending:
                 time.sleep(0.2)
     thread.join()

@@ -34,7 +34,14 @@ from lmforge.data.office import docx_text, pptx_units, xlsx_units
 from lmforge.data.pdf import pdf_units
 from lmforge.data.quality import looks_garbled
 from lmforge.data.tables import Units
-from lmforge.data.textfile import GARBLED, UNDECODABLE, decode_bytes, one_line, read_lines
+from lmforge.data.textfile import (
+    GARBLED,
+    UNDECODABLE,
+    Span,
+    decode_bytes,
+    one_line,
+    read_lines,
+)
 
 SUFFIX_FORMATS = {
     ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".jsonl": "jsonl",
@@ -176,10 +183,22 @@ class Reader:
             return self._problem(where, f"{GARBLED}, skipped")
         return self._doc(text, doc_id)
 
-    def read_file(self, path: Path) -> Iterator[Item]:
+    def _format(self, path: Path) -> str:
         fmt: str = self.source.format
-        if fmt == "auto":
-            fmt = SUFFIX_FORMATS.get(path.suffix.lower(), "")
+        return SUFFIX_FORMATS.get(path.suffix.lower(), "") if fmt == "auto" else fmt
+
+    def reads_by_line(self, path: Path) -> bool:
+        """Whether ``path`` is one document per line, so it can be read in pieces (a
+        ``Span`` of ``read_file``): jsonl, or text read line by line."""
+        fmt = self._format(path)
+        return fmt == "jsonl" or fmt in ("txt", "md") and self.source.unit == "line"
+
+    def read_file(self, path: Path, span: Span | None = None) -> Iterator[Item]:
+        """The items of ``path``, or of the lines of its ``span`` when it ``reads_by_line``."""
+        fmt = self._format(path)
+        if span is not None and not self.reads_by_line(path):
+            raise ValueError(f"{path}: a {fmt or 'file'} of this source is not read by line, "
+                             "so it cannot be read in pieces")
         if not fmt:
             yield self._problem(str(path), f"unsupported file type '{path.suffix}', skipped")
             return
@@ -195,14 +214,14 @@ class Reader:
             return
         reader = getattr(self, f"_read_{fmt}")
         try:
-            yield from reader(path)
+            yield from reader(path, span) if span is not None else reader(path)
         except Exception as err:  # a reader's library failed on a malformed file
             yield self._problem(str(path), f"cannot read as {fmt}: {type(err).__name__}: {err}")
 
-    def _read_txt(self, path: Path) -> Iterator[Item]:
+    def _read_txt(self, path: Path, span: Span | None = None) -> Iterator[Item]:
         if self.source.unit == "line":
             name = self._name(path)
-            for line in read_lines(path, self.limits):
+            for line in read_lines(path, self.limits, span):
                 where = f"{path}:{line.number}"
                 if line.text is None:
                     yield self._problem(where, line.problem)
@@ -281,9 +300,9 @@ class Reader:
             return next((f for f in AUTO_ID_FIELDS if f in record), "")
         return self.source.id_field if self.source.id_field in record else ""
 
-    def _read_jsonl(self, path: Path) -> Iterator[Item]:
+    def _read_jsonl(self, path: Path, span: Span | None = None) -> Iterator[Item]:
         name = self._name(path)
-        for line in read_lines(path, self.limits):
+        for line in read_lines(path, self.limits, span):
             where = f"{path}:{line.number}"
             if line.text is None:
                 yield self._problem(where, line.problem)
