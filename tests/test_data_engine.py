@@ -26,11 +26,13 @@ from lmforge.data import prepare, tokenize_corpus
 from lmforge.data.dedup import fingerprint, key_count
 from lmforge.data.engine import (
     Cleaned,
+    UnitTasks,
     plan,
     read_keys,
     read_results,
     read_unit,
     run_units,
+    worker_threads,
     write_unit,
 )
 from lmforge.data.textfile import Span, line_spans
@@ -171,6 +173,22 @@ def test_a_big_line_file_is_read_in_pieces_into_the_bytes_of_one(tmp_path: Path)
     kept = [json.loads(line) for name in ("train.jsonl", "val.jsonl")
             for line in two["files"][f"corpus/{name}"].decode().splitlines()]
     assert any(k["id"].startswith("lines.txt:") for k in kept)
+
+
+def test_each_worker_reads_scans_on_its_share_of_the_cores(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmforge.data import ocr
+
+    config = corpus(tmp_path)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
+    assert [worker_threads(config, w) for w in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    slurm = replace(config, executor="slurm", slurm=SlurmConfig(partition="p", cpus_per_task=6))
+    assert worker_threads(slurm, 64) == 6
+    assert worker_threads(replace(config, executor="ray"), 2) == 1
+    monkeypatch.setattr(ocr, "_threads", None)
+    units, _ = plan(config)
+    UnitTasks(config, units[:1], 1, tmp_path, 4)(None, rank=0, world_size=1)
+    assert ocr._threads == 4 and (tmp_path / "000000.jsonl").exists()
 
 
 def test_a_worker_that_fails_names_the_file(tmp_path: Path) -> None:

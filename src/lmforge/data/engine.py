@@ -44,6 +44,7 @@ from lmforge.config import DataConfig
 from lmforge.data.clean import normalise, scrub_pii
 from lmforge.data.dedup import fingerprint, key_count
 from lmforge.data.ingest import Document, Problem, Reader
+from lmforge.data.ocr import limit_threads
 from lmforge.data.quality import quality_problem
 from lmforge.data.textfile import Span, line_spans
 
@@ -177,10 +178,12 @@ def read_keys(config: DataConfig, unit: Unit, folder: Path) -> np.ndarray:
 
 class UnitTasks:
     """The datatrove pipeline step: task ``rank`` of ``world_size`` does every
-    ``world_size``-th unit, largest files first, so the big files start early and spread out."""
+    ``world_size``-th unit, largest files first, so the big files start early and spread out.
+    Each task's OCR runs on ``threads`` threads: its worker's share of the cores."""
 
-    def __init__(self, config: DataConfig, units: list[Unit], seed: int, folder: Path) -> None:
-        self.config, self.seed, self.folder = config, seed, folder
+    def __init__(self, config: DataConfig, units: list[Unit], seed: int, folder: Path,
+                 threads: int) -> None:
+        self.config, self.seed, self.folder, self.threads = config, seed, folder, threads
         self.units = sorted(units, key=lambda u: (-u.size, u.index))
 
     def __repr__(self) -> str:  # how datatrove's task logs name the step
@@ -191,6 +194,7 @@ class UnitTasks:
             from loguru import logger
 
             logger.disable("datatrove")
+        limit_threads(self.threads)
         for unit in self.units[rank::world_size]:
             write_unit(self.config, unit, self.seed, self.folder)
         return []
@@ -212,6 +216,16 @@ def resolve_workers(config: DataConfig, units: list[Unit]) -> int:
     if sum(u.size for u in units) < AUTO_MIN_BYTES:
         return 1
     return max(1, min(cores, len(units)))
+
+
+def worker_threads(config: DataConfig, workers: int) -> int:
+    """The cores one worker may use: this machine's shared among the workers, a Slurm task's
+    own, one per Ray task (datatrove reserves one CPU for each)."""
+    if config.executor == "slurm":
+        return config.slurm.cpus_per_task
+    if config.executor == "ray":
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
 
 
 def _executor(config: DataConfig, step: UnitTasks, tasks: int, workers: int, logs: Path) -> Any:
@@ -250,7 +264,7 @@ def run_units(config: DataConfig, units: list[Unit], seed: int, folder: Path,
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tasks = min(len(units), 4 * workers) if config.executor == "local" else len(units)
-    step = UnitTasks(config, units, seed, folder)
+    step = UnitTasks(config, units, seed, folder, worker_threads(config, workers))
     executor = _executor(config, step, max(1, tasks), min(workers, max(1, tasks)),
                          folder / "logs")
     failure: list[BaseException] = []
