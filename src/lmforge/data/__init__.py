@@ -20,8 +20,9 @@ from lmforge.data.prepare import in_heldout, prepare
 from lmforge.data.shards import ShardError, ShardSet
 from lmforge.data.tokenize import encode_document, tokenize_corpus
 
-__all__ = ["QA", "SUFFIX_FORMATS", "Conversation", "Document", "FeedbackData", "KeptOut", "PreferencePair", "Problem",
-           "RatedAnswer", "Reader", "RecordError", "ShardError", "ShardSet", "encode_document",
-           "heldout_contracts", "heldout_questions", "in_heldout", "jsonl_records", "kept_out",
-           "load_conversations", "load_feedback", "load_qa", "preference_examples", "prepare",
-           "rag_question", "scrub_pii", "sft_examples", "tokenize_corpus", "validation_contracts"]
+__all__ = ["QA", "SUFFIX_FORMATS", "Conversation", "Document", "FeedbackData", "KeptOut",
+           "PreferencePair", "Problem", "RatedAnswer", "Reader", "RecordError", "ShardError",
+           "ShardSet", "encode_document", "heldout_contracts", "heldout_questions", "in_heldout",
+           "jsonl_records", "kept_out", "load_conversations", "load_feedback", "load_qa",
+           "preference_examples", "prepare", "rag_question", "scrub_pii", "sft_examples",
+           "tokenize_corpus", "validation_contracts"]
