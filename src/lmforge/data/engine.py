@@ -4,7 +4,8 @@ Why datatrove rather than Ray Data (measured on the bundled recipe x4, 55 MB, 2-
 ``docs/experiments.md``, ``bench/RESULTS.md``): with the same lmforge steps and the same output,
 datatrove's local executor ran the stage at 1.05 MB/s on 2 workers against 0.66 for Ray Data
 (0.65 in one process), in 533 MB of memory against 1.9 GB (Ray starts a local cluster -- GCS,
-raylet, object store -- on every run, ~9 s); and it adds three small packages (datatrove,
+raylet, object store -- on every run, ~9 s); at x64 (877 MB) 1.86 against 1.59 MB/s, in 945 MB
+against 1.9 GB; and it adds three small packages (datatrove,
 loguru, humanize: ~22 MB) to lmforge's install where Ray adds ~240 MB. The same pipeline object
 runs on its local, Slurm and Ray executors (``data.executor``). Its own MinHash dedup (buckets
 on disk, then clusters) is not used: it keeps one document per *cluster* of near duplicates,
