@@ -28,7 +28,6 @@ from lmforge.atomic import atomic_write_jsonl
 from lmforge.config import RagConfig, from_dict, to_dict
 from lmforge.data import Document
 from lmforge.rag.access import Access, acl_problems, may_read
-from lmforge.rag.chunk import chunk_text
 from lmforge.rag.domain import SPACE as DOMAIN_SPACE
 from lmforge.rag.domain import DomainEmbedder, model_folder
 from lmforge.rag.embed import E5Embedder, Embedder, EmbeddingCache, text_key
@@ -52,8 +51,8 @@ from lmforge.rag.records import (
     DocInfo,
     IndexReport,
     current_settings,
+    document_chunks,
     document_hash,
-    document_title,
     stored_chunks,
 )
 from lmforge.rag.sources import load_user_terms, read_sources
@@ -326,17 +325,12 @@ class RagIndex:
             if old is not None and old.hash == digest:
                 report.unchanged += 1
                 continue
-            paged = "pages" in doc.meta
-            pieces = chunk_text(doc.doc_id, doc.text, self.config.chunk_size,
-                                self.config.chunk_overlap, measure, paged)
-            if not pieces:
+            chunks = document_chunks(doc, self.config, measure)
+            if not chunks:
                 report.problems.append(f"{doc.doc_id}: no text to index, skipped")
                 continue
             report.problems += acl_problems(doc.doc_id, doc.meta, self.config.default_access)
             info = DocInfo(doc.doc_id, digest, doc.source, dict(doc.meta))
-            title = document_title(doc)
-            chunks = [ChunkInfo(c.chunk_id, c.doc_id, c.index, c.text, c.page, c.heading, title)
-                      for c in pieces]
             info.chunks = [c.chunk_id for c in chunks]
             changed.append((info, chunks))
             report.replaced += old is not None

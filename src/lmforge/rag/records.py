@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import PurePosixPath
 
+from lmforge.config import RagConfig
 from lmforge.data import SUFFIX_FORMATS, Document
 from lmforge.rag.access import acl_of
-from lmforge.rag.chunk import HEADING_PATH
+from lmforge.rag.chunk import HEADING_PATH, chunk_text
 from lmforge.rag.chunk import heading as markdown_heading
 from lmforge.rag.store import StoredChunk
 
@@ -101,6 +102,16 @@ def document_title(doc: Document) -> str:
             return first[1]
     path = PurePosixPath(doc.doc_id.replace("\\", "/"))
     return path.stem if path.suffix.lower() in SUFFIX_FORMATS else ""
+
+
+def document_chunks(doc: Document, config: RagConfig,
+                    measure: Callable[[str], int]) -> list[ChunkInfo]:
+    """A document's chunks as the index keeps them: sized by ``measure``, under its title."""
+    pieces = chunk_text(doc.doc_id, doc.text, config.chunk_size, config.chunk_overlap, measure,
+                        "pages" in doc.meta)
+    title = document_title(doc)
+    return [ChunkInfo(c.chunk_id, c.doc_id, c.index, c.text, c.page, c.heading, title)
+            for c in pieces]
 
 
 def current_settings(cls: type, saved: dict) -> dict:
