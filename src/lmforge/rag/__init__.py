@@ -15,14 +15,12 @@ from lmforge.rag.domain import FOLDER as EMBEDDER_FOLDER
 from lmforge.rag.domain import DomainEmbedder
 from lmforge.rag.evaluate import evaluate
 from lmforge.rag.expand import Expander, load_glossary
-from lmforge.rag.followup import (
+from lmforge.rag.followup import Rewriter, RuleRewriter, read_conversation
+from lmforge.rag.followup_eval import (
     FollowUp,
-    Rewriter,
-    RuleRewriter,
     evaluate_followups,
     followup_conversations,
     held_out_followups,
-    read_conversation,
 )
 from lmforge.rag.fusion import Fusion, read_fusion
 from lmforge.rag.index import IndexReport, RagIndex, RagIndexError, read_sources
