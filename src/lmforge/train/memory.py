@@ -17,7 +17,6 @@ it would measure nothing. So the run starts by giving that memory back (glibc's
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 from types import TracebackType
@@ -37,14 +36,13 @@ def resident_bytes() -> int:
 
 
 def release_free_memory() -> None:
-    """Return the pages malloc holds free to the system (glibc only; a no-op elsewhere)."""
-    name = ctypes.util.find_library("c")
+    """Return the pages malloc holds free to the system (glibc only; a no-op elsewhere). The
+    process's own symbols are searched (``CDLL(None)``): naming libc would run ``ldconfig``."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # musl, macOS: no malloc_trim
         return
-    if trim is not None:
-        trim(0)
+    trim(0)
 
 
 class PeakMemory:
